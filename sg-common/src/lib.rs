@@ -1,0 +1,10 @@
+//! Types shared by the kernel programs (`sg-ebpf`) and user space (`sg-user`).
+//!
+//! Everything here is `#[repr(C)]`, explicitly padded, and has a size test: the
+//! kernel and user space read the same bytes. Nothing else belongs in this crate.
+#![no_std]
+
+pub mod counters;
+pub mod names;
+
+pub use counters::{COUNTER_SLOTS, Counter, Direction, REASON_SLOTS, Reason, counter_index};

@@ -1,0 +1,57 @@
+//! Security-group enforcement programs.
+//!
+//! Per packet, in this order (the order never changes; later issues fill in
+//! the stages): parse → conntrack lookup → policy lookup (new flows only) →
+//! conntrack create (after allow) → count. Replies never consult policy.
+//!
+//! The entry points are thin: each measures the frame, runs the shared
+//! decision for its hook, counts the outcome in one place and maps the
+//! verdict to the hook's return code.
+#![no_std]
+#![no_main]
+
+mod counters;
+mod verdict;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use verdict::{Hook, decide};
+
+#[xdp]
+pub fn sg_xdp_ingress(ctx: XdpContext) -> u32 {
+    let frame_len = ctx.data_end() - ctx.data();
+    if decide(&ctx, Hook::Ingress, frame_len) {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
+    }
+}
+
+#[classifier]
+pub fn sg_tc_ingress(ctx: TcContext) -> i32 {
+    tc_verdict(decide(&ctx, Hook::Ingress, ctx.len() as usize))
+}
+
+#[classifier]
+pub fn sg_tc_egress(ctx: TcContext) -> i32 {
+    tc_verdict(decide(&ctx, Hook::Egress, ctx.len() as usize))
+}
+
+#[inline(always)]
+fn tc_verdict(pass: bool) -> i32 {
+    if pass { TC_ACT_OK } else { TC_ACT_SHOT }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any path that could reach here.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

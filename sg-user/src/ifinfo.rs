@@ -1,0 +1,121 @@
+//! What kind of device an interface is, to choose its ingress hook: native
+//! XDP on physical NICs (drops before an skb exists), TC on veth and other
+//! virtual devices (native XDP on veth splits GSO batches and costs more than
+//! it saves). Must be called inside the interface's network namespace.
+
+use std::{ffi::CString, io};
+
+/// Driver facts from the ethtool GDRVINFO ioctl.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverInfo {
+    pub driver: String,
+    /// PCI (or other bus) address; empty for virtual devices.
+    pub bus_info: String,
+}
+
+impl DriverInfo {
+    /// A device on a real bus (a NIC), as opposed to veth, bridge, tun, lo …
+    pub fn is_physical(&self) -> bool {
+        !self.bus_info.is_empty() && self.driver != "veth"
+    }
+}
+
+#[repr(C)]
+struct EthtoolDrvinfo {
+    cmd: u32,
+    driver: [u8; 32],
+    version: [u8; 32],
+    fw_version: [u8; 32],
+    bus_info: [u8; 32],
+    erom_version: [u8; 32],
+    reserved2: [u8; 12],
+    n_priv_flags: u32,
+    n_stats: u32,
+    testinfo_len: u32,
+    eedump_len: u32,
+    regdump_len: u32,
+}
+
+#[repr(C)]
+struct IfreqData {
+    name: [u8; libc::IFNAMSIZ],
+    data: *mut libc::c_void,
+    _pad: [u8; 16],
+}
+
+const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+
+fn c_field(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// Reads the driver name and bus address of `iface`. Devices without ethtool
+/// support (loopback, some virtual ones) return `Ok(None)`.
+pub fn driver_info(iface: &str) -> io::Result<Option<DriverInfo>> {
+    if iface.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name `{iface}` is longer than 15 bytes"),
+        ));
+    }
+    // SAFETY: plain socket(2); the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: all-zero is a valid value of these plain C structs.
+    let mut info: EthtoolDrvinfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    let mut req = IfreqData {
+        name: [0; libc::IFNAMSIZ],
+        data: (&raw mut info).cast(),
+        _pad: [0; 16],
+    };
+    let name = CString::new(iface).map_err(|_| io::ErrorKind::InvalidInput)?;
+    req.name[..iface.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: SIOCETHTOOL with a valid ifreq whose data points at `info`.
+    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut req) };
+    let err = io::Error::last_os_error();
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return match err.raw_os_error() {
+            Some(libc::EOPNOTSUPP) => Ok(None),
+            Some(libc::ENODEV) => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no interface `{iface}` here; check the name with `ip link`"),
+            )),
+            _ => Err(err),
+        };
+    }
+    Ok(Some(DriverInfo {
+        driver: c_field(&info.driver),
+        bus_info: c_field(&info.bus_info),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drvinfo_matches_the_kernel_layout() {
+        // struct ethtool_drvinfo is 196 bytes in <linux/ethtool.h>.
+        assert_eq!(std::mem::size_of::<EthtoolDrvinfo>(), 196);
+    }
+
+    #[test]
+    fn loopback_is_not_physical() {
+        // lo has no ethtool driver info, or a virtual one; never physical.
+        let info = driver_info("lo").expect("lo exists in every namespace");
+        assert!(!info.is_some_and(|i| i.is_physical()));
+    }
+
+    #[test]
+    fn missing_interface_is_a_clear_error() {
+        let err = driver_info("sgnonexistent0").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+    }
+}

@@ -1,0 +1,15 @@
+//! Security groups for Linux, enforced with eBPF: the user-space side.
+//!
+//! Data flows one way: config → model → validate → compile → maps → kernel.
+//!
+//! - Kernel-facing (uses aya): [`loader`] (load, attach, pin, detach, read
+//!   counters), [`pins`] (the bpffs layout), [`ifinfo`] (choosing a hook).
+//! - Test and demo infrastructure: [`netns`] (namespaces, veth, bridge).
+//! - The `sgctl` binary (src/bin/sgctl) is a thin CLI over these modules.
+
+pub mod demo;
+pub mod ifinfo;
+pub mod loader;
+pub mod netns;
+pub mod pins;
+pub mod probe;

@@ -1,0 +1,421 @@
+//! Loads the kernel programs, attaches them to an interface, pins links and
+//! maps under [`crate::pins::ROOT`], and detaches them again.
+//!
+//! Every interface gets its own instance of the programs and maps: counters,
+//! (later) policy and connection table are per interface by construction,
+//! and one interface's update never touches another's.
+
+use std::{collections::BTreeMap, io, path::Path};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Map, MapData, PerCpuArray},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+    },
+};
+use sg_common::{Counter, Direction, Reason, counter_index, names};
+use thiserror::Error;
+
+use crate::{
+    ifinfo,
+    netns::{NetnsError, in_netns},
+    pins::{self, IfaceId},
+};
+
+/// The compiled kernel programs, embedded at build time.
+pub static SG_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg"));
+
+/// Which end of a link the attachment protects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Side {
+    /// The interface belongs to the protected machine (ingress = inbound).
+    #[default]
+    Host,
+    /// The host end of a container's veth: packets arriving here leave the
+    /// container, so directions are swapped.
+    Peer,
+}
+
+/// Requested ingress hook.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum IngressHook {
+    /// Native XDP on physical NICs, TC on virtual devices.
+    #[default]
+    Auto,
+    /// Native (driver) XDP.
+    Xdp,
+    /// Generic (skb) XDP: works everywhere, slower than TC on veth.
+    XdpGeneric,
+    /// TC (tcx) ingress.
+    Tc,
+}
+
+/// The hook actually used for ingress, as recorded in the pin name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachedHook {
+    Xdp,
+    XdpGeneric,
+    Tc,
+}
+
+impl AttachedHook {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachedHook::Xdp => "xdp",
+            AttachedHook::XdpGeneric => "xdp-generic",
+            AttachedHook::Tc => "tc",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<AttachedHook> {
+        [
+            AttachedHook::Xdp,
+            AttachedHook::XdpGeneric,
+            AttachedHook::Tc,
+        ]
+        .into_iter()
+        .find(|h| h.name() == name)
+    }
+}
+
+/// Kernel-side log level (aya-log). Statements above it are removed by the
+/// verifier as dead code, so `off` costs nothing on the hot path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum BpfLog {
+    #[default]
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl BpfLog {
+    /// The value of aya-log's `AYA_LOG_LEVEL` global (0 disables everything).
+    fn level(self) -> u8 {
+        self as u8
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttachOptions {
+    pub side: Side,
+    pub ingress_hook: IngressHook,
+    pub bpf_log: BpfLog,
+}
+
+#[derive(Debug, Error)]
+pub enum LoaderError {
+    #[error("{iface} is already attached; run `sgctl detach --iface {}` first, or `sgctl status` to see it", .iface.iface)]
+    AlreadyAttached { iface: IfaceId },
+    #[error("{iface} is not attached; `sgctl status` lists attached interfaces")]
+    NotAttached { iface: IfaceId },
+    #[error("loading the eBPF programs failed: {0}\nhint: are you root, and does the kernel have BPF and BTF (/sys/kernel/btf/vmlinux)?")]
+    Load(#[from] aya::EbpfError),
+    #[error("program `{name}` failed: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("{what} failed for {iface}: {source}{hint}")]
+    Attach {
+        what: String,
+        iface: IfaceId,
+        hint: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("pinning under {path} failed: {detail}; is bpffs mounted at /sys/fs/bpf (`cargo xtask setup` mounts it)?")]
+    Pin { path: String, detail: String },
+    #[error("reading pinned state under {path}: {detail}")]
+    Pinned { path: String, detail: String },
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// What `attach` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Attached {
+    pub iface: IfaceId,
+    pub ingress_hook: AttachedHook,
+    pub side: Side,
+}
+
+fn link_pin_name(direction: &str, hook: AttachedHook) -> String {
+    format!("{}{direction}-{}", pins::LINK_PREFIX, hook.name())
+}
+
+/// Loads a fresh instance of the programs, attaches it to `iface` (ingress and
+/// egress) and pins links and counters. On any failure nothing stays attached.
+pub fn attach(iface: &IfaceId, opts: &AttachOptions) -> Result<Attached, LoaderError> {
+    pins::ensure_bpffs()?;
+    let dir = iface.dir();
+    if dir.exists() {
+        return Err(LoaderError::AlreadyAttached {
+            iface: iface.clone(),
+        });
+    }
+    let side_peer: u8 = (opts.side == Side::Peer).into();
+    let log_level = opts.bpf_log.level();
+    let mut ebpf = EbpfLoader::new()
+        .override_global(names::GLOBAL_SIDE_PEER, &side_peer, true)
+        .override_global(aya_log::LEVEL, &log_level, true)
+        .load(SG_OBJECT)?;
+    std::fs::create_dir_all(&dir)?;
+    let result = in_netns(iface.netns.as_deref(), || {
+        attach_here(&mut ebpf, iface, opts, &dir)
+    })
+    .map_err(LoaderError::from)
+    .and_then(|r| r);
+    match result {
+        Ok(ingress_hook) => Ok(Attached {
+            iface: iface.clone(),
+            ingress_hook,
+            side: opts.side,
+        }),
+        Err(e) => {
+            // Removing the pins drops the links: nothing half-attached remains.
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(e)
+        }
+    }
+}
+
+/// The attach steps proper; runs inside the interface's namespace.
+fn attach_here(
+    ebpf: &mut Ebpf,
+    iface: &IfaceId,
+    opts: &AttachOptions,
+    dir: &Path,
+) -> Result<AttachedHook, LoaderError> {
+    let name = iface.iface.as_str();
+    let physical = ifinfo::driver_info(name)
+        .map_err(|e| LoaderError::Io(io::Error::new(e.kind(), format!("{iface}: {e}"))))?
+        .is_some_and(|info| info.is_physical());
+    let hook = match opts.ingress_hook {
+        IngressHook::Auto if physical => {
+            match attach_xdp(ebpf, iface, XdpMode::Driver, dir) {
+                Ok(()) => AttachedHook::Xdp,
+                Err(e) => {
+                    log::warn!("{iface}: native XDP failed ({e}); using TC ingress instead");
+                    attach_tc(ebpf, iface, TcAttachType::Ingress, dir)?;
+                    AttachedHook::Tc
+                }
+            }
+        }
+        IngressHook::Auto | IngressHook::Tc => {
+            attach_tc(ebpf, iface, TcAttachType::Ingress, dir)?;
+            AttachedHook::Tc
+        }
+        IngressHook::Xdp => {
+            attach_xdp(ebpf, iface, XdpMode::Driver, dir)?;
+            AttachedHook::Xdp
+        }
+        IngressHook::XdpGeneric => {
+            attach_xdp(ebpf, iface, XdpMode::Skb, dir)?;
+            AttachedHook::XdpGeneric
+        }
+    };
+    attach_tc(ebpf, iface, TcAttachType::Egress, dir)?;
+    let counters = ebpf
+        .map(names::MAP_COUNTERS)
+        .expect("SG_COUNTERS is in the object (checked by tests)");
+    let path = dir.join(pins::COUNTERS);
+    counters.pin(&path).map_err(|e| LoaderError::Pin {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    })?;
+    Ok(hook)
+}
+
+fn pin_link(link: FdLink, path: &Path) -> Result<(), LoaderError> {
+    link.pin(path).map_err(|e| LoaderError::Pin {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    })?;
+    Ok(())
+}
+
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    iface: &IfaceId,
+    mode: XdpMode,
+    dir: &Path,
+) -> Result<(), LoaderError> {
+    let name = names::PROG_XDP_INGRESS;
+    let prog: &mut Xdp = program(ebpf, name)?;
+    if prog.fd().is_err() {
+        prog.load()
+            .map_err(|source| LoaderError::Program { name, source })?;
+    }
+    let attach_error = |source| LoaderError::Attach {
+        what: format!("XDP ({mode:?} mode) attach"),
+        iface: iface.clone(),
+        hint: "\nhint: the driver may not support native XDP; try `--ingress-hook tc` or `--ingress-hook xdp-generic`",
+        source,
+    };
+    let link_id = prog.attach(&iface.iface, mode).map_err(attach_error)?;
+    let link = prog.take_link(link_id).map_err(attach_error)?;
+    let link: FdLink = link.try_into().map_err(|e: LinkError| LoaderError::Pin {
+        path: dir.display().to_string(),
+        detail: format!("XDP attached through netlink, which cannot be pinned ({e})"),
+    })?;
+    let hook = if mode == XdpMode::Skb {
+        AttachedHook::XdpGeneric
+    } else {
+        AttachedHook::Xdp
+    };
+    pin_link(link, &dir.join(link_pin_name("ingress", hook)))
+}
+
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    iface: &IfaceId,
+    attach_type: TcAttachType,
+    dir: &Path,
+) -> Result<(), LoaderError> {
+    let (name, direction) = match attach_type {
+        TcAttachType::Egress => (names::PROG_TC_EGRESS, "egress"),
+        _ => (names::PROG_TC_INGRESS, "ingress"),
+    };
+    let prog: &mut SchedClassifier = program(ebpf, name)?;
+    prog.load()
+        .map_err(|source| LoaderError::Program { name, source })?;
+    let attach_error = |source| LoaderError::Attach {
+        what: format!("TC {direction} attach"),
+        iface: iface.clone(),
+        hint: "\nhint: tcx needs Linux 6.6 or newer; check the interface exists with `ip link`",
+        source,
+    };
+    let link_id = prog.attach(&iface.iface, attach_type).map_err(attach_error)?;
+    let link = prog.take_link(link_id).map_err(attach_error)?;
+    let link: FdLink = link.try_into().map_err(|e: LinkError| LoaderError::Pin {
+        path: dir.display().to_string(),
+        detail: format!("TC attached through netlink (no tcx), which cannot be pinned ({e})"),
+    })?;
+    pin_link(link, &dir.join(link_pin_name(direction, AttachedHook::Tc)))
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoaderError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .unwrap_or_else(|| panic!("program {name} is in the object (checked by tests)"));
+    prog.try_into()
+        .map_err(|source| LoaderError::Program { name, source })
+}
+
+/// Detaches `iface`: removing its pins releases the links (the programs leave
+/// the interface) and the maps.
+pub fn detach(iface: &IfaceId) -> Result<(), LoaderError> {
+    let dir = iface.dir();
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {
+            // Drop the scope directory too once it is empty.
+            if let Some(scope) = dir.parent() {
+                let _ = std::fs::remove_dir(scope);
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(LoaderError::NotAttached {
+            iface: iface.clone(),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Summed (over CPUs) counters of one attached interface.
+pub type CounterTable = BTreeMap<(Direction, Reason), Counter>;
+
+/// Reads `SG_COUNTERS` of an attached interface from its pin.
+pub fn read_counters(iface: &IfaceId) -> Result<CounterTable, LoaderError> {
+    let path = iface.dir().join(pins::COUNTERS);
+    let pinned_error = |detail: String| LoaderError::Pinned {
+        path: path.display().to_string(),
+        detail,
+    };
+    let data = MapData::from_pin(&path).map_err(|e| pinned_error(e.to_string()))?;
+    let map: PerCpuArray<MapData, Counter> = PerCpuArray::try_from(Map::PerCpuArray(data))
+        .map_err(|e| pinned_error(e.to_string()))?;
+    let mut table = CounterTable::new();
+    for direction in Direction::ALL {
+        for reason in Reason::ALL {
+            let per_cpu = map
+                .get(&counter_index(direction, reason), 0)
+                .map_err(|e| pinned_error(e.to_string()))?;
+            let mut sum = Counter::default();
+            for c in per_cpu.iter() {
+                sum.packets += c.packets;
+                sum.bytes += c.bytes;
+            }
+            table.insert((direction, reason), sum);
+        }
+    }
+    Ok(table)
+}
+
+/// Pinned links of an attached interface: (pin name, hook, kernel program id).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PinnedHook {
+    pub direction: String,
+    pub hook: AttachedHook,
+    pub program_id: u32,
+}
+
+pub fn pinned_hooks(iface: &IfaceId) -> Result<Vec<PinnedHook>, LoaderError> {
+    let dir = iface.dir();
+    let mut hooks = Vec::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let entry = entry?;
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file.strip_prefix(pins::LINK_PREFIX) else {
+            continue;
+        };
+        let Some((direction, hook)) = rest.split_once('-') else {
+            continue;
+        };
+        let Some(hook) = AttachedHook::from_name(hook) else {
+            continue;
+        };
+        let link: FdLink = PinnedLink::from_pin(entry.path())
+            .map_err(|e| LoaderError::Pinned {
+                path: entry.path().display().to_string(),
+                detail: e.to_string(),
+            })?
+            .into();
+        let info = link.info().map_err(|e| LoaderError::Pinned {
+            path: entry.path().display().to_string(),
+            detail: e.to_string(),
+        })?;
+        hooks.push(PinnedHook {
+            direction: direction.to_string(),
+            hook,
+            program_id: info.program_id(),
+        });
+    }
+    hooks.sort_by(|a, b| a.direction.cmp(&b.direction));
+    Ok(hooks)
+}
+
+/// Starts forwarding kernel-side aya-log records of `iface` to the `log` crate.
+/// The records exist only if it was attached with `--bpf-log` above `off`.
+pub fn kernel_logger(iface: &IfaceId) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>, LoaderError> {
+    let hooks = pinned_hooks(iface)?;
+    let hook = hooks.first().ok_or_else(|| LoaderError::NotAttached {
+        iface: iface.clone(),
+    })?;
+    aya_log::EbpfLogger::init_from_id(hook.program_id).map_err(|e| LoaderError::Pinned {
+        path: iface.dir().display().to_string(),
+        detail: format!("opening the kernel log ring buffer: {e}"),
+    })
+}

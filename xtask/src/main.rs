@@ -1,0 +1,85 @@
+//! Developer tasks. The README names two: `cargo xtask demo` and
+//! `cargo xtask test`; both run `setup` first when something is missing.
+
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Developer tasks for the sg workspace")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install packages, nightly rust-src and bpf-linker; check the kernel (idempotent)
+    Setup,
+    /// Build, then run the demonstration in throwaway network namespaces (root)
+    Demo,
+    /// Everything CI runs: fmt, clippy -D warnings, unit, kernel and netns tests
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter)
+        #[arg(trailing_var_arg = true)]
+        cargo_test_args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Demo => {
+            ensure_setup()?;
+            cargo(&["build", "--package", "sg-user", "--bin", "sgctl"])?;
+            let sgctl = workspace_root().join("target/debug/sgctl");
+            run(Command::new(&sgctl).arg("demo"), "sgctl demo")
+        }
+        Task::Test { cargo_test_args } => {
+            ensure_setup()?;
+            cargo(&["fmt", "--all", "--", "--check"])
+                .context("formatting differs: run `cargo fmt --all`")?;
+            cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+            let mut args = vec!["test", "--workspace"];
+            args.extend(cargo_test_args.iter().map(String::as_str));
+            cargo(&args)
+        }
+    }
+}
+
+fn ensure_setup() -> Result<()> {
+    if !setup::toolchain_ready() {
+        eprintln!("xtask: toolchain incomplete, running `cargo xtask setup` first");
+        setup::run()?;
+    }
+    Ok(())
+}
+
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(
+        Command::new(cargo).args(args).current_dir(workspace_root()),
+        &format!("cargo {}", args.join(" ")),
+    )
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    eprintln!("xtask: {what}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{what}`"))?;
+    if !status.success() {
+        bail!("`{what}` failed ({status})");
+    }
+    Ok(())
+}
