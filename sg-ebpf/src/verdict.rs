@@ -33,7 +33,10 @@ pub fn decide<C: EbpfContext>(ctx: &C, hook: Hook, frame_len: usize) -> bool {
     let direction = direction(hook);
     let reason = Reason::PassUnfiltered;
     // Compiled out at load time unless `sgctl --bpf-log trace` (AYA_LOG_LEVEL).
-    trace!(ctx, "dir={} reason={} len={}", direction as u32, reason as u32, frame_len);
+    trace!(
+        ctx,
+        "dir={} reason={} len={}", direction as u32, reason as u32, frame_len
+    );
     counters::record(direction, reason, frame_len);
     !reason.is_drop()
 }

@@ -36,17 +36,63 @@ struct Flow {
 }
 
 const FLOWS: &[Flow] = &[
-    Flow { from: "outside", to: "web", port: 443, v6: false, what: "HTTPS from anywhere" },
-    Flow { from: "outside", to: "web", port: 80, v6: true, what: "HTTP from anywhere (IPv6)" },
-    Flow { from: "office", to: "web", port: 22, v6: false, what: "SSH from the office" },
-    Flow { from: "outside", to: "web", port: 22, v6: false, what: "SSH from outside" },
-    Flow { from: "outside", to: "web", port: 3389, v6: false, what: "RDP from outside" },
-    Flow { from: "web", to: "db", port: 3306, v6: false, what: "MySQL to the db group" },
-    Flow { from: "web", to: "outside", port: 443, v6: false, what: "web to the internet" },
+    Flow {
+        from: "outside",
+        to: "web",
+        port: 443,
+        v6: false,
+        what: "HTTPS from anywhere",
+    },
+    Flow {
+        from: "outside",
+        to: "web",
+        port: 80,
+        v6: true,
+        what: "HTTP from anywhere (IPv6)",
+    },
+    Flow {
+        from: "office",
+        to: "web",
+        port: 22,
+        v6: false,
+        what: "SSH from the office",
+    },
+    Flow {
+        from: "outside",
+        to: "web",
+        port: 22,
+        v6: false,
+        what: "SSH from outside",
+    },
+    Flow {
+        from: "outside",
+        to: "web",
+        port: 3389,
+        v6: false,
+        what: "RDP from outside",
+    },
+    Flow {
+        from: "web",
+        to: "db",
+        port: 3306,
+        v6: false,
+        what: "MySQL to the db group",
+    },
+    Flow {
+        from: "web",
+        to: "outside",
+        port: 443,
+        v6: false,
+        what: "web to the internet",
+    },
 ];
 
 fn host_addr(host: &Host, v6: bool) -> IpAddr {
-    if v6 { host.ipv6.into() } else { host.ipv4.into() }
+    if v6 {
+        host.ipv6.into()
+    } else {
+        host.ipv4.into()
+    }
 }
 
 /// Builds the harness, attaches, runs the flows, prints, cleans up (also on error).
@@ -62,9 +108,19 @@ pub fn run() -> Result<String> {
         let v6 = Ipv6Addr::from(0x2001_0db8_0000_0000_0000_0000_0000_0000u128 | v6);
         seg.add_host(role, v4, v6)?;
     }
-    writeln!(out, "network (one bridge, namespaces created for this run):")?;
+    writeln!(
+        out,
+        "network (one bridge, namespaces created for this run):"
+    )?;
     for h in &seg.hosts {
-        writeln!(out, "  {:<8} {:<14} {:<20} ns {}", h.role, h.ipv4, h.ipv6, h.netns.name())?;
+        writeln!(
+            out,
+            "  {:<8} {:<14} {:<20} ns {}",
+            h.role,
+            h.ipv4,
+            h.ipv6,
+            h.netns.name()
+        )?;
     }
     writeln!(out, "\nrules:\n{RULES}\n")?;
 
@@ -73,14 +129,17 @@ pub fn run() -> Result<String> {
     for flow in FLOWS {
         let host = seg.host(flow.to);
         let addr = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), flow.port);
-        if !servers.iter().any(|(to, p, _): &(&str, u16, TcpServer)| *to == flow.to && *p == flow.port) {
+        if !servers
+            .iter()
+            .any(|(to, p, _): &(&str, u16, TcpServer)| *to == flow.to && *p == flow.port)
+        {
             servers.push((flow.to, flow.port, TcpServer::start(&host.netns, addr)?));
         }
     }
 
     let web = IfaceId::new(Host::IFACE, Some(seg.host("web").netns.name()));
-    let attached = loader::attach(&web, &AttachOptions::default())
-        .context("attaching to web's interface")?;
+    let attached =
+        loader::attach(&web, &AttachOptions::default()).context("attaching to web's interface")?;
     writeln!(
         out,
         "attached to {} (ingress hook: {}, egress hook: tc)",
@@ -117,19 +176,23 @@ pub fn run() -> Result<String> {
 }
 
 fn run_flows(seg: &Segment, out: &mut String) -> Result<()> {
-    writeln!(out, "{:<28} {:<8} → {:<22} {}", "flow", "from", "to", "observed")?;
+    writeln!(out, "{:<28} {:<8} → {:<26} observed", "flow", "from", "to")?;
     for flow in FLOWS {
         let from = seg.host(flow.from);
         let to = seg.host(flow.to);
         let dst = SocketAddr::new(host_addr(to, flow.v6), flow.port);
         let reach = probe::tcp_connect(&from.netns, dst, Duration::from_secs(1));
-        let mark = if reach == Reach::Connected { "✓" } else { "✗" };
+        let mark = if reach == Reach::Connected {
+            "✓"
+        } else {
+            "✗"
+        };
         writeln!(
             out,
-            "{:<28} {:<8} → {:<22} {mark} {}",
+            "{:<28} {:<8} → {:<26} {mark} {}",
             flow.what,
             flow.from,
-            format!("{}:{}", flow.to, dst),
+            format!("{} {}", flow.to, dst),
             reach.name()
         )?;
     }

@@ -11,5 +11,6 @@ pub mod demo;
 pub mod ifinfo;
 pub mod loader;
 pub mod netns;
+pub mod packet;
 pub mod pins;
 pub mod probe;

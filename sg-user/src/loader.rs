@@ -115,13 +115,15 @@ pub enum LoaderError {
     AlreadyAttached { iface: IfaceId },
     #[error("{iface} is not attached; `sgctl status` lists attached interfaces")]
     NotAttached { iface: IfaceId },
-    #[error("loading the eBPF programs failed: {0}\nhint: are you root, and does the kernel have BPF and BTF (/sys/kernel/btf/vmlinux)?")]
-    Load(#[from] aya::EbpfError),
+    #[error(
+        "loading the eBPF programs failed: {0}\nhint: are you root, and does the kernel have BPF and BTF (/sys/kernel/btf/vmlinux)?"
+    )]
+    Load(#[source] Box<aya::EbpfError>),
     #[error("program `{name}` failed: {source}")]
     Program {
         name: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("{what} failed for {iface}: {source}{hint}")]
     Attach {
@@ -129,9 +131,11 @@ pub enum LoaderError {
         iface: IfaceId,
         hint: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
-    #[error("pinning under {path} failed: {detail}; is bpffs mounted at /sys/fs/bpf (`cargo xtask setup` mounts it)?")]
+    #[error(
+        "pinning under {path} failed: {detail}; is bpffs mounted at /sys/fs/bpf (`cargo xtask setup` mounts it)?"
+    )]
     Pin { path: String, detail: String },
     #[error("reading pinned state under {path}: {detail}")]
     Pinned { path: String, detail: String },
@@ -168,7 +172,8 @@ pub fn attach(iface: &IfaceId, opts: &AttachOptions) -> Result<Attached, LoaderE
     let mut ebpf = EbpfLoader::new()
         .override_global(names::GLOBAL_SIDE_PEER, &side_peer, true)
         .override_global(aya_log::LEVEL, &log_level, true)
-        .load(SG_OBJECT)?;
+        .load(SG_OBJECT)
+        .map_err(|e| LoaderError::Load(Box::new(e)))?;
     std::fs::create_dir_all(&dir)?;
     let result = in_netns(iface.netns.as_deref(), || {
         attach_here(&mut ebpf, iface, opts, &dir)
@@ -183,7 +188,7 @@ pub fn attach(iface: &IfaceId, opts: &AttachOptions) -> Result<Attached, LoaderE
         }),
         Err(e) => {
             // Removing the pins drops the links: nothing half-attached remains.
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = pins::remove_iface_dir(iface);
             Err(e)
         }
     }
@@ -201,16 +206,14 @@ fn attach_here(
         .map_err(|e| LoaderError::Io(io::Error::new(e.kind(), format!("{iface}: {e}"))))?
         .is_some_and(|info| info.is_physical());
     let hook = match opts.ingress_hook {
-        IngressHook::Auto if physical => {
-            match attach_xdp(ebpf, iface, XdpMode::Driver, dir) {
-                Ok(()) => AttachedHook::Xdp,
-                Err(e) => {
-                    log::warn!("{iface}: native XDP failed ({e}); using TC ingress instead");
-                    attach_tc(ebpf, iface, TcAttachType::Ingress, dir)?;
-                    AttachedHook::Tc
-                }
+        IngressHook::Auto if physical => match attach_xdp(ebpf, iface, XdpMode::Driver, dir) {
+            Ok(()) => AttachedHook::Xdp,
+            Err(e) => {
+                log::warn!("{iface}: native XDP failed ({e}); using TC ingress instead");
+                attach_tc(ebpf, iface, TcAttachType::Ingress, dir)?;
+                AttachedHook::Tc
             }
-        }
+        },
         IngressHook::Auto | IngressHook::Tc => {
             attach_tc(ebpf, iface, TcAttachType::Ingress, dir)?;
             AttachedHook::Tc
@@ -253,14 +256,16 @@ fn attach_xdp(
     let name = names::PROG_XDP_INGRESS;
     let prog: &mut Xdp = program(ebpf, name)?;
     if prog.fd().is_err() {
-        prog.load()
-            .map_err(|source| LoaderError::Program { name, source })?;
+        prog.load().map_err(|source| LoaderError::Program {
+            name,
+            source: Box::new(source),
+        })?;
     }
     let attach_error = |source| LoaderError::Attach {
+        source: Box::new(source),
         what: format!("XDP ({mode:?} mode) attach"),
         iface: iface.clone(),
         hint: "\nhint: the driver may not support native XDP; try `--ingress-hook tc` or `--ingress-hook xdp-generic`",
-        source,
     };
     let link_id = prog.attach(&iface.iface, mode).map_err(attach_error)?;
     let link = prog.take_link(link_id).map_err(attach_error)?;
@@ -287,15 +292,19 @@ fn attach_tc(
         _ => (names::PROG_TC_INGRESS, "ingress"),
     };
     let prog: &mut SchedClassifier = program(ebpf, name)?;
-    prog.load()
-        .map_err(|source| LoaderError::Program { name, source })?;
+    prog.load().map_err(|source| LoaderError::Program {
+        name,
+        source: Box::new(source),
+    })?;
     let attach_error = |source| LoaderError::Attach {
+        source: Box::new(source),
         what: format!("TC {direction} attach"),
         iface: iface.clone(),
         hint: "\nhint: tcx needs Linux 6.6 or newer; check the interface exists with `ip link`",
-        source,
     };
-    let link_id = prog.attach(&iface.iface, attach_type).map_err(attach_error)?;
+    let link_id = prog
+        .attach(&iface.iface, attach_type)
+        .map_err(attach_error)?;
     let link = prog.take_link(link_id).map_err(attach_error)?;
     let link: FdLink = link.try_into().map_err(|e: LinkError| LoaderError::Pin {
         path: dir.display().to_string(),
@@ -311,22 +320,17 @@ where
     let prog = ebpf
         .program_mut(name)
         .unwrap_or_else(|| panic!("program {name} is in the object (checked by tests)"));
-    prog.try_into()
-        .map_err(|source| LoaderError::Program { name, source })
+    prog.try_into().map_err(|source| LoaderError::Program {
+        name,
+        source: Box::new(source),
+    })
 }
 
 /// Detaches `iface`: removing its pins releases the links (the programs leave
 /// the interface) and the maps.
 pub fn detach(iface: &IfaceId) -> Result<(), LoaderError> {
-    let dir = iface.dir();
-    match std::fs::remove_dir_all(&dir) {
-        Ok(()) => {
-            // Drop the scope directory too once it is empty.
-            if let Some(scope) = dir.parent() {
-                let _ = std::fs::remove_dir(scope);
-            }
-            Ok(())
-        }
+    match pins::remove_iface_dir(iface) {
+        Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Err(LoaderError::NotAttached {
             iface: iface.clone(),
         }),
@@ -345,8 +349,8 @@ pub fn read_counters(iface: &IfaceId) -> Result<CounterTable, LoaderError> {
         detail,
     };
     let data = MapData::from_pin(&path).map_err(|e| pinned_error(e.to_string()))?;
-    let map: PerCpuArray<MapData, Counter> = PerCpuArray::try_from(Map::PerCpuArray(data))
-        .map_err(|e| pinned_error(e.to_string()))?;
+    let map: PerCpuArray<MapData, Counter> =
+        PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(|e| pinned_error(e.to_string()))?;
     let mut table = CounterTable::new();
     for direction in Direction::ALL {
         for reason in Reason::ALL {
@@ -409,7 +413,9 @@ pub fn pinned_hooks(iface: &IfaceId) -> Result<Vec<PinnedHook>, LoaderError> {
 
 /// Starts forwarding kernel-side aya-log records of `iface` to the `log` crate.
 /// The records exist only if it was attached with `--bpf-log` above `off`.
-pub fn kernel_logger(iface: &IfaceId) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>, LoaderError> {
+pub fn kernel_logger(
+    iface: &IfaceId,
+) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>, LoaderError> {
     let hooks = pinned_hooks(iface)?;
     let hook = hooks.first().ok_or_else(|| LoaderError::NotAttached {
         iface: iface.clone(),

@@ -23,9 +23,13 @@ pub const HARNESS_PREFIX: &str = "sgt";
 
 #[derive(Debug, Error)]
 pub enum NetnsError {
-    #[error("network namespace `{name}` not found under {NETNS_RUN_DIR}; create it with `ip netns add {name}` or fix the name")]
+    #[error(
+        "network namespace `{name}` not found under {NETNS_RUN_DIR}; create it with `ip netns add {name}` or fix the name"
+    )]
     NotFound { name: String },
-    #[error("entering network namespace `{name}` failed (setns): {source}; this needs root (CAP_SYS_ADMIN)")]
+    #[error(
+        "entering network namespace `{name}` failed (setns): {source}; this needs root (CAP_SYS_ADMIN)"
+    )]
     Setns {
         name: String,
         #[source]
@@ -151,7 +155,16 @@ impl Netns {
     /// and `remote` there, both up.
     pub fn veth_to(&self, local: &str, other: &Netns, remote: &str) -> Result<(), NetnsError> {
         self.ip(&[
-            "link", "add", local, "type", "veth", "peer", "name", remote, "netns", &other.name,
+            "link",
+            "add",
+            local,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            remote,
+            "netns",
+            &other.name,
         ])?;
         self.ip(&["link", "set", local, "up"])?;
         other.ip(&["link", "set", remote, "up"])?;

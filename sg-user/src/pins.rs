@@ -53,6 +53,18 @@ impl std::fmt::Display for IfaceId {
     }
 }
 
+/// Removes an interface's pins (which releases its links and maps) and its
+/// scope directory once that is empty.
+pub fn remove_iface_dir(iface: &IfaceId) -> io::Result<()> {
+    let dir = iface.dir();
+    std::fs::remove_dir_all(&dir)?;
+    if let Some(scope) = dir.parent() {
+        // Fails harmlessly while other interfaces of the scope remain.
+        let _ = std::fs::remove_dir(scope);
+    }
+    Ok(())
+}
+
 /// Every interface with state under [`ROOT`].
 pub fn attached_ifaces() -> io::Result<Vec<IfaceId>> {
     let mut found = Vec::new();

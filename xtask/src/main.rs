@@ -42,7 +42,14 @@ fn main() -> Result<()> {
             ensure_setup()?;
             cargo(&["fmt", "--all", "--", "--check"])
                 .context("formatting differs: run `cargo fmt --all`")?;
-            cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
             let mut args = vec!["test", "--workspace"];
             args.extend(cargo_test_args.iter().map(String::as_str));
             cargo(&args)

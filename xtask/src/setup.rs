@@ -46,7 +46,9 @@ pub fn toolchain_ready() -> bool {
 pub fn run() -> Result<()> {
     let root = is_root();
     if !root {
-        step("not running as root: packages, bpffs and the kernel tests need root (run `sudo cargo xtask setup`)");
+        step(
+            "not running as root: packages, bpffs and the kernel tests need root (run `sudo cargo xtask setup`)",
+        );
     }
     install_packages(root)?;
     install_rust_src()?;
@@ -83,7 +85,10 @@ fn install_packages(root: bool) -> Result<()> {
         );
     }
     step(&format!("installing {} (apt-get)", missing.join(" ")));
-    run_cmd(Command::new("apt-get").args(["update", "-qq"]), "apt-get update")?;
+    run_cmd(
+        Command::new("apt-get").args(["update", "-qq"]),
+        "apt-get update",
+    )?;
     run_cmd(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
@@ -97,7 +102,11 @@ fn rust_src_installed() -> bool {
     Command::new("rustup")
         .args(["component", "list", "--toolchain", "nightly", "--installed"])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("rust-src")))
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.starts_with("rust-src"))
+        })
         .unwrap_or(false)
 }
 
@@ -117,7 +126,9 @@ fn bpf_linker_works() -> bool {
     Command::new("bpf-linker")
         .arg("--version")
         .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        })
 }
 
 /// A directory whose lib/ holds nightly's libLLVM under the names the
@@ -159,7 +170,9 @@ fn llvm_prefix() -> Result<PathBuf> {
 
 fn install_bpf_linker() -> Result<()> {
     if bpf_linker_works() {
-        step(&format!("bpf-linker {BPF_LINKER_VERSION} present and working"));
+        step(&format!(
+            "bpf-linker {BPF_LINKER_VERSION} present and working"
+        ));
         return Ok(());
     }
     let prefix = llvm_prefix()?;
@@ -169,8 +182,19 @@ fn install_bpf_linker() -> Result<()> {
     ));
     run_cmd(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--locked", "--force", "--version", BPF_LINKER_VERSION])
-            .args(["--no-default-features", "--features", BPF_LINKER_LLVM_FEATURE])
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--force",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                BPF_LINKER_LLVM_FEATURE,
+            ])
             .env("LLVM_PREFIX", &prefix)
             .env("LLVM_SYS_221_PREFIX", &prefix),
         "cargo install bpf-linker",
@@ -190,7 +214,10 @@ fn check_kernel(root: bool) -> Result<()> {
     }
     step("kernel BTF present (/sys/kernel/btf/vmlinux)");
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")) {
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
         step("bpffs mounted at /sys/fs/bpf");
     } else if root {
         step("mounting bpffs at /sys/fs/bpf");
@@ -209,7 +236,9 @@ fn run_cmd(cmd: &mut Command, what: &str) -> Result<()> {
         .status()
         .with_context(|| format!("could not start `{what}`"))?;
     if !status.success() {
-        bail!("`{what}` failed ({status}); run it by hand to see why, then `cargo xtask setup` again");
+        bail!(
+            "`{what}` failed ({status}); run it by hand to see why, then `cargo xtask setup` again"
+        );
     }
     Ok(())
 }

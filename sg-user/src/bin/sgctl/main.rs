@@ -16,7 +16,11 @@ use sg_user::{
 };
 
 #[derive(Parser)]
-#[command(name = "sgctl", version, about = "AWS-style security groups for Linux interfaces, enforced in the kernel with eBPF")]
+#[command(
+    name = "sgctl",
+    version,
+    about = "AWS-style security groups for Linux interfaces, enforced in the kernel with eBPF"
+)]
 struct Cli {
     /// More log output (-v info, -vv debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -210,7 +214,10 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if all.is_empty() {
-        writeln!(out, "no interface attached; attach one with `sgctl attach --iface NAME`")?;
+        writeln!(
+            out,
+            "no interface attached; attach one with `sgctl attach --iface NAME`"
+        )?;
     }
     for s in &all {
         let hooks: Vec<String> = s
@@ -219,7 +226,11 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
             .map(|h| format!("{} {} (prog {})", h.direction, h.hook.name(), h.program_id))
             .collect();
         writeln!(out, "{}: {}", s.iface, hooks.join(", "))?;
-        for c in s.counters.iter().filter(|c| c.packets > 0 || c.reason == Reason::PassUnfiltered.name()) {
+        for c in s
+            .counters
+            .iter()
+            .filter(|c| c.packets > 0 || c.reason == Reason::PassUnfiltered.name())
+        {
             writeln!(
                 out,
                 "  {:<9} {:<4} {:<16} {:>10} pkts {:>12} bytes",
@@ -234,7 +245,9 @@ fn logs(args: IfaceArgs) -> Result<ExitCode> {
     require_root("sgctl logs")?;
     let id = args.id();
     let logger = loader::kernel_logger(&id)?;
-    eprintln!("streaming kernel logs of {id} (Ctrl-C to stop); attach with --bpf-log debug to see any");
+    eprintln!(
+        "streaming kernel logs of {id} (Ctrl-C to stop); attach with --bpf-log debug to see any"
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,0 +1,179 @@
+//! Crafted Ethernet frames for kernel tests (BPF_PROG_TEST_RUN) and
+//! benchmarks: Ethernet → IPv4/IPv6 → TCP/UDP/ICMP/ICMPv6 or any protocol.
+//! Checksums are not filled in: the programs under test never verify them.
+
+use std::net::IpAddr;
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_ARP: u16 = 0x0806;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// Layer-4 part of a crafted packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4 {
+    Tcp {
+        src: u16,
+        dst: u16,
+        flags: u8,
+    },
+    Udp {
+        src: u16,
+        dst: u16,
+    },
+    /// ICMP or ICMPv6 (chosen by the address family), with echo identifier.
+    Icmp {
+        kind: u8,
+        code: u8,
+        ident: u16,
+    },
+    /// Any other protocol number, with a few payload bytes.
+    Other {
+        proto: u8,
+    },
+}
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// A packet description that [`Frame::build`] turns into bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Frame {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub l4: L4,
+    /// Bytes of payload after the L4 header.
+    pub payload: usize,
+}
+
+impl Frame {
+    pub fn build(&self) -> Vec<u8> {
+        let l4 = self.l4_bytes();
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02]); // dst MAC
+        out.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]); // src MAC
+        match (self.src, self.dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                out.extend_from_slice(&ETH_P_IP.to_be_bytes());
+                let total = (20 + l4.len()) as u16;
+                out.extend_from_slice(&[0x45, 0]);
+                out.extend_from_slice(&total.to_be_bytes());
+                out.extend_from_slice(&[0, 1, 0x40, 0, 64, self.proto()]); // id 1, DF
+                out.extend_from_slice(&[0, 0]); // checksum
+                out.extend_from_slice(&src.octets());
+                out.extend_from_slice(&dst.octets());
+            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                out.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+                out.extend_from_slice(&[0x60, 0, 0, 0]);
+                out.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+                out.extend_from_slice(&[self.proto(), 64]);
+                out.extend_from_slice(&src.octets());
+                out.extend_from_slice(&dst.octets());
+            }
+            _ => panic!("source and destination must be the same address family"),
+        }
+        out.extend_from_slice(&l4);
+        out
+    }
+
+    /// The IP protocol number of this frame.
+    pub fn proto(&self) -> u8 {
+        match self.l4 {
+            L4::Tcp { .. } => IPPROTO_TCP,
+            L4::Udp { .. } => IPPROTO_UDP,
+            L4::Icmp { .. } if self.src.is_ipv6() => IPPROTO_ICMPV6,
+            L4::Icmp { .. } => IPPROTO_ICMP,
+            L4::Other { proto } => proto,
+        }
+    }
+
+    fn l4_bytes(&self) -> Vec<u8> {
+        let mut l4 = Vec::new();
+        match self.l4 {
+            L4::Tcp { src, dst, flags } => {
+                l4.extend_from_slice(&src.to_be_bytes());
+                l4.extend_from_slice(&dst.to_be_bytes());
+                l4.extend_from_slice(&1u32.to_be_bytes()); // seq
+                l4.extend_from_slice(&0u32.to_be_bytes()); // ack
+                l4.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+            }
+            L4::Udp { src, dst } => {
+                l4.extend_from_slice(&src.to_be_bytes());
+                l4.extend_from_slice(&dst.to_be_bytes());
+                l4.extend_from_slice(&((8 + self.payload) as u16).to_be_bytes());
+                l4.extend_from_slice(&[0, 0]);
+            }
+            L4::Icmp { kind, code, ident } => {
+                l4.extend_from_slice(&[kind, code, 0, 0]);
+                l4.extend_from_slice(&ident.to_be_bytes());
+                l4.extend_from_slice(&1u16.to_be_bytes()); // sequence
+            }
+            L4::Other { .. } => {}
+        }
+        l4.resize(l4.len() + self.payload, 0xab);
+        l4
+    }
+}
+
+/// An ARP request frame (who-has), for bypass tests.
+pub fn arp_request() -> Vec<u8> {
+    let mut out = vec![0xff; 6];
+    out.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+    out.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+    out.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    out.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01, 198, 18, 0, 1]);
+    out.extend_from_slice(&[0, 0, 0, 0, 0, 0, 198, 18, 0, 2]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_tcp_layout() {
+        let f = Frame {
+            src: "198.18.0.1".parse().unwrap(),
+            dst: "198.18.0.2".parse().unwrap(),
+            l4: L4::Tcp {
+                src: 40000,
+                dst: 443,
+                flags: TCP_SYN,
+            },
+            payload: 0,
+        }
+        .build();
+        assert_eq!(f.len(), 14 + 20 + 20);
+        assert_eq!(&f[12..14], &ETH_P_IP.to_be_bytes());
+        assert_eq!(f[14 + 9], IPPROTO_TCP);
+        assert_eq!(u16::from_be_bytes([f[16], f[17]]), 40);
+        assert_eq!(u16::from_be_bytes([f[36], f[37]]), 443);
+        assert_eq!(f[34 + 13], TCP_SYN);
+    }
+
+    #[test]
+    fn ipv6_icmp_layout() {
+        let f = Frame {
+            src: "2001:db8::1".parse().unwrap(),
+            dst: "2001:db8::2".parse().unwrap(),
+            l4: L4::Icmp {
+                kind: 128,
+                code: 0,
+                ident: 7,
+            },
+            payload: 4,
+        }
+        .build();
+        assert_eq!(f.len(), 14 + 40 + 8 + 4);
+        assert_eq!(f[14 + 6], IPPROTO_ICMPV6);
+        assert_eq!(u16::from_be_bytes([f[18], f[19]]), 12);
+        assert_eq!(f[54], 128);
+    }
+}
