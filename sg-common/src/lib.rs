@@ -4,7 +4,10 @@
 //! kernel and user space read the same bytes. Nothing else belongs in this crate.
 #![no_std]
 
+pub mod conntrack;
 pub mod counters;
 pub mod names;
+pub mod policy;
 
 pub use counters::{COUNTER_SLOTS, Counter, Direction, REASON_SLOTS, Reason, counter_index};
+pub use policy::IfaceConfig;

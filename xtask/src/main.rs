@@ -52,7 +52,7 @@ fn main() -> Result<()> {
             ])?;
             let mut args = vec!["test", "--workspace"];
             args.extend(cargo_test_args.iter().map(String::as_str));
-            cargo(&args)
+            cargo_test(&args)
         }
     }
 }
@@ -78,6 +78,46 @@ fn cargo(args: &[&str]) -> Result<()> {
         Command::new(cargo).args(args).current_dir(workspace_root()),
         &format!("cargo {}", args.join(" ")),
     )
+}
+
+/// Runs `cargo test`, echoing its output, and ends with one summary line over
+/// every test binary ("N passed, N failed, N ignored").
+fn cargo_test(args: &[&str]) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let mut child = Command::new(cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("could not start `cargo test`")?;
+    let stdout = child.stdout.take().expect("piped");
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(['.', ';']) {
+                let mut words = part.split_whitespace();
+                if let (Some(n), Some(what)) = (words.next(), words.next()) {
+                    let n: u64 = n.parse().unwrap_or(0);
+                    match what {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        "ignored" => ignored += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("summary: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("`cargo test` failed ({status})");
+    }
+    Ok(())
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {

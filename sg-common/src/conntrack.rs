@@ -1,0 +1,184 @@
+//! Connection tracking table (`SG_CT_V4` / `SG_CT_V6`, plain hash maps: a full
+//! table refuses new flows, counted as `conntrack_full`, and never evicts an
+//! established one) and the fragment table (`SG_FRAGS`).
+//!
+//! Keys are normalised to the protected machine: `local` is its address and
+//! port, `remote` the peer's, whatever the packet's direction. Both directions
+//! of a flow therefore hit the same entry with one lookup; the entry's
+//! `origin` says which direction opened it. For ICMP echo, both ports hold
+//! the echo identifier. Ports are in network byte order, as on the wire.
+
+/// Key of `SG_CT_V4`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CtKeyV4 {
+    pub local: [u8; 4],
+    pub remote: [u8; 4],
+    pub local_port: [u8; 2],
+    pub remote_port: [u8; 2],
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Key of `SG_CT_V6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CtKeyV6 {
+    pub local: [u8; 16],
+    pub remote: [u8; 16],
+    pub local_port: [u8; 2],
+    pub remote_port: [u8; 2],
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// State of a tracked flow; selects its idle timeout.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtState {
+    /// TCP: the opener's SYN seen.
+    TcpSynSent = 0,
+    /// TCP: the responder's SYN-ACK seen.
+    TcpSynRecv = 1,
+    /// TCP: handshake complete (or picked up mid-stream).
+    TcpEstablished = 2,
+    /// TCP: a FIN seen in at least one direction.
+    TcpClosing = 3,
+    /// TCP: RST seen.
+    TcpClosed = 4,
+    /// UDP, no reply yet or only one packet back.
+    Udp = 5,
+    /// UDP seen in both directions more than once.
+    UdpStream = 6,
+    /// ICMP echo (request/reply by identifier) and other ICMP.
+    Icmp = 7,
+    /// Any other protocol, tracked by (addresses, protocol).
+    Other = 8,
+}
+
+impl CtState {
+    pub const fn from_u8(v: u8) -> Option<CtState> {
+        Some(match v {
+            0 => CtState::TcpSynSent,
+            1 => CtState::TcpSynRecv,
+            2 => CtState::TcpEstablished,
+            3 => CtState::TcpClosing,
+            4 => CtState::TcpClosed,
+            5 => CtState::Udp,
+            6 => CtState::UdpStream,
+            7 => CtState::Icmp,
+            8 => CtState::Other,
+            _ => return None,
+        })
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            CtState::TcpSynSent => "syn_sent",
+            CtState::TcpSynRecv => "syn_recv",
+            CtState::TcpEstablished => "established",
+            CtState::TcpClosing => "closing",
+            CtState::TcpClosed => "closed",
+            CtState::Udp => "udp",
+            CtState::UdpStream => "udp_stream",
+            CtState::Icmp => "icmp",
+            CtState::Other => "other",
+        }
+    }
+
+    /// Index into [`crate::IfaceConfig::timeouts_ns`]: one slot per state.
+    pub const fn timeout_slot(self) -> usize {
+        self as usize
+    }
+}
+
+/// Slots of the per-interface timeout table (one per [`CtState`]).
+pub const TIMEOUT_SLOTS: usize = 9;
+
+/// Value of the conntrack maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtEntry {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet.
+    pub last_seen_ns: u64,
+    pub created_ns: u64,
+    /// Packets by `Direction` (inbound, outbound).
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    /// Hash of the rule that admitted the flow.
+    pub rule: u32,
+    /// Policy generation that admitted it.
+    pub generation: u32,
+    /// `Direction` of the packet that opened the flow.
+    pub origin: u8,
+    /// [`CtState`].
+    pub state: u8,
+    /// `CT_*` flags.
+    pub flags: u8,
+    pub _pad: [u8; 5],
+}
+
+/// A packet in the reply direction has been seen.
+pub const CT_SEEN_REPLY: u8 = 1;
+/// The opener has sent a FIN.
+pub const CT_FIN_ORIGIN: u8 = 2;
+/// The responder has sent a FIN.
+pub const CT_FIN_REPLY: u8 = 4;
+
+/// Key of `SG_FRAGS`: one datagram being fragmented. IPv4 addresses are
+/// stored IPv4-mapped (::ffff:a.b.c.d).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// IPv4 identification (16 bits) or IPv6 fragment identification.
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `SG_FRAGS`: the first fragment's verdict.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragVerdict {
+    /// The `Reason` code the first fragment got; later fragments pass when it
+    /// was a pass reason, and drop with it otherwise.
+    pub reason: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::CtKeyV4 {}
+    unsafe impl aya::Pod for super::CtKeyV6 {}
+    unsafe impl aya::Pod for super::CtEntry {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragVerdict {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts() {
+        assert_eq!(size_of::<CtKeyV4>(), 16);
+        assert_eq!(size_of::<CtKeyV6>(), 40);
+        assert_eq!(size_of::<CtEntry>(), 64);
+        assert_eq!(size_of::<FragKey>(), 40);
+        assert_eq!(size_of::<FragVerdict>(), 8);
+    }
+
+    #[test]
+    fn states_round_trip_and_have_slots() {
+        for v in 0..=255u8 {
+            if let Some(s) = CtState::from_u8(v) {
+                assert_eq!(s as u8, v);
+                assert!(s.timeout_slot() < TIMEOUT_SLOTS);
+            }
+        }
+        assert_eq!(CtState::from_u8(TIMEOUT_SLOTS as u8), None);
+    }
+}

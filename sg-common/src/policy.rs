@@ -1,0 +1,135 @@
+//! Policy maps: two longest-prefix-match lookups per new flow, each O(key
+//! bits) whatever the number of rules.
+//!
+//! 1. **Who** (`SG_ADDR_V4` / `SG_ADDR_V6`): (generation, direction, peer
+//!    address) → [`ClassId`]. The compiler pushes every rule of a shorter
+//!    (covering) prefix down into each longer prefix inside it, so the longest
+//!    match alone carries the complete union of rules for that address.
+//! 2. **What** (`SG_PORTS`): (generation, direction, class, protocol, port) →
+//!    [`PolicyHit`]. A rule for all protocols is a /64 key (generation,
+//!    direction and class only); a protocol without ports is /72; a port range
+//!    becomes ≤ 30 prefix blocks of /73–/88. ICMP/ICMPv6 use `type << 8 | code`
+//!    as the 16-bit port, so a type-only rule is one /80 block.
+//!
+//! Prefix lengths count bits of the key *data* (everything after `prefix_len`),
+//! all of which is in network byte order so prefix bits are the leading bits.
+//! The generation is part of every key: a new policy is written beside the
+//! old one and becomes live with a single update of [`IfaceConfig`].
+
+/// Bits of (generation, direction) at the start of every policy key.
+pub const GEN_DIR_BITS: u32 = 32;
+
+/// Packs the generation (31 bits) and the direction (1 bit) into the leading
+/// key word, in network byte order.
+#[inline(always)]
+pub const fn gen_dir(generation: u32, direction: u32) -> [u8; 4] {
+    ((generation << 1) | (direction & 1)).to_be_bytes()
+}
+
+/// Key of `SG_ADDR_V4`: prefix_len = 32 + the CIDR's prefix length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AddrKeyV4 {
+    pub prefix_len: u32,
+    pub gen_dir: [u8; 4],
+    pub addr: [u8; 4],
+}
+
+/// Key of `SG_ADDR_V6`: prefix_len = 32 + the CIDR's prefix length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AddrKeyV6 {
+    pub prefix_len: u32,
+    pub gen_dir: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+/// A set of rules (hash-consed: equal sets share one id), value of the
+/// address tries. Unique within a (generation, direction).
+pub type ClassId = u32;
+
+/// Key of `SG_PORTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    pub prefix_len: u32,
+    pub gen_dir: [u8; 4],
+    /// [`ClassId`] in network byte order.
+    pub class: [u8; 4],
+    pub proto: u8,
+    /// Destination port, or `type << 8 | code` for ICMP, network byte order.
+    pub port: [u8; 2],
+    /// Always zero (never covered by a prefix).
+    pub _pad: u8,
+}
+
+/// Prefix length of a [`PortKey`] matching every protocol of a class.
+pub const PORT_KEY_ALL_PROTOCOLS: u32 = 64;
+/// Prefix length of a [`PortKey`] matching one protocol, any port.
+pub const PORT_KEY_PROTOCOL: u32 = 72;
+/// Prefix length of a [`PortKey`] matching one exact port.
+pub const PORT_KEY_EXACT_PORT: u32 = 88;
+
+/// Value of `SG_PORTS`: which rule allowed the packet and how.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PolicyHit {
+    /// Stable hash of the rule id; key of `SG_RULE_HITS`.
+    pub rule: u32,
+    /// `HIT_*` flags.
+    pub flags: u32,
+}
+
+/// The flow is untracked (AWS: peer 0.0.0.0/0 or ::/0 and the other direction
+/// open to everything of that protocol): pass without a conntrack entry.
+pub const HIT_UNTRACKED: u32 = 1;
+
+/// Per-interface settings, the single entry of the `SG_CONFIG` array.
+/// Updating it is the atomic switch between policy generations.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IfaceConfig {
+    /// Generation whose entries the programs look up.
+    pub generation: u32,
+    /// `CONFIG_*` flags.
+    pub flags: u32,
+    /// Idle timeouts in nanoseconds, indexed by `conntrack::Timeout`.
+    pub timeouts_ns: [u64; crate::conntrack::TIMEOUT_SLOTS],
+}
+
+/// Rules are enforced. Without it the programs only count (observe mode).
+pub const CONFIG_ENFORCE: u32 = 1;
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::AddrKeyV4 {}
+    unsafe impl aya::Pod for super::AddrKeyV6 {}
+    unsafe impl aya::Pod for super::PortKey {}
+    unsafe impl aya::Pod for super::PolicyHit {}
+    unsafe impl aya::Pod for super::IfaceConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn key_layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<AddrKeyV4>(), 4 + 4 + 4);
+        assert_eq!(size_of::<AddrKeyV6>(), 4 + 4 + 16);
+        assert_eq!(size_of::<PortKey>(), 4 + 4 + 4 + 1 + 2 + 1);
+        assert_eq!(size_of::<PolicyHit>(), 8);
+        assert_eq!(
+            size_of::<IfaceConfig>(),
+            8 + 8 * crate::conntrack::TIMEOUT_SLOTS
+        );
+    }
+
+    #[test]
+    fn gen_dir_is_big_endian_with_direction_last() {
+        assert_eq!(gen_dir(1, 0), [0, 0, 0, 2]);
+        assert_eq!(gen_dir(1, 1), [0, 0, 0, 3]);
+        assert_eq!(gen_dir(0x4000_0000, 1), [0x80, 0, 0, 1]);
+    }
+}
