@@ -95,6 +95,21 @@ impl CtState {
 /// Slots of the per-interface timeout table (one per [`CtState`]).
 pub const TIMEOUT_SLOTS: usize = 9;
 
+/// Default idle timeouts in seconds, by [`CtState`]. Established TCP, UDP and
+/// UDP stream follow AWS (and are configurable per interface); the TCP
+/// handshake and closing values follow Linux nf_conntrack; ICMP 30 s.
+pub const DEFAULT_TIMEOUTS_S: [u64; TIMEOUT_SLOTS] = [
+    120,    // TcpSynSent
+    60,     // TcpSynRecv
+    432000, // TcpEstablished
+    120,    // TcpClosing
+    10,     // TcpClosed
+    30,     // Udp
+    180,    // UdpStream
+    30,     // Icmp
+    600,    // Other
+];
+
 /// Value of the conntrack maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -12,6 +12,21 @@ pub const PROG_TC_EGRESS: &str = "sg_tc_egress";
 /// Per-CPU array of [`crate::Counter`], indexed by [`crate::counter_index`].
 pub const MAP_COUNTERS: &str = "SG_COUNTERS";
 
+/// Array with the single [`crate::IfaceConfig`] entry (generation, flags, timeouts).
+pub const MAP_CONFIG: &str = "SG_CONFIG";
+/// LPM tries: peer address → class (see [`crate::policy`]).
+pub const MAP_ADDR_V4: &str = "SG_ADDR_V4";
+pub const MAP_ADDR_V6: &str = "SG_ADDR_V6";
+/// LPM trie: (class, protocol, port) → [`crate::policy::PolicyHit`].
+pub const MAP_PORTS: &str = "SG_PORTS";
+/// Per-CPU hash: rule hash → [`crate::Counter`] of packets that rule admitted.
+pub const MAP_RULE_HITS: &str = "SG_RULE_HITS";
+/// Connection tables (see [`crate::conntrack`]).
+pub const MAP_CT_V4: &str = "SG_CT_V4";
+pub const MAP_CT_V6: &str = "SG_CT_V6";
+/// First-fragment verdicts, LRU.
+pub const MAP_FRAGS: &str = "SG_FRAGS";
+
 /// Read-only global (set at load time): 1 when the interface is the host side
 /// of a container's veth (`side: peer`), which swaps inbound and outbound.
 pub const GLOBAL_SIDE_PEER: &str = "SG_SIDE_PEER";

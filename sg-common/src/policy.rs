@@ -11,8 +11,9 @@
 //!    becomes ≤ 30 prefix blocks of /73–/88. ICMP/ICMPv6 use `type << 8 | code`
 //!    as the 16-bit port, so a type-only rule is one /80 block.
 //!
-//! Prefix lengths count bits of the key *data* (everything after `prefix_len`),
-//! all of which is in network byte order so prefix bits are the leading bits.
+//! The structs below are the key *data*; the LPM key is (prefix length, data)
+//! and the prefix length counts data bits. All data is in network byte order
+//! so prefix bits are the leading bits.
 //! The generation is part of every key: a new policy is written beside the
 //! old one and becomes live with a single update of [`IfaceConfig`].
 
@@ -26,20 +27,19 @@ pub const fn gen_dir(generation: u32, direction: u32) -> [u8; 4] {
     ((generation << 1) | (direction & 1)).to_be_bytes()
 }
 
-/// Key of `SG_ADDR_V4`: prefix_len = 32 + the CIDR's prefix length.
+/// Key data of `SG_ADDR_V4` (wrapped in the LPM key, whose prefix length is
+/// 32 + the CIDR's prefix length).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AddrKeyV4 {
-    pub prefix_len: u32,
     pub gen_dir: [u8; 4],
     pub addr: [u8; 4],
 }
 
-/// Key of `SG_ADDR_V6`: prefix_len = 32 + the CIDR's prefix length.
+/// Key data of `SG_ADDR_V6` (LPM prefix length = 32 + the CIDR's).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AddrKeyV6 {
-    pub prefix_len: u32,
     pub gen_dir: [u8; 4],
     pub addr: [u8; 16],
 }
@@ -48,11 +48,10 @@ pub struct AddrKeyV6 {
 /// address tries. Unique within a (generation, direction).
 pub type ClassId = u32;
 
-/// Key of `SG_PORTS`.
+/// Key data of `SG_PORTS` (prefix lengths below).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PortKey {
-    pub prefix_len: u32,
     pub gen_dir: [u8; 4],
     /// [`ClassId`] in network byte order.
     pub class: [u8; 4],
@@ -116,9 +115,9 @@ mod tests {
 
     #[test]
     fn key_layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<AddrKeyV4>(), 4 + 4 + 4);
-        assert_eq!(size_of::<AddrKeyV6>(), 4 + 4 + 16);
-        assert_eq!(size_of::<PortKey>(), 4 + 4 + 4 + 1 + 2 + 1);
+        assert_eq!(size_of::<AddrKeyV4>(), 4 + 4);
+        assert_eq!(size_of::<AddrKeyV6>(), 4 + 16);
+        assert_eq!(size_of::<PortKey>(), 4 + 4 + 1 + 2 + 1);
         assert_eq!(size_of::<PolicyHit>(), 8);
         assert_eq!(
             size_of::<IfaceConfig>(),

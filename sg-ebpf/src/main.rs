@@ -12,7 +12,11 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod conntrack;
 mod counters;
+mod fragments;
+mod parse;
+mod policy;
 mod verdict;
 
 use aya_ebpf::{
@@ -24,8 +28,8 @@ use verdict::{Hook, decide};
 
 #[xdp]
 pub fn sg_xdp_ingress(ctx: XdpContext) -> u32 {
-    let frame_len = ctx.data_end() - ctx.data();
-    if decide(&ctx, Hook::Ingress, frame_len) {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if decide(&ctx, Hook::Ingress, start, end, (end - start) as u64) {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
@@ -34,17 +38,32 @@ pub fn sg_xdp_ingress(ctx: XdpContext) -> u32 {
 
 #[classifier]
 pub fn sg_tc_ingress(ctx: TcContext) -> i32 {
-    tc_verdict(decide(&ctx, Hook::Ingress, ctx.len() as usize))
+    tc(ctx, Hook::Ingress)
 }
 
 #[classifier]
 pub fn sg_tc_egress(ctx: TcContext) -> i32 {
-    tc_verdict(decide(&ctx, Hook::Egress, ctx.len() as usize))
+    tc(ctx, Hook::Egress)
 }
 
+/// Headers the parser may read: Ethernet, two VLAN tags, IPv6 with
+/// extension headers, L4. Pulled into the linear area when needed.
+const TC_PULL_LEN: u32 = 256;
+
 #[inline(always)]
-fn tc_verdict(pass: bool) -> i32 {
-    if pass { TC_ACT_OK } else { TC_ACT_SHOT }
+fn tc(ctx: TcContext, hook: Hook) -> i32 {
+    let len = ctx.len();
+    let want = if len < TC_PULL_LEN { len } else { TC_PULL_LEN };
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        // Non-linear skb (GRO, some drivers): make the headers directly
+        // readable. On failure the parser sees a short packet: malformed.
+        let _ = ctx.pull_data(want);
+    }
+    if decide(&ctx, hook, ctx.data(), ctx.data_end(), len as u64) {
+        TC_ACT_OK
+    } else {
+        TC_ACT_SHOT
+    }
 }
 
 #[cfg(target_arch = "bpf")]

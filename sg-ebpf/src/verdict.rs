@@ -1,11 +1,19 @@
-//! The decision shared by every hook. Until policy enforcement lands, every
-//! packet passes and is counted as `PassUnfiltered`.
+//! The decision shared by every hook, in the fixed order:
+//! parse → fragments → conntrack (replies and known flows pass here) →
+//! policy (new flows only) → conntrack create (after allow) → count.
 
-use aya_ebpf::{EbpfContext, Global};
+use aya_ebpf::{EbpfContext, Global, helpers::bpf_ktime_get_ns};
 use aya_log_ebpf::trace;
-use sg_common::{Direction, Reason};
+use sg_common::{
+    Direction, Reason,
+    policy::{CONFIG_ENFORCE, HIT_UNTRACKED},
+};
 
-use crate::counters;
+use crate::{
+    conntrack, counters, fragments,
+    parse::{self, NotJudged},
+    policy,
+};
 
 /// 1 when attached to the host side of a container's veth (`side: peer`):
 /// packets entering that interface leave the protected workload.
@@ -27,11 +35,17 @@ fn direction(hook: Hook) -> Direction {
     }
 }
 
-/// Decides one packet and counts it. Returns true to pass.
+/// Decides the packet between `start` and `end` and counts it. True = pass.
 #[inline(always)]
-pub fn decide<C: EbpfContext>(ctx: &C, hook: Hook, frame_len: usize) -> bool {
+pub fn decide<C: EbpfContext>(
+    ctx: &C,
+    hook: Hook,
+    start: usize,
+    end: usize,
+    frame_len: u64,
+) -> bool {
     let direction = direction(hook);
-    let reason = Reason::PassUnfiltered;
+    let reason = judge(start, end, direction, frame_len);
     // Compiled out at load time unless `sgctl --bpf-log trace` (AYA_LOG_LEVEL).
     trace!(
         ctx,
@@ -39,4 +53,50 @@ pub fn decide<C: EbpfContext>(ctx: &C, hook: Hook, frame_len: usize) -> bool {
     );
     counters::record(direction, reason, frame_len);
     !reason.is_drop()
+}
+
+#[inline(always)]
+fn judge(start: usize, end: usize, direction: Direction, bytes: u64) -> Reason {
+    let Some(cfg) = policy::config() else {
+        return Reason::DropNoPolicy;
+    };
+    if cfg.flags & CONFIG_ENFORCE == 0 {
+        return Reason::PassUnfiltered;
+    }
+    if cfg.generation == 0 {
+        return Reason::DropNoPolicy;
+    }
+    let pkt = match parse::parse(start, end) {
+        Ok(pkt) => pkt,
+        Err(NotJudged::Bypass) => return Reason::PassBypass,
+        Err(NotJudged::Malformed) => return Reason::DropMalformed,
+        Err(NotJudged::ExtHeaderLimit) => return Reason::DropExtHeaderLimit,
+    };
+    if pkt.fragment.fragmented && !pkt.fragment.first {
+        return fragments::follow(&pkt);
+    }
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let reason = if conntrack::track_existing(&pkt, direction, cfg, now, bytes) {
+        Reason::PassConntrack
+    } else {
+        match policy::lookup(&pkt, direction, cfg.generation) {
+            None => Reason::DropNoRule,
+            Some(hit) => {
+                if hit.flags & HIT_UNTRACKED == 0
+                    && conntrack::create(&pkt, direction, now, bytes, hit.rule, cfg.generation)
+                        .is_err()
+                {
+                    Reason::DropConntrackFull
+                } else {
+                    counters::rule_hit(hit.rule, bytes);
+                    Reason::PassRule
+                }
+            }
+        }
+    };
+    if pkt.fragment.fragmented {
+        fragments::remember(&pkt, reason);
+    }
+    reason
 }

@@ -1,0 +1,73 @@
+//! Policy lookup for new flows: peer address → class (LPM), then (class,
+//! protocol, port) → rule (LPM). Two lookups whose cost depends on key bits,
+//! not on the number of rules; the layout is documented in
+//! `sg_common::policy`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LpmTrie, lpm_trie::Key},
+};
+use sg_common::{
+    Direction, IfaceConfig,
+    policy::{
+        AddrKeyV4, AddrKeyV6, ClassId, GEN_DIR_BITS, PORT_KEY_EXACT_PORT, PolicyHit, PortKey,
+        gen_dir,
+    },
+};
+
+use crate::parse::Packet;
+
+/// Sized for two generations of an interface at the AWS quota limits with
+/// large prefix lists; LPM tries allocate per entry, so unused room is free.
+const ADDR_ENTRIES: u32 = 1 << 18;
+const PORT_ENTRIES: u32 = 1 << 18;
+
+#[map]
+static SG_CONFIG: Array<IfaceConfig> = Array::with_max_entries(1, 0);
+#[map]
+static SG_ADDR_V4: LpmTrie<AddrKeyV4, ClassId> = LpmTrie::with_max_entries(ADDR_ENTRIES, 0);
+#[map]
+static SG_ADDR_V6: LpmTrie<AddrKeyV6, ClassId> = LpmTrie::with_max_entries(ADDR_ENTRIES, 0);
+#[map]
+static SG_PORTS: LpmTrie<PortKey, PolicyHit> = LpmTrie::with_max_entries(PORT_ENTRIES, 0);
+
+/// The interface's settings (always present: an array slot).
+#[inline(always)]
+pub fn config() -> Option<&'static IfaceConfig> {
+    SG_CONFIG.get(0)
+}
+
+/// The rule that allows `pkt` in `direction` under `generation`, if any.
+#[inline(always)]
+pub fn lookup(pkt: &Packet, direction: Direction, generation: u32) -> Option<PolicyHit> {
+    let gd = gen_dir(generation, direction as u32);
+    let remote = match direction {
+        Direction::Inbound => &pkt.src,
+        Direction::Outbound => &pkt.dst,
+    };
+    let class = if pkt.ipv6 {
+        let key = Key::new(
+            GEN_DIR_BITS + 128,
+            AddrKeyV6 {
+                gen_dir: gd,
+                addr: *remote,
+            },
+        );
+        *SG_ADDR_V6.get(&key)?
+    } else {
+        let addr = [remote[0], remote[1], remote[2], remote[3]];
+        let key = Key::new(GEN_DIR_BITS + 32, AddrKeyV4 { gen_dir: gd, addr });
+        *SG_ADDR_V4.get(&key)?
+    };
+    let key = Key::new(
+        PORT_KEY_EXACT_PORT,
+        PortKey {
+            gen_dir: gd,
+            class: class.to_be_bytes(),
+            proto: pkt.proto,
+            port: pkt.policy_port.to_be_bytes(),
+            _pad: 0,
+        },
+    );
+    SG_PORTS.get(&key).copied()
+}
