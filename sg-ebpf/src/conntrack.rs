@@ -144,7 +144,8 @@ pub fn track_existing(
     };
     // SAFETY: a valid map value pointer for the rest of this program run.
     let entry = unsafe { &mut *entry };
-    if now.saturating_sub(entry.last_seen_ns) > timeout_ns(cfg, entry.state) {
+    // Alive while idle < timeout (the reference evaluator's rule).
+    if now.saturating_sub(entry.last_seen_ns) >= timeout_ns(cfg, entry.state) {
         return false;
     }
     let from_origin = entry.origin == direction as u8;
@@ -163,11 +164,6 @@ pub fn track_existing(
             }
             entry.state = next_tcp_state(entry, flags, from_origin);
         }
-        Kind::Udp => {
-            if entry.flags & CT_SEEN_REPLY != 0 {
-                entry.state = CtState::UdpStream as u8;
-            }
-        }
         _ => {}
     }
     if !from_origin {
@@ -177,6 +173,13 @@ pub fn track_existing(
     let d = (direction as usize) & 1;
     add(&mut entry.packets[d], 1);
     add(&mut entry.bytes[d], bytes);
+    if kind == Kind::Udp {
+        // A stream once seen both ways and at least three packets long.
+        let reply = entry.packets[(entry.origin as usize ^ 1) & 1];
+        if reply > 0 && entry.packets[0] + entry.packets[1] >= 3 {
+            entry.state = CtState::UdpStream as u8;
+        }
+    }
     true
 }
 
@@ -191,17 +194,23 @@ fn next_tcp_state(entry: &mut CtEntry, flags: u8, from_origin: bool) -> u8 {
         } else {
             CT_FIN_REPLY
         };
+    }
+    let fins = entry.flags & (CT_FIN_ORIGIN | CT_FIN_REPLY);
+    if fins == CT_FIN_ORIGIN | CT_FIN_REPLY {
+        return CtState::TcpClosed as u8;
+    }
+    if fins != 0 {
         return CtState::TcpClosing as u8;
     }
     let state = entry.state;
-    if state == CtState::TcpSynSent as u8
-        && !from_origin
-        && flags & TCP_SYN != 0
-        && flags & TCP_ACK != 0
-    {
+    if state == CtState::TcpSynSent as u8 && !from_origin {
         return CtState::TcpSynRecv as u8;
     }
-    if state == CtState::TcpSynRecv as u8 && from_origin && flags & TCP_ACK != 0 {
+    if state == CtState::TcpSynRecv as u8
+        && from_origin
+        && flags & TCP_ACK != 0
+        && flags & TCP_SYN == 0
+    {
         return CtState::TcpEstablished as u8;
     }
     state
@@ -213,8 +222,8 @@ pub enum CreateError {
     Full,
 }
 
-/// Starts tracking the flow `pkt` opens (after policy allowed it). Packets
-/// that open nothing (a TCP RST, an echo reply, ICMP errors) create nothing.
+/// Starts tracking the flow `pkt` opens (after policy allowed it). Echo
+/// replies and ICMP other than echo create nothing.
 #[inline(always)]
 pub fn create(
     pkt: &Packet,
@@ -224,10 +233,15 @@ pub fn create(
     rule: u32,
     generation: u32,
 ) -> Result<(), CreateError> {
+    let mut flags = 0;
     let state = match kind(pkt) {
-        Kind::Tcp if pkt.tcp_flags & TCP_RST != 0 => return Ok(()),
+        Kind::Tcp if pkt.tcp_flags & TCP_RST != 0 => CtState::TcpClosed,
         Kind::Tcp if pkt.tcp_flags & TCP_SYN != 0 && pkt.tcp_flags & TCP_ACK == 0 => {
             CtState::TcpSynSent
+        }
+        Kind::Tcp if pkt.tcp_flags & TCP_FIN != 0 => {
+            flags = CT_FIN_ORIGIN;
+            CtState::TcpClosing
         }
         // Mid-stream pickup (e.g. flows older than the attachment).
         Kind::Tcp => CtState::TcpEstablished,
@@ -246,7 +260,7 @@ pub fn create(
         generation,
         origin: direction as u8,
         state: state as u8,
-        flags: 0,
+        flags,
         _pad: [0; 5],
     };
     entry.packets[d] = 1;

@@ -7,10 +7,13 @@
 //! - Test and demo infrastructure: [`netns`] (namespaces, veth, bridge).
 //! - The `sgctl` binary (src/bin/sgctl) is a thin CLI over these modules.
 
+pub mod compile;
 pub mod demo;
 pub mod ifinfo;
 pub mod loader;
 pub mod netns;
 pub mod packet;
 pub mod pins;
+pub mod policy_maps;
 pub mod probe;
+pub mod testrun;

@@ -1,0 +1,446 @@
+//! Compiler: the rules of one interface → entries of the two policy LPM tries
+//! (layout in `sg_common::policy`). Pure code: no aya, no kernel.
+//!
+//! Union semantics with longest-prefix match:
+//! - **Who.** For every distinct peer prefix P, the class of P is the set of
+//!   rules with a peer prefix that contains P. An address's longest matching
+//!   prefix is contained in every other prefix that contains the address, so
+//!   its class holds every rule that matches the address. Equal rule sets are
+//!   hash-consed into one class id.
+//! - **What.** Per class and protocol, the 16-bit port space is cut into the
+//!   elementary intervals of the rules' ranges; each interval gets the union
+//!   of the rules covering it (rules for all protocols pushed down into every
+//!   protocol-specific interval), adjacent intervals with the same value are
+//!   merged, and each run becomes ≤ 30 prefix blocks.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use ipnet::IpNet;
+use sg_common::{
+    Direction,
+    policy::{
+        AddrKeyV4, AddrKeyV6, ClassId, GEN_DIR_BITS, HIT_UNTRACKED, PORT_KEY_ALL_PROTOCOLS,
+        PORT_KEY_PROTOCOL, PolicyHit, PortKey, gen_dir,
+    },
+};
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// One rule as the compiler sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Stable rule id; its hash keys the hit counter.
+    pub id: String,
+    /// `None`: every protocol.
+    pub proto: Option<u8>,
+    /// Inclusive range of the 16-bit policy port: destination port for
+    /// TCP/UDP, `type << 8 | code` for ICMP; `(0, 65535)` for any.
+    pub ports: (u16, u16),
+    /// Peer prefixes (canonical: no host bits).
+    pub peers: Vec<IpNet>,
+    pub untracked_tcp: bool,
+    pub untracked_udp: bool,
+}
+
+impl Rule {
+    fn untracked_for(&self, proto: u8) -> bool {
+        match proto {
+            IPPROTO_TCP => self.untracked_tcp,
+            IPPROTO_UDP => self.untracked_udp,
+            _ => false,
+        }
+    }
+}
+
+/// Map entries of one generation, ready to be written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompiledPolicy {
+    pub generation: u32,
+    /// (LPM prefix length, key data, class).
+    pub addr_v4: Vec<(u32, AddrKeyV4, ClassId)>,
+    pub addr_v6: Vec<(u32, AddrKeyV6, ClassId)>,
+    pub ports: Vec<(u32, PortKey, PolicyHit)>,
+    /// Hash of every rule id, for the hit-counter map.
+    pub rule_hashes: BTreeMap<u32, String>,
+}
+
+/// Stable 32-bit hash of a rule id (FNV-1a): the key of its hit counter,
+/// identical across generations and restarts.
+pub fn rule_hash(id: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in id.bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+/// Compiles the inbound and outbound rules of one interface for `generation`.
+pub fn compile(generation: u32, inbound: &[Rule], outbound: &[Rule]) -> CompiledPolicy {
+    let mut out = CompiledPolicy {
+        generation,
+        ..CompiledPolicy::default()
+    };
+    for rule in inbound.iter().chain(outbound) {
+        out.rule_hashes.insert(rule_hash(&rule.id), rule.id.clone());
+    }
+    for (direction, rules) in [
+        (Direction::Inbound, inbound),
+        (Direction::Outbound, outbound),
+    ] {
+        let gd = gen_dir(generation, direction as u32);
+        // Rule sets → class ids, shared by both address families.
+        let mut classes: BTreeMap<Vec<usize>, ClassId> = BTreeMap::new();
+        for (prefix, set) in classify(rules) {
+            let next = classes.len() as ClassId + 1;
+            let class = *classes.entry(set).or_insert(next);
+            match prefix {
+                IpNet::V4(net) => out.addr_v4.push((
+                    GEN_DIR_BITS + net.prefix_len() as u32,
+                    AddrKeyV4 {
+                        gen_dir: gd,
+                        addr: net.network().octets(),
+                    },
+                    class,
+                )),
+                IpNet::V6(net) => out.addr_v6.push((
+                    GEN_DIR_BITS + net.prefix_len() as u32,
+                    AddrKeyV6 {
+                        gen_dir: gd,
+                        addr: net.network().octets(),
+                    },
+                    class,
+                )),
+            }
+        }
+        for (set, class) in &classes {
+            let members: Vec<&Rule> = set.iter().map(|&i| &rules[i]).collect();
+            port_entries(gd, *class, &members, &mut out.ports);
+        }
+    }
+    out
+}
+
+/// Every distinct peer prefix with the (sorted) indices of the rules whose
+/// peers contain it.
+fn classify(rules: &[Rule]) -> Vec<(IpNet, Vec<usize>)> {
+    let mut by_prefix: HashMap<IpNet, BTreeSet<usize>> = HashMap::new();
+    for (i, rule) in rules.iter().enumerate() {
+        for peer in &rule.peers {
+            by_prefix.entry(peer.trunc()).or_default().insert(i);
+        }
+    }
+    let mut result: Vec<(IpNet, Vec<usize>)> = by_prefix
+        .keys()
+        .map(|prefix| {
+            let mut set = BTreeSet::new();
+            for len in 0..=prefix.prefix_len() {
+                let Ok(sup) = IpNet::new(prefix.addr(), len) else {
+                    continue;
+                };
+                if let Some(rules) = by_prefix.get(&sup.trunc()) {
+                    set.extend(rules.iter().copied());
+                }
+            }
+            (*prefix, set.into_iter().collect())
+        })
+        .collect();
+    result.sort();
+    result
+}
+
+/// The value for a packet of `proto` admitted by the rules `set` (never
+/// empty). As in the reference evaluator, the flow is untracked only when
+/// every rule that admits it admits it untracked: tracking is the safe side.
+fn hit_value(set: &[&Rule], proto: Option<u8>) -> PolicyHit {
+    let untracked = proto.is_some_and(|p| set.iter().all(|r| r.untracked_for(p)));
+    PolicyHit {
+        rule: rule_hash(&set[0].id),
+        flags: if untracked { HIT_UNTRACKED } else { 0 },
+    }
+}
+
+fn port_key(gd: [u8; 4], class: ClassId, proto: u8, port: u16) -> PortKey {
+    PortKey {
+        gen_dir: gd,
+        class: class.to_be_bytes(),
+        proto,
+        port: port.to_be_bytes(),
+        _pad: 0,
+    }
+}
+
+/// Port-trie entries of one class.
+fn port_entries(
+    gd: [u8; 4],
+    class: ClassId,
+    members: &[&Rule],
+    out: &mut Vec<(u32, PortKey, PolicyHit)>,
+) {
+    let all: Vec<&Rule> = members
+        .iter()
+        .copied()
+        .filter(|r| r.proto.is_none())
+        .collect();
+    if !all.is_empty() {
+        // Any protocol without a more specific entry: tracked (untracked
+        // flows exist only for TCP and UDP, which get their own entries).
+        out.push((
+            PORT_KEY_ALL_PROTOCOLS,
+            port_key(gd, class, 0, 0),
+            hit_value(&all, None),
+        ));
+    }
+    let mut protos: BTreeSet<u8> = members.iter().filter_map(|r| r.proto).collect();
+    // The /64 entry is tracked; TCP/UDP need their own entries when the
+    // all-protocol rules admit them untracked.
+    if !all.is_empty() && all.iter().all(|r| r.untracked_tcp) {
+        protos.insert(IPPROTO_TCP);
+    }
+    if !all.is_empty() && all.iter().all(|r| r.untracked_udp) {
+        protos.insert(IPPROTO_UDP);
+    }
+    for proto in protos {
+        let specific: Vec<&Rule> = members
+            .iter()
+            .copied()
+            .filter(|r| r.proto == Some(proto))
+            .collect();
+        // Elementary interval starts: every range start and every end + 1.
+        let mut cuts: BTreeSet<u32> = BTreeSet::from([0]);
+        for r in &specific {
+            cuts.insert(r.ports.0 as u32);
+            cuts.insert(r.ports.1 as u32 + 1);
+        }
+        let cuts: Vec<u32> = cuts.into_iter().filter(|c| *c <= 0xffff).collect();
+        let mut runs: Vec<(u32, u32, PolicyHit)> = Vec::new();
+        for (i, &lo) in cuts.iter().enumerate() {
+            let hi = cuts.get(i + 1).map_or(0xffff, |next| next - 1);
+            let mut set: Vec<&Rule> = specific
+                .iter()
+                .copied()
+                .filter(|r| r.ports.0 as u32 <= lo && hi <= r.ports.1 as u32)
+                .collect();
+            set.extend(all.iter().copied());
+            if set.is_empty() {
+                continue;
+            }
+            let value = hit_value(&set, Some(proto));
+            match runs.last_mut() {
+                Some(last) if last.1 + 1 == lo && last.2 == value => last.1 = hi,
+                _ => runs.push((lo, hi, value)),
+            }
+        }
+        for (lo, hi, value) in runs {
+            if lo == 0 && hi == 0xffff {
+                out.push((PORT_KEY_PROTOCOL, port_key(gd, class, proto, 0), value));
+                continue;
+            }
+            for (base, bits) in prefix_blocks(lo, hi) {
+                out.push((
+                    PORT_KEY_PROTOCOL + bits,
+                    port_key(gd, class, proto, base),
+                    value,
+                ));
+            }
+        }
+    }
+}
+
+/// Splits the inclusive range [lo, hi] of 16-bit values into aligned prefix
+/// blocks (base, prefix bits); at most 30.
+pub fn prefix_blocks(lo: u32, hi: u32) -> Vec<(u16, u32)> {
+    let mut blocks = Vec::new();
+    let mut start = lo;
+    while start <= hi {
+        // Largest aligned block at `start` that stays within `hi`.
+        let mut size = if start == 0 {
+            1 << 16
+        } else {
+            1u32 << start.trailing_zeros().min(16)
+        };
+        while start + size - 1 > hi {
+            size >>= 1;
+        }
+        blocks.push((start as u16, 16 - size.trailing_zeros()));
+        start += size;
+    }
+    blocks
+}
+
+/// In-memory model of the two kernel lookups over compiled entries, for
+/// testing the compiler without a kernel. Longest prefix wins, as in the LPM trie.
+pub fn lookup(
+    policy: &CompiledPolicy,
+    direction: Direction,
+    peer: std::net::IpAddr,
+    proto: u8,
+    port: u16,
+) -> Option<PolicyHit> {
+    let gd = gen_dir(policy.generation, direction as u32);
+    let class = match peer {
+        std::net::IpAddr::V4(a) => longest(
+            policy
+                .addr_v4
+                .iter()
+                .filter(|(_, k, _)| k.gen_dir == gd)
+                .map(|(len, k, c)| (len - GEN_DIR_BITS, k.addr.to_vec(), *c)),
+            &a.octets(),
+        ),
+        std::net::IpAddr::V6(a) => longest(
+            policy
+                .addr_v6
+                .iter()
+                .filter(|(_, k, _)| k.gen_dir == gd)
+                .map(|(len, k, c)| (len - GEN_DIR_BITS, k.addr.to_vec(), *c)),
+            &a.octets(),
+        ),
+    }?;
+    let mut want = vec![proto];
+    want.extend_from_slice(&port.to_be_bytes());
+    let entries = policy
+        .ports
+        .iter()
+        .filter(|(_, k, _)| k.gen_dir == gd && k.class == class.to_be_bytes())
+        .map(|(len, k, hit)| {
+            let mut data = vec![k.proto];
+            data.extend_from_slice(&k.port);
+            (len - PORT_KEY_ALL_PROTOCOLS, data, *hit)
+        });
+    longest(entries, &want)
+}
+
+fn longest<V: Copy>(entries: impl Iterator<Item = (u32, Vec<u8>, V)>, want: &[u8]) -> Option<V> {
+    let mut best: Option<(u32, V)> = None;
+    for (bits, data, value) in entries {
+        if prefix_matches(&data, want, bits) && best.is_none_or(|(b, _)| bits > b) {
+            best = Some((bits, value));
+        }
+    }
+    best.map(|(_, v)| v)
+}
+
+fn prefix_matches(a: &[u8], b: &[u8], bits: u32) -> bool {
+    (0..bits as usize).all(|i| {
+        let mask = 0x80u8 >> (i % 8);
+        (a[i / 8] & mask) == (b[i / 8] & mask)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(id: &str, proto: Option<u8>, ports: (u16, u16), peers: &[&str]) -> Rule {
+        Rule {
+            id: id.into(),
+            proto,
+            ports,
+            peers: peers.iter().map(|p| p.parse().unwrap()).collect(),
+            untracked_tcp: false,
+            untracked_udp: false,
+        }
+    }
+
+    #[test]
+    fn prefix_blocks_cover_exactly() {
+        for (lo, hi) in [
+            (0, 65535),
+            (1, 65535),
+            (80, 80),
+            (1024, 65535),
+            (22, 3389),
+            (0, 0),
+            (65535, 65535),
+            (1, 65534),
+        ] {
+            let blocks = prefix_blocks(lo, hi);
+            assert!(blocks.len() <= 30, "{lo}-{hi}: {} blocks", blocks.len());
+            let mut next = lo;
+            for (base, bits) in blocks {
+                assert_eq!(base as u32, next, "blocks contiguous for {lo}-{hi}");
+                let size = 1u32 << (16 - bits);
+                assert_eq!(base as u32 % size, 0, "aligned");
+                next += size;
+            }
+            assert_eq!(next, hi + 1, "blocks end at {hi}");
+        }
+    }
+
+    #[test]
+    fn union_of_covering_prefixes_and_ports() {
+        let rules = [
+            rule("wide-https", Some(6), (443, 443), &["0.0.0.0/0"]),
+            rule("office-ssh", Some(6), (22, 22), &["198.18.1.0/24"]),
+            rule("host-range", Some(6), (8000, 8100), &["198.18.1.7/32"]),
+            rule("all-from-db", None, (0, 65535), &["198.18.2.0/24"]),
+        ];
+        let p = compile(7, &rules, &[]);
+        let hit = |peer: &str, proto, port| {
+            lookup(&p, Direction::Inbound, peer.parse().unwrap(), proto, port).map(|h| h.rule)
+        };
+        let h = |id| Some(rule_hash(id));
+        assert_eq!(
+            hit("198.18.1.7", 6, 443),
+            h("wide-https"),
+            "/32 inherits the /0 rule"
+        );
+        assert_eq!(
+            hit("198.18.1.7", 6, 22),
+            h("office-ssh"),
+            "/32 inherits the /24 rule"
+        );
+        assert_eq!(hit("198.18.1.7", 6, 8050), h("host-range"));
+        assert_eq!(hit("198.18.1.8", 6, 8050), None, "range only for .7");
+        assert_eq!(hit("198.19.0.1", 6, 22), None);
+        assert_eq!(hit("198.18.2.9", 17, 53), h("all-from-db"));
+        let both = [h("wide-https"), h("all-from-db")];
+        assert!(
+            both.contains(&hit("198.18.2.9", 6, 443)),
+            "either allowing rule"
+        );
+        assert_eq!(
+            hit("198.18.2.9", 6, 22),
+            h("all-from-db"),
+            "all-protocol rule pushed into tcp"
+        );
+        assert_eq!(
+            hit("2001:db8::1", 6, 443),
+            None,
+            "IPv4 rules never match IPv6"
+        );
+        assert_eq!(
+            lookup(
+                &p,
+                Direction::Outbound,
+                "198.18.1.7".parse().unwrap(),
+                6,
+                443
+            ),
+            None,
+            "directions separate"
+        );
+    }
+
+    #[test]
+    fn untracked_flag_only_for_its_protocol() {
+        let mut all = rule("all-world", None, (0, 65535), &["0.0.0.0/0"]);
+        all.untracked_tcp = true;
+        let p = compile(1, &[all], &[]);
+        let flags = |proto| {
+            lookup(
+                &p,
+                Direction::Inbound,
+                "198.18.0.1".parse().unwrap(),
+                proto,
+                80,
+            )
+            .unwrap()
+            .flags
+        };
+        assert_eq!(flags(6), HIT_UNTRACKED);
+        assert_eq!(flags(17), 0);
+        assert_eq!(flags(1), 0);
+    }
+}
