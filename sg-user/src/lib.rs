@@ -10,6 +10,7 @@
 pub mod demo;
 pub mod ifinfo;
 pub mod loader;
+pub mod model;
 pub mod netns;
 pub mod packet;
 pub mod pins;
