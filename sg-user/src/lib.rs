@@ -11,6 +11,7 @@ pub mod compile;
 pub mod demo;
 pub mod ifinfo;
 pub mod loader;
+pub mod model;
 pub mod netns;
 pub mod packet;
 pub mod pins;

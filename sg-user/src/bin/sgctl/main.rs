@@ -4,6 +4,8 @@
 //! invalid config, lint findings with `--deny`); 2 an error (bad usage, a
 //! kernel or system failure). Errors say what to do next.
 
+mod offline;
+
 use std::{io::Write as _, process::ExitCode};
 
 use anyhow::{Context, Result};
@@ -41,6 +43,14 @@ enum Command {
     Logs(IfaceArgs),
     /// Run the built-in demonstration in throwaway network namespaces (root)
     Demo,
+    /// Check a config (YAML or AWS JSON) and list every problem (offline; exit 1 if invalid)
+    Validate(offline::ValidateArgs),
+    /// Ask the reference evaluator whether a packet is allowed (offline)
+    Check(offline::CheckArgs),
+    /// Report risky or dead rules: open admin/database ports, large ranges, shadowed rules (offline)
+    Lint(offline::LintArgs),
+    /// Convert `aws ec2 describe-security-groups` JSON into native YAML (offline)
+    ImportAws(offline::ImportAwsArgs),
 }
 
 #[derive(Args)]
@@ -125,6 +135,10 @@ fn run(command: Command) -> Result<ExitCode> {
             print!("{}", demo::run()?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Validate(args) => offline::validate(args),
+        Command::Check(args) => offline::check(args),
+        Command::Lint(args) => offline::lint(args),
+        Command::ImportAws(args) => offline::import_aws(args),
     }
 }
 

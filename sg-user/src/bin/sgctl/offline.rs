@@ -1,0 +1,454 @@
+//! Offline commands: `validate`, `check`, `lint`, `import-aws`. They read a
+//! config and answer from the policy model alone: no root, no kernel, and
+//! interfaces need not exist on this machine.
+
+use std::{
+    io::Write as _,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{ArgGroup, Args, ValueEnum};
+use sg_user::model::{
+    self, Attachment, Direction, Model, Problem, Protocol,
+    eval::{self, PacketDesc},
+    lint::{self, LintOptions, LintSeverity},
+};
+
+/// The config file and extra attachments, shared by the offline commands.
+#[derive(Args)]
+pub struct ConfigArgs {
+    /// Config file: native YAML or `aws ec2 describe-security-groups` JSON
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: PathBuf,
+    /// Attach groups to an interface: IFACE=sg-1,sg-2 or IFACE@NETNS=sg-1 (repeatable)
+    #[arg(long, value_name = "IFACE[@NETNS]=SG,..")]
+    attach: Vec<Attachment>,
+}
+
+#[derive(Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    cfg: ConfigArgs,
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("direction").required(true).args(["inbound", "outbound"])))]
+pub struct CheckArgs {
+    #[command(flatten)]
+    cfg: ConfigArgs,
+    /// Interface, as NAME or NAME@NETNS
+    #[arg(long)]
+    iface: String,
+    /// Network namespace of the interface (same as NAME@NETNS)
+    #[arg(long)]
+    netns: Option<String>,
+    /// An inbound packet (the peer is its source)
+    #[arg(long = "in")]
+    inbound: bool,
+    /// An outbound packet (the peer is its destination)
+    #[arg(long = "out")]
+    outbound: bool,
+    /// Protocol: tcp, udp, icmp, icmpv6 or a number 0-255
+    #[arg(long)]
+    proto: String,
+    /// The remote address
+    #[arg(long)]
+    peer: IpAddr,
+    /// Destination port (tcp/udp)
+    #[arg(long, conflicts_with_all = ["icmp_type", "icmp_code"])]
+    port: Option<u16>,
+    /// ICMP type (icmp/icmpv6)
+    #[arg(long)]
+    icmp_type: Option<u8>,
+    /// ICMP code (default 0)
+    #[arg(long, requires = "icmp_type")]
+    icmp_code: Option<u8>,
+    /// Machine-readable output
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LintFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DenyLevel {
+    /// Exit 1 on warnings and errors
+    Warnings,
+    /// Exit 1 on errors
+    Errors,
+}
+
+#[derive(Args)]
+pub struct LintArgs {
+    #[command(flatten)]
+    cfg: ConfigArgs,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = LintFormat::Text)]
+    format: LintFormat,
+    /// Exit 1 when findings at this level or above exist
+    #[arg(long, value_enum)]
+    deny: Option<DenyLevel>,
+    /// A tcp/udp rule opening more ports than this is a large range (SG003)
+    #[arg(long, default_value_t = LintOptions::default().max_port_range)]
+    max_port_range: u32,
+}
+
+#[derive(Args)]
+pub struct ImportAwsArgs {
+    /// `aws ec2 describe-security-groups` output (JSON)
+    file: PathBuf,
+    /// Also write interfaces: IFACE=sg-1,sg-2 or IFACE@NETNS=sg-1 (repeatable)
+    #[arg(long, value_name = "IFACE[@NETNS]=SG,..")]
+    attach: Vec<Attachment>,
+    /// Write the YAML here instead of standard output
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+/// Writes to stdout; a closed pipe ends quietly.
+fn emit(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("writing to standard output")
+        }
+        _ => Ok(()),
+    }
+}
+
+fn problems_text(problems: &[Problem]) -> String {
+    let mut s = String::new();
+    for p in problems {
+        s.push_str(&p.to_string());
+        s.push('\n');
+    }
+    s
+}
+
+/// Whether the config file can be read at all: a missing file is a usage
+/// error (exit 2), a broken one an invalid config.
+fn check_readable(path: &Path) -> Result<()> {
+    std::fs::metadata(path).with_context(|| {
+        format!(
+            "cannot read config {}; check the path given to -c/--config",
+            path.display()
+        )
+    })?;
+    Ok(())
+}
+
+/// Loads a valid model, or fails with every problem listed.
+fn load_valid(cfg: &ConfigArgs) -> Result<Model> {
+    check_readable(&cfg.config)?;
+    let opts = model::LoadOptions {
+        attach: &cfg.attach,
+        ..Default::default()
+    };
+    match model::load_with(&cfg.config, &opts) {
+        Ok(m) => {
+            for w in &m.warnings {
+                eprintln!("{w}");
+            }
+            Ok(m)
+        }
+        Err(problems) => {
+            eprint!("{}", problems_text(&problems));
+            bail!(
+                "{} is invalid ({} problems); run `sgctl validate -c {}` for details",
+                cfg.config.display(),
+                problems.iter().filter(|p| p.is_error()).count(),
+                cfg.config.display()
+            )
+        }
+    }
+}
+
+pub fn validate(args: ValidateArgs) -> Result<ExitCode> {
+    check_readable(&args.cfg.config)?;
+    let opts = model::LoadOptions {
+        attach: &args.cfg.attach,
+        ..Default::default()
+    };
+    match model::load_with(&args.cfg.config, &opts) {
+        Err(problems) => {
+            let errors = problems.iter().filter(|p| p.is_error()).count();
+            let mut s = problems_text(&problems);
+            s.push_str(&format!(
+                "{}: invalid: {errors} error(s), {} warning(s)\n",
+                args.cfg.config.display(),
+                problems.len() - errors
+            ));
+            emit(&s)?;
+            Ok(ExitCode::from(1))
+        }
+        Ok(m) => {
+            let mut s = problems_text(&m.warnings);
+            s.push_str(&format!(
+                "{}: valid: {} group(s), {} rule(s), {} prefix list(s), {} interface(s), {} warning(s)\n",
+                args.cfg.config.display(),
+                m.groups.len(),
+                m.rule_count(),
+                m.prefix_lists.len(),
+                m.interfaces.len(),
+                m.warnings.len()
+            ));
+            for i in &m.interfaces {
+                let n = |d| m.rules_for(i, d).count();
+                s.push_str(&format!(
+                    "  {} ({}): {} — {} ingress, {} egress rule(s)\n",
+                    i.key(),
+                    if i.side == model::Side::Peer {
+                        "peer side"
+                    } else {
+                        "host side"
+                    },
+                    i.groups.join(", "),
+                    n(Direction::Ingress),
+                    n(Direction::Egress)
+                ));
+            }
+            emit(&s)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct CheckJson<'a> {
+    verdict: &'static str,
+    allowed: bool,
+    tracked: bool,
+    interface: String,
+    direction: Direction,
+    packet: &'a PacketDesc,
+    rules: Vec<RuleJson<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct RuleJson<'a> {
+    id: &'a str,
+    group: &'a str,
+    description: Option<&'a str>,
+}
+
+pub fn check(args: CheckArgs) -> Result<ExitCode> {
+    let m = load_valid(&args.cfg)?;
+    let key = match &args.netns {
+        Some(ns) => format!("{}@{ns}", args.iface),
+        None => args.iface.clone(),
+    };
+    let Some(iface) = m.interface(&key) else {
+        let known: Vec<String> = m.interfaces.iter().map(|i| i.key()).collect();
+        bail!(
+            "interface {key} is not in the config (it has: {}); add it under `interfaces:` or pass --attach {key}=SG-ID",
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        );
+    };
+    let protocol = Protocol::parse(&args.proto)
+        .filter(|p| *p != Protocol::All)
+        .with_context(|| {
+            format!(
+                "--proto {}: use tcp, udp, icmp, icmpv6 or a protocol number 0-255",
+                args.proto
+            )
+        })?;
+    let proto = protocol.number().expect("not `all`");
+    let pkt = match protocol {
+        Protocol::Tcp | Protocol::Udp => {
+            let port = args.port.with_context(|| {
+                format!("--proto {protocol} needs --port (the destination port)")
+            })?;
+            PacketDesc {
+                proto,
+                ..PacketDesc::tcp(args.peer, port)
+            }
+        }
+        Protocol::Icmp | Protocol::Icmpv6 => {
+            if args.port.is_some() {
+                bail!(
+                    "--port applies to tcp and udp; for {protocol} use --icmp-type and --icmp-code"
+                );
+            }
+            let t = args.icmp_type.with_context(|| {
+                format!("--proto {protocol} needs --icmp-type (e.g. 8 for echo request)")
+            })?;
+            PacketDesc {
+                proto,
+                peer: args.peer,
+                port: None,
+                icmp: Some((t, args.icmp_code.unwrap_or(0))),
+            }
+        }
+        _ => {
+            if args.port.is_some() || args.icmp_type.is_some() {
+                bail!("protocol {protocol} has no ports or ICMP type; drop --port/--icmp-type");
+            }
+            PacketDesc::other(args.peer, proto)
+        }
+    };
+    let direction = if args.inbound {
+        Direction::Ingress
+    } else {
+        Direction::Egress
+    };
+    let d = eval::decide(&m, iface, direction, &pkt);
+    let rules: Vec<&model::ResolvedRule> = m
+        .rules_for(iface, direction)
+        .filter(|r| d.rules.contains(&r.id))
+        .collect();
+    let verdict = if d.allowed { "allow" } else { "deny" };
+    if args.json {
+        let j = CheckJson {
+            verdict,
+            allowed: d.allowed,
+            tracked: d.tracked,
+            interface: iface.key(),
+            direction,
+            packet: &pkt,
+            rules: rules
+                .iter()
+                .map(|r| RuleJson {
+                    id: r.id.as_str(),
+                    group: &r.group,
+                    description: r.description.as_deref(),
+                })
+                .collect(),
+        };
+        emit(&(serde_json::to_string_pretty(&j)? + "\n"))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let what = match (pkt.port, pkt.icmp) {
+        (Some(p), _) => format!("{protocol} port {p}"),
+        (_, Some((t, c))) => format!("{protocol} type {t} code {c}"),
+        _ => format!("protocol {protocol}"),
+    };
+    let way = if direction == Direction::Ingress {
+        "from"
+    } else {
+        "to"
+    };
+    let mut s = format!(
+        "{verdict} {what} {way} {} on {} ({direction})",
+        args.peer,
+        iface.key()
+    );
+    if d.allowed {
+        s.push_str(if d.tracked {
+            ", tracked\n"
+        } else {
+            ", untracked (no connection state)\n"
+        });
+        for r in rules {
+            s.push_str(&format!("  {}", r.id));
+            if let Some(desc) = &r.description {
+                s.push_str(&format!("  ({desc})"));
+            }
+            s.push('\n');
+        }
+    } else {
+        s.push_str(&format!(
+            ": no {direction} rule of {} allows it\n",
+            iface.groups.join(", ")
+        ));
+    }
+    emit(&s)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn lint(args: LintArgs) -> Result<ExitCode> {
+    let m = load_valid(&args.cfg)?;
+    let findings = lint::lint(
+        &m,
+        &LintOptions {
+            max_port_range: args.max_port_range,
+        },
+    );
+    match args.format {
+        LintFormat::Json => emit(&(serde_json::to_string_pretty(&findings)? + "\n"))?,
+        LintFormat::Text => {
+            let mut s = String::new();
+            for f in &findings {
+                s.push_str(&format!("{f}\n"));
+            }
+            let count = |l| findings.iter().filter(|f| f.severity == l).count();
+            s.push_str(&format!(
+                "{}: {} error(s), {} warning(s), {} info\n",
+                args.cfg.config.display(),
+                count(LintSeverity::Error),
+                count(LintSeverity::Warning),
+                count(LintSeverity::Info)
+            ));
+            emit(&s)?;
+        }
+    }
+    let floor = match args.deny {
+        None => return Ok(ExitCode::SUCCESS),
+        Some(DenyLevel::Warnings) => LintSeverity::Warning,
+        Some(DenyLevel::Errors) => LintSeverity::Error,
+    };
+    Ok(if findings.iter().any(|f| f.severity >= floor) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn import_aws(args: ImportAwsArgs) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.file).with_context(|| {
+        format!(
+            "cannot read {}; give the JSON file `aws ec2 describe-security-groups` wrote",
+            args.file.display()
+        )
+    })?;
+    if model::config::detect_format(&text) != model::config::Format::AwsJson {
+        bail!(
+            "{} is not AWS JSON (no top-level \"SecurityGroups\"); run `aws ec2 describe-security-groups --output json > FILE`",
+            args.file.display()
+        );
+    }
+    let mut doc = model::aws::parse(&text, Some(&args.file))
+        .map_err(|p| anyhow::anyhow!("{}", problems_text(&p).trim_end()))?;
+    doc.interfaces
+        .extend(args.attach.iter().map(Attachment::to_raw));
+    let m = match model::validate::build(&doc, &model::Offline) {
+        Ok(m) => m,
+        Err(problems) => {
+            eprint!("{}", problems_text(&problems));
+            eprintln!(
+                "{}: cannot import: {} error(s); fix them in the JSON or after importing",
+                args.file.display(),
+                problems.iter().filter(|p| p.is_error()).count()
+            );
+            return Ok(ExitCode::from(1));
+        }
+    };
+    for w in &m.warnings {
+        eprintln!("{w}");
+    }
+    let yaml = model::aws::to_native_yaml(&m).context("writing YAML")?;
+    let yaml = format!(
+        "# Imported by `sgctl import-aws` from {}.\n{yaml}",
+        args.file
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    );
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, yaml).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => emit(&yaml)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,428 @@
+//! AWS `describe-security-groups` JSON in, native YAML out.
+//!
+//! One AWS permission bundles (protocol, ports) with several peers; it
+//! becomes one rule per peer. Fields the model does not use (OwnerId, VpcId,
+//! Tags, ...) and unknown fields are ignored. Prefix lists appear only as
+//! ids in this JSON: each referenced one becomes an empty placeholder (with a
+//! warning) until the native config defines its CIDRs.
+
+use std::{collections::BTreeMap, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Model,
+    config::{Doc, RawGroup, RawPrefixList, RawRule, RawRules, Scalar},
+    types::{L4Match, Origin, Peer, PortRange, Protocol},
+    validate::{Problem, default_egress},
+};
+
+/// `aws ec2 describe-security-groups` output (the parts the model uses).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AwsDescribe {
+    /// The groups.
+    #[serde(default)]
+    pub security_groups: Vec<AwsGroup>,
+}
+
+/// One security group.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AwsGroup {
+    /// `sg-…`.
+    pub group_id: Option<String>,
+    /// Name.
+    pub group_name: Option<String>,
+    /// Description.
+    pub description: Option<String>,
+    /// Inbound permissions.
+    #[serde(default)]
+    pub ip_permissions: Vec<AwsPermission>,
+    /// Outbound permissions; absent = the AWS default (all outbound).
+    pub ip_permissions_egress: Option<Vec<AwsPermission>>,
+}
+
+/// One permission: (protocol, ports) × peers.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AwsPermission {
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, `-1` or a number as a string.
+    pub ip_protocol: Option<Scalar>,
+    /// First port, or ICMP type (-1 = any).
+    pub from_port: Option<Scalar>,
+    /// Last port, or ICMP code (-1 = any).
+    pub to_port: Option<Scalar>,
+    /// IPv4 peers.
+    #[serde(default)]
+    pub ip_ranges: Vec<AwsIpRange>,
+    /// IPv6 peers.
+    #[serde(default)]
+    pub ipv6_ranges: Vec<AwsIpv6Range>,
+    /// Prefix-list peers.
+    #[serde(default)]
+    pub prefix_list_ids: Vec<AwsPrefixListId>,
+    /// Group peers.
+    #[serde(default)]
+    pub user_id_group_pairs: Vec<AwsGroupPair>,
+}
+
+/// `IpRanges[]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AwsIpRange {
+    /// CIDR.
+    pub cidr_ip: Option<Scalar>,
+    /// Description.
+    pub description: Option<Scalar>,
+}
+
+/// `Ipv6Ranges[]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AwsIpv6Range {
+    /// CIDR.
+    pub cidr_ipv6: Option<Scalar>,
+    /// Description.
+    pub description: Option<Scalar>,
+}
+
+/// `PrefixListIds[]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AwsPrefixListId {
+    /// `pl-…`.
+    pub prefix_list_id: Option<Scalar>,
+    /// Description.
+    pub description: Option<Scalar>,
+}
+
+/// `UserIdGroupPairs[]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AwsGroupPair {
+    /// `sg-…`.
+    pub group_id: Option<Scalar>,
+    /// Description.
+    pub description: Option<Scalar>,
+}
+
+fn perm_rules(
+    p: &AwsPermission,
+    path: &str,
+    file: Option<&Path>,
+    pls: &mut BTreeMap<String, Origin>,
+) -> Vec<RawRule> {
+    let proto_text = p.ip_protocol.as_ref().map(Scalar::text).unwrap_or_default();
+    let protocol = Protocol::parse(&proto_text);
+    let (from, to) = (
+        p.from_port.as_ref().and_then(Scalar::as_int),
+        p.to_port.as_ref().and_then(Scalar::as_int),
+    );
+    let (mut ports, mut icmp_type, mut icmp_code) = (None, None, None);
+    match protocol {
+        Some(pr) if pr.has_ports() => {
+            ports = match (from, to) {
+                (None, None) | (Some(-1), Some(-1)) => None,
+                (Some(a), Some(b)) if a == b => Some(Scalar::Int(a)),
+                (Some(a), Some(b)) => Some(Scalar::Str(format!("{a}-{b}"))),
+                (Some(a), None) | (None, Some(a)) => Some(Scalar::Int(a)),
+            };
+        }
+        Some(pr) if pr.is_icmp() => {
+            icmp_type = from.map(Scalar::Int);
+            icmp_code = to.map(Scalar::Int);
+        }
+        // all / other numbers: AWS ignores FromPort/ToPort.
+        _ => {}
+    }
+    let base = RawRule {
+        protocol: p.ip_protocol.clone().or(Some(Scalar::Null)),
+        ports,
+        icmp_type,
+        icmp_code,
+        ..RawRule::default()
+    };
+    let origin = |sub: String| Origin {
+        file: file.map(Path::to_path_buf),
+        line: None,
+        path: Some(format!("{path}.{sub}")),
+    };
+    let mut out = vec![];
+    for (i, r) in p.ip_ranges.iter().enumerate() {
+        out.push(RawRule {
+            cidr: r.cidr_ip.clone().or(Some(Scalar::Null)),
+            description: r.description.clone(),
+            origin: origin(format!("IpRanges[{i}]")),
+            ..base.clone()
+        });
+    }
+    for (i, r) in p.ipv6_ranges.iter().enumerate() {
+        out.push(RawRule {
+            cidr: r.cidr_ipv6.clone().or(Some(Scalar::Null)),
+            description: r.description.clone(),
+            origin: origin(format!("Ipv6Ranges[{i}]")),
+            ..base.clone()
+        });
+    }
+    for (i, r) in p.prefix_list_ids.iter().enumerate() {
+        let o = origin(format!("PrefixListIds[{i}]"));
+        if let Some(id) = &r.prefix_list_id {
+            pls.entry(id.text()).or_insert_with(|| o.clone());
+        }
+        out.push(RawRule {
+            prefix_list: r.prefix_list_id.clone(),
+            description: r.description.clone(),
+            origin: o,
+            ..base.clone()
+        });
+    }
+    for (i, r) in p.user_id_group_pairs.iter().enumerate() {
+        out.push(RawRule {
+            group: r.group_id.clone(),
+            description: r.description.clone(),
+            origin: origin(format!("UserIdGroupPairs[{i}]")),
+            ..base.clone()
+        });
+    }
+    out
+}
+
+/// Parses AWS JSON into a raw document.
+///
+/// # Errors
+/// A problem with line and column for malformed JSON or wrong value types.
+pub fn parse(text: &str, file: Option<&Path>) -> Result<Doc, Vec<Problem>> {
+    let text = text.trim_start_matches('\u{feff}');
+    let d: AwsDescribe = serde_json::from_str(text).map_err(|e| {
+        let mut p = Problem::error(
+            format!("cannot read the AWS JSON: {e}"),
+            "give the unmodified output of `aws ec2 describe-security-groups` (JSON)",
+        )
+        .in_file(file);
+        p.origin.line = Some(e.line() as u64).filter(|l| *l > 0);
+        vec![p]
+    })?;
+    let mut doc = Doc {
+        file: file.map(Path::to_path_buf),
+        ..Doc::default()
+    };
+    let mut pls: BTreeMap<String, Origin> = BTreeMap::new();
+    for (gi, g) in d.security_groups.iter().enumerate() {
+        let path = format!("SecurityGroups[{gi}]");
+        let list = |v: &[AwsPermission], key: &str, pls: &mut BTreeMap<String, Origin>| {
+            v.iter()
+                .enumerate()
+                .flat_map(|(pi, p)| perm_rules(p, &format!("{path}.{key}[{pi}]"), file, pls))
+                .collect::<Vec<_>>()
+        };
+        let ingress = RawRules::List(list(&g.ip_permissions, "IpPermissions", &mut pls));
+        let egress = match &g.ip_permissions_egress {
+            None => RawRules::Omitted,
+            Some(v) => RawRules::List(list(v, "IpPermissionsEgress", &mut pls)),
+        };
+        doc.groups.push(RawGroup {
+            id: g.group_id.clone().map(Scalar::Str),
+            name: g.group_name.clone().map(Scalar::Str),
+            description: g.description.clone().map(Scalar::Str),
+            ingress,
+            egress,
+            origin: Origin {
+                file: file.map(Path::to_path_buf),
+                line: None,
+                path: Some(path),
+            },
+        });
+    }
+    for (id, origin) in pls {
+        doc.prefix_lists.push(RawPrefixList {
+            id: Some(Scalar::Str(id)),
+            placeholder: true,
+            origin,
+            ..RawPrefixList::default()
+        });
+    }
+    Ok(doc)
+}
+
+// ---- native YAML out -------------------------------------------------------
+
+#[derive(Serialize)]
+struct OutConfig {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    prefix_lists: Vec<OutPrefixList>,
+    security_groups: Vec<OutGroup>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    interfaces: Vec<OutInterface>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    members: BTreeMap<String, Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quotas: Option<OutQuotas>,
+}
+
+#[derive(Serialize)]
+struct OutQuotas {
+    groups: u32,
+    rules_per_group: u32,
+    groups_per_interface: u32,
+    rules_per_interface: u32,
+}
+
+#[derive(Serialize)]
+struct OutPrefixList {
+    id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_entries: Option<u32>,
+    cidrs: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct OutGroup {
+    id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    ingress: Vec<OutRule>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    egress: Option<Vec<OutRule>>,
+}
+
+#[derive(Serialize)]
+struct OutRule {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    protocol: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ports: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    icmp_type: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    icmp_code: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cidr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prefix_list: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+}
+
+#[derive(Serialize)]
+struct OutInterface {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netns: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    side: Option<&'static str>,
+    security_groups: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    addresses: Option<Vec<String>>,
+}
+
+fn out_rule(r: &super::types::Rule, group: &str, dir: super::types::Direction) -> OutRule {
+    let derived = super::types::RuleId::derive(group, dir, r.protocol, &r.l4, &r.peer);
+    let (ports, icmp_type, icmp_code) = match r.l4 {
+        L4Match::Ports(p) if p == PortRange::ALL => (None, None, None),
+        L4Match::Ports(p) => (Some(p.to_string()), None, None),
+        L4Match::Icmp {
+            icmp_type,
+            icmp_code,
+        } => (None, icmp_type, icmp_code),
+        L4Match::Any => (None, None, None),
+    };
+    let (mut cidr, mut prefix_list, mut grp) = (None, None, None);
+    match &r.peer {
+        Peer::Cidr(n) => cidr = Some(n.to_string()),
+        Peer::PrefixList(id) => prefix_list = Some(id.clone()),
+        Peer::Group(id) => grp = Some(id.clone()),
+    }
+    OutRule {
+        id: (r.id != derived).then(|| r.id.0.clone()),
+        protocol: r.protocol.to_string(),
+        ports,
+        icmp_type,
+        icmp_code,
+        cidr,
+        prefix_list,
+        group: grp,
+        description: r.description.clone(),
+    }
+}
+
+/// Writes a model as native YAML. Loading the output gives the same model
+/// (same groups, rules, rule ids, prefix lists, interfaces, members, quotas).
+///
+/// # Errors
+/// Only if YAML serialization fails.
+pub fn to_native_yaml(model: &Model) -> Result<String, serde_saphyr::ser::Error> {
+    use super::types::Direction;
+    let out = OutConfig {
+        prefix_lists: model
+            .prefix_lists
+            .iter()
+            .map(|p| OutPrefixList {
+                id: p.id.clone(),
+                max_entries: p.max_entries,
+                cidrs: p.cidrs.iter().map(ToString::to_string).collect(),
+            })
+            .collect(),
+        security_groups: model
+            .groups
+            .iter()
+            .map(|g| {
+                let default = default_egress(&g.id, &g.origin);
+                let egress_is_default = g.egress.len() == default.len()
+                    && g.egress.iter().zip(&default).all(|(a, b)| {
+                        a.protocol == b.protocol
+                            && a.peer == b.peer
+                            && a.description == b.description
+                            && a.id == b.id
+                    });
+                OutGroup {
+                    id: g.id.clone(),
+                    name: g.name.clone(),
+                    description: g.description.clone(),
+                    ingress: g
+                        .ingress
+                        .iter()
+                        .map(|r| out_rule(r, &g.id, Direction::Ingress))
+                        .collect(),
+                    egress: (!egress_is_default).then(|| {
+                        g.egress
+                            .iter()
+                            .map(|r| out_rule(r, &g.id, Direction::Egress))
+                            .collect()
+                    }),
+                }
+            })
+            .collect(),
+        interfaces: model
+            .interfaces
+            .iter()
+            .map(|i| OutInterface {
+                name: i.name.clone(),
+                netns: i.netns.clone(),
+                side: (i.side == super::types::Side::Peer).then_some("peer"),
+                security_groups: i.groups.clone(),
+                addresses: i
+                    .addresses
+                    .as_ref()
+                    .map(|v| v.iter().map(ToString::to_string).collect()),
+            })
+            .collect(),
+        members: model
+            .members
+            .iter()
+            .map(|(k, v)| (k.clone(), v.iter().map(ToString::to_string).collect()))
+            .collect(),
+        quotas: (model.quotas != super::types::Quotas::default()).then_some(OutQuotas {
+            groups: model.quotas.groups,
+            rules_per_group: model.quotas.rules_per_group,
+            groups_per_interface: model.quotas.groups_per_interface,
+            rules_per_interface: model.quotas.rules_per_interface,
+        }),
+    };
+    serde_saphyr::to_string(&out)
+}

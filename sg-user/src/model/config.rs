@@ -1,0 +1,589 @@
+//! Reading configs: native YAML and AWS `describe-security-groups` JSON,
+//! format detection, `import:` and `--attach`, into one raw document
+//! ([`Doc`]) that validation turns into a [`super::Model`].
+//!
+//! Leaf values are read as [`Scalar`]s, not typed fields, so that a wrong
+//! value is reported by validation together with every other problem instead
+//! of stopping the parse at the first one.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Deserializer};
+use serde_saphyr::Spanned;
+
+use super::{types::Origin, validate::Problem};
+
+/// Largest config file accepted (bytes).
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// A leaf value as written: YAML gives numbers, strings, booleans or null.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Scalar {
+    /// An integer.
+    Int(i128),
+    /// A float (never valid where the model wants a number; kept to say so).
+    Float(f64),
+    /// `true` / `false`.
+    Bool(bool),
+    /// A string.
+    Str(String),
+    /// `~`, `null` or an empty value.
+    Null,
+}
+
+impl Scalar {
+    /// The value as text, the way a user would have written it.
+    pub fn text(&self) -> String {
+        match self {
+            Self::Int(i) => i.to_string(),
+            Self::Float(f) => f.to_string(),
+            Self::Bool(b) => b.to_string(),
+            Self::Str(s) => s.clone(),
+            Self::Null => String::new(),
+        }
+    }
+
+    /// The value as a string, if it is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The value as an integer: an integer, or a string holding one
+    /// (AWS writes protocol numbers as strings).
+    pub fn as_int(&self) -> Option<i128> {
+        match self {
+            Self::Int(i) => Some(*i),
+            Self::Str(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Str(s) => write!(f, "{s:?}"),
+            Self::Null => f.write_str("null"),
+            other => f.write_str(&other.text()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number, a string or a boolean")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Int(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar::Int(v.into()))
+            }
+            fn visit_i128<E>(self, v: i128) -> Result<Scalar, E> {
+                Ok(Scalar::Int(v))
+            }
+            fn visit_u128<E>(self, v: u128) -> Result<Scalar, E> {
+                Ok(i128::try_from(v).map_or(Scalar::Float(v as f64), Scalar::Int))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar::Float(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Str(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Scalar, E> {
+                Ok(Scalar::Str(v))
+            }
+            fn visit_unit<E>(self) -> Result<Scalar, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_none<E>(self) -> Result<Scalar, E> {
+                Ok(Scalar::Null)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A rule as written. Native YAML fields; AWS permissions are converted to
+/// one of these per peer.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// Explicit rule id (optional).
+    pub id: Option<Scalar>,
+    /// Protocol name or number.
+    pub protocol: Option<Scalar>,
+    /// `N`, `"N-M"` or `all`.
+    pub ports: Option<Scalar>,
+    /// ICMP type, -1 = any.
+    pub icmp_type: Option<Scalar>,
+    /// ICMP code, -1 = any.
+    pub icmp_code: Option<Scalar>,
+    /// IPv4 or IPv6 CIDR peer.
+    pub cidr: Option<Scalar>,
+    /// Prefix-list peer.
+    pub prefix_list: Option<Scalar>,
+    /// Group peer.
+    pub group: Option<Scalar>,
+    /// Description.
+    pub description: Option<Scalar>,
+    /// Where it was written.
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+/// A rule list that distinguishes omitted, explicitly empty and null.
+#[derive(Clone, Debug, Default)]
+pub enum RawRules {
+    /// The key is absent: for egress, the AWS default (allow all).
+    #[default]
+    Omitted,
+    /// `egress:` with no value: ambiguous, reported as an error.
+    Null,
+    /// A list (possibly empty: no rules).
+    List(Vec<RawRule>),
+}
+
+/// A group as written.
+#[derive(Clone, Debug, Default)]
+pub struct RawGroup {
+    /// Group id.
+    pub id: Option<Scalar>,
+    /// Name.
+    pub name: Option<Scalar>,
+    /// Description.
+    pub description: Option<Scalar>,
+    /// Inbound rules.
+    pub ingress: RawRules,
+    /// Outbound rules.
+    pub egress: RawRules,
+    /// Where it was written.
+    pub origin: Origin,
+}
+
+/// A prefix list as written.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrefixList {
+    /// Id.
+    pub id: Option<Scalar>,
+    /// Declared maximum size.
+    pub max_entries: Option<Scalar>,
+    /// CIDRs.
+    #[serde(default)]
+    pub cidrs: Vec<Scalar>,
+    /// Made up by the AWS importer for a list the JSON only references.
+    #[serde(skip)]
+    pub placeholder: bool,
+    /// Where it was written.
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+/// Conntrack timeouts as written.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConntrack {
+    /// TCP established, seconds.
+    pub tcp_established: Option<Scalar>,
+    /// UDP stream, seconds.
+    pub udp_stream: Option<Scalar>,
+    /// UDP, seconds.
+    pub udp: Option<Scalar>,
+}
+
+/// An interface as written (or given with `--attach`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInterface {
+    /// Interface name.
+    pub name: Option<Scalar>,
+    /// Network namespace.
+    pub netns: Option<Scalar>,
+    /// `host` | `peer`.
+    pub side: Option<Scalar>,
+    /// Attached group ids.
+    pub security_groups: Option<Vec<Scalar>>,
+    /// Declared addresses.
+    pub addresses: Option<Vec<Scalar>>,
+    /// Timeouts.
+    pub conntrack: Option<RawConntrack>,
+    /// Where it was written.
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+/// Quotas as written.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuotas {
+    /// Groups in the config.
+    pub groups: Option<Scalar>,
+    /// Rules per group per direction per address family.
+    pub rules_per_group: Option<Scalar>,
+    /// Groups per interface.
+    pub groups_per_interface: Option<Scalar>,
+    /// Bound on groups_per_interface × rules_per_group.
+    pub rules_per_interface: Option<Scalar>,
+}
+
+/// A whole config, format-independent, before validation.
+#[derive(Clone, Debug, Default)]
+pub struct Doc {
+    /// The file it came from.
+    pub file: Option<PathBuf>,
+    /// Groups.
+    pub groups: Vec<RawGroup>,
+    /// Prefix lists.
+    pub prefix_lists: Vec<RawPrefixList>,
+    /// Interfaces.
+    pub interfaces: Vec<RawInterface>,
+    /// Group members by group id.
+    pub members: BTreeMap<String, Vec<Scalar>>,
+    /// Quotas.
+    pub quotas: RawQuotas,
+}
+
+/// The two config formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// The native YAML format (JSON with the same keys works too).
+    Native,
+    /// `aws ec2 describe-security-groups` output.
+    AwsJson,
+}
+
+/// Detects the format from content: a JSON object with a `SecurityGroups`
+/// key is AWS JSON; anything else is native YAML.
+pub fn detect_format(text: &str) -> Format {
+    let t = text.trim_start_matches('\u{feff}').trim_start();
+    if t.starts_with('{') && t.contains("\"SecurityGroups\"") {
+        Format::AwsJson
+    } else {
+        Format::Native
+    }
+}
+
+// ---- native YAML -----------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NativeGroup {
+    id: Option<Scalar>,
+    name: Option<Scalar>,
+    description: Option<Scalar>,
+    #[serde(default, deserialize_with = "present")]
+    ingress: Option<Option<Vec<Spanned<RawRule>>>>,
+    #[serde(default, deserialize_with = "present")]
+    egress: Option<Option<Vec<Spanned<RawRule>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NativeConfig {
+    import: Option<OneOrMany>,
+    #[serde(default)]
+    security_groups: Vec<Spanned<NativeGroup>>,
+    #[serde(default)]
+    prefix_lists: Vec<Spanned<RawPrefixList>>,
+    #[serde(default)]
+    interfaces: Vec<Spanned<RawInterface>>,
+    #[serde(default)]
+    members: BTreeMap<String, Vec<Scalar>>,
+    #[serde(default)]
+    quotas: RawQuotas,
+}
+
+/// A key that is present deserializes to `Some(value)`, even when the value is null.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+fn origin_at(file: Option<&Path>, line: u64) -> Origin {
+    Origin {
+        file: file.map(Path::to_path_buf),
+        line: (line > 0).then_some(line),
+        path: None,
+    }
+}
+
+fn rules(list: Option<Option<Vec<Spanned<RawRule>>>>, file: Option<&Path>) -> RawRules {
+    match list {
+        None => RawRules::Omitted,
+        Some(None) => RawRules::Null,
+        Some(Some(v)) => RawRules::List(
+            v.into_iter()
+                .map(|s| RawRule {
+                    origin: origin_at(file, s.referenced.line()),
+                    ..s.value
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// A native document plus the AWS files it imports (paths as written).
+pub struct NativeDoc {
+    /// The document.
+    pub doc: Doc,
+    /// `import:` entries, as written (relative to the file's directory).
+    pub imports: Vec<String>,
+}
+
+/// Parses native YAML. `file` is only used to label problems.
+///
+/// # Errors
+/// One [`Problem`] with the line and column of the syntax or type error.
+pub fn parse_native(text: &str, file: Option<&Path>) -> Result<NativeDoc, Vec<Problem>> {
+    let text = text.trim_start_matches('\u{feff}');
+    if text.trim().is_empty() {
+        return Err(vec![
+            Problem::error(
+                "the config is empty",
+                "start with `security_groups:` (see the example in README.md)",
+            )
+            .in_file(file),
+        ]);
+    }
+    let cfg: NativeConfig = serde_saphyr::from_str(text).map_err(|e| {
+        let line = e.location().map(|l| l.line());
+        let msg = e.without_snippet().to_string();
+        let msg = msg.lines().next().unwrap_or("invalid YAML").to_owned();
+        let mut p = Problem::error(
+            format!("cannot read the YAML: {msg}"),
+            "fix the syntax or the value's type at this spot (keys and shapes are in README.md)",
+        )
+        .in_file(file);
+        p.origin.line = line.filter(|l| *l > 0);
+        vec![p]
+    })?;
+    let mut doc = Doc {
+        file: file.map(Path::to_path_buf),
+        members: cfg.members,
+        quotas: cfg.quotas,
+        ..Doc::default()
+    };
+    for g in cfg.security_groups {
+        let origin = origin_at(file, g.referenced.line());
+        let g = g.value;
+        doc.groups.push(RawGroup {
+            id: g.id,
+            name: g.name,
+            description: g.description,
+            ingress: rules(g.ingress, file),
+            egress: rules(g.egress, file),
+            origin,
+        });
+    }
+    for p in cfg.prefix_lists {
+        doc.prefix_lists.push(RawPrefixList {
+            origin: origin_at(file, p.referenced.line()),
+            ..p.value
+        });
+    }
+    for i in cfg.interfaces {
+        doc.interfaces.push(RawInterface {
+            origin: origin_at(file, i.referenced.line()),
+            ..i.value
+        });
+    }
+    let imports = match cfg.import {
+        None => vec![],
+        Some(OneOrMany::One(s)) => vec![s],
+        Some(OneOrMany::Many(v)) => v,
+    };
+    Ok(NativeDoc { doc, imports })
+}
+
+// ---- attachments -----------------------------------------------------------
+
+/// An interface attachment from the command line: `IFACE=sg-1,sg-2` or
+/// `IFACE@NETNS=sg-1`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    /// Interface name.
+    pub iface: String,
+    /// Network namespace.
+    pub netns: Option<String>,
+    /// Group ids.
+    pub groups: Vec<String>,
+}
+
+impl std::str::FromStr for Attachment {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (target, groups) = s
+            .split_once('=')
+            .ok_or_else(|| format!("`{s}`: expected IFACE=sg-1,sg-2 or IFACE@NETNS=sg-1"))?;
+        let (iface, netns) = match target.split_once('@') {
+            Some((i, n)) => (i.trim(), Some(n.trim().to_owned())),
+            None => (target.trim(), None),
+        };
+        if iface.is_empty() || netns.as_deref() == Some("") {
+            return Err(format!(
+                "`{s}`: the interface (and namespace after @) must not be empty"
+            ));
+        }
+        let groups: Vec<String> = groups
+            .split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if groups.is_empty() {
+            return Err(format!("`{s}`: name at least one group after `=`"));
+        }
+        Ok(Self {
+            iface: iface.to_owned(),
+            netns,
+            groups,
+        })
+    }
+}
+
+impl Attachment {
+    /// The raw interface entry this attachment stands for.
+    pub fn to_raw(&self) -> RawInterface {
+        RawInterface {
+            name: Some(Scalar::Str(self.iface.clone())),
+            netns: self.netns.clone().map(Scalar::Str),
+            security_groups: Some(self.groups.iter().cloned().map(Scalar::Str).collect()),
+            origin: Origin {
+                path: Some(format!("--attach {}", self.iface)),
+                ..Origin::default()
+            },
+            ..RawInterface::default()
+        }
+    }
+}
+
+// ---- loading ---------------------------------------------------------------
+
+fn read(path: &Path) -> Result<String, Vec<Problem>> {
+    read_one(path).map_err(|p| vec![*p])
+}
+
+fn read_one(path: &Path) -> Result<String, Box<Problem>> {
+    let fix =
+        "check the path (relative paths in `import:` start at the importing file's directory)";
+    let meta = std::fs::metadata(path).map_err(|e| {
+        Problem::error(format!("cannot read {}: {e}", path.display()), fix).in_file(Some(path))
+    })?;
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(Problem::error(
+            format!(
+                "{} is {} bytes, more than the {MAX_CONFIG_BYTES} a config may have",
+                path.display(),
+                meta.len()
+            ),
+            "split it or check that this is the right file",
+        )
+        .in_file(Some(path))
+        .into());
+    }
+    let bytes = std::fs::read(path).map_err(|e| {
+        Problem::error(format!("cannot read {}: {e}", path.display()), fix).in_file(Some(path))
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        Box::new(
+            Problem::error(
+                format!(
+                    "the file is not UTF-8 text (invalid byte at offset {})",
+                    e.utf8_error().valid_up_to()
+                ),
+                "save it as UTF-8",
+            )
+            .in_file(Some(path)),
+        )
+    })
+}
+
+/// Parses text of either format into a raw document (no `import:` handling).
+///
+/// # Errors
+/// The parse problem, with file and line.
+pub fn parse_text(text: &str, file: Option<&Path>) -> Result<(Doc, Vec<String>), Vec<Problem>> {
+    match detect_format(text) {
+        Format::AwsJson => super::aws::parse(text, file).map(|d| (d, vec![])),
+        Format::Native => parse_native(text, file).map(|n| (n.doc, n.imports)),
+    }
+}
+
+/// Reads a config file of either format, follows `import:` (AWS JSON files,
+/// relative to the importing file) and adds `attach` as interfaces.
+///
+/// # Errors
+/// Every problem found while reading (unreadable files, syntax errors, a
+/// bad import).
+pub fn load_doc(path: &Path, attach: &[Attachment]) -> Result<Doc, Vec<Problem>> {
+    let text = read(path)?;
+    let (mut doc, imports) = parse_text(&text, Some(path))?;
+    let mut problems = vec![];
+    let base = path.parent().unwrap_or(Path::new("."));
+    for imp in imports {
+        let ipath = base.join(&imp);
+        match read(&ipath) {
+            Err(p) => problems.extend(p),
+            Ok(t) if detect_format(&t) != Format::AwsJson => problems.push(
+                Problem::error(
+                    format!("import `{imp}` is not AWS JSON (no top-level \"SecurityGroups\")"),
+                    "import only files printed by `aws ec2 describe-security-groups`; put native groups in this file",
+                )
+                .in_file(Some(path)),
+            ),
+            Ok(t) => match super::aws::parse(&t, Some(&ipath)) {
+                Err(p) => problems.extend(p),
+                Ok(d) => merge_import(&mut doc, d),
+            },
+        }
+    }
+    doc.interfaces.extend(attach.iter().map(Attachment::to_raw));
+    if problems.is_empty() {
+        Ok(doc)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Adds an imported AWS document's groups and prefix lists. Prefix lists the
+/// importing file defines win over the importer's placeholders.
+fn merge_import(doc: &mut Doc, imported: Doc) {
+    doc.groups.extend(imported.groups);
+    for pl in imported.prefix_lists {
+        let id = pl.id.as_ref().map(Scalar::text);
+        let defined = doc
+            .prefix_lists
+            .iter()
+            .any(|p| p.id.as_ref().map(Scalar::text) == id);
+        if !(pl.placeholder && defined) {
+            doc.prefix_lists.push(pl);
+        }
+    }
+}

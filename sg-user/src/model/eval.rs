@@ -1,0 +1,558 @@
+//! The reference evaluator: the executable spec of DESIGN.md §1 that kernel
+//! tests compare against. Deliberately simple: every decision iterates over
+//! every rule; nothing is indexed or cached.
+//!
+//! - [`decide`]: one packet, no state: allow/deny, the rules that allow it,
+//!   tracked or untracked.
+//! - [`Conntrack`]: a timed packet sequence through connection tracking:
+//!   replies allowed by state, idle timeouts, untracked flows keep no state.
+//!
+//! Flow tracking decisions:
+//! - A packet allowed by several rules is tracked if *any* of them tracks it
+//!   (untracked only when every matching rule is untracked). Tracking is the
+//!   safe side: the flow's replies keep working even if the untracked rule
+//!   goes away.
+//! - ICMP/ICMPv6 echo request/reply are tracked by (addresses, identifier).
+//!   Other ICMP messages are judged by rules alone and create no state; ICMP
+//!   errors are not "related" to a flow (DESIGN §1).
+//! - Other protocols are tracked by (addresses, protocol), idle 600 s.
+//! - TCP: a SYN without ACK opens a flow in the handshake state; any other
+//!   allowed TCP packet picks the flow up as established (like Linux with
+//!   loose pickup). Timeouts per state are in [`ConntrackTimeouts`].
+//! - UDP is a "stream" (longer timeout) once it was seen in both directions
+//!   and has carried at least three packets.
+//! - An entry is alive while `now - last_seen < timeout`.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use serde::Serialize;
+
+use super::{
+    Model,
+    types::{ConntrackTimeouts, Direction, Interface, RuleId, proto},
+};
+
+/// What the evaluator needs to know about one packet to judge it by rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PacketDesc {
+    /// IANA protocol number (IPv4 protocol / IPv6 next header).
+    pub proto: u8,
+    /// The remote address: source of an inbound packet, destination of an
+    /// outbound one.
+    pub peer: IpAddr,
+    /// TCP/UDP destination port.
+    pub port: Option<u16>,
+    /// ICMP/ICMPv6 (type, code).
+    pub icmp: Option<(u8, u8)>,
+}
+
+impl PacketDesc {
+    /// A TCP packet to destination port `port`.
+    pub fn tcp(peer: IpAddr, port: u16) -> Self {
+        Self {
+            proto: proto::TCP,
+            peer,
+            port: Some(port),
+            icmp: None,
+        }
+    }
+
+    /// A UDP packet to destination port `port`.
+    pub fn udp(peer: IpAddr, port: u16) -> Self {
+        Self {
+            proto: proto::UDP,
+            ..Self::tcp(peer, port)
+        }
+    }
+
+    /// An ICMP (IPv4 peer) or ICMPv6 (IPv6 peer) message.
+    pub fn icmp(peer: IpAddr, icmp_type: u8, icmp_code: u8) -> Self {
+        Self {
+            proto: if peer.is_ipv4() {
+                proto::ICMP
+            } else {
+                proto::ICMPV6
+            },
+            peer,
+            port: None,
+            icmp: Some((icmp_type, icmp_code)),
+        }
+    }
+
+    /// A packet of any other protocol.
+    pub fn other(peer: IpAddr, protocol: u8) -> Self {
+        Self {
+            proto: protocol,
+            peer,
+            port: None,
+            icmp: None,
+        }
+    }
+}
+
+/// The verdict of the rules on one packet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// Whether any rule allows the packet.
+    pub allowed: bool,
+    /// The ids of every rule that allows it (empty when denied).
+    pub rules: Vec<RuleId>,
+    /// Whether the flow it starts is tracked (false when denied).
+    pub tracked: bool,
+}
+
+/// Judges one packet by the rules of `iface` for `direction` (no state).
+pub fn decide(
+    model: &Model,
+    iface: &Interface,
+    direction: Direction,
+    pkt: &PacketDesc,
+) -> Decision {
+    let mut rules = vec![];
+    let mut tracked = false;
+    for r in model.rules_for(iface, direction) {
+        if r.matches(pkt) {
+            rules.push(r.id.clone());
+            tracked |= r.is_tracked(pkt.proto);
+        }
+    }
+    Decision {
+        allowed: !rules.is_empty(),
+        rules,
+        tracked,
+    }
+}
+
+/// TCP flag bits, as in the TCP header.
+pub mod tcp_flags {
+    /// FIN.
+    pub const FIN: u8 = 0x01;
+    /// SYN.
+    pub const SYN: u8 = 0x02;
+    /// RST.
+    pub const RST: u8 = 0x04;
+    /// ACK.
+    pub const ACK: u8 = 0x10;
+}
+
+/// One packet of a timed sequence, as seen at the protected interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Packet {
+    /// Milliseconds since the start of the sequence.
+    pub time_ms: u64,
+    /// Ingress = arriving at the protected machine, Egress = leaving it
+    /// (policy direction; [`super::Side::policy_direction`] maps hooks).
+    pub direction: Direction,
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// IANA protocol.
+    pub proto: u8,
+    /// TCP/UDP source port, or ICMP echo identifier.
+    pub sport: u16,
+    /// TCP/UDP destination port, or ICMP echo identifier.
+    pub dport: u16,
+    /// ICMP (type, code).
+    pub icmp: Option<(u8, u8)>,
+    /// TCP flags ([`tcp_flags`]).
+    pub tcp_flags: u8,
+}
+
+impl Packet {
+    /// A TCP packet.
+    #[allow(clippy::too_many_arguments)]
+    pub fn tcp(
+        time_ms: u64,
+        direction: Direction,
+        src: IpAddr,
+        sport: u16,
+        dst: IpAddr,
+        dport: u16,
+        flags: u8,
+    ) -> Self {
+        Self {
+            time_ms,
+            direction,
+            src,
+            dst,
+            proto: proto::TCP,
+            sport,
+            dport,
+            icmp: None,
+            tcp_flags: flags,
+        }
+    }
+
+    /// A UDP packet.
+    pub fn udp(
+        time_ms: u64,
+        direction: Direction,
+        src: IpAddr,
+        sport: u16,
+        dst: IpAddr,
+        dport: u16,
+    ) -> Self {
+        Self {
+            proto: proto::UDP,
+            ..Self::tcp(time_ms, direction, src, sport, dst, dport, 0)
+        }
+    }
+
+    /// An ICMP/ICMPv6 message (protocol chosen by address family); `id` is
+    /// the echo identifier (ignored for other types).
+    pub fn icmp(
+        time_ms: u64,
+        direction: Direction,
+        src: IpAddr,
+        dst: IpAddr,
+        icmp_type: u8,
+        icmp_code: u8,
+        id: u16,
+    ) -> Self {
+        Self {
+            proto: if src.is_ipv4() {
+                proto::ICMP
+            } else {
+                proto::ICMPV6
+            },
+            icmp: Some((icmp_type, icmp_code)),
+            ..Self::tcp(time_ms, direction, src, id, dst, id, 0)
+        }
+    }
+
+    /// What the rules see of this packet.
+    pub fn desc(&self) -> PacketDesc {
+        let peer = match self.direction {
+            Direction::Ingress => self.src,
+            Direction::Egress => self.dst,
+        };
+        let port = matches!(self.proto, proto::TCP | proto::UDP).then_some(self.dport);
+        PacketDesc {
+            proto: self.proto,
+            peer,
+            port,
+            icmp: if matches!(self.proto, proto::ICMP | proto::ICMPV6) {
+                self.icmp
+            } else {
+                None
+            },
+        }
+    }
+
+    fn is_echo(&self) -> bool {
+        match (self.proto, self.icmp) {
+            (proto::ICMP, Some((t, _))) => t == 8 || t == 0,
+            (proto::ICMPV6, Some((t, _))) => t == 128 || t == 129,
+            _ => false,
+        }
+    }
+}
+
+/// TCP connection states the model distinguishes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TcpState {
+    /// SYN seen from the originator, nothing back yet.
+    SynSent,
+    /// The responder answered; waiting for the originator's ACK.
+    SynRecv,
+    /// Established.
+    Established,
+    /// A FIN seen from one side.
+    FinWait,
+    /// FINs seen from both sides, or an RST.
+    Closed,
+}
+
+/// The state of one tracked flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Flow {
+    /// The packet that opened it.
+    pub first: Packet,
+    /// When it was last seen (ms).
+    pub last_seen_ms: u64,
+    /// TCP state (TCP flows only).
+    pub tcp: Option<TcpState>,
+    /// Which side sent a FIN: (originator, responder).
+    pub fin: (bool, bool),
+    /// Packets seen from the originator.
+    pub forward_packets: u64,
+    /// Packets seen from the responder.
+    pub reply_packets: u64,
+    /// The rules that admitted it (for a later revoke mode).
+    pub admitted_by: Vec<RuleId>,
+}
+
+impl Flow {
+    /// The idle timeout of this flow in its current state, seconds.
+    pub fn timeout_secs(&self, t: &ConntrackTimeouts) -> u32 {
+        match (self.first.proto, self.tcp) {
+            (proto::TCP, Some(TcpState::SynSent)) => ConntrackTimeouts::TCP_SYN,
+            (proto::TCP, Some(TcpState::SynRecv)) => ConntrackTimeouts::TCP_SYN_RECV,
+            (proto::TCP, Some(TcpState::FinWait)) => ConntrackTimeouts::TCP_FIN,
+            (proto::TCP, Some(TcpState::Closed)) => ConntrackTimeouts::TCP_CLOSED,
+            (proto::TCP, _) => t.tcp_established,
+            (proto::UDP, _)
+                if self.reply_packets > 0 && self.forward_packets + self.reply_packets >= 3 =>
+            {
+                t.udp_stream
+            }
+            (proto::UDP, _) => t.udp,
+            (proto::ICMP | proto::ICMPV6, _) => ConntrackTimeouts::ICMP,
+            _ => ConntrackTimeouts::OTHER,
+        }
+    }
+}
+
+/// Why a packet got its verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Allowed by rules; a tracked flow was created.
+    NewFlow,
+    /// Allowed by rules; untracked, no state kept.
+    Untracked,
+    /// Allowed by rules; tracked but this kind of packet keeps no state
+    /// (ICMP other than echo).
+    Stateless,
+    /// Allowed by state: a later packet from the flow's originator.
+    Established,
+    /// Allowed by state: a reply.
+    Reply,
+    /// Denied: no rule allows it and no state covers it.
+    Denied,
+    /// Denied: rules allow it but the table is full (AWS drops new tracked
+    /// flows; counted in [`Conntrack::allowance_exceeded`]).
+    TableFull,
+}
+
+impl Outcome {
+    /// Whether the packet passes.
+    pub fn allowed(self) -> bool {
+        !matches!(self, Self::Denied | Self::TableFull)
+    }
+}
+
+/// The verdict on one packet of a sequence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Step {
+    /// What happened.
+    pub outcome: Outcome,
+    /// Rules that allow the packet (empty when allowed by state or denied).
+    pub rules: Vec<RuleId>,
+}
+
+/// What happens to tracked flows whose admitting rule is gone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemovalMode {
+    /// AWS: tracked flows live until they idle out.
+    #[default]
+    KeepTracked,
+    /// OpenStack Neutron: a flow the current rules would no longer admit
+    /// is cut at its next packet.
+    Revoke,
+}
+
+/// Connection tracking of one interface over a timed packet sequence.
+///
+/// The model is passed to every [`Conntrack::step`], so a test can change
+/// the rules mid-sequence (rule removal): untracked flows stop at once, since
+/// they have no state; tracked flows follow [`RemovalMode`].
+#[derive(Clone, Debug)]
+pub struct Conntrack {
+    timeouts: ConntrackTimeouts,
+    mode: RemovalMode,
+    capacity: Option<usize>,
+    flows: HashMap<FlowKey, Flow>,
+    /// New tracked flows dropped because the table was full.
+    pub allowance_exceeded: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FlowKey {
+    proto: u8,
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+}
+
+impl FlowKey {
+    fn of(p: &Packet) -> Self {
+        let ported = matches!(p.proto, proto::TCP | proto::UDP) || p.is_echo();
+        Self {
+            proto: p.proto,
+            src: p.src,
+            sport: if ported { p.sport } else { 0 },
+            dst: p.dst,
+            dport: if ported { p.dport } else { 0 },
+        }
+    }
+
+    fn reversed(self) -> Self {
+        Self {
+            src: self.dst,
+            sport: self.dport,
+            dst: self.src,
+            dport: self.sport,
+            ..self
+        }
+    }
+}
+
+impl Conntrack {
+    /// An empty table with these timeouts, AWS removal semantics, no size limit.
+    pub fn new(timeouts: ConntrackTimeouts) -> Self {
+        Self {
+            timeouts,
+            mode: RemovalMode::default(),
+            capacity: None,
+            flows: HashMap::new(),
+            allowance_exceeded: 0,
+        }
+    }
+
+    /// An empty table with the interface's configured timeouts.
+    pub fn for_interface(iface: &Interface) -> Self {
+        Self::new(iface.conntrack)
+    }
+
+    /// Sets the rule-removal mode.
+    pub fn with_mode(mut self, mode: RemovalMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Limits the table to `n` flows; new tracked flows beyond it are dropped.
+    pub fn with_capacity(mut self, n: usize) -> Self {
+        self.capacity = Some(n);
+        self
+    }
+
+    /// Live flows (including ones that idled out but were not looked at since).
+    pub fn flows(&self) -> impl Iterator<Item = &Flow> {
+        self.flows.values()
+    }
+
+    /// Number of flows held.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Whether no flow is held.
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// Judges the next packet. Times must not go backwards.
+    pub fn step(&mut self, model: &Model, iface: &Interface, pkt: &Packet) -> Step {
+        let now = pkt.time_ms;
+        let timeouts = self.timeouts;
+        self.flows.retain(|_, f| {
+            now.saturating_sub(f.last_seen_ms) < u64::from(f.timeout_secs(&timeouts)) * 1000
+        });
+        let key = FlowKey::of(pkt);
+        let (hit, reply) = if self.flows.contains_key(&key) {
+            (Some(key), false)
+        } else if self.flows.contains_key(&key.reversed()) {
+            (Some(key.reversed()), true)
+        } else {
+            (None, false)
+        };
+        if let Some(k) = hit {
+            let flow = self.flows.get(&k).expect("just found");
+            if self.mode == RemovalMode::Revoke
+                && !decide(model, iface, flow.first.direction, &flow.first.desc()).allowed
+            {
+                self.flows.remove(&k);
+            } else {
+                let flow = self.flows.get_mut(&k).expect("just found");
+                flow.last_seen_ms = now;
+                if reply {
+                    flow.reply_packets += 1;
+                } else {
+                    flow.forward_packets += 1;
+                }
+                if pkt.proto == proto::TCP {
+                    advance_tcp(flow, pkt.tcp_flags, reply);
+                }
+                return Step {
+                    outcome: if reply {
+                        Outcome::Reply
+                    } else {
+                        Outcome::Established
+                    },
+                    rules: vec![],
+                };
+            }
+        }
+        let d = decide(model, iface, pkt.direction, &pkt.desc());
+        let outcome = if !d.allowed {
+            Outcome::Denied
+        } else if !d.tracked {
+            Outcome::Untracked
+        } else if matches!(pkt.proto, proto::ICMP | proto::ICMPV6) && !pkt.is_echo() {
+            Outcome::Stateless
+        } else if self.capacity.is_some_and(|c| self.flows.len() >= c) {
+            self.allowance_exceeded += 1;
+            Outcome::TableFull
+        } else {
+            let tcp = (pkt.proto == proto::TCP).then(|| {
+                let f = pkt.tcp_flags;
+                if f & tcp_flags::RST != 0 {
+                    TcpState::Closed
+                } else if f & tcp_flags::SYN != 0 && f & tcp_flags::ACK == 0 {
+                    TcpState::SynSent
+                } else if f & tcp_flags::FIN != 0 {
+                    TcpState::FinWait
+                } else {
+                    TcpState::Established
+                }
+            });
+            self.flows.insert(
+                key,
+                Flow {
+                    first: *pkt,
+                    last_seen_ms: now,
+                    tcp,
+                    fin: (pkt.tcp_flags & tcp_flags::FIN != 0, false),
+                    forward_packets: 1,
+                    reply_packets: 0,
+                    admitted_by: d.rules.clone(),
+                },
+            );
+            Outcome::NewFlow
+        };
+        Step {
+            outcome,
+            rules: d.rules,
+        }
+    }
+}
+
+fn advance_tcp(flow: &mut Flow, flags: u8, reply: bool) {
+    use tcp_flags::*;
+    let Some(state) = flow.tcp else { return };
+    if flags & RST != 0 {
+        flow.tcp = Some(TcpState::Closed);
+        return;
+    }
+    if flags & FIN != 0 {
+        if reply {
+            flow.fin.1 = true;
+        } else {
+            flow.fin.0 = true;
+        }
+    }
+    flow.tcp = Some(match state {
+        _ if flow.fin.0 && flow.fin.1 => TcpState::Closed,
+        _ if flow.fin.0 || flow.fin.1 => TcpState::FinWait,
+        TcpState::SynSent if reply => TcpState::SynRecv,
+        TcpState::SynRecv if !reply && flags & ACK != 0 && flags & SYN == 0 => {
+            TcpState::Established
+        }
+        s => s,
+    });
+}

@@ -1,0 +1,404 @@
+//! The linter: the seed article's best practices and what AWS security
+//! tooling commonly flags. Each finding has a stable id (`SG001`…), a
+//! severity, the group/rule/interface it concerns and a one-line fix.
+//!
+//! | id | name | severity |
+//! |---|---|---|
+//! | SG001 | admin-port-open-to-world (22, 3389 from 0.0.0.0/0 or ::/0) | error |
+//! | SG002 | database-port-open-to-world ([`DATABASE_PORTS`]) | error |
+//! | SG003 | large-port-range (more than [`LintOptions::max_port_range`] ports) | warning |
+//! | SG004 | all-traffic-open-to-world (inbound, all protocols) | error |
+//! | SG005 | default-group-in-use (attached to a workload interface) | warning |
+//! | SG006 | shadowed-rule (a broader rule of the same group covers it) | warning |
+//! | SG007 | reference-to-unused-group (no interface, no members: matches nothing) | warning |
+//! | SG008 | inconsistent-family-exposure (open to one family's world, not the other's) | warning |
+//! | SG009 | pmtud-blocked (talks to the world, no inbound ICMP "fragmentation needed"/"packet too big") | info |
+//! | SG010 | unused-group (not attached, not referenced) | info |
+//!
+//! Ids are append-only: a retired check keeps its number.
+
+use std::fmt;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use super::{
+    Model,
+    eval::PacketDesc,
+    types::{Direction, Group, L4Match, Peer, PortRange, Protocol, Rule, RuleId},
+};
+
+/// Administration ports that must not be open to the world.
+pub const ADMIN_PORTS: &[(u16, &str)] = &[(22, "SSH"), (3389, "RDP")];
+
+/// Database ports that must not be open to the world.
+pub const DATABASE_PORTS: &[(u16, &str)] = &[
+    (1433, "SQL Server"),
+    (1521, "Oracle"),
+    (3306, "MySQL"),
+    (5432, "PostgreSQL"),
+    (6379, "Redis"),
+    (9042, "Cassandra"),
+    (9200, "Elasticsearch"),
+    (11211, "Memcached"),
+    (27017, "MongoDB"),
+];
+
+/// How serious a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LintSeverity {
+    /// Worth knowing.
+    Info,
+    /// Probably not what you want.
+    Warning,
+    /// Exposes something that should not be exposed.
+    Error,
+}
+
+impl fmt::Display for LintSeverity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Info => "info",
+            Self::Warning => "warning",
+            Self::Error => "error",
+        })
+    }
+}
+
+/// One finding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Stable id, e.g. `SG001`.
+    pub id: &'static str,
+    /// Stable name, e.g. `admin-port-open-to-world`.
+    pub name: &'static str,
+    /// Severity.
+    pub severity: LintSeverity,
+    /// The group concerned.
+    pub group: Option<String>,
+    /// The rule direction concerned.
+    pub direction: Option<Direction>,
+    /// The rule concerned.
+    pub rule: Option<RuleId>,
+    /// The interface concerned.
+    pub interface: Option<String>,
+    /// What was found.
+    pub message: String,
+    /// What to change.
+    pub fix: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{} {}]: ", self.severity, self.id, self.name)?;
+        let mut ctx = vec![];
+        if let Some(i) = &self.interface {
+            ctx.push(format!("interface {i}"));
+        }
+        if let Some(g) = &self.group {
+            ctx.push(format!("group {g}"));
+        }
+        if let Some(r) = &self.rule {
+            ctx.push(format!("rule {r}"));
+        }
+        if !ctx.is_empty() {
+            write!(f, "{}: ", ctx.join(", "))?;
+        }
+        write!(f, "{}; fix: {}", self.message, self.fix)
+    }
+}
+
+/// Linter settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LintOptions {
+    /// A TCP/UDP rule opening more ports than this is a large range (SG003).
+    pub max_port_range: u32,
+}
+
+impl Default for LintOptions {
+    fn default() -> Self {
+        Self {
+            max_port_range: 1000,
+        }
+    }
+}
+
+/// A check's stable identity.
+#[derive(Clone, Copy, Debug)]
+struct Check(&'static str, &'static str, LintSeverity);
+
+const ADMIN_PORT: Check = Check("SG001", "admin-port-open-to-world", LintSeverity::Error);
+const DATABASE_PORT: Check = Check("SG002", "database-port-open-to-world", LintSeverity::Error);
+const LARGE_RANGE: Check = Check("SG003", "large-port-range", LintSeverity::Warning);
+const ALL_TRAFFIC: Check = Check("SG004", "all-traffic-open-to-world", LintSeverity::Error);
+const DEFAULT_GROUP: Check = Check("SG005", "default-group-in-use", LintSeverity::Warning);
+const SHADOWED: Check = Check("SG006", "shadowed-rule", LintSeverity::Warning);
+const UNUSED_REFERENCE: Check = Check("SG007", "reference-to-unused-group", LintSeverity::Warning);
+const INCONSISTENT_FAMILY: Check = Check(
+    "SG008",
+    "inconsistent-family-exposure",
+    LintSeverity::Warning,
+);
+const PMTUD: Check = Check("SG009", "pmtud-blocked", LintSeverity::Info);
+const UNUSED_GROUP: Check = Check("SG010", "unused-group", LintSeverity::Info);
+
+impl Check {
+    fn finding(self, message: String, fix: String) -> Finding {
+        Finding {
+            id: self.0,
+            name: self.1,
+            severity: self.2,
+            group: None,
+            direction: None,
+            rule: None,
+            interface: None,
+            message,
+            fix,
+        }
+    }
+}
+
+fn finding(
+    check: Check,
+    g: &Group,
+    dir: Direction,
+    r: &Rule,
+    message: String,
+    fix: String,
+) -> Finding {
+    Finding {
+        group: Some(g.id.clone()),
+        direction: Some(dir),
+        rule: Some(r.id.clone()),
+        ..check.finding(message, fix)
+    }
+}
+
+/// Whether `o` allows every packet `r` allows (same group and direction).
+fn covers(o: &Rule, r: &Rule) -> bool {
+    let proto = o.protocol == Protocol::All || (o.protocol == r.protocol && o.l4.covers(&r.l4));
+    let peer = match (&o.peer, &r.peer) {
+        (Peer::Cidr(a), Peer::Cidr(b)) => a.contains(b),
+        (a, b) => a == b,
+    };
+    proto && peer
+}
+
+fn exposed_ports(r: &Rule) -> Option<PortRange> {
+    match (r.protocol, r.l4) {
+        (Protocol::Tcp | Protocol::Udp, L4Match::Ports(p)) => Some(p),
+        _ => None,
+    }
+}
+
+/// Runs every check. Findings are sorted: most severe first, then by id.
+pub fn lint(model: &Model, opts: &LintOptions) -> Vec<Finding> {
+    let mut out = vec![];
+    let attached = |id: &str| {
+        model
+            .interfaces
+            .iter()
+            .any(|i| i.groups.iter().any(|g| g == id))
+    };
+    // Without interfaces (e.g. plain AWS JSON) "unused" checks say nothing useful.
+    let has_interfaces = !model.interfaces.is_empty();
+    for g in &model.groups {
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let rules = g.rules(dir);
+            for (i, r) in rules.iter().enumerate() {
+                if dir == Direction::Ingress && r.peer.is_world() {
+                    if let Some(p) = exposed_ports(r) {
+                        for (list, check, what) in [
+                            (ADMIN_PORTS, ADMIN_PORT, "administration"),
+                            (DATABASE_PORTS, DATABASE_PORT, "database"),
+                        ] {
+                            for (port, svc) in list.iter().filter(|(port, _)| p.contains(*port)) {
+                                out.push(finding(
+                                    check,
+                                    g,
+                                    dir,
+                                    r,
+                                    format!("{what} port {port} ({svc}) is open to {} over {}", r.peer, r.protocol),
+                                    "allow it only from the addresses that need it (an office prefix list, a bastion /32) or from a group".to_owned(),
+                                ));
+                            }
+                        }
+                    }
+                    if r.protocol == Protocol::All {
+                        out.push(finding(
+                            ALL_TRAFFIC,
+                            g,
+                            dir,
+                            r,
+                            format!("all protocols and ports are open to {}", r.peer),
+                            "allow only the protocols and ports the service needs".to_owned(),
+                        ));
+                    }
+                }
+                if let Some(p) = exposed_ports(r)
+                    && p.len() > opts.max_port_range
+                    && !matches!(r.peer, Peer::Group(_))
+                {
+                    out.push(finding(
+                        LARGE_RANGE,
+                        g,
+                        dir,
+                        r,
+                        format!(
+                            "{} {} ports ({}) are open to {}",
+                            p.len(),
+                            r.protocol,
+                            p,
+                            r.peer
+                        ),
+                        format!(
+                            "open only the ports in use (threshold: {} ports)",
+                            opts.max_port_range
+                        ),
+                    ));
+                }
+                if let Some(o) = rules
+                    .iter()
+                    .enumerate()
+                    .find(|(j, o)| *j != i && covers(o, r))
+                    .map(|(_, o)| o)
+                {
+                    out.push(finding(
+                        SHADOWED,
+                        g,
+                        dir,
+                        r,
+                        format!("rule {} already allows everything this rule allows", o.id),
+                        "remove this rule, or narrow the broader one".to_owned(),
+                    ));
+                }
+                if has_interfaces
+                    && let Peer::Group(id) = &r.peer
+                    && !attached(id)
+                    && model.members.get(id).is_none_or(Vec::is_empty)
+                {
+                    out.push(finding(
+                        UNUSED_REFERENCE,
+                        g,
+                        dir,
+                        r,
+                        format!("group {id} is attached to no interface and has no members, so this rule matches nothing"),
+                        format!("attach {id} to the interfaces it stands for, or list them under `members: {{ {id}: [...] }}`"),
+                    ));
+                }
+            }
+            if dir == Direction::Ingress {
+                inconsistent_family(g, rules, &mut out);
+            }
+        }
+        let referenced = model
+            .groups
+            .iter()
+            .flat_map(|o| o.ingress.iter().chain(&o.egress))
+            .any(|r| r.peer == Peer::Group(g.id.clone()));
+        if has_interfaces && !attached(&g.id) && !referenced {
+            out.push(Finding {
+                group: Some(g.id.clone()),
+                ..UNUSED_GROUP.finding(
+                    "attached to no interface and referenced by no rule".to_owned(),
+                    "attach it or remove it".to_owned(),
+                )
+            });
+        }
+    }
+    for iface in &model.interfaces {
+        let key = iface.key();
+        if let Some(g) = iface
+            .groups
+            .iter()
+            .filter_map(|id| model.group(id))
+            .find(|g| g.is_default())
+        {
+            out.push(Finding {
+                group: Some(g.id.clone()),
+                interface: Some(key.clone()),
+                ..DEFAULT_GROUP.finding(
+                    "the default group is attached to a workload interface".to_owned(),
+                    "create a group for this workload with only the rules it needs and attach that instead".to_owned(),
+                )
+            });
+        }
+        for (world, probe, what) in [
+            (
+                "0.0.0.0/0",
+                PacketDesc::icmp("0.0.0.0".parse().expect("const"), 3, 4),
+                "ICMP type 3 code 4 (fragmentation needed)",
+            ),
+            (
+                "::/0",
+                PacketDesc::icmp("::".parse().expect("const"), 2, 0),
+                "ICMPv6 type 2 (packet too big)",
+            ),
+        ] {
+            let world: IpNet = world.parse().expect("const");
+            // Talks to the world in either direction (replies to world clients need PMTUD too).
+            let talks_to_world = [Direction::Ingress, Direction::Egress]
+                .into_iter()
+                .any(|d| model.rules_for(iface, d).any(|r| r.peers.contains(&world)));
+            let pmtud_ok = model.rules_for(iface, Direction::Ingress).any(|r| {
+                r.peers.contains(&world)
+                    && r.protocol.matches(probe.proto)
+                    && r.l4.matches(None, probe.icmp)
+            });
+            if talks_to_world && !pmtud_ok {
+                out.push(Finding {
+                    direction: Some(Direction::Ingress),
+                    interface: Some(key.clone()),
+                    ..PMTUD.finding(
+                        format!("talks to {world} but does not allow inbound {what} from {world}; path MTU discovery will break"),
+                        format!("add an ingress rule for {what} from {world}"),
+                    )
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| {
+        b.severity.cmp(&a.severity).then_with(|| {
+            (a.id, &a.interface, &a.group, &a.rule).cmp(&(b.id, &b.interface, &b.group, &b.rule))
+        })
+    });
+    out
+}
+
+/// SG008: the group opens some inbound traffic to both `0.0.0.0/0` and `::/0`,
+/// but this rule's traffic only to one of them.
+fn inconsistent_family(g: &Group, rules: &[Rule], out: &mut Vec<Finding>) {
+    let open = |v4: bool| -> Vec<&Rule> {
+        rules
+            .iter()
+            .filter(|r| matches!(r.peer, Peer::Cidr(n) if n.prefix_len() == 0 && matches!(n, IpNet::V4(_)) == v4))
+            .collect()
+    };
+    let (o4, o6) = (open(true), open(false));
+    if o4.is_empty() || o6.is_empty() {
+        return;
+    }
+    for (these, others, fam, other_fam) in
+        [(&o4, &o6, "IPv4", "::/0"), (&o6, &o4, "IPv6", "0.0.0.0/0")]
+    {
+        for r in these.iter() {
+            // ICMP and ICMPv6 differ in numbering; any ICMP rule counts as a counterpart.
+            let counterpart = |o: &&&Rule| {
+                o.protocol == Protocol::All
+                    || (r.protocol.is_icmp() && o.protocol.is_icmp())
+                    || (o.protocol == r.protocol && o.l4.covers(&r.l4))
+            };
+            if !others.iter().any(|o| counterpart(&o)) {
+                out.push(finding(
+                    INCONSISTENT_FAMILY,
+                    g,
+                    Direction::Ingress,
+                    r,
+                    format!("open to the {fam} world but not to {other_fam}, while the group does open other traffic to {other_fam}"),
+                    format!("add the same rule for {other_fam}, or remove this one if the service is not public"),
+                ));
+            }
+        }
+    }
+}
