@@ -76,8 +76,17 @@ pub fn rule_hash(id: &str) -> u32 {
     h
 }
 
+/// Test-only fault switch: when this variable is set, the compiler silently
+/// drops the first inbound rule of every interface. It exists to prove that
+/// the differential test and `sgctl lab verify` catch a broken data path.
+pub const FAULT_DROP_FIRST_RULE: &str = "SG_FAULT_DROP_FIRST_RULE";
+
 /// Compiles the inbound and outbound rules of one interface for `generation`.
 pub fn compile(generation: u32, inbound: &[Rule], outbound: &[Rule]) -> CompiledPolicy {
+    let inbound = match std::env::var_os(FAULT_DROP_FIRST_RULE) {
+        Some(_) if !inbound.is_empty() => &inbound[1..],
+        _ => inbound,
+    };
     let mut out = CompiledPolicy {
         generation,
         ..CompiledPolicy::default()
@@ -443,4 +452,74 @@ mod tests {
         assert_eq!(flags(17), 0);
         assert_eq!(flags(1), 0);
     }
+}
+
+/// The compiler's view of the rules a model puts on `iface` for `direction`.
+pub fn rules_from_model(
+    model: &crate::model::Model,
+    iface: &crate::model::Interface,
+    direction: crate::model::Direction,
+) -> Vec<Rule> {
+    use crate::model::L4Match;
+    model
+        .rules_for(iface, direction)
+        .map(|r| Rule {
+            id: r.id.to_string(),
+            proto: r.protocol.number(),
+            ports: match r.l4 {
+                L4Match::Ports(range) => (range.from, range.to),
+                L4Match::Icmp {
+                    icmp_type: None, ..
+                }
+                | L4Match::Any => (0, 0xffff),
+                L4Match::Icmp {
+                    icmp_type: Some(t),
+                    icmp_code: None,
+                } => ((t as u16) << 8, ((t as u16) << 8) | 0xff),
+                L4Match::Icmp {
+                    icmp_type: Some(t),
+                    icmp_code: Some(c),
+                } => {
+                    let port = ((t as u16) << 8) | c as u16;
+                    (port, port)
+                }
+            },
+            peers: r.peers.iter().map(IpNet::trunc).collect(),
+            untracked_tcp: r.tracking.untracked_tcp,
+            untracked_udp: r.tracking.untracked_udp,
+        })
+        .collect()
+}
+
+/// Idle timeouts (seconds, by `CtState`) for an interface's settings.
+pub fn timeouts_s(
+    t: &crate::model::ConntrackTimeouts,
+) -> [u64; sg_common::conntrack::TIMEOUT_SLOTS] {
+    use crate::model::ConntrackTimeouts as T;
+    [
+        T::TCP_SYN,
+        T::TCP_SYN_RECV,
+        t.tcp_established,
+        T::TCP_FIN,
+        T::TCP_CLOSED,
+        t.udp,
+        t.udp_stream,
+        T::ICMP,
+        T::OTHER,
+    ]
+    .map(u64::from)
+}
+
+/// Compiles everything `model` puts on `iface` for `generation`.
+pub fn compile_iface(
+    model: &crate::model::Model,
+    iface: &crate::model::Interface,
+    generation: u32,
+) -> CompiledPolicy {
+    use crate::model::Direction as D;
+    compile(
+        generation,
+        &rules_from_model(model, iface, D::Ingress),
+        &rules_from_model(model, iface, D::Egress),
+    )
 }

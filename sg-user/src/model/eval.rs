@@ -12,13 +12,17 @@
 //!   (untracked only when every matching rule is untracked). Tracking is the
 //!   safe side: the flow's replies keep working even if the untracked rule
 //!   goes away.
-//! - ICMP/ICMPv6 echo request/reply are tracked by (addresses, identifier).
-//!   Other ICMP messages are judged by rules alone and create no state; ICMP
-//!   errors are not "related" to a flow (DESIGN §1).
+//! - ICMP/ICMPv6 echo is tracked by (addresses, identifier) *and*
+//!   direction: only a request opens state; later requests pass from the
+//!   originator and replies from the other side. Echo replies and other ICMP
+//!   messages allowed by rules pass without creating state; ICMP errors are
+//!   not "related" to a flow (DESIGN §1).
 //! - Other protocols are tracked by (addresses, protocol), idle 600 s.
 //! - TCP: a SYN without ACK opens a flow in the handshake state; any other
 //!   allowed TCP packet picks the flow up as established (like Linux with
-//!   loose pickup). Timeouts per state are in [`ConntrackTimeouts`].
+//!   loose pickup). A SYN on a closing or closed connection is a new
+//!   connection, judged by the rules. Timeouts per state are in
+//!   [`ConntrackTimeouts`].
 //! - UDP is a "stream" (longer timeout) once it was seen in both directions
 //!   and has carried at least three packets.
 //! - An entry is alive while `now - last_seen < timeout`.
@@ -241,12 +245,24 @@ impl Packet {
     }
 
     fn is_echo(&self) -> bool {
+        self.echo_kind().is_some()
+    }
+
+    fn echo_kind(&self) -> Option<EchoKind> {
         match (self.proto, self.icmp) {
-            (proto::ICMP, Some((t, _))) => t == 8 || t == 0,
-            (proto::ICMPV6, Some((t, _))) => t == 128 || t == 129,
-            _ => false,
+            (proto::ICMP, Some((8, _))) | (proto::ICMPV6, Some((128, _))) => {
+                Some(EchoKind::Request)
+            }
+            (proto::ICMP, Some((0, _))) | (proto::ICMPV6, Some((129, _))) => Some(EchoKind::Reply),
+            _ => None,
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EchoKind {
+    Request,
+    Reply,
 }
 
 /// TCP connection states the model distinguishes.
@@ -461,6 +477,23 @@ impl Conntrack {
         } else {
             (None, false)
         };
+        // State admits only what belongs to the flow: an echo request only
+        // from the flow's originator and an echo reply only from the other
+        // side (identifier *and* direction), and a fresh SYN on a closing or
+        // closed connection is a new connection, judged by the rules.
+        let hit = hit.filter(|k| {
+            let flow = &self.flows[k];
+            let echo_ok = match pkt.echo_kind() {
+                Some(EchoKind::Request) => !reply,
+                Some(EchoKind::Reply) => reply,
+                None => true,
+            };
+            let reopen = pkt.proto == proto::TCP
+                && pkt.tcp_flags & tcp_flags::SYN != 0
+                && pkt.tcp_flags & tcp_flags::ACK == 0
+                && matches!(flow.tcp, Some(TcpState::FinWait | TcpState::Closed));
+            echo_ok && !reopen
+        });
         if let Some(k) = hit {
             let flow = self.flows.get(&k).expect("just found");
             if self.mode == RemovalMode::Revoke
@@ -493,7 +526,11 @@ impl Conntrack {
             Outcome::Denied
         } else if !d.tracked {
             Outcome::Untracked
-        } else if matches!(pkt.proto, proto::ICMP | proto::ICMPV6) && !pkt.is_echo() {
+        } else if matches!(pkt.proto, proto::ICMP | proto::ICMPV6)
+            && pkt.echo_kind() != Some(EchoKind::Request)
+        {
+            // Only an echo request opens ICMP state; a reply or an error
+            // allowed by a rule passes and opens nothing.
             Outcome::Stateless
         } else if self.capacity.is_some_and(|c| self.flows.len() >= c) {
             self.allowance_exceeded += 1;
@@ -511,6 +548,8 @@ impl Conntrack {
                     TcpState::Established
                 }
             });
+            // One flow per pair of endpoints, whichever side opened it.
+            self.flows.remove(&key.reversed());
             self.flows.insert(
                 key,
                 Flow {
