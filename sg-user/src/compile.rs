@@ -337,6 +337,76 @@ fn prefix_matches(a: &[u8], b: &[u8], bits: u32) -> bool {
     })
 }
 
+/// The compiler's view of the rules a model puts on `iface` for `direction`.
+pub fn rules_from_model(
+    model: &crate::model::Model,
+    iface: &crate::model::Interface,
+    direction: crate::model::Direction,
+) -> Vec<Rule> {
+    use crate::model::L4Match;
+    model
+        .rules_for(iface, direction)
+        .map(|r| Rule {
+            id: r.id.to_string(),
+            proto: r.protocol.number(),
+            ports: match r.l4 {
+                L4Match::Ports(range) => (range.from, range.to),
+                L4Match::Icmp {
+                    icmp_type: None, ..
+                }
+                | L4Match::Any => (0, 0xffff),
+                L4Match::Icmp {
+                    icmp_type: Some(t),
+                    icmp_code: None,
+                } => ((t as u16) << 8, ((t as u16) << 8) | 0xff),
+                L4Match::Icmp {
+                    icmp_type: Some(t),
+                    icmp_code: Some(c),
+                } => {
+                    let port = ((t as u16) << 8) | c as u16;
+                    (port, port)
+                }
+            },
+            peers: r.peers.iter().map(IpNet::trunc).collect(),
+            untracked_tcp: r.tracking.untracked_tcp,
+            untracked_udp: r.tracking.untracked_udp,
+        })
+        .collect()
+}
+
+/// Idle timeouts (seconds, by `CtState`) for an interface's settings.
+pub fn timeouts_s(
+    t: &crate::model::ConntrackTimeouts,
+) -> [u64; sg_common::conntrack::TIMEOUT_SLOTS] {
+    use crate::model::ConntrackTimeouts as T;
+    [
+        T::TCP_SYN,
+        T::TCP_SYN_RECV,
+        t.tcp_established,
+        T::TCP_FIN,
+        T::TCP_CLOSED,
+        t.udp,
+        t.udp_stream,
+        T::ICMP,
+        T::OTHER,
+    ]
+    .map(u64::from)
+}
+
+/// Compiles everything `model` puts on `iface` for `generation`.
+pub fn compile_iface(
+    model: &crate::model::Model,
+    iface: &crate::model::Interface,
+    generation: u32,
+) -> CompiledPolicy {
+    use crate::model::Direction as D;
+    compile(
+        generation,
+        &rules_from_model(model, iface, D::Ingress),
+        &rules_from_model(model, iface, D::Egress),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,74 +522,4 @@ mod tests {
         assert_eq!(flags(17), 0);
         assert_eq!(flags(1), 0);
     }
-}
-
-/// The compiler's view of the rules a model puts on `iface` for `direction`.
-pub fn rules_from_model(
-    model: &crate::model::Model,
-    iface: &crate::model::Interface,
-    direction: crate::model::Direction,
-) -> Vec<Rule> {
-    use crate::model::L4Match;
-    model
-        .rules_for(iface, direction)
-        .map(|r| Rule {
-            id: r.id.to_string(),
-            proto: r.protocol.number(),
-            ports: match r.l4 {
-                L4Match::Ports(range) => (range.from, range.to),
-                L4Match::Icmp {
-                    icmp_type: None, ..
-                }
-                | L4Match::Any => (0, 0xffff),
-                L4Match::Icmp {
-                    icmp_type: Some(t),
-                    icmp_code: None,
-                } => ((t as u16) << 8, ((t as u16) << 8) | 0xff),
-                L4Match::Icmp {
-                    icmp_type: Some(t),
-                    icmp_code: Some(c),
-                } => {
-                    let port = ((t as u16) << 8) | c as u16;
-                    (port, port)
-                }
-            },
-            peers: r.peers.iter().map(IpNet::trunc).collect(),
-            untracked_tcp: r.tracking.untracked_tcp,
-            untracked_udp: r.tracking.untracked_udp,
-        })
-        .collect()
-}
-
-/// Idle timeouts (seconds, by `CtState`) for an interface's settings.
-pub fn timeouts_s(
-    t: &crate::model::ConntrackTimeouts,
-) -> [u64; sg_common::conntrack::TIMEOUT_SLOTS] {
-    use crate::model::ConntrackTimeouts as T;
-    [
-        T::TCP_SYN,
-        T::TCP_SYN_RECV,
-        t.tcp_established,
-        T::TCP_FIN,
-        T::TCP_CLOSED,
-        t.udp,
-        t.udp_stream,
-        T::ICMP,
-        T::OTHER,
-    ]
-    .map(u64::from)
-}
-
-/// Compiles everything `model` puts on `iface` for `generation`.
-pub fn compile_iface(
-    model: &crate::model::Model,
-    iface: &crate::model::Interface,
-    generation: u32,
-) -> CompiledPolicy {
-    use crate::model::Direction as D;
-    compile(
-        generation,
-        &rules_from_model(model, iface, D::Ingress),
-        &rules_from_model(model, iface, D::Egress),
-    )
 }
