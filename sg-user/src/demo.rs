@@ -139,7 +139,7 @@ pub fn run() -> Result<String> {
 
     let web = IfaceId::new(Host::IFACE, Some(seg.host("web").netns.name()));
     let attached =
-        loader::attach(&web, &AttachOptions::default()).context("attaching to web's interface")?;
+        loader::attach(&web, &AttachOptions::default(), loader::InitialPolicy::Observe).context("attaching to web's interface")?;
     writeln!(
         out,
         "attached to {} (ingress hook: {}, egress hook: tc)",

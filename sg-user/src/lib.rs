@@ -7,8 +7,11 @@
 //! - Test and demo infrastructure: [`netns`] (namespaces, veth, bridge).
 //! - The `sgctl` binary (src/bin/sgctl) is a thin CLI over these modules.
 
+pub mod apply;
 pub mod compile;
+pub mod conntrack;
 pub mod demo;
+pub mod discover;
 pub mod ifinfo;
 pub mod loader;
 pub mod model;

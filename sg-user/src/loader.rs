@@ -18,26 +18,17 @@ use aya::{
 use sg_common::{Counter, Direction, Reason, counter_index, names};
 use thiserror::Error;
 
+pub use crate::model::Side;
 use crate::{
+    compile::CompiledPolicy,
     ifinfo,
     netns::{NetnsError, in_netns},
     pins::{self, IfaceId},
+    policy_maps::{PolicyMapError, PolicyMaps},
 };
 
 /// The compiled kernel programs, embedded at build time.
 pub static SG_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg"));
-
-/// Which end of a link the attachment protects.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Side {
-    /// The interface belongs to the protected machine (ingress = inbound).
-    #[default]
-    Host,
-    /// The host end of a container's veth: packets arriving here leave the
-    /// container, so directions are swapped.
-    Peer,
-}
 
 /// Requested ingress hook.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -102,11 +93,38 @@ impl BpfLog {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct AttachOptions {
     pub side: Side,
     pub ingress_hook: IngressHook,
     pub bpf_log: BpfLog,
+    /// Capacity of each connection table (IPv4 and IPv6).
+    pub conntrack_entries: u32,
+}
+
+/// Default capacity of each connection table.
+pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 65536;
+
+impl Default for AttachOptions {
+    fn default() -> Self {
+        AttachOptions {
+            side: Side::Host,
+            ingress_hook: IngressHook::Auto,
+            bpf_log: BpfLog::Off,
+            conntrack_entries: DEFAULT_CONNTRACK_ENTRIES,
+        }
+    }
+}
+
+/// What an attachment enforces from its first packet.
+pub enum InitialPolicy<'a> {
+    /// Count everything, pass everything.
+    Observe,
+    /// Enforce this compiled policy (generation 1) with these idle timeouts (s).
+    Enforce {
+        policy: &'a CompiledPolicy,
+        timeouts_s: [u64; sg_common::conntrack::TIMEOUT_SLOTS],
+    },
 }
 
 #[derive(Debug, Error)]
@@ -141,6 +159,8 @@ pub enum LoaderError {
     Pinned { path: String, detail: String },
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Policy(#[from] PolicyMapError),
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -157,9 +177,10 @@ fn link_pin_name(direction: &str, hook: AttachedHook) -> String {
     format!("{}{direction}-{}", pins::LINK_PREFIX, hook.name())
 }
 
-/// Loads a fresh instance of the programs, attaches it to `iface` (ingress and
-/// egress) and pins links and counters. On any failure nothing stays attached.
-pub fn attach(iface: &IfaceId, opts: &AttachOptions) -> Result<Attached, LoaderError> {
+/// Loads a fresh instance of the programs, writes its initial policy, attaches
+/// it to `iface` (ingress and egress) and pins links and maps. The policy is
+/// in place before the first packet; on any failure nothing stays attached.
+pub fn attach(iface: &IfaceId, opts: &AttachOptions, initial: InitialPolicy<'_>) -> Result<Attached, LoaderError> {
     pins::ensure_bpffs()?;
     let dir = iface.dir();
     if dir.exists() {
@@ -172,14 +193,16 @@ pub fn attach(iface: &IfaceId, opts: &AttachOptions) -> Result<Attached, LoaderE
     let mut ebpf = EbpfLoader::new()
         .override_global(names::GLOBAL_SIDE_PEER, &side_peer, true)
         .override_global(aya_log::LEVEL, &log_level, true)
+        .map_max_entries(names::MAP_CT_V4, opts.conntrack_entries)
+        .map_max_entries(names::MAP_CT_V6, opts.conntrack_entries)
         .load(SG_OBJECT)
         .map_err(|e| LoaderError::Load(Box::new(e)))?;
     std::fs::create_dir_all(&dir)?;
-    let result = in_netns(iface.netns.as_deref(), || {
-        attach_here(&mut ebpf, iface, opts, &dir)
-    })
-    .map_err(LoaderError::from)
-    .and_then(|r| r);
+    let result = prepare_maps(&mut ebpf, &dir, initial).and_then(|()| {
+        in_netns(iface.netns.as_deref(), || attach_here(&mut ebpf, iface, opts, &dir))
+            .map_err(LoaderError::from)
+            .and_then(|r| r)
+    });
     match result {
         Ok(ingress_hook) => Ok(Attached {
             iface: iface.clone(),
@@ -228,15 +251,33 @@ fn attach_here(
         }
     };
     attach_tc(ebpf, iface, TcAttachType::Egress, dir)?;
-    let counters = ebpf
-        .map(names::MAP_COUNTERS)
-        .expect("SG_COUNTERS is in the object (checked by tests)");
-    let path = dir.join(pins::COUNTERS);
-    counters.pin(&path).map_err(|e| LoaderError::Pin {
-        path: path.display().to_string(),
-        detail: e.to_string(),
-    })?;
     Ok(hook)
+}
+
+/// Maps pinned beside the policy maps: counters, connection and fragment tables.
+pub const STATE_MAPS: [&str; 4] = [
+    names::MAP_COUNTERS,
+    names::MAP_CT_V4,
+    names::MAP_CT_V6,
+    names::MAP_FRAGS,
+];
+
+/// Writes the initial policy and pins every map, before anything attaches.
+fn prepare_maps(ebpf: &mut Ebpf, dir: &Path, initial: InitialPolicy<'_>) -> Result<(), LoaderError> {
+    for name in STATE_MAPS {
+        let map = ebpf.map(name).expect("map is in the object (checked by tests)");
+        let path = dir.join(name);
+        map.pin(&path).map_err(|e| LoaderError::Pin {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+    }
+    let mut policy = PolicyMaps::take_from(ebpf, Some(dir))?;
+    match initial {
+        InitialPolicy::Observe => policy.observe()?,
+        InitialPolicy::Enforce { policy: compiled, timeouts_s } => policy.install(compiled, timeouts_s)?,
+    }
+    Ok(())
 }
 
 fn pin_link(link: FdLink, path: &Path) -> Result<(), LoaderError> {
@@ -343,7 +384,7 @@ pub type CounterTable = BTreeMap<(Direction, Reason), Counter>;
 
 /// Reads `SG_COUNTERS` of an attached interface from its pin.
 pub fn read_counters(iface: &IfaceId) -> Result<CounterTable, LoaderError> {
-    let path = iface.dir().join(pins::COUNTERS);
+    let path = iface.dir().join(names::MAP_COUNTERS);
     let pinned_error = |detail: String| LoaderError::Pinned {
         path: path.display().to_string(),
         detail,

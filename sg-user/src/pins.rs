@@ -5,7 +5,8 @@
 //! /sys/fs/bpf/sg/<scope>/<iface>/
 //!     link-ingress-<hook>   bpf_link of the ingress program (hook: xdp, xdp-generic, tc)
 //!     link-egress-tc        bpf_link of the egress program
-//!     counters              SG_COUNTERS (per-CPU packet/byte counters)
+//!     SG_*                  every map, by its name in the object (counters,
+//!                           policy tries, connection tables …)
 //! ```
 //! `<scope>` is `host` for the namespace `sgctl` runs in, `netns-<name>` for a
 //! named namespace (`/run/netns/<name>`). Removing a link pin detaches it.
@@ -17,7 +18,6 @@ use std::{
 
 pub const BPFFS: &str = "/sys/fs/bpf";
 pub const ROOT: &str = "/sys/fs/bpf/sg";
-pub const COUNTERS: &str = "counters";
 pub const LINK_PREFIX: &str = "link-";
 
 /// Identifies a protected interface: its name and the namespace it lives in.

@@ -8,7 +8,7 @@ use std::{
 
 use sg_common::{Direction, Reason};
 use sg_user::{
-    loader::{self, AttachOptions, AttachedHook, IngressHook, LoaderError, Side},
+    loader::{self, AttachOptions, AttachedHook, IngressHook, InitialPolicy, LoaderError, Side},
     netns::{Host, Segment},
     pins::{self, IfaceId},
     probe::{self, Reach, TcpServer},
@@ -64,7 +64,7 @@ fn tcp_and_icmp_pass_through_attached_programs_and_are_counted() {
     )
     .expect("server in b");
     let iface = iface_of(a);
-    let attached = loader::attach(&iface, &AttachOptions::default()).expect("attach to a/eth0");
+    let attached = loader::attach(&iface, &AttachOptions::default(), InitialPolicy::Observe).expect("attach to a/eth0");
     let _guard = Attachment(iface.clone());
     assert_eq!(
         attached.ingress_hook,
@@ -118,17 +118,17 @@ fn detach_removes_state_and_traffic_still_flows() {
     )
     .unwrap();
     let iface = iface_of(a);
-    loader::attach(&iface, &AttachOptions::default()).unwrap();
+    loader::attach(&iface, &AttachOptions::default(), InitialPolicy::Observe).unwrap();
     let _guard = Attachment(iface.clone());
 
     // A second attach is refused and changes nothing.
-    let again = loader::attach(&iface, &AttachOptions::default());
+    let again = loader::attach(&iface, &AttachOptions::default(), InitialPolicy::Observe);
     assert!(
         matches!(again, Err(LoaderError::AlreadyAttached { .. })),
         "{again:?}"
     );
     assert!(
-        iface.dir().join(pins::COUNTERS).exists(),
+        iface.dir().join(sg_common::names::MAP_COUNTERS).exists(),
         "first attachment intact"
     );
 
@@ -154,7 +154,7 @@ fn peer_side_counts_ingress_as_outbound() {
         ingress_hook: IngressHook::XdpGeneric,
         ..AttachOptions::default()
     };
-    let attached = loader::attach(&iface, &opts).expect("attach with generic XDP");
+    let attached = loader::attach(&iface, &opts, InitialPolicy::Observe).expect("attach with generic XDP");
     let _guard = Attachment(iface.clone());
     assert_eq!(attached.ingress_hook, AttachedHook::XdpGeneric);
     let hooks = loader::pinned_hooks(&iface).unwrap();
@@ -174,7 +174,7 @@ fn peer_side_counts_ingress_as_outbound() {
 fn unknown_namespace_is_a_clear_error_and_leaves_nothing() {
     require_root!();
     let iface = IfaceId::new("eth0", Some("sg-no-such-namespace"));
-    let err = loader::attach(&iface, &AttachOptions::default()).unwrap_err();
+    let err = loader::attach(&iface, &AttachOptions::default(), InitialPolicy::Observe).unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");
     assert!(
         !iface.dir().exists(),

@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use sg_common::Reason;
 use sg_user::{
     demo,
-    loader::{self, AttachOptions, BpfLog, IngressHook, Side},
+    loader::{self, AttachOptions, BpfLog, IngressHook, InitialPolicy, Side},
     pins::{self, IfaceId},
 };
 
@@ -76,13 +76,23 @@ struct AttachArgs {
     /// Which end this interface is: the protected machine's own (host), or the
     /// host side of a container's veth (peer: directions reversed)
     #[arg(long, value_enum, default_value_t)]
-    side: Side,
+    side: SideArg,
     /// Ingress hook: auto = native XDP on physical NICs, TC on virtual ones
     #[arg(long, value_enum, default_value_t)]
     ingress_hook: IngressHook,
     /// Kernel-side log level (read with `sgctl logs`); off costs nothing
     #[arg(long, value_enum, default_value_t)]
     bpf_log: BpfLog,
+}
+
+/// Which end of the link the interface is (see `model::Side`).
+#[derive(Clone, Copy, Default, clap::ValueEnum)]
+enum SideArg {
+    /// The protected machine's own interface
+    #[default]
+    Host,
+    /// The host side of a container's veth: directions reversed
+    Peer,
 }
 
 #[derive(Args)]
@@ -152,11 +162,15 @@ fn require_root(what: &str) -> Result<()> {
 fn attach(args: AttachArgs) -> Result<ExitCode> {
     require_root("sgctl attach")?;
     let opts = AttachOptions {
-        side: args.side,
+        side: match args.side {
+            SideArg::Host => Side::Host,
+            SideArg::Peer => Side::Peer,
+        },
         ingress_hook: args.ingress_hook,
         bpf_log: args.bpf_log,
+        ..AttachOptions::default()
     };
-    let done = loader::attach(&args.target.id(), &opts)?;
+    let done = loader::attach(&args.target.id(), &opts, InitialPolicy::Observe)?;
     println!(
         "attached {} (ingress: {}, egress: tc, side: {:?})",
         done.iface,

@@ -1,0 +1,198 @@
+//! `sgctl apply`: make the kernel enforce a validated model.
+//!
+//! Two phases, so bad input changes nothing: first everything is compiled
+//! (pure, may fail), then the kernel is changed interface by interface —
+//! new interfaces attached with their policy already in the maps, attached
+//! ones switched to a new generation atomically, interfaces that left the
+//! config (attached by an earlier apply of the same file) detached.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    compile::{self, CompiledPolicy},
+    conntrack,
+    loader::{self, AttachOptions, InitialPolicy},
+    model::{Interface, Model, Side},
+    pins::{self, IfaceId},
+    policy_maps::PolicyMaps,
+};
+
+/// Where `sgctl` keeps what the kernel cannot: rule names and settings of
+/// each attached interface (tmpfs: gone at reboot, like the pins).
+pub const STATE_DIR: &str = "/run/sgctl";
+
+/// What `sgctl status` needs to name things, per interface.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct IfaceState {
+    pub side: String,
+    pub groups: Vec<String>,
+    pub generation: u32,
+    pub config: Option<PathBuf>,
+    /// Rule hash → (rule id, description).
+    pub rules: BTreeMap<u32, (String, Option<String>)>,
+}
+
+fn state_path(id: &IfaceId) -> PathBuf {
+    let scope = match &id.netns {
+        None => "host".to_string(),
+        Some(ns) => format!("netns-{ns}"),
+    };
+    PathBuf::from(STATE_DIR).join(scope).join(format!("{}.json", id.iface))
+}
+
+pub fn read_state(id: &IfaceId) -> Option<IfaceState> {
+    let text = std::fs::read_to_string(state_path(id)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn write_state(id: &IfaceId, state: &IfaceState) -> Result<()> {
+    let path = state_path(id);
+    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+fn remove_state(id: &IfaceId) {
+    let _ = std::fs::remove_file(state_path(id));
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ApplyOptions {
+    pub attach: AttachOptions,
+    /// Also cut tracked flows the new rules no longer allow.
+    pub revoke: bool,
+}
+
+/// What happened to one interface.
+#[derive(Clone, Debug, Serialize)]
+pub struct Change {
+    pub iface: String,
+    pub action: &'static str,
+    pub generation: u32,
+    pub revoked: usize,
+}
+
+struct Plan<'a> {
+    iface: &'a Interface,
+    id: IfaceId,
+    attached: bool,
+    policy: CompiledPolicy,
+    timeouts_s: [u64; sg_common::conntrack::TIMEOUT_SLOTS],
+}
+
+fn side_name(side: Side) -> &'static str {
+    match side {
+        Side::Host => "host",
+        Side::Peer => "peer",
+    }
+}
+
+/// Applies `model` to the kernel.
+pub fn apply(model: &Model, opts: &ApplyOptions) -> Result<Vec<Change>> {
+    pins::ensure_bpffs()?;
+    // Phase 1: compile everything; nothing in the kernel changes yet.
+    let mut plans = Vec::new();
+    for iface in &model.interfaces {
+        let id = IfaceId::new(&iface.name, iface.netns.as_deref());
+        let side_changed = read_state(&id).is_some_and(|s| s.side != side_name(iface.side));
+        let attached = id.dir().exists() && !side_changed;
+        let generation = if attached {
+            PolicyMaps::from_pins(&id.dir())
+                .and_then(|m| m.next_generation())
+                .with_context(|| format!("{id}: reading its pinned policy (try `sgctl detach --iface {}` and apply again)", iface.name))?
+        } else {
+            1
+        };
+        plans.push(Plan {
+            iface,
+            policy: compile::compile_iface(model, iface, generation),
+            timeouts_s: compile::timeouts_s(&iface.conntrack),
+            id,
+            attached,
+        });
+    }
+    // Phase 2: change the kernel.
+    let mut changes = Vec::new();
+    for plan in &plans {
+        let mut change = Change {
+            iface: plan.id.to_string(),
+            action: "updated",
+            generation: plan.policy.generation,
+            revoked: 0,
+        };
+        if plan.attached {
+            let mut maps = PolicyMaps::from_pins(&plan.id.dir())?;
+            maps.install(&plan.policy, plan.timeouts_s)?;
+            if opts.revoke {
+                let cfg = maps.config()?;
+                change.revoked = conntrack::revoke(&plan.id, &cfg, &plan.policy)
+                    .with_context(|| format!("{}: revoking flows", plan.id))?;
+            }
+        } else {
+            if plan.id.dir().exists() {
+                // The side changed: the programs must be reloaded.
+                loader::detach(&plan.id)?;
+                change.action = "reattached";
+            } else {
+                change.action = "attached";
+            }
+            let attach = AttachOptions {
+                side: plan.iface.side,
+                ..opts.attach
+            };
+            loader::attach(
+                &plan.id,
+                &attach,
+                InitialPolicy::Enforce {
+                    policy: &plan.policy,
+                    timeouts_s: plan.timeouts_s,
+                },
+            )
+            .with_context(|| format!("attaching {}", plan.id))?;
+        }
+        let rules = model
+            .rules_for(plan.iface, crate::model::Direction::Ingress)
+            .chain(model.rules_for(plan.iface, crate::model::Direction::Egress))
+            .map(|r| (compile::rule_hash(&r.id.to_string()), (r.id.to_string(), r.description.clone())))
+            .collect();
+        write_state(
+            &plan.id,
+            &IfaceState {
+                side: side_name(plan.iface.side).into(),
+                groups: plan.iface.groups.clone(),
+                generation: plan.policy.generation,
+                config: model.file.clone(),
+                rules,
+            },
+        )?;
+        changes.push(change);
+    }
+    // Interfaces an earlier apply of this same config attached that have
+    // left it. Attachments of other configs (or `sgctl attach`) are not ours.
+    for id in pins::attached_ifaces()? {
+        let ours = model.file.is_some() && read_state(&id).is_some_and(|s| s.config == model.file);
+        if ours && !plans.iter().any(|p| p.id == id) {
+            loader::detach(&id)?;
+            remove_state(&id);
+            changes.push(Change {
+                iface: id.to_string(),
+                action: "detached",
+                generation: 0,
+                revoked: 0,
+            });
+        }
+    }
+    Ok(changes)
+}
+
+/// Detaches an interface and forgets its state.
+pub fn detach(id: &IfaceId) -> Result<()> {
+    loader::detach(id)?;
+    remove_state(id);
+    Ok(())
+}
