@@ -399,6 +399,9 @@ pub struct Rule {
     /// Where the rule was written (not part of the policy).
     #[serde(skip)]
     pub origin: Origin,
+    /// Its index in the list as written (AWS: after one-rule-per-peer expansion).
+    #[serde(skip)]
+    pub index: usize,
 }
 
 /// A security group.

@@ -476,6 +476,7 @@ fn parse_rule(cx: &mut Ctx, rc: &RuleCtx, raw: &RawRule) -> Option<Rule> {
         peer,
         description: text(&raw.description),
         origin: rc.origin.clone(),
+        index: rc.idx,
     })
 }
 
@@ -483,7 +484,8 @@ fn parse_rule(cx: &mut Ctx, rc: &RuleCtx, raw: &RawRule) -> Option<Rule> {
 pub fn default_egress(group: &str, origin: &Origin) -> Vec<Rule> {
     ["0.0.0.0/0", "::/0"]
         .into_iter()
-        .map(|c| {
+        .enumerate()
+        .map(|(index, c)| {
             let peer = Peer::Cidr(c.parse().expect("constant CIDR"));
             Rule {
                 id: RuleId::derive(
@@ -498,6 +500,7 @@ pub fn default_egress(group: &str, origin: &Origin) -> Vec<Rule> {
                 peer,
                 description: Some("default: all outbound".to_owned()),
                 origin: origin.clone(),
+                index,
             }
         })
         .collect()
@@ -938,6 +941,16 @@ pub fn build(doc: &Doc, discovery: &dyn AddressSource) -> Result<Model, Vec<Prob
                 .field("max_entries"),
             );
         }
+        if cidrs.is_empty() && !raw.placeholder {
+            cx.push(
+                Problem::warning(
+                    format!("prefix list {id} has no CIDRs; rules that use it match nothing"),
+                    "add its CIDRs under `cidrs:`",
+                )
+                .at(o)
+                .field("cidrs"),
+            );
+        }
         if raw.placeholder {
             cx.push(
                 Problem::warning(
@@ -1013,7 +1026,8 @@ pub fn build(doc: &Doc, discovery: &dyn AddressSource) -> Result<Model, Vec<Prob
         for dir in [Direction::Ingress, Direction::Egress] {
             let mut seen: Vec<(Protocol, L4Match, Peer, usize)> = vec![];
             let (mut v4, mut v6) = (0u64, 0u64);
-            for (i, r) in g.rules(dir).iter().enumerate() {
+            for r in g.rules(dir) {
+                let i = r.index;
                 let err = |m: String, f: &str, field| {
                     Problem::error(m, f)
                         .at(&r.origin)
