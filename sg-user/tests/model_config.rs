@@ -480,7 +480,7 @@ fn prefix_lists_count_as_their_max_size_and_references_as_one() {
     );
     assert_eq!(m.prefix_list("pl").unwrap().quota_weight(), 2);
     one_error(
-        "prefix_lists:\n  - { id: pl, max_entries: 1, cidrs: [198.18.0.0/24, 198.18.1.0/24] }\n",
+        "security_groups: []\nprefix_lists:\n  - { id: pl, max_entries: 1, cidrs: [198.18.0.0/24, 198.18.1.0/24] }\n",
         &["more than its max_entries"],
     );
 }
@@ -499,11 +499,11 @@ fn interface_quotas() {
         "security_groups:\n{groups}interfaces:\n  - {{ name: e0, security_groups: {six} }}\nquotas: {{ groups_per_interface: 6, rules_per_group: 60 }}\n"
     ));
     one_error(
-        "quotas: { groups_per_interface: 17 }\n",
+        "security_groups: []\nquotas: { groups_per_interface: 17 }\n",
         &["groups_per_interface", "1..=16"],
     );
     one_error(
-        "quotas: { groups_per_interface: 16, rules_per_group: 100 }\n",
+        "security_groups: []\nquotas: { groups_per_interface: 16, rules_per_group: 100 }\n",
         &["1600", "exceeds rules_per_interface 1000"],
     );
     one_error(
@@ -576,7 +576,7 @@ fn attachments_parse_and_attach() {
     assert!("eth0".parse::<Attachment>().is_err());
     assert!("eth0=".parse::<Attachment>().is_err());
     assert!("@ns=sg".parse::<Attachment>().is_err());
-    let m = model::from_str("security_groups:\n  - id: sg-1\n", &[a.clone()]);
+    let m = model::from_str("security_groups:\n  - id: sg-1\n", std::slice::from_ref(&a));
     let e = m.expect_err("sg-2 is unknown");
     assert!(
         e.iter()

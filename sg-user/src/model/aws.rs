@@ -123,15 +123,20 @@ fn perm_rules(
     match protocol {
         Some(pr) if pr.has_ports() => {
             ports = match (from, to) {
-                (None, None) | (Some(-1), Some(-1)) => None,
+                (None, None) if p.from_port.is_none() && p.to_port.is_none() => None,
+                // A value that is not a number: pass it on for validation to report.
+                (None, _) if p.from_port.is_some() => p.from_port.clone(),
+                (_, None) if p.to_port.is_some() => p.to_port.clone(),
+                (Some(-1), Some(-1)) => None,
                 (Some(a), Some(b)) if a == b => Some(Scalar::Int(a)),
                 (Some(a), Some(b)) => Some(Scalar::Str(format!("{a}-{b}"))),
                 (Some(a), None) | (None, Some(a)) => Some(Scalar::Int(a)),
+                (None, None) => None,
             };
         }
         Some(pr) if pr.is_icmp() => {
-            icmp_type = from.map(Scalar::Int);
-            icmp_code = to.map(Scalar::Int);
+            icmp_type = p.from_port.clone();
+            icmp_code = p.to_port.clone();
         }
         // all / other numbers: AWS ignores FromPort/ToPort.
         _ => {}

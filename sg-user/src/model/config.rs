@@ -304,8 +304,7 @@ struct NativeGroup {
 #[serde(deny_unknown_fields)]
 struct NativeConfig {
     import: Option<OneOrMany>,
-    #[serde(default)]
-    security_groups: Vec<Spanned<NativeGroup>>,
+    security_groups: Option<Vec<Spanned<NativeGroup>>>,
     #[serde(default)]
     prefix_lists: Vec<Spanned<RawPrefixList>>,
     #[serde(default)]
@@ -383,13 +382,22 @@ pub fn parse_native(text: &str, file: Option<&Path>) -> Result<NativeDoc, Vec<Pr
         p.origin.line = line.filter(|l| *l > 0);
         vec![p]
     })?;
+    if cfg.security_groups.is_none() && cfg.import.is_none() {
+        return Err(vec![
+            Problem::error(
+                "the config has no `security_groups:` (and no `import:`)",
+                "define groups under `security_groups:` (an empty list `[]` is allowed), or import AWS JSON with `import: FILE.json`",
+            )
+            .in_file(file),
+        ]);
+    }
     let mut doc = Doc {
         file: file.map(Path::to_path_buf),
         members: cfg.members,
         quotas: cfg.quotas,
         ..Doc::default()
     };
-    for g in cfg.security_groups {
+    for g in cfg.security_groups.unwrap_or_default() {
         let origin = origin_at(file, g.referenced.line());
         let g = g.value;
         doc.groups.push(RawGroup {

@@ -160,8 +160,17 @@ fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255
         && s.chars().all(|c| {
-            !c.is_whitespace() && !c.is_control() && c != '/' && c != '@' && c != '=' && c != ','
+            !c.is_whitespace()
+                && !c.is_control()
+                && !is_invisible(c)
+                && !matches!(c, '/' | '@' | '=' | ',')
         })
+}
+
+/// Zero-width and bidirectional-control characters: an id containing them
+/// looks like another id.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// Linux interface names: 1–15 bytes, no `/`, whitespace or `:` (IFNAMSIZ).
@@ -1271,6 +1280,9 @@ mod tests {
         assert!(!valid_id("sg web"));
         assert!(!valid_id("a/b"));
         assert!(!valid_id(""));
+        assert!(!valid_id("sg-\u{202e}bew"), "bidi override");
+        assert!(!valid_id("sg\u{200b}-web"), "zero width space");
+        assert!(valid_id("sg-ünï"));
         assert!(valid_ifname("eth0"));
         assert!(!valid_ifname("a-very-long-interface-name"));
         assert!(!valid_ifname("eth0:1"));
