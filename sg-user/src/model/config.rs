@@ -595,3 +595,45 @@ fn merge_import(doc: &mut Doc, imported: Doc) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_is_detected_from_content() {
+        assert_eq!(detect_format("{\"SecurityGroups\": []}"), Format::AwsJson);
+        assert_eq!(
+            detect_format("\u{feff}  \n{ \"SecurityGroups\": [] }"),
+            Format::AwsJson
+        );
+        assert_eq!(detect_format("{\"security_groups\": []}"), Format::Native);
+        assert_eq!(
+            detect_format("security_groups: []\n# \"SecurityGroups\""),
+            Format::Native
+        );
+    }
+
+    #[test]
+    fn scalars_read_numbers_written_as_strings() {
+        assert_eq!(Scalar::Str(" 22 ".into()).as_int(), Some(22));
+        assert_eq!(Scalar::Int(-1).as_int(), Some(-1));
+        assert_eq!(Scalar::Float(1.0).as_int(), None);
+        assert_eq!(Scalar::Bool(true).as_int(), None);
+        assert_eq!(Scalar::Str("x".into()).to_string(), "\"x\"");
+    }
+
+    #[test]
+    fn omitted_null_and_empty_rule_lists_differ() {
+        let d = parse_native(
+            "security_groups:\n  - id: a\n  - id: b\n    egress:\n  - id: c\n    egress: []\n",
+            None,
+        )
+        .unwrap()
+        .doc;
+        assert!(matches!(d.groups[0].egress, RawRules::Omitted));
+        assert!(matches!(d.groups[1].egress, RawRules::Null));
+        assert!(matches!(&d.groups[2].egress, RawRules::List(v) if v.is_empty()));
+        assert_eq!(d.groups[1].origin.line, Some(3));
+    }
+}
