@@ -597,12 +597,12 @@ mod tests {
         let denied = decide(
             &m,
             i,
-            Direction::Egress,
-            &PacketDesc::tcp("198.18.0.7".parse().unwrap(), 22),
+            Direction::Ingress,
+            &PacketDesc::tcp("198.18.0.7".parse().unwrap(), 23),
         );
         assert!(
             !denied.allowed && !denied.tracked && denied.rules.is_empty(),
-            "no egress rules: {denied:?}"
+            "no rule for port 23: {denied:?}"
         );
     }
 
