@@ -123,15 +123,20 @@ fn perm_rules(
     match protocol {
         Some(pr) if pr.has_ports() => {
             ports = match (from, to) {
-                (None, None) | (Some(-1), Some(-1)) => None,
+                (None, None) if p.from_port.is_none() && p.to_port.is_none() => None,
+                // A value that is not a number: pass it on for validation to report.
+                (None, _) if p.from_port.is_some() => p.from_port.clone(),
+                (_, None) if p.to_port.is_some() => p.to_port.clone(),
+                (Some(-1), Some(-1)) => None,
                 (Some(a), Some(b)) if a == b => Some(Scalar::Int(a)),
                 (Some(a), Some(b)) => Some(Scalar::Str(format!("{a}-{b}"))),
                 (Some(a), None) | (None, Some(a)) => Some(Scalar::Int(a)),
+                (None, None) => None,
             };
         }
         Some(pr) if pr.is_icmp() => {
-            icmp_type = from.map(Scalar::Int);
-            icmp_code = to.map(Scalar::Int);
+            icmp_type = p.from_port.clone();
+            icmp_code = p.to_port.clone();
         }
         // all / other numbers: AWS ignores FromPort/ToPort.
         _ => {}
@@ -294,7 +299,7 @@ struct OutRule {
     id: Option<String>,
     protocol: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    ports: Option<String>,
+    ports: Option<OutPorts>,
     #[serde(skip_serializing_if = "Option::is_none")]
     icmp_type: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -309,6 +314,14 @@ struct OutRule {
     description: Option<String>,
 }
 
+/// A single port as a number, a range as "N-M".
+#[derive(Serialize)]
+#[serde(untagged)]
+enum OutPorts {
+    One(u16),
+    Range(String),
+}
+
 #[derive(Serialize)]
 struct OutInterface {
     name: String,
@@ -319,13 +332,23 @@ struct OutInterface {
     security_groups: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     addresses: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    conntrack: Option<OutConntrack>,
+}
+
+#[derive(Serialize)]
+struct OutConntrack {
+    tcp_established: u32,
+    udp_stream: u32,
+    udp: u32,
 }
 
 fn out_rule(r: &super::types::Rule, group: &str, dir: super::types::Direction) -> OutRule {
     let derived = super::types::RuleId::derive(group, dir, r.protocol, &r.l4, &r.peer);
     let (ports, icmp_type, icmp_code) = match r.l4 {
         L4Match::Ports(p) if p == PortRange::ALL => (None, None, None),
-        L4Match::Ports(p) => (Some(p.to_string()), None, None),
+        L4Match::Ports(p) if p.from == p.to => (Some(OutPorts::One(p.from)), None, None),
+        L4Match::Ports(p) => (Some(OutPorts::Range(p.to_string())), None, None),
         L4Match::Icmp {
             icmp_type,
             icmp_code,
@@ -410,6 +433,13 @@ pub fn to_native_yaml(model: &Model) -> Result<String, serde_saphyr::ser::Error>
                     .addresses
                     .as_ref()
                     .map(|v| v.iter().map(ToString::to_string).collect()),
+                conntrack: (i.conntrack != super::types::ConntrackTimeouts::default()).then_some(
+                    OutConntrack {
+                        tcp_established: i.conntrack.tcp_established,
+                        udp_stream: i.conntrack.udp_stream,
+                        udp: i.conntrack.udp,
+                    },
+                ),
             })
             .collect(),
         members: model

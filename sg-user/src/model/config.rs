@@ -304,8 +304,7 @@ struct NativeGroup {
 #[serde(deny_unknown_fields)]
 struct NativeConfig {
     import: Option<OneOrMany>,
-    #[serde(default)]
-    security_groups: Vec<Spanned<NativeGroup>>,
+    security_groups: Option<Vec<Spanned<NativeGroup>>>,
     #[serde(default)]
     prefix_lists: Vec<Spanned<RawPrefixList>>,
     #[serde(default)]
@@ -383,13 +382,22 @@ pub fn parse_native(text: &str, file: Option<&Path>) -> Result<NativeDoc, Vec<Pr
         p.origin.line = line.filter(|l| *l > 0);
         vec![p]
     })?;
+    if cfg.security_groups.is_none() && cfg.import.is_none() {
+        return Err(vec![
+            Problem::error(
+                "the config has no `security_groups:` (and no `import:`)",
+                "define groups under `security_groups:` (an empty list `[]` is allowed), or import AWS JSON with `import: FILE.json`",
+            )
+            .in_file(file),
+        ]);
+    }
     let mut doc = Doc {
         file: file.map(Path::to_path_buf),
         members: cfg.members,
         quotas: cfg.quotas,
         ..Doc::default()
     };
-    for g in cfg.security_groups {
+    for g in cfg.security_groups.unwrap_or_default() {
         let origin = origin_at(file, g.referenced.line());
         let g = g.value;
         doc.groups.push(RawGroup {
@@ -585,5 +593,47 @@ fn merge_import(doc: &mut Doc, imported: Doc) {
         if !(pl.placeholder && defined) {
             doc.prefix_lists.push(pl);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_is_detected_from_content() {
+        assert_eq!(detect_format("{\"SecurityGroups\": []}"), Format::AwsJson);
+        assert_eq!(
+            detect_format("\u{feff}  \n{ \"SecurityGroups\": [] }"),
+            Format::AwsJson
+        );
+        assert_eq!(detect_format("{\"security_groups\": []}"), Format::Native);
+        assert_eq!(
+            detect_format("security_groups: []\n# \"SecurityGroups\""),
+            Format::Native
+        );
+    }
+
+    #[test]
+    fn scalars_read_numbers_written_as_strings() {
+        assert_eq!(Scalar::Str(" 22 ".into()).as_int(), Some(22));
+        assert_eq!(Scalar::Int(-1).as_int(), Some(-1));
+        assert_eq!(Scalar::Float(1.0).as_int(), None);
+        assert_eq!(Scalar::Bool(true).as_int(), None);
+        assert_eq!(Scalar::Str("x".into()).to_string(), "\"x\"");
+    }
+
+    #[test]
+    fn omitted_null_and_empty_rule_lists_differ() {
+        let d = parse_native(
+            "security_groups:\n  - id: a\n  - id: b\n    egress:\n  - id: c\n    egress: []\n",
+            None,
+        )
+        .unwrap()
+        .doc;
+        assert!(matches!(d.groups[0].egress, RawRules::Omitted));
+        assert!(matches!(d.groups[1].egress, RawRules::Null));
+        assert!(matches!(&d.groups[2].egress, RawRules::List(v) if v.is_empty()));
+        assert_eq!(d.groups[1].origin.line, Some(3));
     }
 }

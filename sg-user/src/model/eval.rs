@@ -595,3 +595,70 @@ fn advance_tcp(flow: &mut Flow, flags: u8, reply: bool) {
         s => s,
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CFG: &str = "security_groups:\n  - id: a\n    ingress:\n      - { protocol: tcp, ports: 22, cidr: 0.0.0.0/0 }\n      - { protocol: tcp, ports: 22, cidr: 198.18.0.7/32 }\n      - { protocol: 47, cidr: 198.18.0.0/15 }\ninterfaces:\n  - { name: e0, security_groups: [a] }\n";
+
+    #[test]
+    fn a_packet_matched_by_a_tracked_rule_is_tracked() {
+        let m = crate::model::from_str(CFG, &[]).unwrap();
+        let i = m.interface("e0").unwrap();
+        let world = decide(
+            &m,
+            i,
+            Direction::Ingress,
+            &PacketDesc::tcp("203.0.113.1".parse().unwrap(), 22),
+        );
+        assert!(world.allowed && !world.tracked, "{world:?}");
+        let both = decide(
+            &m,
+            i,
+            Direction::Ingress,
+            &PacketDesc::tcp("198.18.0.7".parse().unwrap(), 22),
+        );
+        assert!(
+            both.allowed && both.tracked && both.rules.len() == 2,
+            "{both:?}"
+        );
+        let gre = decide(
+            &m,
+            i,
+            Direction::Ingress,
+            &PacketDesc::other("198.18.1.1".parse().unwrap(), 47),
+        );
+        assert!(
+            gre.allowed && gre.tracked,
+            "other protocols are tracked: {gre:?}"
+        );
+        let denied = decide(
+            &m,
+            i,
+            Direction::Ingress,
+            &PacketDesc::tcp("198.18.0.7".parse().unwrap(), 23),
+        );
+        assert!(
+            !denied.allowed && !denied.tracked && denied.rules.is_empty(),
+            "no rule for port 23: {denied:?}"
+        );
+    }
+
+    #[test]
+    fn packet_desc_takes_the_peer_by_direction() {
+        let (a, b): (IpAddr, IpAddr) =
+            ("198.18.0.1".parse().unwrap(), "198.18.0.2".parse().unwrap());
+        let p = Packet::tcp(0, Direction::Ingress, a, 1000, b, 22, tcp_flags::SYN);
+        assert_eq!(p.desc(), PacketDesc::tcp(a, 22));
+        let p = Packet {
+            direction: Direction::Egress,
+            ..p
+        };
+        assert_eq!(p.desc(), PacketDesc::tcp(b, 22));
+        let e = Packet::icmp(0, Direction::Ingress, a, b, 8, 0, 99);
+        assert_eq!(e.desc(), PacketDesc::icmp(a, 8, 0));
+        assert!(e.is_echo());
+        assert!(!Packet::icmp(0, Direction::Ingress, a, b, 3, 4, 0).is_echo());
+    }
+}

@@ -402,3 +402,138 @@ fn inconsistent_family(g: &Group, rules: &[Rule], out: &mut Vec<Finding>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(yaml: &str, opts: &LintOptions) -> Vec<(&'static str, Option<String>)> {
+        let m = crate::model::from_str(yaml, &[]).unwrap_or_else(|p| panic!("{p:#?}"));
+        lint(&m, opts)
+            .into_iter()
+            .map(|f| (f.id, f.rule.map(|r| r.0)))
+            .collect()
+    }
+
+    fn has(found: &[(&'static str, Option<String>)], id: &str, rule: Option<&str>) -> bool {
+        found
+            .iter()
+            .any(|(i, r)| *i == id && (rule.is_none() || r.as_deref() == rule))
+    }
+
+    const IFACE: &str =
+        "interfaces:\n  - { name: e0, security_groups: [g], addresses: [198.18.0.1] }\n";
+
+    #[test]
+    fn world_exposure_checks() {
+        let f = ids(
+            &format!(
+                "security_groups:\n  - id: g\n    ingress:\n      - {{ protocol: tcp, ports: \"20-23\", cidr: 0.0.0.0/0 }}\n      - {{ protocol: tcp, ports: 3389, cidr: 198.18.0.0/15 }}\n      - {{ protocol: tcp, ports: 5432, cidr: \"::/0\" }}\n      - {{ protocol: all, cidr: \"::/0\" }}\n{IFACE}"
+            ),
+            &LintOptions::default(),
+        );
+        assert!(has(&f, "SG001", Some("g/in/tcp:20-23/0.0.0.0/0")), "{f:?}");
+        assert!(
+            !has(&f, "SG001", Some("g/in/tcp:3389/198.18.0.0/15")),
+            "restricted RDP is fine: {f:?}"
+        );
+        assert!(has(&f, "SG002", Some("g/in/tcp:5432/::/0")), "{f:?}");
+        assert!(has(&f, "SG004", Some("g/in/all/::/0")), "{f:?}");
+        // The all-protocols rule shadows the ::/0 postgres rule.
+        assert!(has(&f, "SG006", Some("g/in/tcp:5432/::/0")), "{f:?}");
+    }
+
+    #[test]
+    fn large_ranges_use_the_threshold_and_skip_group_references() {
+        let y = format!(
+            "security_groups:\n  - id: g\n    ingress:\n      - {{ protocol: udp, ports: \"1000-2000\", cidr: 198.18.0.0/15 }}\n      - {{ protocol: tcp, group: g }}\n{IFACE}"
+        );
+        assert!(has(
+            &ids(&y, &LintOptions::default()),
+            "SG003",
+            Some("g/in/udp:1000-2000/198.18.0.0/15")
+        ));
+        assert!(!has(
+            &ids(
+                &y,
+                &LintOptions {
+                    max_port_range: 1001
+                }
+            ),
+            "SG003",
+            None
+        ));
+        assert!(!has(
+            &ids(&y, &LintOptions::default()),
+            "SG003",
+            Some("g/in/tcp:all/sg:g")
+        ));
+    }
+
+    #[test]
+    fn shadowing_needs_full_cover() {
+        let y = format!(
+            "security_groups:\n  - id: g\n    ingress:\n      - {{ protocol: tcp, ports: \"80-90\", cidr: 198.18.0.0/15 }}\n      - {{ protocol: tcp, ports: 85, cidr: 198.18.1.0/24 }}\n      - {{ protocol: tcp, ports: 95, cidr: 198.18.1.0/24 }}\n      - {{ protocol: udp, ports: 85, cidr: 198.18.1.0/24 }}\n      - {{ protocol: icmp, icmp_type: 3, cidr: 198.18.0.0/15 }}\n      - {{ protocol: icmp, icmp_type: 3, icmp_code: 4, cidr: 198.18.0.0/15 }}\n{IFACE}"
+        );
+        let f = ids(&y, &LintOptions::default());
+        let shadowed: Vec<&str> = f
+            .iter()
+            .filter(|(i, _)| *i == "SG006")
+            .filter_map(|(_, r)| r.as_deref())
+            .collect();
+        assert_eq!(
+            shadowed,
+            ["g/in/icmp:3.4/198.18.0.0/15", "g/in/tcp:85/198.18.1.0/24"]
+        );
+    }
+
+    #[test]
+    fn default_group_unused_groups_and_dead_references() {
+        let f = ids(
+            "security_groups:\n  - id: default\n    ingress: [{ protocol: all, group: default }]\n  - id: lonely\n  - id: ref\n    ingress: [{ protocol: tcp, ports: 1, group: nobody }]\n  - id: nobody\ninterfaces:\n  - { name: e0, addresses: [198.18.0.1] }\n  - { name: e1, security_groups: [ref], addresses: [198.18.0.2] }\n",
+            &LintOptions::default(),
+        );
+        assert!(has(&f, "SG005", None), "{f:?}");
+        assert!(has(&f, "SG010", None), "{f:?}");
+        assert!(has(&f, "SG007", Some("ref/in/tcp:1/sg:nobody")), "{f:?}");
+        let unused: Vec<_> = f.iter().filter(|(i, _)| *i == "SG010").collect();
+        assert_eq!(unused.len(), 1, "only `lonely`: {f:?}");
+    }
+
+    #[test]
+    fn inconsistent_family_and_pmtud() {
+        let f = ids(
+            &format!(
+                "security_groups:\n  - id: g\n    ingress:\n      - {{ protocol: tcp, ports: 443, cidr: 0.0.0.0/0 }}\n      - {{ protocol: tcp, ports: 443, cidr: \"::/0\" }}\n      - {{ protocol: tcp, ports: 80, cidr: 0.0.0.0/0 }}\n      - {{ protocol: icmp, icmp_type: 3, icmp_code: 4, cidr: 0.0.0.0/0 }}\n    egress: []\n{IFACE}"
+            ),
+            &LintOptions::default(),
+        );
+        assert!(has(&f, "SG008", Some("g/in/tcp:80/0.0.0.0/0")), "{f:?}");
+        assert!(!has(&f, "SG008", Some("g/in/tcp:443/0.0.0.0/0")), "{f:?}");
+        let pmtud: Vec<_> = f.iter().filter(|(i, _)| *i == "SG009").collect();
+        assert_eq!(
+            pmtud.len(),
+            1,
+            "IPv6 lacks packet-too-big; IPv4 is fine: {f:?}"
+        );
+    }
+
+    #[test]
+    fn findings_sort_by_severity_and_display_their_fix() {
+        let m = crate::model::from_str(
+            &format!("security_groups:\n  - id: g\n    ingress:\n      - {{ protocol: tcp, ports: 22, cidr: 0.0.0.0/0 }}\n      - {{ protocol: tcp, ports: \"1-5000\", cidr: 198.18.0.0/15 }}\n{IFACE}"),
+            &[],
+        )
+        .unwrap();
+        let f = lint(&m, &LintOptions::default());
+        assert!(
+            f.windows(2).all(|w| w[0].severity >= w[1].severity),
+            "{f:#?}"
+        );
+        let text = f[0].to_string();
+        assert!(
+            text.starts_with("error[SG001 admin-port-open-to-world]") && text.contains("fix:"),
+            "{text}"
+        );
+    }
+}

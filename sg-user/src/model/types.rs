@@ -399,6 +399,9 @@ pub struct Rule {
     /// Where the rule was written (not part of the policy).
     #[serde(skip)]
     pub origin: Origin,
+    /// Its index in the list as written (AWS: after one-rule-per-peer expansion).
+    #[serde(skip)]
+    pub index: usize,
 }
 
 /// A security group.
@@ -652,3 +655,119 @@ impl Tracking {
 
 /// Addresses of group members declared under `members:`, by group id.
 pub type Members = BTreeMap<String, Vec<IpAddr>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_names_and_numbers() {
+        for (s, p, n) in [
+            ("tcp", Protocol::Tcp, Some(6)),
+            ("UDP", Protocol::Udp, Some(17)),
+            ("1", Protocol::Icmp, Some(1)),
+            ("icmpv6", Protocol::Icmpv6, Some(58)),
+            ("-1", Protocol::All, None),
+            ("all", Protocol::All, None),
+            ("132", Protocol::Other(132), Some(132)),
+            ("0", Protocol::Other(0), Some(0)),
+        ] {
+            assert_eq!(Protocol::parse(s), Some(p), "{s}");
+            assert_eq!(p.number(), n, "{s}");
+        }
+        assert_eq!(Protocol::parse("256"), None);
+        assert!(
+            Protocol::All.matches(47) && Protocol::Tcp.matches(6) && !Protocol::Tcp.matches(17)
+        );
+        assert_eq!(Protocol::Other(47).to_string(), "47");
+    }
+
+    #[test]
+    fn l4_matching_and_cover() {
+        let p = L4Match::Ports(PortRange { from: 80, to: 90 });
+        assert!(p.matches(Some(80), None) && p.matches(Some(90), None));
+        assert!(!p.matches(Some(91), None) && !p.matches(None, None));
+        assert!(L4Match::Ports(PortRange::ALL).matches(None, None));
+        let echo = L4Match::Icmp {
+            icmp_type: Some(8),
+            icmp_code: None,
+        };
+        assert!(echo.matches(None, Some((8, 3))) && !echo.matches(None, Some((0, 0))));
+        let frag = L4Match::Icmp {
+            icmp_type: Some(3),
+            icmp_code: Some(4),
+        };
+        assert!(frag.matches(None, Some((3, 4))) && !frag.matches(None, Some((3, 1))));
+        assert!(echo.covers(&L4Match::Icmp {
+            icmp_type: Some(8),
+            icmp_code: Some(0)
+        }));
+        assert!(!frag.covers(&L4Match::Icmp {
+            icmp_type: Some(3),
+            icmp_code: None
+        }));
+        assert!(
+            p.covers(&L4Match::Ports(PortRange::single(85)))
+                && !p.covers(&L4Match::Ports(PortRange::ALL))
+        );
+        assert!(L4Match::Any.covers(&p) && !p.covers(&L4Match::Any));
+        assert_eq!(PortRange::ALL.len(), 65536);
+        assert_eq!(PortRange { from: 1, to: 3 }.to_string(), "1-3");
+    }
+
+    #[test]
+    fn rule_ids_are_content_derived() {
+        let peer = Peer::Cidr("198.18.0.0/15".parse().unwrap());
+        let id = |p, l| RuleId::derive("sg-a", Direction::Ingress, p, &l, &peer).0;
+        assert_eq!(
+            id(Protocol::Tcp, L4Match::Ports(PortRange::single(443))),
+            "sg-a/in/tcp:443/198.18.0.0/15"
+        );
+        assert_eq!(
+            id(
+                Protocol::Icmp,
+                L4Match::Icmp {
+                    icmp_type: Some(3),
+                    icmp_code: Some(4)
+                }
+            ),
+            "sg-a/in/icmp:3.4/198.18.0.0/15"
+        );
+        assert_eq!(
+            id(
+                Protocol::Icmp,
+                L4Match::Icmp {
+                    icmp_type: None,
+                    icmp_code: None
+                }
+            ),
+            "sg-a/in/icmp/198.18.0.0/15"
+        );
+        assert_eq!(
+            id(Protocol::Other(50), L4Match::Any),
+            "sg-a/in/50/198.18.0.0/15"
+        );
+        let g = RuleId::derive(
+            "sg-db",
+            Direction::Egress,
+            Protocol::All,
+            &L4Match::Any,
+            &Peer::Group("sg-web".into()),
+        );
+        assert_eq!(g.0, "sg-db/out/all/sg:sg-web");
+    }
+
+    #[test]
+    fn tracking_only_applies_to_tcp_and_udp() {
+        let t = Tracking {
+            untracked_tcp: true,
+            untracked_udp: false,
+        };
+        assert!(!t.is_tracked(proto::TCP) && t.is_tracked(proto::UDP));
+        let all = Tracking {
+            untracked_tcp: true,
+            untracked_udp: true,
+        };
+        assert!(all.is_tracked(proto::ICMP) && all.is_tracked(proto::ICMPV6) && all.is_tracked(47));
+    }
+}

@@ -160,8 +160,17 @@ fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255
         && s.chars().all(|c| {
-            !c.is_whitespace() && !c.is_control() && c != '/' && c != '@' && c != '=' && c != ','
+            !c.is_whitespace()
+                && !c.is_control()
+                && !is_invisible(c)
+                && !matches!(c, '/' | '@' | '=' | ',')
         })
+}
+
+/// Zero-width and bidirectional-control characters: an id containing them
+/// looks like another id.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// Linux interface names: 1–15 bytes, no `/`, whitespace or `:` (IFNAMSIZ).
@@ -476,6 +485,7 @@ fn parse_rule(cx: &mut Ctx, rc: &RuleCtx, raw: &RawRule) -> Option<Rule> {
         peer,
         description: text(&raw.description),
         origin: rc.origin.clone(),
+        index: rc.idx,
     })
 }
 
@@ -483,7 +493,8 @@ fn parse_rule(cx: &mut Ctx, rc: &RuleCtx, raw: &RawRule) -> Option<Rule> {
 pub fn default_egress(group: &str, origin: &Origin) -> Vec<Rule> {
     ["0.0.0.0/0", "::/0"]
         .into_iter()
-        .map(|c| {
+        .enumerate()
+        .map(|(index, c)| {
             let peer = Peer::Cidr(c.parse().expect("constant CIDR"));
             Rule {
                 id: RuleId::derive(
@@ -498,6 +509,7 @@ pub fn default_egress(group: &str, origin: &Origin) -> Vec<Rule> {
                 peer,
                 description: Some("default: all outbound".to_owned()),
                 origin: origin.clone(),
+                index,
             }
         })
         .collect()
@@ -938,6 +950,16 @@ pub fn build(doc: &Doc, discovery: &dyn AddressSource) -> Result<Model, Vec<Prob
                 .field("max_entries"),
             );
         }
+        if cidrs.is_empty() && !raw.placeholder {
+            cx.push(
+                Problem::warning(
+                    format!("prefix list {id} has no CIDRs; rules that use it match nothing"),
+                    "add its CIDRs under `cidrs:`",
+                )
+                .at(o)
+                .field("cidrs"),
+            );
+        }
         if raw.placeholder {
             cx.push(
                 Problem::warning(
@@ -1013,7 +1035,8 @@ pub fn build(doc: &Doc, discovery: &dyn AddressSource) -> Result<Model, Vec<Prob
         for dir in [Direction::Ingress, Direction::Egress] {
             let mut seen: Vec<(Protocol, L4Match, Peer, usize)> = vec![];
             let (mut v4, mut v6) = (0u64, 0u64);
-            for (i, r) in g.rules(dir).iter().enumerate() {
+            for r in g.rules(dir) {
+                let i = r.index;
                 let err = |m: String, f: &str, field| {
                     Problem::error(m, f)
                         .at(&r.origin)
@@ -1257,6 +1280,9 @@ mod tests {
         assert!(!valid_id("sg web"));
         assert!(!valid_id("a/b"));
         assert!(!valid_id(""));
+        assert!(!valid_id("sg-\u{202e}bew"), "bidi override");
+        assert!(!valid_id("sg\u{200b}-web"), "zero width space");
+        assert!(valid_id("sg-ünï"));
         assert!(valid_ifname("eth0"));
         assert!(!valid_ifname("a-very-long-interface-name"));
         assert!(!valid_ifname("eth0:1"));

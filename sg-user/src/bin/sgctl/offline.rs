@@ -246,6 +246,20 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
     };
     let Some(iface) = m.interface(&key) else {
         let known: Vec<String> = m.interfaces.iter().map(|i| i.key()).collect();
+        let same_name: Vec<&String> = known
+            .iter()
+            .filter(|k| k.split('@').next() == Some(key.as_str()))
+            .collect();
+        if same_name.len() > 1 {
+            bail!(
+                "interface {key} is in the config more than once ({}); name one as NAME@NETNS or add --netns",
+                same_name
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         bail!(
             "interface {key} is not in the config (it has: {}); add it under `interfaces:` or pass --attach {key}=SG-ID",
             if known.is_empty() {
