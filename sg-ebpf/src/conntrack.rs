@@ -102,9 +102,9 @@ fn key_v6(pkt: &Packet, direction: Direction) -> CtKeyV6 {
 #[inline(always)]
 fn entry_ptr(pkt: &Packet, direction: Direction) -> Option<*mut CtEntry> {
     if pkt.ipv6 {
-        SG_CT_V6.get_ptr_mut(&key_v6(pkt, direction))
+        SG_CT_V6.get_ptr_mut(key_v6(pkt, direction))
     } else {
-        SG_CT_V4.get_ptr_mut(&key_v4(pkt, direction))
+        SG_CT_V4.get_ptr_mut(key_v4(pkt, direction))
     }
 }
 
@@ -267,9 +267,9 @@ pub fn create(
     entry.bytes[d] = bytes;
     // BPF_ANY: replaces an expired entry of the same key.
     let result = if pkt.ipv6 {
-        SG_CT_V6.insert(&key_v6(pkt, direction), &entry, 0)
+        SG_CT_V6.insert(key_v6(pkt, direction), entry, 0)
     } else {
-        SG_CT_V4.insert(&key_v4(pkt, direction), &entry, 0)
+        SG_CT_V4.insert(key_v4(pkt, direction), entry, 0)
     };
     result.map_err(|_| CreateError::Full)
 }

@@ -33,7 +33,7 @@ pub fn record(direction: Direction, reason: Reason, bytes: u64) {
 
 #[inline(always)]
 pub fn rule_hit(rule: u32, bytes: u64) {
-    if let Some(slot) = SG_RULE_HITS.get_ptr_mut(&rule) {
+    if let Some(slot) = SG_RULE_HITS.get_ptr_mut(rule) {
         bump(slot, bytes);
     }
 }

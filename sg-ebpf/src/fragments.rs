@@ -45,7 +45,7 @@ pub fn remember(pkt: &Packet, reason: Reason) {
         reason: reason as u32,
         _pad: 0,
     };
-    let _ = SG_FRAGS.insert(&key(pkt), &verdict, 0);
+    let _ = SG_FRAGS.insert(key(pkt), verdict, 0);
 }
 
 /// The reason for a later fragment: its first fragment's, or `DropFragment`.
@@ -53,7 +53,7 @@ pub fn remember(pkt: &Packet, reason: Reason) {
 pub fn follow(pkt: &Packet) -> Reason {
     // SAFETY: the value is copied out at once; a concurrent update at worst
     // gives the other fragment verdict of the same datagram.
-    match unsafe { SG_FRAGS.get(&key(pkt)) } {
+    match unsafe { SG_FRAGS.get(key(pkt)) } {
         Some(v) if v.reason < Reason::DropNoRule as u32 => Reason::PassFragment,
         Some(_) => Reason::DropNoRule,
         None => Reason::DropFragment,

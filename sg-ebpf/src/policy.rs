@@ -10,8 +10,8 @@ use aya_ebpf::{
 use sg_common::{
     Direction, IfaceConfig,
     policy::{
-        AddrKeyV4, AddrKeyV6, ClassId, GEN_DIR_BITS, PORT_KEY_EXACT_PORT, PolicyHit, PortKey,
-        gen_dir,
+        AddrKeyV4, AddrKeyV6, ClassId, GEN_DIR_BITS, HIT_UNTRACKED, PORT_KEY_EXACT_PORT, PolicyHit,
+        PortKey, gen_dir,
     },
 };
 
@@ -40,11 +40,37 @@ pub fn config() -> Option<&'static IfaceConfig> {
 /// The rule that allows `pkt` in `direction` under `generation`, if any.
 #[inline(always)]
 pub fn lookup(pkt: &Packet, direction: Direction, generation: u32) -> Option<PolicyHit> {
-    let gd = gen_dir(generation, direction as u32);
     let remote = match direction {
         Direction::Inbound => &pkt.src,
         Direction::Outbound => &pkt.dst,
     };
+    lookup_at(pkt, remote, direction, generation, pkt.policy_port)
+}
+
+/// Whether `pkt` is a response within an untracked flow: its reverse (the
+/// peer sending to this packet's source port) is allowed untracked by the
+/// opposite direction. Only asked for TCP non-SYN and UDP packets that a
+/// tracked rule allows (see the reference evaluator).
+#[inline(always)]
+pub fn reverse_is_untracked(pkt: &Packet, direction: Direction, generation: u32) -> bool {
+    let (remote, opposite) = match direction {
+        Direction::Inbound => (&pkt.src, Direction::Outbound),
+        Direction::Outbound => (&pkt.dst, Direction::Inbound),
+    };
+    let port = u16::from_be_bytes(pkt.sport);
+    lookup_at(pkt, remote, opposite, generation, port)
+        .is_some_and(|hit| hit.flags & HIT_UNTRACKED != 0)
+}
+
+#[inline(always)]
+fn lookup_at(
+    pkt: &Packet,
+    remote: &[u8; 16],
+    direction: Direction,
+    generation: u32,
+    port: u16,
+) -> Option<PolicyHit> {
+    let gd = gen_dir(generation, direction as u32);
     let class = if pkt.ipv6 {
         let key = Key::new(
             GEN_DIR_BITS + 128,
@@ -65,7 +91,7 @@ pub fn lookup(pkt: &Packet, direction: Direction, generation: u32) -> Option<Pol
             gen_dir: gd,
             class: class.to_be_bytes(),
             proto: pkt.proto,
-            port: pkt.policy_port.to_be_bytes(),
+            port: port.to_be_bytes(),
             _pad: 0,
         },
     );

@@ -20,6 +20,20 @@ use crate::{
     policy_maps::PolicyMaps,
 };
 
+/// Loads a config for enforcement: like [`crate::model::load_with`], with
+/// interface addresses that are not declared discovered from the kernel (so
+/// group references resolve to real addresses).
+pub fn load(
+    path: &std::path::Path,
+    attach: &[crate::model::Attachment],
+) -> Result<Model, Vec<crate::model::Problem>> {
+    let opts = crate::model::LoadOptions {
+        attach,
+        discovery: &crate::discover::KernelAddresses,
+    };
+    crate::model::load_with(path, &opts)
+}
+
 /// Where `sgctl` keeps what the kernel cannot: rule names and settings of
 /// each attached interface (tmpfs: gone at reboot, like the pins).
 pub const STATE_DIR: &str = "/run/sgctl";
@@ -40,7 +54,9 @@ fn state_path(id: &IfaceId) -> PathBuf {
         None => "host".to_string(),
         Some(ns) => format!("netns-{ns}"),
     };
-    PathBuf::from(STATE_DIR).join(scope).join(format!("{}.json", id.iface))
+    PathBuf::from(STATE_DIR)
+        .join(scope)
+        .join(format!("{}.json", id.iface))
 }
 
 pub fn read_state(id: &IfaceId) -> Option<IfaceState> {
@@ -158,7 +174,12 @@ pub fn apply(model: &Model, opts: &ApplyOptions) -> Result<Vec<Change>> {
         let rules = model
             .rules_for(plan.iface, crate::model::Direction::Ingress)
             .chain(model.rules_for(plan.iface, crate::model::Direction::Egress))
-            .map(|r| (compile::rule_hash(&r.id.to_string()), (r.id.to_string(), r.description.clone())))
+            .map(|r| {
+                (
+                    compile::rule_hash(&r.id.to_string()),
+                    (r.id.to_string(), r.description.clone()),
+                )
+            })
             .collect();
         write_state(
             &plan.id,

@@ -41,7 +41,10 @@ pub struct Flow {
 
 /// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -54,7 +57,37 @@ fn open<K: aya::Pod>(iface: &IfaceId, name: &str) -> Result<Table<K>, MapError> 
     HashMap::try_from(Map::HashMap(data))
 }
 
-fn flow(local: IpAddr, remote: IpAddr, lp: [u8; 2], rp: [u8; 2], proto: u8, e: &CtEntry, now: u64, cfg: &IfaceConfig) -> Flow {
+/// The parts of a conntrack key that `Flow` shows.
+trait CtKey: aya::Pod {
+    fn endpoints(&self) -> (IpAddr, IpAddr, [u8; 2], [u8; 2], u8);
+}
+
+impl CtKey for CtKeyV4 {
+    fn endpoints(&self) -> (IpAddr, IpAddr, [u8; 2], [u8; 2], u8) {
+        (
+            self.local.into(),
+            self.remote.into(),
+            self.local_port,
+            self.remote_port,
+            self.proto,
+        )
+    }
+}
+
+impl CtKey for CtKeyV6 {
+    fn endpoints(&self) -> (IpAddr, IpAddr, [u8; 2], [u8; 2], u8) {
+        (
+            self.local.into(),
+            self.remote.into(),
+            self.local_port,
+            self.remote_port,
+            self.proto,
+        )
+    }
+}
+
+fn flow(key: &impl CtKey, e: &CtEntry, now: u64, cfg: &IfaceConfig) -> Flow {
+    let (local, remote, lp, rp, proto) = key.endpoints();
     let idle = now.saturating_sub(e.last_seen_ns);
     let timeout = cfg.timeouts_ns.get(e.state as usize).copied().unwrap_or(0);
     Flow {
@@ -63,7 +96,11 @@ fn flow(local: IpAddr, remote: IpAddr, lp: [u8; 2], rp: [u8; 2], proto: u8, e: &
         local_port: u16::from_be_bytes(lp),
         remote_port: u16::from_be_bytes(rp),
         proto,
-        opened: if e.origin == Direction::Inbound as u8 { "inbound" } else { "outbound" },
+        opened: if e.origin == Direction::Inbound as u8 {
+            "inbound"
+        } else {
+            "outbound"
+        },
         state: CtState::from_u8(e.state).map_or("?", CtState::name),
         idle_s: idle / 1_000_000_000,
         age_s: now.saturating_sub(e.created_ns) / 1_000_000_000,
@@ -77,57 +114,61 @@ fn flow(local: IpAddr, remote: IpAddr, lp: [u8; 2], rp: [u8; 2], proto: u8, e: &
     }
 }
 
-/// Every entry of both tables, expired ones included, with their keys.
-fn entries(iface: &IfaceId, cfg: &IfaceConfig) -> Result<(Vec<(CtKeyV4, Flow)>, Vec<(CtKeyV6, Flow)>), MapError> {
+/// Every entry of one table, expired ones included, with its key.
+fn entries<K: CtKey>(table: &Table<K>, cfg: &IfaceConfig) -> Result<Vec<(K, Flow)>, MapError> {
     let now = monotonic_ns();
-    let v4: Table<CtKeyV4> = open(iface, names::MAP_CT_V4)?;
-    let v6: Table<CtKeyV6> = open(iface, names::MAP_CT_V6)?;
-    let mut a = Vec::new();
-    for item in v4.iter() {
-        let (k, e) = item?;
-        let f = flow(IpAddr::from(k.local), IpAddr::from(k.remote), k.local_port, k.remote_port, k.proto, &e, now, cfg);
-        a.push((k, f));
+    table
+        .iter()
+        .map(|item| item.map(|(k, e)| (k, flow(&k, &e, now, cfg))))
+        .collect()
+}
+
+/// Both tables of an interface.
+struct Tables {
+    v4: Table<CtKeyV4>,
+    v6: Table<CtKeyV6>,
+}
+
+impl Tables {
+    fn open(iface: &IfaceId) -> Result<Tables, MapError> {
+        Ok(Tables {
+            v4: open(iface, names::MAP_CT_V4)?,
+            v6: open(iface, names::MAP_CT_V6)?,
+        })
     }
-    let mut b = Vec::new();
-    for item in v6.iter() {
-        let (k, e) = item?;
-        let f = flow(IpAddr::from(k.local), IpAddr::from(k.remote), k.local_port, k.remote_port, k.proto, &e, now, cfg);
-        b.push((k, f));
-    }
-    Ok((a, b))
 }
 
 /// Live flows of an interface (expired entries not yet reclaimed are hidden).
 pub fn list(iface: &IfaceId, cfg: &IfaceConfig) -> Result<Vec<Flow>, MapError> {
-    let (a, b) = entries(iface, cfg)?;
-    Ok(a.into_iter().map(|(_, f)| f).chain(b.into_iter().map(|(_, f)| f)).filter(|f| !f.expired).collect())
+    let t = Tables::open(iface)?;
+    let v4 = entries(&t.v4, cfg)?.into_iter().map(|(_, f)| f);
+    let v6 = entries(&t.v6, cfg)?.into_iter().map(|(_, f)| f);
+    Ok(v4.chain(v6).filter(|f| !f.expired).collect())
 }
 
 /// Entries in use (live or not yet reclaimed) and the capacity of each table.
 pub fn usage(iface: &IfaceId) -> Result<(usize, u32), MapError> {
-    let capacity = MapData::from_pin(iface.dir().join(names::MAP_CT_V4))?.info()?.max_entries();
-    let v4: Table<CtKeyV4> = open(iface, names::MAP_CT_V4)?;
-    let v6: Table<CtKeyV6> = open(iface, names::MAP_CT_V6)?;
-    Ok((v4.keys().count() + v6.keys().count(), capacity))
+    let capacity = MapData::from_pin(iface.dir().join(names::MAP_CT_V4))?
+        .info()?
+        .max_entries();
+    let t = Tables::open(iface)?;
+    Ok((t.v4.keys().count() + t.v6.keys().count(), capacity))
 }
 
 /// Removes the entries `doomed` selects; returns how many.
-fn remove_where(iface: &IfaceId, cfg: &IfaceConfig, doomed: impl Fn(&Flow) -> bool) -> Result<usize, MapError> {
-    let (a, b) = entries(iface, cfg)?;
-    let mut v4: Table<CtKeyV4> = open(iface, names::MAP_CT_V4)?;
-    let mut v6: Table<CtKeyV6> = open(iface, names::MAP_CT_V6)?;
+fn remove_where(
+    iface: &IfaceId,
+    cfg: &IfaceConfig,
+    doomed: impl Fn(&Flow) -> bool,
+) -> Result<usize, MapError> {
+    let mut t = Tables::open(iface)?;
     let mut n = 0;
-    for (k, f) in a.iter().filter(|(_, f)| doomed(f)) {
-        let _ = f;
-        // Gone already (the data path may replace it): not an error.
-        if v4.remove(k).is_ok() {
-            n += 1;
-        }
+    // An entry already gone (the data path may replace it) is not an error.
+    for (k, _) in entries(&t.v4, cfg)?.iter().filter(|(_, f)| doomed(f)) {
+        n += usize::from(t.v4.remove(k).is_ok());
     }
-    for (k, _) in b.iter().filter(|(_, f)| doomed(f)) {
-        if v6.remove(k).is_ok() {
-            n += 1;
-        }
+    for (k, _) in entries(&t.v6, cfg)?.iter().filter(|(_, f)| doomed(f)) {
+        n += usize::from(t.v6.remove(k).is_ok());
     }
     Ok(n)
 }
@@ -158,9 +199,17 @@ fn opening_port(f: &Flow) -> u16 {
 
 /// `--revoke`: deletes tracked flows whose opening packet `policy` would no
 /// longer allow (OpenStack Neutron's behaviour; AWS keeps them).
-pub fn revoke(iface: &IfaceId, cfg: &IfaceConfig, policy: &CompiledPolicy) -> Result<usize, MapError> {
+pub fn revoke(
+    iface: &IfaceId,
+    cfg: &IfaceConfig,
+    policy: &CompiledPolicy,
+) -> Result<usize, MapError> {
     remove_where(iface, cfg, |f| {
-        let direction = if f.opened == "inbound" { Direction::Inbound } else { Direction::Outbound };
+        let direction = if f.opened == "inbound" {
+            Direction::Inbound
+        } else {
+            Direction::Outbound
+        };
         compile::lookup(policy, direction, f.remote, f.proto, opening_port(f)).is_none()
     })
 }

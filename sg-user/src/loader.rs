@@ -180,7 +180,11 @@ fn link_pin_name(direction: &str, hook: AttachedHook) -> String {
 /// Loads a fresh instance of the programs, writes its initial policy, attaches
 /// it to `iface` (ingress and egress) and pins links and maps. The policy is
 /// in place before the first packet; on any failure nothing stays attached.
-pub fn attach(iface: &IfaceId, opts: &AttachOptions, initial: InitialPolicy<'_>) -> Result<Attached, LoaderError> {
+pub fn attach(
+    iface: &IfaceId,
+    opts: &AttachOptions,
+    initial: InitialPolicy<'_>,
+) -> Result<Attached, LoaderError> {
     pins::ensure_bpffs()?;
     let dir = iface.dir();
     if dir.exists() {
@@ -198,11 +202,18 @@ pub fn attach(iface: &IfaceId, opts: &AttachOptions, initial: InitialPolicy<'_>)
         .load(SG_OBJECT)
         .map_err(|e| LoaderError::Load(Box::new(e)))?;
     std::fs::create_dir_all(&dir)?;
-    let result = prepare_maps(&mut ebpf, &dir, initial).and_then(|()| {
-        in_netns(iface.netns.as_deref(), || attach_here(&mut ebpf, iface, opts, &dir))
+    // Programs first (they keep references to every map), then the maps
+    // (filled and pinned), then the attachment: the policy is in place
+    // before the first packet arrives.
+    let result = load_programs(&mut ebpf)
+        .and_then(|()| prepare_maps(&mut ebpf, &dir, initial))
+        .and_then(|()| {
+            in_netns(iface.netns.as_deref(), || {
+                attach_here(&mut ebpf, iface, opts, &dir)
+            })
             .map_err(LoaderError::from)
             .and_then(|r| r)
-    });
+        });
     match result {
         Ok(ingress_hook) => Ok(Attached {
             iface: iface.clone(),
@@ -262,10 +273,34 @@ pub const STATE_MAPS: [&str; 4] = [
     names::MAP_FRAGS,
 ];
 
+/// Loads (verifies) the three programs without attaching them.
+fn load_programs(ebpf: &mut Ebpf) -> Result<(), LoaderError> {
+    let name = names::PROG_XDP_INGRESS;
+    let xdp: &mut Xdp = program(ebpf, name)?;
+    xdp.load().map_err(|source| LoaderError::Program {
+        name,
+        source: Box::new(source),
+    })?;
+    for name in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS] {
+        let tc: &mut SchedClassifier = program(ebpf, name)?;
+        tc.load().map_err(|source| LoaderError::Program {
+            name,
+            source: Box::new(source),
+        })?;
+    }
+    Ok(())
+}
+
 /// Writes the initial policy and pins every map, before anything attaches.
-fn prepare_maps(ebpf: &mut Ebpf, dir: &Path, initial: InitialPolicy<'_>) -> Result<(), LoaderError> {
+fn prepare_maps(
+    ebpf: &mut Ebpf,
+    dir: &Path,
+    initial: InitialPolicy<'_>,
+) -> Result<(), LoaderError> {
     for name in STATE_MAPS {
-        let map = ebpf.map(name).expect("map is in the object (checked by tests)");
+        let map = ebpf
+            .map(name)
+            .expect("map is in the object (checked by tests)");
         let path = dir.join(name);
         map.pin(&path).map_err(|e| LoaderError::Pin {
             path: path.display().to_string(),
@@ -275,7 +310,10 @@ fn prepare_maps(ebpf: &mut Ebpf, dir: &Path, initial: InitialPolicy<'_>) -> Resu
     let mut policy = PolicyMaps::take_from(ebpf, Some(dir))?;
     match initial {
         InitialPolicy::Observe => policy.observe()?,
-        InitialPolicy::Enforce { policy: compiled, timeouts_s } => policy.install(compiled, timeouts_s)?,
+        InitialPolicy::Enforce {
+            policy: compiled,
+            timeouts_s,
+        } => policy.install(compiled, timeouts_s)?,
     }
     Ok(())
 }
@@ -296,12 +334,6 @@ fn attach_xdp(
 ) -> Result<(), LoaderError> {
     let name = names::PROG_XDP_INGRESS;
     let prog: &mut Xdp = program(ebpf, name)?;
-    if prog.fd().is_err() {
-        prog.load().map_err(|source| LoaderError::Program {
-            name,
-            source: Box::new(source),
-        })?;
-    }
     let attach_error = |source| LoaderError::Attach {
         source: Box::new(source),
         what: format!("XDP ({mode:?} mode) attach"),
@@ -333,10 +365,6 @@ fn attach_tc(
         _ => (names::PROG_TC_INGRESS, "ingress"),
     };
     let prog: &mut SchedClassifier = program(ebpf, name)?;
-    prog.load().map_err(|source| LoaderError::Program {
-        name,
-        source: Box::new(source),
-    })?;
     let attach_error = |source| LoaderError::Attach {
         source: Box::new(source),
         what: format!("TC {direction} attach"),
@@ -465,4 +493,27 @@ pub fn kernel_logger(
         path: iface.dir().display().to_string(),
         detail: format!("opening the kernel log ring buffer: {e}"),
     })
+}
+
+/// Per-rule hit counters (summed over CPUs) of an attached interface, by rule hash.
+pub fn read_rule_hits(iface: &IfaceId) -> Result<BTreeMap<u32, Counter>, LoaderError> {
+    let path = iface.dir().join(names::MAP_RULE_HITS);
+    let pinned_error = |detail: String| LoaderError::Pinned {
+        path: path.display().to_string(),
+        detail,
+    };
+    let data = MapData::from_pin(&path).map_err(|e| pinned_error(e.to_string()))?;
+    let map: aya::maps::PerCpuHashMap<MapData, u32, Counter> =
+        aya::maps::PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
+            .map_err(|e| pinned_error(e.to_string()))?;
+    let mut hits = BTreeMap::new();
+    for item in map.iter() {
+        let (rule, per_cpu) = item.map_err(|e| pinned_error(e.to_string()))?;
+        let sum = per_cpu.iter().fold(Counter::default(), |a, c| Counter {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+        });
+        hits.insert(rule, sum);
+    }
+    Ok(hits)
 }

@@ -233,7 +233,8 @@ impl Host {
 
 /// Several hosts on one L2 segment: a switch namespace holding bridge `br0`,
 /// and one namespace per host joined to it by a veth pair. All hosts share
-/// 198.18.0.0/15 and 2001:db8::/64, so any two reach each other directly.
+/// 198.18.0.0/15 and 2001:db8::/32 as on-link prefixes, so any two reach each
+/// other directly, whatever sub-ranges the rules carve out of them.
 #[derive(Debug)]
 pub struct Segment {
     // Hosts first: dropping them removes their veths before the switch goes.
@@ -243,7 +244,7 @@ pub struct Segment {
 
 impl Segment {
     pub const IPV4_PREFIX_LEN: u8 = 15;
-    pub const IPV6_PREFIX_LEN: u8 = 64;
+    pub const IPV6_PREFIX_LEN: u8 = 32;
 
     pub fn new() -> Result<Segment, NetnsError> {
         let switch = Netns::create("sw")?;
@@ -256,7 +257,7 @@ impl Segment {
     }
 
     /// Adds a host with the given addresses (from 198.18.0.0/15 and
-    /// 2001:db8::/64) and returns it.
+    /// 2001:db8::/32) and returns it.
     pub fn add_host(
         &mut self,
         role: &str,

@@ -103,3 +103,137 @@ pub fn ping(ns: &Netns, dst: std::net::IpAddr, timeout: Duration) -> std::io::Re
     let out = ns.exec("ping", &["-c", "1", "-W", &wait, "-n", "-q", &dst])?;
     Ok(out.status.success())
 }
+
+/// A TCP echo server (one thread per connection), for long-lived flows.
+pub struct TcpEcho {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TcpEcho {
+    pub fn start(ns: &Netns, addr: SocketAddr) -> std::io::Result<TcpEcho> {
+        let listener = ns.run(|| TcpListener::bind(addr))?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stop_flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        std::thread::spawn(move || {
+                            let mut buf = [0u8; 1500];
+                            while let Ok(n @ 1..) = stream.read(&mut buf) {
+                                if stream.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Ok(TcpEcho {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for TcpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A client connection that stays open: each round trip sends a few bytes
+/// and waits for the echo.
+pub struct TcpSession {
+    stream: TcpStream,
+}
+
+impl TcpSession {
+    pub fn connect(ns: &Netns, dst: SocketAddr, timeout: Duration) -> std::io::Result<TcpSession> {
+        let stream = ns.run(|| TcpStream::connect_timeout(&dst, timeout))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        Ok(TcpSession { stream })
+    }
+
+    /// True when the echo came back within the read timeout.
+    pub fn roundtrip(&mut self) -> bool {
+        let msg = *b"ping";
+        let mut back = [0u8; 4];
+        self.stream.write_all(&msg).is_ok()
+            && self.stream.read_exact(&mut back).is_ok()
+            && back == msg
+    }
+}
+
+/// A UDP echo server. Stops when dropped.
+pub struct UdpEcho {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    pub fn start(ns: &Netns, addr: SocketAddr) -> std::io::Result<UdpEcho> {
+        let socket = ns.run(|| std::net::UdpSocket::bind(addr))?;
+        socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !stop_flag.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(&buf[..n], from);
+                }
+            }
+        });
+        Ok(UdpEcho {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A UDP socket in a namespace that sends and waits for the answer.
+pub struct UdpPeer {
+    pub socket: std::net::UdpSocket,
+}
+
+impl UdpPeer {
+    pub fn bind(ns: &Netns, local: SocketAddr, timeout: Duration) -> std::io::Result<UdpPeer> {
+        let socket = ns.run(|| std::net::UdpSocket::bind(local))?;
+        socket.set_read_timeout(Some(timeout))?;
+        Ok(UdpPeer { socket })
+    }
+
+    /// Sends to `dst` and waits for any datagram back from it.
+    pub fn roundtrip(&self, dst: SocketAddr) -> bool {
+        let mut buf = [0u8; 1500];
+        if self.socket.send_to(b"hello", dst).is_err() {
+            return false;
+        }
+        matches!(self.socket.recv_from(&mut buf), Ok((_, from)) if from.ip() == dst.ip())
+    }
+
+    /// Waits for one datagram (from anyone).
+    pub fn receive(&self) -> Option<SocketAddr> {
+        let mut buf = [0u8; 1500];
+        self.socket.recv_from(&mut buf).ok().map(|(_, from)| from)
+    }
+}

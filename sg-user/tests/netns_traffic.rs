@@ -64,7 +64,8 @@ fn tcp_and_icmp_pass_through_attached_programs_and_are_counted() {
     )
     .expect("server in b");
     let iface = iface_of(a);
-    let attached = loader::attach(&iface, &AttachOptions::default(), InitialPolicy::Observe).expect("attach to a/eth0");
+    let attached = loader::attach(&iface, &AttachOptions::default(), InitialPolicy::Observe)
+        .expect("attach to a/eth0");
     let _guard = Attachment(iface.clone());
     assert_eq!(
         attached.ingress_hook,
@@ -154,7 +155,8 @@ fn peer_side_counts_ingress_as_outbound() {
         ingress_hook: IngressHook::XdpGeneric,
         ..AttachOptions::default()
     };
-    let attached = loader::attach(&iface, &opts, InitialPolicy::Observe).expect("attach with generic XDP");
+    let attached =
+        loader::attach(&iface, &opts, InitialPolicy::Observe).expect("attach with generic XDP");
     let _guard = Attachment(iface.clone());
     assert_eq!(attached.ingress_hook, AttachedHook::XdpGeneric);
     let hooks = loader::pinned_hooks(&iface).unwrap();
@@ -174,7 +176,8 @@ fn peer_side_counts_ingress_as_outbound() {
 fn unknown_namespace_is_a_clear_error_and_leaves_nothing() {
     require_root!();
     let iface = IfaceId::new("eth0", Some("sg-no-such-namespace"));
-    let err = loader::attach(&iface, &AttachOptions::default(), InitialPolicy::Observe).unwrap_err();
+    let err =
+        loader::attach(&iface, &AttachOptions::default(), InitialPolicy::Observe).unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");
     assert!(
         !iface.dir().exists(),

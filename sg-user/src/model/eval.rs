@@ -17,6 +17,9 @@
 //!   originator and replies from the other side. Echo replies and other ICMP
 //!   messages allowed by rules pass without creating state; ICMP errors are
 //!   not "related" to a flow (DESIGN §1).
+//! - A response within an untracked flow (TCP other than an opening SYN, or
+//!   UDP, whose reverse the opposite direction allows untracked) creates no
+//!   state either, even when the rule that lets it out is tracked.
 //! - Other protocols are tracked by (addresses, protocol), idle 600 s.
 //! - TCP: a SYN without ACK opens a flow in the handshake state; any other
 //!   allowed TCP packet picks the flow up as established (like Linux with
@@ -524,7 +527,7 @@ impl Conntrack {
         let d = decide(model, iface, pkt.direction, &pkt.desc());
         let outcome = if !d.allowed {
             Outcome::Denied
-        } else if !d.tracked {
+        } else if !d.tracked || responds_to_untracked(model, iface, pkt) {
             Outcome::Untracked
         } else if matches!(pkt.proto, proto::ICMP | proto::ICMPV6)
             && pkt.echo_kind() != Some(EchoKind::Request)
@@ -569,6 +572,27 @@ impl Conntrack {
             rules: d.rules,
         }
     }
+}
+
+/// Whether `pkt` is a response within an untracked flow: a TCP packet that
+/// is not a connection-opening SYN, or a UDP datagram, whose reverse (the
+/// peer sending to this packet's source port) the opposite direction allows
+/// untracked. Such a packet passes without creating state, so the untracked
+/// flow stays untracked and stops at once when its rule goes.
+pub fn responds_to_untracked(model: &Model, iface: &Interface, pkt: &Packet) -> bool {
+    let opening_syn = pkt.tcp_flags & tcp_flags::SYN != 0 && pkt.tcp_flags & tcp_flags::ACK == 0;
+    let candidate = match pkt.proto {
+        proto::TCP => !opening_syn,
+        proto::UDP => true,
+        _ => false,
+    };
+    if !candidate {
+        return false;
+    }
+    let mut reverse = pkt.desc();
+    reverse.port = Some(pkt.sport);
+    let r = decide(model, iface, pkt.direction.opposite(), &reverse);
+    r.allowed && !r.tracked
 }
 
 fn advance_tcp(flow: &mut Flow, flags: u8, reply: bool) {

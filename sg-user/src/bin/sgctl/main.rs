@@ -10,11 +10,11 @@ use std::{io::Write as _, process::ExitCode};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use sg_common::Reason;
 use sg_user::{
     demo,
     loader::{self, AttachOptions, BpfLog, IngressHook, InitialPolicy, Side},
     pins::{self, IfaceId},
+    policy_maps::PolicyMaps,
 };
 
 #[derive(Parser)]
@@ -33,12 +33,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Attach the kernel programs to an interface (counting, pinned in /sys/fs/bpf/sg)
+    /// Enforce a config: attach to its interfaces, or update their policy atomically
+    Apply(ApplyArgs),
+    /// Attach the programs without rules: count every packet, pass everything
     Attach(AttachArgs),
     /// Detach the programs from an interface, or from all interfaces
     Detach(DetachArgs),
-    /// Show attached interfaces, their hooks and packet counters
+    /// Show attached interfaces: hooks, generation, counters, conntrack, rule hits
     Status(StatusArgs),
+    /// List or flush tracked connections of attached interfaces
+    Conntrack(ConntrackArgs),
     /// Stream kernel-side debug logs of an interface attached with --bpf-log
     Logs(IfaceArgs),
     /// Run the built-in demonstration in throwaway network namespaces (root)
@@ -109,6 +113,61 @@ struct DetachArgs {
 }
 
 #[derive(Args)]
+struct ApplyArgs {
+    #[command(flatten)]
+    cfg: offline::ConfigArgs,
+    /// Also cut tracked connections the new rules no longer allow (AWS keeps them)
+    #[arg(long)]
+    revoke: bool,
+    /// Ingress hook for newly attached interfaces: auto = native XDP on physical NICs, TC otherwise
+    #[arg(long, value_enum, default_value_t)]
+    ingress_hook: IngressHook,
+    /// Kernel-side log level for newly attached interfaces (read with `sgctl logs`)
+    #[arg(long, value_enum, default_value_t)]
+    bpf_log: BpfLog,
+    /// Capacity of each connection table (IPv4, IPv6) of newly attached interfaces;
+    /// when full, new tracked flows are dropped and counted (conntrack_full)
+    #[arg(long, default_value_t = loader::DEFAULT_CONNTRACK_ENTRIES)]
+    conntrack_entries: u32,
+}
+
+#[derive(Args)]
+struct ConntrackArgs {
+    #[command(subcommand)]
+    action: ConntrackAction,
+}
+
+#[derive(Subcommand)]
+enum ConntrackAction {
+    /// Print live tracked connections
+    List(ConntrackTarget),
+    /// Delete tracked connections (their next packets are judged by the rules again)
+    Flush(ConntrackTarget),
+}
+
+#[derive(Args)]
+struct ConntrackTarget {
+    /// Only this interface (default: all attached)
+    #[arg(long)]
+    iface: Option<String>,
+    /// Named network namespace of the interface
+    #[arg(long, requires = "iface")]
+    netns: Option<String>,
+    /// Machine-readable output
+    #[arg(long)]
+    json: bool,
+}
+
+impl ConntrackTarget {
+    fn targets(&self) -> Result<Vec<IfaceId>> {
+        Ok(match &self.iface {
+            Some(i) => vec![IfaceId::new(i, self.netns.as_deref())],
+            None => pins::attached_ifaces()?,
+        })
+    }
+}
+
+#[derive(Args)]
 struct StatusArgs {
     /// Machine-readable output
     #[arg(long)]
@@ -136,6 +195,8 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<ExitCode> {
     match command {
+        Command::Apply(args) => apply(args),
+        Command::Conntrack(args) => conntrack(args),
         Command::Attach(args) => attach(args),
         Command::Detach(args) => detach(args),
         Command::Status(args) => status(args),
@@ -189,7 +250,7 @@ fn detach(args: DetachArgs) -> Result<ExitCode> {
         vec![IfaceId::new(&iface, args.netns.as_deref())]
     };
     for id in &targets {
-        loader::detach(id)?;
+        sg_user::apply::detach(id)?;
         println!("detached {id}");
     }
     if targets.is_empty() {
@@ -198,11 +259,122 @@ fn detach(args: DetachArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn apply(args: ApplyArgs) -> Result<ExitCode> {
+    require_root("sgctl apply")?;
+    let model = match sg_user::apply::load(&args.cfg.config, &args.cfg.attach) {
+        Ok(m) => m,
+        Err(problems) => {
+            eprint!("{}", offline::problems_text(&problems));
+            eprintln!(
+                "error: {} is invalid; nothing was changed (fix the problems above, `sgctl validate -c {}` lists them)",
+                args.cfg.config.display(),
+                args.cfg.config.display()
+            );
+            return Ok(ExitCode::from(1));
+        }
+    };
+    for w in &model.warnings {
+        eprintln!("{w}");
+    }
+    let opts = sg_user::apply::ApplyOptions {
+        attach: AttachOptions {
+            ingress_hook: args.ingress_hook,
+            bpf_log: args.bpf_log,
+            conntrack_entries: args.conntrack_entries,
+            ..AttachOptions::default()
+        },
+        revoke: args.revoke,
+    };
+    for c in sg_user::apply::apply(&model, &opts)? {
+        match c.action {
+            "detached" => println!("{:<24} detached (no longer in the config)", c.iface),
+            action => println!(
+                "{:<24} {action}, generation {}{}",
+                c.iface,
+                c.generation,
+                if args.revoke {
+                    format!(", {} connections revoked", c.revoked)
+                } else {
+                    String::new()
+                }
+            ),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn conntrack(args: ConntrackArgs) -> Result<ExitCode> {
+    require_root("sgctl conntrack")?;
+    let (target, flush) = match &args.action {
+        ConntrackAction::List(t) => (t, false),
+        ConntrackAction::Flush(t) => (t, true),
+    };
+    let mut out = std::io::stdout().lock();
+    let mut all = Vec::new();
+    for id in target.targets()? {
+        let cfg = PolicyMaps::from_pins(&id.dir())
+            .and_then(|m| m.config())
+            .with_context(|| {
+                format!("{id} is not attached; `sgctl status` lists attached interfaces")
+            })?;
+        if flush {
+            let n = sg_user::conntrack::flush(&id, &cfg)?;
+            writeln!(out, "{id}: {n} connections flushed")?;
+            continue;
+        }
+        let flows = sg_user::conntrack::list(&id, &cfg)?;
+        if target.json {
+            all.push(serde_json::json!({ "iface": id.to_string(), "flows": flows }));
+            continue;
+        }
+        writeln!(out, "{id}: {} connections", flows.len())?;
+        for f in flows {
+            writeln!(
+                out,
+                "  {:<5} {:>39}:{:<5} {} {:>39}:{:<5} {:<11} idle {:>6}s  in {}/{}B out {}/{}B",
+                proto_name(f.proto),
+                f.local,
+                f.local_port,
+                if f.opened == "inbound" { "<-" } else { "->" },
+                f.remote,
+                f.remote_port,
+                f.state,
+                f.idle_s,
+                f.packets_in,
+                f.bytes_in,
+                f.packets_out,
+                f.bytes_out
+            )?;
+        }
+    }
+    if target.json && !flush {
+        serde_json::to_writer_pretty(&mut out, &all)?;
+        writeln!(out)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        1 => "icmp".into(),
+        58 => "icmp6".into(),
+        n => n.to_string(),
+    }
+}
+
 #[derive(serde::Serialize)]
 struct IfaceStatus {
     iface: IfaceId,
+    mode: &'static str,
+    generation: u32,
+    groups: Vec<String>,
     hooks: Vec<loader::PinnedHook>,
     counters: Vec<CounterRow>,
+    conntrack_entries: usize,
+    conntrack_capacity: u32,
+    rule_hits: Vec<RuleHitRow>,
 }
 
 #[derive(serde::Serialize)]
@@ -214,27 +386,65 @@ struct CounterRow {
     bytes: u64,
 }
 
-fn status(args: StatusArgs) -> Result<ExitCode> {
-    require_root("sgctl status")?;
-    let mut all = Vec::new();
-    for id in pins::attached_ifaces()? {
-        let hooks = loader::pinned_hooks(&id)?;
-        let counters = loader::read_counters(&id)?
-            .into_iter()
-            .map(|((d, r), c)| CounterRow {
-                direction: d.name(),
-                verdict: if r.is_drop() { "drop" } else { "pass" },
-                reason: r.name(),
+#[derive(serde::Serialize)]
+struct RuleHitRow {
+    rule: String,
+    description: Option<String>,
+    packets: u64,
+    bytes: u64,
+}
+
+fn iface_status(id: IfaceId) -> Result<IfaceStatus> {
+    let cfg = PolicyMaps::from_pins(&id.dir())?.config()?;
+    let state = sg_user::apply::read_state(&id).unwrap_or_default();
+    let hooks = loader::pinned_hooks(&id)?;
+    let counters = loader::read_counters(&id)?
+        .into_iter()
+        .map(|((d, r), c)| CounterRow {
+            direction: d.name(),
+            verdict: if r.is_drop() { "drop" } else { "pass" },
+            reason: r.name(),
+            packets: c.packets,
+            bytes: c.bytes,
+        })
+        .collect();
+    let (conntrack_entries, conntrack_capacity) = sg_user::conntrack::usage(&id)?;
+    let rule_hits = loader::read_rule_hits(&id)?
+        .into_iter()
+        .filter_map(|(hash, c)| {
+            // Counters of rules that left the config are not shown.
+            let (rule, description) = state.rules.get(&hash)?.clone();
+            Some(RuleHitRow {
+                rule,
+                description,
                 packets: c.packets,
                 bytes: c.bytes,
             })
-            .collect();
-        all.push(IfaceStatus {
-            iface: id,
-            hooks,
-            counters,
-        });
-    }
+        })
+        .collect();
+    Ok(IfaceStatus {
+        iface: id,
+        mode: if cfg.flags & sg_common::policy::CONFIG_ENFORCE != 0 {
+            "enforce"
+        } else {
+            "observe"
+        },
+        generation: cfg.generation,
+        groups: state.groups,
+        hooks,
+        counters,
+        conntrack_entries,
+        conntrack_capacity,
+        rule_hits,
+    })
+}
+
+fn status(args: StatusArgs) -> Result<ExitCode> {
+    require_root("sgctl status")?;
+    let all = pins::attached_ifaces()?
+        .into_iter()
+        .map(iface_status)
+        .collect::<Result<Vec<_>>>()?;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &all)?;
@@ -244,7 +454,7 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
     if all.is_empty() {
         writeln!(
             out,
-            "no interface attached; attach one with `sgctl attach --iface NAME`"
+            "no interface attached; enforce a config with `sgctl apply -c FILE`"
         )?;
     }
     for s in &all {
@@ -253,16 +463,35 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
             .iter()
             .map(|h| format!("{} {} (prog {})", h.direction, h.hook.name(), h.program_id))
             .collect();
-        writeln!(out, "{}: {}", s.iface, hooks.join(", "))?;
-        for c in s
-            .counters
-            .iter()
-            .filter(|c| c.packets > 0 || c.reason == Reason::PassUnfiltered.name())
-        {
+        writeln!(
+            out,
+            "{}  {} generation {}  groups [{}]  hooks: {}",
+            s.iface,
+            s.mode,
+            s.generation,
+            s.groups.join(", "),
+            hooks.join(", ")
+        )?;
+        writeln!(
+            out,
+            "  conntrack: {} entries in use, capacity {} per family",
+            s.conntrack_entries, s.conntrack_capacity
+        )?;
+        for c in s.counters.iter().filter(|c| c.packets > 0) {
             writeln!(
                 out,
                 "  {:<9} {:<4} {:<16} {:>10} pkts {:>12} bytes",
                 c.direction, c.verdict, c.reason, c.packets, c.bytes
+            )?;
+        }
+        for h in &s.rule_hits {
+            writeln!(
+                out,
+                "  rule {:<44} {:>10} pkts {:>12} bytes  {}",
+                h.rule,
+                h.packets,
+                h.bytes,
+                h.description.as_deref().unwrap_or("")
             )?;
         }
     }

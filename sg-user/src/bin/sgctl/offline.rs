@@ -22,10 +22,10 @@ use sg_user::model::{
 pub struct ConfigArgs {
     /// Config file: native YAML or `aws ec2 describe-security-groups` JSON
     #[arg(short = 'c', long = "config", value_name = "FILE")]
-    config: PathBuf,
+    pub config: PathBuf,
     /// Attach groups to an interface: IFACE=sg-1,sg-2 or IFACE@NETNS=sg-1 (repeatable)
     #[arg(long, value_name = "IFACE[@NETNS]=SG,..")]
-    attach: Vec<Attachment>,
+    pub attach: Vec<Attachment>,
 }
 
 #[derive(Args)]
@@ -123,7 +123,7 @@ fn emit(text: &str) -> Result<()> {
     }
 }
 
-fn problems_text(problems: &[Problem]) -> String {
+pub fn problems_text(problems: &[Problem]) -> String {
     let mut s = String::new();
     for p in problems {
         s.push_str(&p.to_string());
@@ -146,10 +146,15 @@ fn check_readable(path: &Path) -> Result<()> {
 
 /// Loads a valid model, or fails with every problem listed.
 fn load_valid(cfg: &ConfigArgs) -> Result<Model> {
+    load_valid_with(cfg, &model::Offline)
+}
+
+/// [`load_valid`] with address discovery (for commands that touch the kernel).
+pub fn load_valid_with(cfg: &ConfigArgs, discovery: &dyn model::AddressSource) -> Result<Model> {
     check_readable(&cfg.config)?;
     let opts = model::LoadOptions {
         attach: &cfg.attach,
-        ..Default::default()
+        discovery,
     };
     match model::load_with(&cfg.config, &opts) {
         Ok(m) => {

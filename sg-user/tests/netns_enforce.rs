@@ -1,0 +1,455 @@
+//! Enforcement with real traffic between namespaces: configs applied with
+//! the same code as `sgctl apply`, TCP/UDP/ICMP over IPv4 and IPv6. Needs root.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use sg_user::{
+    apply::{self, ApplyOptions},
+    compile,
+    model::{self, Model},
+    netns::{Host, Netns, Segment},
+    pins::IfaceId,
+    policy_maps::PolicyMaps,
+    probe::{self, Reach, TcpEcho, TcpServer, TcpSession, UdpEcho, UdpPeer},
+    require_root,
+};
+
+const T: Duration = Duration::from_millis(700);
+
+/// Hosts `a` (protected), `b` and `c` on one bridge, and a config file.
+struct Lab {
+    seg: Segment,
+    dir: PathBuf,
+    applied: Vec<IfaceId>,
+}
+
+impl Lab {
+    fn new(tag: &str) -> Lab {
+        let mut seg = Segment::new().expect("segment");
+        for (role, v4, v6) in [
+            ("a", [198, 18, 0, 1], "2001:db8::1"),
+            ("b", [198, 18, 0, 2], "2001:db8::2"),
+            ("c", [198, 19, 0, 3], "2001:db8:c::3"),
+        ] {
+            seg.add_host(role, Ipv4Addr::from(v4), v6.parse().unwrap())
+                .unwrap();
+        }
+        let dir = std::env::temp_dir().join(format!("sg-test-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Lab {
+            seg,
+            dir,
+            applied: Vec::new(),
+        }
+    }
+
+    fn host(&self, role: &str) -> &Host {
+        self.seg.host(role)
+    }
+
+    fn ns(&self, role: &str) -> &Netns {
+        &self.host(role).netns
+    }
+
+    fn addr(&self, role: &str, v6: bool, port: u16) -> SocketAddr {
+        let h = self.host(role);
+        let ip: IpAddr = if v6 { h.ipv6.into() } else { h.ipv4.into() };
+        SocketAddr::new(ip, port)
+    }
+
+    /// Applies `groups_yaml` with an `interfaces:` entry protecting a's eth0
+    /// (`{a}`, `{b}` in the text become the namespaces' names).
+    fn apply_with(&mut self, yaml: &str, opts: &ApplyOptions) -> Model {
+        let text = yaml
+            .replace("{a}", self.ns("a").name())
+            .replace("{b}", self.ns("b").name());
+        let path = self.dir.join("config.yaml");
+        std::fs::write(&path, text).unwrap();
+        let model =
+            apply::load(&path, &[]).unwrap_or_else(|p| panic!("test config invalid: {p:#?}"));
+        for change in apply::apply(&model, opts).expect("apply") {
+            let (iface, ns) = change.iface.split_once('@').expect("namespaced");
+            let id = IfaceId::new(iface, Some(ns));
+            if !self.applied.contains(&id) {
+                self.applied.push(id);
+            }
+        }
+        model
+    }
+
+    fn apply(&mut self, yaml: &str) -> Model {
+        self.apply_with(yaml, &ApplyOptions::default())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for id in &self.applied {
+            let _ = apply::detach(id);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const A_ONLY: &str = "interfaces:\n  - { name: eth0, netns: \"{a}\", security_groups: [sg-a], addresses: [198.18.0.1, \"2001:db8::1\"] }\n";
+
+fn tcp(lab: &Lab, from: &str, to: &str, v6: bool, port: u16) -> Reach {
+    probe::tcp_connect(lab.ns(from), lab.addr(to, v6, port), T)
+}
+
+fn servers(lab: &Lab, role: &str, ports: &[u16]) -> Vec<TcpServer> {
+    ports
+        .iter()
+        .map(|p| {
+            TcpServer::start(
+                lab.ns(role),
+                SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), *p),
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn tcp_udp_icmp_allowed_and_denied_by_rules_v4_and_v6() {
+    require_root!();
+    let mut lab = Lab::new("rules");
+    let _tcp = servers(&lab, "a", &[80, 22]);
+    let _udp = UdpEcho::start(lab.ns("a"), "[::]:53".parse().unwrap()).unwrap();
+    lab.apply(&format!(
+        "security_groups:
+  - id: sg-a
+    ingress:
+      - {{ protocol: tcp, ports: 80, cidr: 0.0.0.0/0 }}
+      - {{ protocol: tcp, ports: 80, cidr: \"::/0\" }}
+      - {{ protocol: tcp, ports: 22, cidr: 198.18.0.2/32 }}
+      - {{ protocol: udp, ports: 53, prefix_list: pl-b }}
+      - {{ protocol: icmp, icmp_type: 8, cidr: 198.18.0.0/16 }}
+      - {{ protocol: icmpv6, icmp_type: 128, cidr: \"2001:db8:c::/48\" }}
+prefix_lists:
+  - {{ id: pl-b, cidrs: [198.18.0.2/32, \"2001:db8::2/128\"] }}
+{A_ONLY}"
+    ));
+    for v6 in [false, true] {
+        assert_eq!(
+            tcp(&lab, "b", "a", v6, 80),
+            Reach::Connected,
+            "tcp 80 from b (v6={v6})"
+        );
+        assert_eq!(
+            tcp(&lab, "c", "a", v6, 80),
+            Reach::Connected,
+            "tcp 80 from c (v6={v6})"
+        );
+        assert_eq!(
+            tcp(&lab, "c", "a", v6, 22),
+            Reach::Timeout,
+            "ssh from c dropped (v6={v6})"
+        );
+        let udp_b = UdpPeer::bind(
+            lab.ns("b"),
+            SocketAddr::new(
+                if v6 {
+                    Ipv6Addr::UNSPECIFIED.into()
+                } else {
+                    Ipv4Addr::UNSPECIFIED.into()
+                },
+                0,
+            ),
+            T,
+        )
+        .unwrap();
+        assert!(
+            udp_b.roundtrip(lab.addr("a", v6, 53)),
+            "udp 53 from the prefix list (v6={v6})"
+        );
+        let udp_c = UdpPeer::bind(
+            lab.ns("c"),
+            SocketAddr::new(
+                if v6 {
+                    Ipv6Addr::UNSPECIFIED.into()
+                } else {
+                    Ipv4Addr::UNSPECIFIED.into()
+                },
+                0,
+            ),
+            T,
+        )
+        .unwrap();
+        assert!(
+            !udp_c.roundtrip(lab.addr("a", v6, 53)),
+            "udp 53 from c dropped (v6={v6})"
+        );
+    }
+    assert_eq!(
+        tcp(&lab, "b", "a", false, 22),
+        Reach::Connected,
+        "ssh from b's /32"
+    );
+    assert_eq!(
+        tcp(&lab, "b", "a", true, 22),
+        Reach::Timeout,
+        "the /32 rule is IPv4 only"
+    );
+    let ping =
+        |from: &str, v6: bool| probe::ping(lab.ns(from), lab.addr("a", v6, 0).ip(), T).unwrap();
+    assert!(ping("b", false), "ping from 198.18.0.0/16");
+    assert!(!ping("c", false), "ping from 198.19.0.3 dropped");
+    assert!(ping("c", true), "ping6 from 2001:db8:c::/48");
+    assert!(!ping("b", true), "ping6 from b dropped");
+}
+
+#[test]
+fn replies_to_outbound_connections_need_no_inbound_rule() {
+    require_root!();
+    let mut lab = Lab::new("replies");
+    let _tcp = servers(&lab, "b", &[443]);
+    let _udp = UdpEcho::start(lab.ns("b"), "[::]:5353".parse().unwrap()).unwrap();
+    let _a_tcp = servers(&lab, "a", &[443]);
+    // No inbound rules; outbound omitted = everything (AWS default).
+    lab.apply(&format!(
+        "security_groups:\n  - id: sg-a\n    ingress: []\n{A_ONLY}"
+    ));
+    for v6 in [false, true] {
+        assert_eq!(
+            tcp(&lab, "a", "b", v6, 443),
+            Reach::Connected,
+            "a → b tcp (v6={v6})"
+        );
+        assert_eq!(
+            tcp(&lab, "b", "a", v6, 443),
+            Reach::Timeout,
+            "b → a tcp denied (v6={v6})"
+        );
+        let any = if v6 {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            IpAddr::from(Ipv4Addr::UNSPECIFIED)
+        };
+        let udp = UdpPeer::bind(lab.ns("a"), SocketAddr::new(any, 0), T).unwrap();
+        assert!(
+            udp.roundtrip(lab.addr("b", v6, 5353)),
+            "a → b udp and its reply (v6={v6})"
+        );
+        assert!(
+            probe::ping(lab.ns("a"), lab.addr("b", v6, 0).ip(), T).unwrap(),
+            "ping a → b (v6={v6})"
+        );
+        assert!(
+            !probe::ping(lab.ns("b"), lab.addr("a", v6, 0).ip(), T).unwrap(),
+            "ping b → a (v6={v6})"
+        );
+    }
+}
+
+const TRACKED_8080: &str = "security_groups:\n  - id: sg-a\n    ingress:\n      - { protocol: tcp, ports: 8080, cidr: 198.18.0.2/32 }\n      - { protocol: tcp, ports: 9090, cidr: 198.18.0.2/32 }\n";
+const WITHOUT_8080: &str = "security_groups:\n  - id: sg-a\n    ingress:\n      - { protocol: tcp, ports: 9090, cidr: 198.18.0.2/32 }\n";
+
+#[test]
+fn tracked_flow_survives_rule_removal_but_new_ones_are_refused() {
+    require_root!();
+    let mut lab = Lab::new("tracked");
+    let _echo = TcpEcho::start(lab.ns("a"), "[::]:8080".parse().unwrap()).unwrap();
+    lab.apply(&format!("{TRACKED_8080}{A_ONLY}"));
+    let mut session =
+        TcpSession::connect(lab.ns("b"), lab.addr("a", false, 8080), T).expect("connect");
+    assert!(session.roundtrip(), "session works");
+    lab.apply(&format!("{WITHOUT_8080}{A_ONLY}"));
+    assert!(
+        session.roundtrip(),
+        "tracked flow survives removal of its rule (AWS)"
+    );
+    assert!(
+        TcpSession::connect(lab.ns("b"), lab.addr("a", false, 8080), T).is_err(),
+        "new flow refused"
+    );
+}
+
+#[test]
+fn revoke_cuts_tracked_flows_the_new_rules_do_not_allow() {
+    require_root!();
+    let mut lab = Lab::new("revoke");
+    let _echo = TcpEcho::start(lab.ns("a"), "[::]:8080".parse().unwrap()).unwrap();
+    let _echo2 = TcpEcho::start(lab.ns("a"), "[::]:9090".parse().unwrap()).unwrap();
+    lab.apply(&format!("{TRACKED_8080}{A_ONLY}"));
+    let mut cut = TcpSession::connect(lab.ns("b"), lab.addr("a", false, 8080), T).unwrap();
+    let mut kept = TcpSession::connect(lab.ns("b"), lab.addr("a", false, 9090), T).unwrap();
+    assert!(cut.roundtrip() && kept.roundtrip());
+    let revoke = ApplyOptions {
+        revoke: true,
+        ..ApplyOptions::default()
+    };
+    lab.apply_with(&format!("{WITHOUT_8080}{A_ONLY}"), &revoke);
+    assert!(
+        !cut.roundtrip(),
+        "--revoke cuts the flow its removed rule admitted"
+    );
+    assert!(kept.roundtrip(), "flows still allowed are kept");
+}
+
+#[test]
+fn untracked_flow_stops_at_once_when_its_rule_goes() {
+    require_root!();
+    let mut lab = Lab::new("untracked");
+    let _echo = TcpEcho::start(lab.ns("a"), "[::]:8080".parse().unwrap()).unwrap();
+    // 0.0.0.0/0 inbound with all outbound open (egress omitted): untracked.
+    let open = format!(
+        "security_groups:\n  - id: sg-a\n    ingress:\n      - {{ protocol: tcp, ports: 8080, cidr: 0.0.0.0/0 }}\n{A_ONLY}"
+    );
+    let model = lab.apply(&open);
+    let iface = model.interfaces[0].clone();
+    assert!(
+        !model
+            .rules_for(&iface, model::Direction::Ingress)
+            .next()
+            .unwrap()
+            .is_tracked(6),
+        "rule is untracked"
+    );
+    let mut session = TcpSession::connect(lab.ns("b"), lab.addr("a", false, 8080), T).unwrap();
+    assert!(session.roundtrip());
+    let id = IfaceId::new("eth0", Some(lab.ns("a").name()));
+    let cfg = PolicyMaps::from_pins(&id.dir()).unwrap().config().unwrap();
+    assert!(
+        sg_user::conntrack::list(&id, &cfg)
+            .unwrap()
+            .iter()
+            .all(|f| f.local_port != 8080),
+        "no state kept"
+    );
+    lab.apply(&format!(
+        "security_groups:\n  - id: sg-a\n    ingress: []\n{A_ONLY}"
+    ));
+    assert!(!session.roundtrip(), "untracked flow stops at once");
+}
+
+#[test]
+fn idle_udp_flow_times_out() {
+    require_root!();
+    let mut lab = Lab::new("udp-timeout");
+    let model = lab.apply(&format!(
+        "security_groups:\n  - id: sg-a\n    ingress: []\n{A_ONLY}"
+    ));
+    // Test-only: a 1 s UDP timeout written straight into the maps (configs
+    // only accept AWS's 30–60 s).
+    let id = IfaceId::new("eth0", Some(lab.ns("a").name()));
+    let mut maps = PolicyMaps::from_pins(&id.dir()).unwrap();
+    let generation = maps.next_generation().unwrap();
+    let mut timeouts = compile::timeouts_s(&model.interfaces[0].conntrack);
+    timeouts[sg_common::conntrack::CtState::Udp as usize] = 1;
+    maps.install(
+        &compile::compile_iface(&model, &model.interfaces[0], generation),
+        timeouts,
+    )
+    .unwrap();
+
+    let a = UdpPeer::bind(lab.ns("a"), "198.18.0.1:4000".parse().unwrap(), T).unwrap();
+    let b = UdpPeer::bind(lab.ns("b"), "198.18.0.2:5000".parse().unwrap(), T).unwrap();
+    a.socket.send_to(b"out", "198.18.0.2:5000").unwrap();
+    assert!(b.receive().is_some(), "a → b leaves (egress open)");
+    b.socket.send_to(b"reply", "198.18.0.1:4000").unwrap();
+    assert!(a.receive().is_some(), "b's reply passes by state");
+    std::thread::sleep(Duration::from_millis(1600));
+    b.socket.send_to(b"late", "198.18.0.1:4000").unwrap();
+    assert!(
+        a.receive().is_none(),
+        "after the idle timeout the flow is gone"
+    );
+}
+
+#[test]
+fn group_reference_across_namespaces() {
+    require_root!();
+    let mut lab = Lab::new("groups");
+    let _db = servers(&lab, "b", &[3306]);
+    lab.apply(
+        "security_groups:
+  - id: sg-a
+    ingress: []
+    egress:
+      - { protocol: tcp, ports: 3306, group: sg-db }
+  - id: sg-db
+    ingress:
+      - { protocol: tcp, ports: 3306, group: sg-a }
+interfaces:
+  - { name: eth0, netns: \"{a}\", security_groups: [sg-a] }
+  - { name: eth0, netns: \"{b}\", security_groups: [sg-db] }
+",
+    );
+    // Addresses were discovered from the interfaces (none declared).
+    assert_eq!(
+        tcp(&lab, "a", "b", false, 3306),
+        Reach::Connected,
+        "web → db by group"
+    );
+    assert_eq!(
+        tcp(&lab, "a", "b", true, 3306),
+        Reach::Connected,
+        "web → db by group (IPv6)"
+    );
+    assert_eq!(
+        tcp(&lab, "c", "b", false, 3306),
+        Reach::Timeout,
+        "non-member → db dropped"
+    );
+}
+
+#[test]
+fn side_peer_protects_a_container_from_its_host_side_veth() {
+    require_root!();
+    let container = Netns::create("ctr").unwrap();
+    let host = Netns::create("hst").unwrap();
+    host.veth_to("vc0", &container, "eth0").unwrap();
+    host.add_addr("vc0", "198.18.5.1/24").unwrap();
+    container.add_addr("eth0", "198.18.5.2/24").unwrap();
+    let _srv = [80u16, 81].map(|p| {
+        TcpServer::start(&container, SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), p)).unwrap()
+    });
+    let _hsrv = TcpServer::start(&host, "198.18.5.1:7000".parse().unwrap()).unwrap();
+    let dir = std::env::temp_dir().join(format!("sg-test-peer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "security_groups:
+  - id: sg-ctr
+    ingress:
+      - {{ protocol: tcp, ports: 80, cidr: 198.18.5.0/24 }}
+interfaces:
+  - {{ name: vc0, netns: \"{}\", side: peer, security_groups: [sg-ctr], addresses: [198.18.5.2] }}
+",
+            host.name()
+        ),
+    )
+    .unwrap();
+    let model = apply::load(&path, &[]).unwrap();
+    apply::apply(&model, &ApplyOptions::default()).unwrap();
+    let id = IfaceId::new("vc0", Some(host.name()));
+    let into = |port| probe::tcp_connect(&host, SocketAddr::new([198, 18, 5, 2].into(), port), T);
+    let r80 = into(80);
+    let r81 = into(81);
+    let out = probe::tcp_connect(&container, "198.18.5.1:7000".parse().unwrap(), T);
+    apply::detach(&id).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        r80,
+        Reach::Connected,
+        "inbound to the container on 80 allowed"
+    );
+    assert_eq!(
+        r81,
+        Reach::Timeout,
+        "inbound to the container on 81 dropped"
+    );
+    assert_eq!(
+        out,
+        Reach::Connected,
+        "the container's outbound (default egress) allowed"
+    );
+    assert_eq!(into(81), Reach::Connected, "detach restores connectivity");
+}
