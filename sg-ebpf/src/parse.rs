@@ -16,8 +16,9 @@ pub enum NotJudged {
     ExtHeaderLimit,
 }
 
-/// IPv6 extension headers walked before giving up (and dropping).
-pub const MAX_EXT_HEADERS: usize = 6;
+/// IPv6 extension headers walked before the upper-layer header; a longer
+/// chain is dropped and counted (`ext_header_limit`).
+pub const MAX_EXT_HEADERS: usize = 5;
 const MAX_VLAN_TAGS: usize = 2;
 
 const ETH_HLEN: usize = 14;
@@ -189,7 +190,8 @@ fn parse_ipv6(start: usize, end: usize, offset: usize) -> Result<Packet, NotJudg
     };
     let mut offset = offset + 40;
     let mut next = ip.next;
-    for _ in 0..MAX_EXT_HEADERS {
+    // One iteration per extension header, plus one for the upper layer.
+    for _ in 0..=MAX_EXT_HEADERS {
         match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
                 let hdr: [u8; 2] = load(start, end, offset)?;

@@ -133,6 +133,96 @@ pub fn arp_request() -> Vec<u8> {
     out
 }
 
+/// Inserts 802.1Q/802.1ad tags (outermost first) after the MAC addresses.
+pub fn with_vlan_tags(frame: &[u8], tpids: &[u16]) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    for (i, tpid) in tpids.iter().enumerate() {
+        out.extend_from_slice(&tpid.to_be_bytes());
+        out.extend_from_slice(&(100 + i as u16).to_be_bytes()); // VLAN id
+    }
+    out.extend_from_slice(&frame[12..]);
+    out
+}
+
+/// Adds `words` 32-bit words of IPv4 options (NOPs) to an IPv4 frame,
+/// fixing IHL and the total length.
+pub fn ipv4_with_options(frame: &[u8], words: u8) -> Vec<u8> {
+    let mut out = frame[..34].to_vec();
+    out.extend(std::iter::repeat_n(1u8, words as usize * 4)); // NOP options
+    out.extend_from_slice(&frame[34..]);
+    out[14] = 0x40 | (5 + words);
+    let total = (out.len() - 14) as u16;
+    out[16..18].copy_from_slice(&total.to_be_bytes());
+    out
+}
+
+/// Marks an IPv4 frame as a fragment: identification, offset (8-byte
+/// units), more-fragments flag. A non-first fragment keeps its bytes but
+/// they are payload, not an L4 header.
+pub fn ipv4_fragment(frame: &[u8], id: u16, offset: u16, more: bool) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[18..20].copy_from_slice(&id.to_be_bytes());
+    let flags = offset & 0x1fff | if more { 0x2000 } else { 0 };
+    out[20..22].copy_from_slice(&flags.to_be_bytes());
+    out
+}
+
+/// An IPv6 extension header to insert with [`ipv6_with_ext`].
+#[derive(Clone, Copy, Debug)]
+pub enum Ext {
+    HopByHop,
+    Routing,
+    DestOpts,
+    /// Fragment header: offset (8-byte units), more flag, identification.
+    Fragment {
+        offset: u16,
+        more: bool,
+        id: u32,
+    },
+    Auth,
+}
+
+/// Inserts extension headers (in order) between the IPv6 header and the
+/// upper layer, fixing next-header fields and the payload length.
+pub fn ipv6_with_ext(frame: &[u8], chain: &[Ext]) -> Vec<u8> {
+    let upper = frame[20];
+    let mut out = frame[..54].to_vec();
+    let codes: Vec<u8> = chain
+        .iter()
+        .map(|e| match e {
+            Ext::HopByHop => 0,
+            Ext::Routing => 43,
+            Ext::DestOpts => 60,
+            Ext::Fragment { .. } => 44,
+            Ext::Auth => 51,
+        })
+        .collect();
+    if let Some(first) = codes.first() {
+        out[20] = *first;
+    }
+    for (i, ext) in chain.iter().enumerate() {
+        let next = codes.get(i + 1).copied().unwrap_or(upper);
+        match *ext {
+            // 8 bytes: next, length 0 (= 8 bytes), 6 bytes of padding/options.
+            Ext::HopByHop | Ext::Routing | Ext::DestOpts => {
+                out.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0])
+            }
+            Ext::Fragment { offset, more, id } => {
+                let off = (offset << 3) | u16::from(more);
+                out.extend_from_slice(&[next, 0]);
+                out.extend_from_slice(&off.to_be_bytes());
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+            // AH length counts 4-byte words minus 2: 1 → 12 bytes.
+            Ext::Auth => out.extend_from_slice(&[next, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1]),
+        }
+    }
+    out.extend_from_slice(&frame[54..]);
+    let payload = (out.len() - 54) as u16;
+    out[18..20].copy_from_slice(&payload.to_be_bytes());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,167 @@
+//! A config at the AWS quota limits for one interface (16 groups, 992 rules,
+//! a group with 10,000 members) compiles, installs and enforces correctly.
+//! Its per-packet cost is printed beside a 1-rule config's (never asserted:
+//! speed is the benchmark's job, `cargo xtask bench`).
+
+use std::{fmt::Write as _, net::Ipv4Addr, time::Instant};
+
+use sg_common::{Direction, Reason, conntrack::DEFAULT_TIMEOUTS_S};
+use sg_user::{
+    compile::compile_iface,
+    model,
+    packet::{Frame, L4, TCP_SYN},
+    require_root,
+    testrun::{Instance, XDP_DROP, XDP_PASS},
+};
+
+const MEMBERS: u32 = 10_000;
+
+fn member(i: u32) -> Ipv4Addr {
+    // 198.18.64.0 onwards: clear of the rule ranges below.
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 64, 0)) + i)
+}
+
+fn quota_config() -> String {
+    let mut y = String::from(
+        "quotas: { groups_per_interface: 16, rules_per_group: 62 }\nsecurity_groups:\n",
+    );
+    for g in 0..16 {
+        writeln!(y, "  - id: sg-{g}\n    ingress:").unwrap();
+        for r in 0..31 {
+            let port = 1000 + g * 100 + r;
+            // /24s spread over 198.18.0.0/18, some nested in others.
+            let net = format!(
+                "198.18.{}.0/{}",
+                (g * 31 + r) % 64,
+                if r % 5 == 0 { 23 } else { 24 }
+            );
+            let net = net.parse::<ipnet::Ipv4Net>().unwrap().trunc();
+            writeln!(
+                y,
+                "      - {{ protocol: tcp, ports: \"{port}-{}\", cidr: {net} }}",
+                port + r
+            )
+            .unwrap();
+        }
+        writeln!(y, "    egress:").unwrap();
+        for r in 0..30 {
+            writeln!(
+                y,
+                "      - {{ protocol: udp, ports: {}, cidr: 198.19.{g}.{r}/32 }}",
+                2000 + r
+            )
+            .unwrap();
+        }
+        writeln!(
+            y,
+            "      - {{ protocol: tcp, ports: 3306, group: sg-members }}"
+        )
+        .unwrap();
+    }
+    y.push_str("  - id: sg-members\n    ingress: []\n");
+    y.push_str("interfaces:\n  - name: eth0\n    addresses: [198.18.0.10]\n    security_groups: [");
+    y.push_str(
+        &(0..16)
+            .map(|g| format!("sg-{g}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    y.push_str("]\nmembers:\n  sg-members: [");
+    y.push_str(
+        &(0..MEMBERS)
+            .map(|i| member(i).to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    y.push_str("]\n");
+    y
+}
+
+fn one_rule_config() -> String {
+    "security_groups:\n  - id: sg-one\n    ingress:\n      - { protocol: tcp, ports: 443, cidr: 0.0.0.0/0 }\n\
+     interfaces:\n  - { name: eth0, addresses: [198.18.0.10], security_groups: [sg-one] }\n"
+        .to_string()
+}
+
+fn syn(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    Frame {
+        src: src.into(),
+        dst: dst.into(),
+        l4: L4::Tcp {
+            src: sport,
+            dst: dport,
+            flags: TCP_SYN,
+        },
+        payload: 0,
+    }
+    .build()
+}
+
+/// Loads, installs; returns the instance and (model rules, compile ms, install ms, entries).
+fn setup(yaml: &str) -> (Instance, String) {
+    let model = model::from_str(yaml, &[]).unwrap_or_else(|p| panic!("config invalid: {p:#?}"));
+    let iface = &model.interfaces[0];
+    let rules = model.rules_for(iface, model::Direction::Ingress).count()
+        + model.rules_for(iface, model::Direction::Egress).count();
+    let mut inst = Instance::load(false).expect("load");
+    let t = Instant::now();
+    let policy = compile_iface(&model, iface, inst.policy.next_generation().unwrap());
+    let compile_ms = t.elapsed().as_millis();
+    let t = Instant::now();
+    inst.policy
+        .install(&policy, DEFAULT_TIMEOUTS_S)
+        .expect("install");
+    let install_ms = t.elapsed().as_millis();
+    let summary = format!(
+        "{rules} rules → {} IPv4 prefixes, {} port blocks; compile {compile_ms} ms, install {install_ms} ms",
+        policy.addr_v4.len(),
+        policy.ports.len()
+    );
+    (inst, summary)
+}
+
+#[test]
+fn quota_limit_config_compiles_applies_and_enforces() {
+    require_root!();
+    let local = Ipv4Addr::new(198, 18, 0, 10);
+    let (big, summary) = setup(&quota_config());
+    // Members reach tcp 3306 outbound; a non-member does not.
+    let to_member = syn(local, member(9_999), 40000, 3306);
+    assert_eq!(
+        big.tc(true, &to_member).unwrap(),
+        0,
+        "outbound to a group member allowed"
+    );
+    let to_stranger = syn(local, Ipv4Addr::new(198, 18, 250, 1), 40001, 3306);
+    assert_eq!(
+        big.tc(true, &to_stranger).unwrap(),
+        2,
+        "outbound to a non-member dropped"
+    );
+    // An inbound rule deep in the set (group 15, rule 30: ports 2530-2560).
+    let net_index = ((15 * 31 + 30) % 64) as u8;
+    let allowed = syn(Ipv4Addr::new(198, 18, net_index, 77), local, 40002, 2545);
+    assert_eq!(
+        big.xdp(&allowed, 1).unwrap().0,
+        XDP_PASS,
+        "rule of the 16th group"
+    );
+    let denied = syn(Ipv4Addr::new(198, 18, net_index, 77), local, 40003, 9);
+    assert_eq!(big.xdp(&denied, 1).unwrap().0, XDP_DROP);
+
+    let (small, small_summary) = setup(&one_rule_config());
+    // A denied SYN takes both LPM lookups and creates no state, so repeated
+    // runs measure the policy path every time.
+    let probe = syn(Ipv4Addr::new(198, 18, 33, 7), local, 40004, 9);
+    let repeat = 200_000;
+    let (v, big_ns) = big.xdp(&probe, repeat).unwrap();
+    assert_eq!(v, XDP_DROP);
+    let (v, small_ns) = small.xdp(&probe, repeat).unwrap();
+    assert_eq!(v, XDP_DROP);
+    assert!(big.counter(Direction::Inbound, Reason::DropNoRule).packets >= u64::from(repeat));
+    eprintln!("quota-limit config: {summary}");
+    eprintln!("1-rule config:      {small_summary}");
+    eprintln!(
+        "denied SYN, BPF_PROG_TEST_RUN x{repeat}: {big_ns} ns/packet at the quota limit vs {small_ns} ns/packet with 1 rule"
+    );
+}
