@@ -16,7 +16,6 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     apply::{self, ApplyOptions},
-    loader,
     model::{Direction, Model, eval},
     netns::{Host, Segment},
     pins::IfaceId,
@@ -211,24 +210,17 @@ pub fn run() -> Result<String> {
     let web = IfaceId::new(Host::IFACE, Some(seg.host("web").netns.name()));
     let db = IfaceId::new(Host::IFACE, Some(seg.host("db").netns.name()));
     let result = run_flows(&model, &seg, &mut out);
-    let counters = loader::read_counters(&web);
+    let status = crate::status::iface_status(web.clone());
     for id in [&web, &db] {
         apply::detach(id).with_context(|| format!("detaching {id}"))?;
     }
     let _ = std::fs::remove_dir_all(&dir);
     let disagreements = result?;
-    writeln!(out, "\ncounters on web's eth0:")?;
-    for ((direction, reason), c) in counters? {
-        if c.packets > 0 {
-            writeln!(
-                out,
-                "  {:<9} {:<11} {:>4} packets",
-                direction.name(),
-                reason.name(),
-                c.packets
-            )?;
-        }
-    }
+    writeln!(
+        out,
+        "\n`sgctl status` of web's interface, before detaching:"
+    )?;
+    out.push_str(&crate::status::render(&status?));
     writeln!(out, "\ndetached; namespaces removed.")?;
     drop(servers);
     if disagreements > 0 {

@@ -20,4 +20,5 @@ pub mod packet;
 pub mod pins;
 pub mod policy_maps;
 pub mod probe;
+pub mod status;
 pub mod testrun;

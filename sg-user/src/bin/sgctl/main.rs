@@ -364,135 +364,24 @@ fn proto_name(p: u8) -> String {
     }
 }
 
-#[derive(serde::Serialize)]
-struct IfaceStatus {
-    iface: IfaceId,
-    mode: &'static str,
-    generation: u32,
-    groups: Vec<String>,
-    hooks: Vec<loader::PinnedHook>,
-    counters: Vec<CounterRow>,
-    conntrack_entries: usize,
-    conntrack_capacity: u32,
-    rule_hits: Vec<RuleHitRow>,
-}
-
-#[derive(serde::Serialize)]
-struct CounterRow {
-    direction: &'static str,
-    verdict: &'static str,
-    reason: &'static str,
-    packets: u64,
-    bytes: u64,
-}
-
-#[derive(serde::Serialize)]
-struct RuleHitRow {
-    rule: String,
-    description: Option<String>,
-    packets: u64,
-    bytes: u64,
-}
-
-fn iface_status(id: IfaceId) -> Result<IfaceStatus> {
-    let cfg = PolicyMaps::from_pins(&id.dir())?.config()?;
-    let state = sg_user::apply::read_state(&id).unwrap_or_default();
-    let hooks = loader::pinned_hooks(&id)?;
-    let counters = loader::read_counters(&id)?
-        .into_iter()
-        .map(|((d, r), c)| CounterRow {
-            direction: d.name(),
-            verdict: if r.is_drop() { "drop" } else { "pass" },
-            reason: r.name(),
-            packets: c.packets,
-            bytes: c.bytes,
-        })
-        .collect();
-    let (conntrack_entries, conntrack_capacity) = sg_user::conntrack::usage(&id)?;
-    let rule_hits = loader::read_rule_hits(&id)?
-        .into_iter()
-        .filter_map(|(hash, c)| {
-            // Counters of rules that left the config are not shown.
-            let (rule, description) = state.rules.get(&hash)?.clone();
-            Some(RuleHitRow {
-                rule,
-                description,
-                packets: c.packets,
-                bytes: c.bytes,
-            })
-        })
-        .collect();
-    Ok(IfaceStatus {
-        iface: id,
-        mode: if cfg.flags & sg_common::policy::CONFIG_ENFORCE != 0 {
-            "enforce"
-        } else {
-            "observe"
-        },
-        generation: cfg.generation,
-        groups: state.groups,
-        hooks,
-        counters,
-        conntrack_entries,
-        conntrack_capacity,
-        rule_hits,
-    })
-}
-
 fn status(args: StatusArgs) -> Result<ExitCode> {
     require_root("sgctl status")?;
     let all = pins::attached_ifaces()?
         .into_iter()
-        .map(iface_status)
+        .map(sg_user::status::iface_status)
         .collect::<Result<Vec<_>>>()?;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &all)?;
         writeln!(out)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    if all.is_empty() {
+    } else if all.is_empty() {
         writeln!(
             out,
             "no interface attached; enforce a config with `sgctl apply -c FILE`"
         )?;
-    }
-    for s in &all {
-        let hooks: Vec<String> = s
-            .hooks
-            .iter()
-            .map(|h| format!("{} {} (prog {})", h.direction, h.hook.name(), h.program_id))
-            .collect();
-        writeln!(
-            out,
-            "{}  {} generation {}  groups [{}]  hooks: {}",
-            s.iface,
-            s.mode,
-            s.generation,
-            s.groups.join(", "),
-            hooks.join(", ")
-        )?;
-        writeln!(
-            out,
-            "  conntrack: {} entries in use, capacity {} per family",
-            s.conntrack_entries, s.conntrack_capacity
-        )?;
-        for c in s.counters.iter().filter(|c| c.packets > 0) {
-            writeln!(
-                out,
-                "  {:<9} {:<4} {:<16} {:>10} pkts {:>12} bytes",
-                c.direction, c.verdict, c.reason, c.packets, c.bytes
-            )?;
-        }
-        for h in &s.rule_hits {
-            writeln!(
-                out,
-                "  rule {:<44} {:>10} pkts {:>12} bytes  {}",
-                h.rule,
-                h.packets,
-                h.bytes,
-                h.description.as_deref().unwrap_or("")
-            )?;
+    } else {
+        for s in &all {
+            write!(out, "{}", sg_user::status::render(s))?;
         }
     }
     Ok(ExitCode::SUCCESS)

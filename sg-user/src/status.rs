@@ -1,0 +1,126 @@
+//! What `sgctl status` shows of an attached interface, shared by the CLI
+//! and the demo.
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+
+use crate::{loader, pins::IfaceId, policy_maps::PolicyMaps};
+
+#[derive(serde::Serialize)]
+pub struct IfaceStatus {
+    pub iface: IfaceId,
+    pub mode: &'static str,
+    pub generation: u32,
+    pub groups: Vec<String>,
+    pub hooks: Vec<loader::PinnedHook>,
+    pub counters: Vec<CounterRow>,
+    pub conntrack_entries: usize,
+    pub conntrack_capacity: u32,
+    pub rule_hits: Vec<RuleHitRow>,
+}
+
+#[derive(serde::Serialize)]
+pub struct CounterRow {
+    pub direction: &'static str,
+    pub verdict: &'static str,
+    pub reason: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(serde::Serialize)]
+pub struct RuleHitRow {
+    pub rule: String,
+    pub description: Option<String>,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+pub fn iface_status(id: IfaceId) -> Result<IfaceStatus> {
+    let cfg = PolicyMaps::from_pins(&id.dir())?.config()?;
+    let state = crate::apply::read_state(&id).unwrap_or_default();
+    let hooks = loader::pinned_hooks(&id)?;
+    let counters = loader::read_counters(&id)?
+        .into_iter()
+        .map(|((d, r), c)| CounterRow {
+            direction: d.name(),
+            verdict: if r.is_drop() { "drop" } else { "pass" },
+            reason: r.name(),
+            packets: c.packets,
+            bytes: c.bytes,
+        })
+        .collect();
+    let (conntrack_entries, conntrack_capacity) = crate::conntrack::usage(&id)?;
+    let mut rule_hits: Vec<RuleHitRow> = loader::read_rule_hits(&id)?
+        .into_iter()
+        .filter_map(|(hash, c)| {
+            // Counters of rules that left the config are not shown.
+            let (rule, description) = state.rules.get(&hash)?.clone();
+            Some(RuleHitRow {
+                rule,
+                description,
+                packets: c.packets,
+                bytes: c.bytes,
+            })
+        })
+        .collect();
+    rule_hits.sort_by(|a, b| a.rule.cmp(&b.rule));
+    Ok(IfaceStatus {
+        iface: id,
+        mode: if cfg.flags & sg_common::policy::CONFIG_ENFORCE != 0 {
+            "enforce"
+        } else {
+            "observe"
+        },
+        generation: cfg.generation,
+        groups: state.groups,
+        hooks,
+        counters,
+        conntrack_entries,
+        conntrack_capacity,
+        rule_hits,
+    })
+}
+
+/// Human-readable status of one interface (counters that moved only).
+pub fn render(s: &IfaceStatus) -> String {
+    let mut out = String::new();
+    let hooks: Vec<String> = s
+        .hooks
+        .iter()
+        .map(|h| format!("{} {} (prog {})", h.direction, h.hook.name(), h.program_id))
+        .collect();
+    let _ = writeln!(
+        out,
+        "{}  {} generation {}  groups [{}]  hooks: {}",
+        s.iface,
+        s.mode,
+        s.generation,
+        s.groups.join(", "),
+        hooks.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "  conntrack: {} entries in use, capacity {} per family",
+        s.conntrack_entries, s.conntrack_capacity
+    );
+    for c in s.counters.iter().filter(|c| c.packets > 0) {
+        let _ = writeln!(
+            out,
+            "  {:<9} {:<4} {:<16} {:>10} pkts {:>12} bytes",
+            c.direction, c.verdict, c.reason, c.packets, c.bytes
+        );
+    }
+    for h in &s.rule_hits {
+        let _ = writeln!(
+            out,
+            "  rule {:<44} {:>10} pkts {:>12} bytes  {}",
+            h.rule,
+            h.packets,
+            h.bytes,
+            h.description.as_deref().unwrap_or("")
+        );
+    }
+    out
+}
