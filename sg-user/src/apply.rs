@@ -144,8 +144,12 @@ pub fn apply(model: &Model, opts: &ApplyOptions) -> Result<Vec<Change>> {
         if plan.attached {
             let mut maps = PolicyMaps::from_pins(&plan.id.dir())?;
             maps.install(&plan.policy, plan.timeouts_s)?;
+            // A good moment to reclaim what idled out (the data path already
+            // ignores it; this frees room in the table).
+            let cfg = maps.config()?;
+            conntrack::reclaim_expired(&plan.id, &cfg)
+                .with_context(|| format!("{}: reclaiming expired connections", plan.id))?;
             if opts.revoke {
-                let cfg = maps.config()?;
                 change.revoked = conntrack::revoke(&plan.id, &cfg, &plan.policy)
                     .with_context(|| format!("{}: revoking flows", plan.id))?;
             }

@@ -24,11 +24,18 @@ pub struct Instance {
 impl Instance {
     /// Loads the object (logs off) and loads all three programs.
     pub fn load(side_peer: bool) -> anyhow::Result<Instance> {
+        Self::load_with(side_peer, crate::loader::DEFAULT_CONNTRACK_ENTRIES)
+    }
+
+    /// [`Instance::load`] with connection tables of `conntrack_entries`.
+    pub fn load_with(side_peer: bool, conntrack_entries: u32) -> anyhow::Result<Instance> {
         let peer: u8 = side_peer.into();
         let off: u8 = 0;
         let mut ebpf = EbpfLoader::new()
             .override_global(names::GLOBAL_SIDE_PEER, &peer, true)
             .override_global(aya_log::LEVEL, &off, true)
+            .map_max_entries(names::MAP_CT_V4, conntrack_entries)
+            .map_max_entries(names::MAP_CT_V6, conntrack_entries)
             .load(SG_OBJECT)?;
         let xdp: &mut Xdp = ebpf
             .program_mut(names::PROG_XDP_INGRESS)

@@ -244,3 +244,43 @@ fn a_new_generation_replaces_the_old_atomically() {
     assert_eq!((v4, v6), (1, 0), "old generation's prefixes removed");
     assert!(ports >= 1);
 }
+
+#[test]
+fn a_full_table_refuses_new_tracked_flows_and_keeps_established_ones() {
+    require_root!();
+    let inbound = [rule("https", Some(6), (443, 443), &["0.0.0.0/0"])];
+    let mut inst = Instance::load_with(false, 4).expect("load with a 4-entry table");
+    let generation = inst.policy.next_generation().unwrap();
+    inst.policy
+        .install(&compile(generation, &inbound, &[]), DEFAULT_TIMEOUTS_S)
+        .unwrap();
+    for port in 1..=4 {
+        assert_eq!(
+            xdp(&inst, &tcp(OUTSIDE, port, WEB, 443, TCP_SYN)),
+            XDP_PASS,
+            "flow {port} fits"
+        );
+    }
+    assert_eq!(
+        xdp(&inst, &tcp(OUTSIDE, 5, WEB, 443, TCP_SYN)),
+        XDP_DROP,
+        "fifth flow refused"
+    );
+    assert_eq!(
+        inst.counter(Direction::Inbound, Reason::DropConntrackFull)
+            .packets,
+        1,
+        "and counted"
+    );
+    assert_eq!(
+        xdp(&inst, &tcp(OUTSIDE, 2, WEB, 443, TCP_ACK)),
+        XDP_PASS,
+        "established flows unaffected"
+    );
+    assert_eq!(
+        inst.tc(true, &tcp(WEB, 443, OUTSIDE, 3, TCP_SYN | TCP_ACK))
+            .unwrap(),
+        TC_ACT_OK,
+        "replies too"
+    );
+}

@@ -145,3 +145,32 @@ fn tc_egress_counts_outbound_and_side_peer_swaps_directions() {
         assert_eq!(counter(&ebpf, silent, Reason::PassUnfiltered).packets, 0);
     }
 }
+
+#[test]
+fn programs_stay_well_inside_the_verifier_limits() {
+    require_root!();
+    let inst = sg_user::testrun::Instance::load(false).expect("load");
+    for name in [
+        names::PROG_XDP_INGRESS,
+        names::PROG_TC_INGRESS,
+        names::PROG_TC_EGRESS,
+    ] {
+        let info = inst
+            .ebpf
+            .program(name)
+            .unwrap()
+            .info()
+            .expect("program info");
+        let verified = info
+            .verified_instruction_count()
+            .expect("kernel reports verified instructions");
+        let size = info.size_translated().unwrap_or(0) / 8;
+        eprintln!("{name}: {size} instructions, {verified} verified (limit 1,000,000)");
+        // A fifth of the limit leaves room for the features still to come.
+        assert!(
+            verified < 200_000,
+            "{name}: {verified} verified instructions"
+        );
+        assert!(size < 4096, "{name}: {size} instructions");
+    }
+}

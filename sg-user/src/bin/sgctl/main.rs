@@ -143,6 +143,8 @@ enum ConntrackAction {
     List(ConntrackTarget),
     /// Delete tracked connections (their next packets are judged by the rules again)
     Flush(ConntrackTarget),
+    /// Reclaim entries idle past their timeout (the data path already ignores them)
+    Gc(ConntrackTarget),
 }
 
 #[derive(Args)]
@@ -305,9 +307,10 @@ fn apply(args: ApplyArgs) -> Result<ExitCode> {
 
 fn conntrack(args: ConntrackArgs) -> Result<ExitCode> {
     require_root("sgctl conntrack")?;
-    let (target, flush) = match &args.action {
-        ConntrackAction::List(t) => (t, false),
-        ConntrackAction::Flush(t) => (t, true),
+    let (target, action) = match &args.action {
+        ConntrackAction::List(t) => (t, "list"),
+        ConntrackAction::Flush(t) => (t, "flush"),
+        ConntrackAction::Gc(t) => (t, "gc"),
     };
     let mut out = std::io::stdout().lock();
     let mut all = Vec::new();
@@ -317,10 +320,18 @@ fn conntrack(args: ConntrackArgs) -> Result<ExitCode> {
             .with_context(|| {
                 format!("{id} is not attached; `sgctl status` lists attached interfaces")
             })?;
-        if flush {
-            let n = sg_user::conntrack::flush(&id, &cfg)?;
-            writeln!(out, "{id}: {n} connections flushed")?;
-            continue;
+        match action {
+            "flush" => {
+                let n = sg_user::conntrack::flush(&id, &cfg)?;
+                writeln!(out, "{id}: {n} connections flushed")?;
+                continue;
+            }
+            "gc" => {
+                let n = sg_user::conntrack::reclaim_expired(&id, &cfg)?;
+                writeln!(out, "{id}: {n} expired entries reclaimed")?;
+                continue;
+            }
+            _ => {}
         }
         let flows = sg_user::conntrack::list(&id, &cfg)?;
         if target.json {
@@ -347,7 +358,7 @@ fn conntrack(args: ConntrackArgs) -> Result<ExitCode> {
             )?;
         }
     }
-    if target.json && !flush {
+    if target.json && action == "list" {
         serde_json::to_writer_pretty(&mut out, &all)?;
         writeln!(out)?;
     }
