@@ -778,3 +778,37 @@ fn group_references_without_addresses_warn_offline() {
         .collect();
     assert_eq!(peers, ["198.18.0.5/32"]);
 }
+
+/// The second example of the AWS CLI documentation for
+/// describe-security-groups, as printed there (with its trailing comma).
+#[test]
+fn the_aws_cli_documentation_example_imports_and_validates() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/corpus/ok/aws_cli_docs_example_trailing_comma.json");
+    let attach: Vec<model::Attachment> = vec!["eth0=sg-903004f8".parse().expect("attachment")];
+    let opts = model::LoadOptions {
+        attach: &attach,
+        ..Default::default()
+    };
+    let m = model::load_with(&path, &opts).unwrap_or_else(|p| panic!("{p:#?}"));
+    let g = m.group("sg-903004f8").expect("the group");
+    assert_eq!(
+        g.ingress.len(),
+        2,
+        "self-reference for all traffic, and ssh from 203.0.113.0/24"
+    );
+    assert_eq!(g.ingress[0].peer, Peer::Group("sg-903004f8".into()));
+    assert_eq!(
+        g.ingress[1].l4,
+        L4Match::Ports(model::PortRange { from: 22, to: 22 })
+    );
+    assert_eq!(g.egress.len(), 1);
+    let iface = m.interface("eth0").expect("attached");
+    let d = model::eval::decide(
+        &m,
+        iface,
+        model::Direction::Ingress,
+        &model::eval::PacketDesc::tcp("203.0.113.9".parse().unwrap(), 22),
+    );
+    assert!(d.allowed && d.tracked);
+}

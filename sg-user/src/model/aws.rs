@@ -193,13 +193,45 @@ fn perm_rules(
     out
 }
 
+/// Blanks out commas that directly precede a closing `}` or `]` (outside
+/// strings). They are not JSON, but the AWS CLI documentation's own
+/// describe-security-groups examples have them, and people paste those.
+/// Positions are kept, so error lines still point at the right place.
+fn without_trailing_commas(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = bytes.to_vec();
+    let (mut in_string, mut escaped) = (false, false);
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b',' => {
+                let next = bytes[i + 1..].iter().find(|c| !c.is_ascii_whitespace());
+                if matches!(next, Some(b'}' | b']')) {
+                    out[i] = b' ';
+                }
+            }
+            _ => {}
+        }
+    }
+    String::from_utf8(out).expect("only an ASCII byte was replaced")
+}
+
 /// Parses AWS JSON into a raw document.
 ///
 /// # Errors
 /// A problem with line and column for malformed JSON or wrong value types.
 pub fn parse(text: &str, file: Option<&Path>) -> Result<Doc, Vec<Problem>> {
-    let text = text.trim_start_matches('\u{feff}');
-    let d: AwsDescribe = serde_json::from_str(text).map_err(|e| {
+    let text = without_trailing_commas(text.trim_start_matches('\u{feff}'));
+    let d: AwsDescribe = serde_json::from_str(&text).map_err(|e| {
         let mut p = Problem::error(
             format!("cannot read the AWS JSON: {e}"),
             "give the unmodified output of `aws ec2 describe-security-groups` (JSON)",
