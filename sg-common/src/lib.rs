@@ -6,6 +6,7 @@
 
 pub mod conntrack;
 pub mod counters;
+pub mod events;
 pub mod names;
 pub mod policy;
 

@@ -24,6 +24,10 @@ pub const MAP_RULE_HITS: &str = "SG_RULE_HITS";
 /// Connection tables (see [`crate::conntrack`]).
 pub const MAP_CT_V4: &str = "SG_CT_V4";
 pub const MAP_CT_V6: &str = "SG_CT_V6";
+/// Ring buffer of [`crate::events::FlowEvent`] for flow logs.
+pub const MAP_EVENTS: &str = "SG_EVENTS";
+/// Per-CPU count of events not written (rate limit or full buffer).
+pub const MAP_EVENTS_LOST: &str = "SG_EVENTS_LOST";
 /// First-fragment verdicts, LRU.
 pub const MAP_FRAGS: &str = "SG_FRAGS";
 

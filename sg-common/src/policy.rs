@@ -94,6 +94,9 @@ pub struct IfaceConfig {
     pub flags: u32,
     /// Idle timeouts in nanoseconds, indexed by `conntrack::Timeout`.
     pub timeouts_ns: [u64; crate::conntrack::TIMEOUT_SLOTS],
+    /// Flow-log events allowed per second per CPU (0: no events).
+    pub events_per_sec: u32,
+    pub _pad: u32,
 }
 
 /// Rules are enforced. Without it the programs only count (observe mode).
@@ -121,7 +124,7 @@ mod tests {
         assert_eq!(size_of::<PolicyHit>(), 8);
         assert_eq!(
             size_of::<IfaceConfig>(),
-            8 + 8 * crate::conntrack::TIMEOUT_SLOTS
+            8 + 8 * crate::conntrack::TIMEOUT_SLOTS + 8
         );
     }
 

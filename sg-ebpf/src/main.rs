@@ -14,6 +14,7 @@
 
 mod conntrack;
 mod counters;
+mod events;
 mod fragments;
 mod parse;
 mod policy;

@@ -10,7 +10,7 @@ use sg_common::{
 };
 
 use crate::{
-    conntrack, counters, fragments,
+    conntrack, counters, events, fragments,
     parse::{self, NotJudged},
     policy,
 };
@@ -88,15 +88,18 @@ fn judge(start: usize, end: usize, direction: Direction, bytes: u64) -> Reason {
     }
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
+    let (mut rule, mut tracked) = (0, false);
     let reason = if conntrack::track_existing(&pkt, direction, cfg, now, bytes) {
         Reason::PassConntrack
     } else {
         match policy::lookup(&pkt, direction, cfg.generation) {
             None => Reason::DropNoRule,
             Some(hit) => {
+                rule = hit.rule;
                 let untracked = hit.flags & HIT_UNTRACKED != 0
                     || (responds_maybe(&pkt)
                         && policy::reverse_is_untracked(&pkt, direction, cfg.generation));
+                tracked = !untracked;
                 if !untracked
                     && conntrack::create(&pkt, direction, now, bytes, hit.rule, cfg.generation)
                         .is_err()
@@ -109,6 +112,15 @@ fn judge(start: usize, end: usize, direction: Direction, bytes: u64) -> Reason {
             }
         }
     };
+    // Flow logs: new/untracked flows and drops only, never known flows.
+    if reason != Reason::PassConntrack {
+        let judged = events::Judged {
+            reason,
+            tracked,
+            rule,
+        };
+        events::report(&pkt, direction, judged, bytes, now, cfg.events_per_sec);
+    }
     if pkt.fragment.fragmented {
         fragments::remember(&pkt, reason);
     }

@@ -138,6 +138,14 @@ impl Tables {
     }
 }
 
+/// Every entry of an interface, expired ones not yet reclaimed included.
+pub fn list_all(iface: &IfaceId, cfg: &IfaceConfig) -> Result<Vec<Flow>, MapError> {
+    let t = Tables::open(iface)?;
+    let v4 = entries(&t.v4, cfg)?.into_iter().map(|(_, f)| f);
+    let v6 = entries(&t.v6, cfg)?.into_iter().map(|(_, f)| f);
+    Ok(v4.chain(v6).collect())
+}
+
 /// Live flows of an interface (expired entries not yet reclaimed are hidden).
 pub fn list(iface: &IfaceId, cfg: &IfaceConfig) -> Result<Vec<Flow>, MapError> {
     let t = Tables::open(iface)?;

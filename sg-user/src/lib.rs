@@ -12,6 +12,7 @@ pub mod compile;
 pub mod conntrack;
 pub mod demo;
 pub mod discover;
+pub mod flowlog;
 pub mod ifinfo;
 pub mod loader;
 pub mod model;

@@ -15,6 +15,7 @@ use aya::{
 use sg_common::{
     Counter, IfaceConfig,
     conntrack::{DEFAULT_TIMEOUTS_S, TIMEOUT_SLOTS},
+    events::DEFAULT_EVENTS_PER_SEC,
     names,
     policy::{AddrKeyV4, AddrKeyV6, CONFIG_ENFORCE, ClassId, PolicyHit, PortKey},
 };
@@ -175,6 +176,8 @@ impl PolicyMaps {
             generation: policy.generation,
             flags: CONFIG_ENFORCE,
             timeouts_ns: timeouts_ns(timeouts_s),
+            events_per_sec: DEFAULT_EVENTS_PER_SEC,
+            _pad: 0,
         };
         // The switch: one update of one array slot.
         self.config
@@ -193,6 +196,8 @@ impl PolicyMaps {
             generation: 0,
             flags: 0,
             timeouts_ns: timeouts_ns(DEFAULT_TIMEOUTS_S),
+            events_per_sec: 0,
+            _pad: 0,
         };
         self.config
             .set(0, config, 0)

@@ -3,15 +3,16 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
     time::Duration,
 };
 
+mod common;
+
+use common::{A_ONLY, Lab};
 use sg_user::{
     apply::{self, ApplyOptions},
-    compile,
-    model::{self, Model},
-    netns::{Host, Netns, Segment},
+    compile, model,
+    netns::Netns,
     pins::IfaceId,
     policy_maps::PolicyMaps,
     probe::{self, Reach, TcpEcho, TcpServer, TcpSession, UdpEcho, UdpPeer},
@@ -19,83 +20,6 @@ use sg_user::{
 };
 
 const T: Duration = Duration::from_millis(700);
-
-/// Hosts `a` (protected), `b` and `c` on one bridge, and a config file.
-struct Lab {
-    seg: Segment,
-    dir: PathBuf,
-    applied: Vec<IfaceId>,
-}
-
-impl Lab {
-    fn new(tag: &str) -> Lab {
-        let mut seg = Segment::new().expect("segment");
-        for (role, v4, v6) in [
-            ("a", [198, 18, 0, 1], "2001:db8::1"),
-            ("b", [198, 18, 0, 2], "2001:db8::2"),
-            ("c", [198, 19, 0, 3], "2001:db8:c::3"),
-        ] {
-            seg.add_host(role, Ipv4Addr::from(v4), v6.parse().unwrap())
-                .unwrap();
-        }
-        let dir = std::env::temp_dir().join(format!("sg-test-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Lab {
-            seg,
-            dir,
-            applied: Vec::new(),
-        }
-    }
-
-    fn host(&self, role: &str) -> &Host {
-        self.seg.host(role)
-    }
-
-    fn ns(&self, role: &str) -> &Netns {
-        &self.host(role).netns
-    }
-
-    fn addr(&self, role: &str, v6: bool, port: u16) -> SocketAddr {
-        let h = self.host(role);
-        let ip: IpAddr = if v6 { h.ipv6.into() } else { h.ipv4.into() };
-        SocketAddr::new(ip, port)
-    }
-
-    /// Applies `groups_yaml` with an `interfaces:` entry protecting a's eth0
-    /// (`{a}`, `{b}` in the text become the namespaces' names).
-    fn apply_with(&mut self, yaml: &str, opts: &ApplyOptions) -> Model {
-        let text = yaml
-            .replace("{a}", self.ns("a").name())
-            .replace("{b}", self.ns("b").name());
-        let path = self.dir.join("config.yaml");
-        std::fs::write(&path, text).unwrap();
-        let model =
-            apply::load(&path, &[]).unwrap_or_else(|p| panic!("test config invalid: {p:#?}"));
-        for change in apply::apply(&model, opts).expect("apply") {
-            let (iface, ns) = change.iface.split_once('@').expect("namespaced");
-            let id = IfaceId::new(iface, Some(ns));
-            if !self.applied.contains(&id) {
-                self.applied.push(id);
-            }
-        }
-        model
-    }
-
-    fn apply(&mut self, yaml: &str) -> Model {
-        self.apply_with(yaml, &ApplyOptions::default())
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for id in &self.applied {
-            let _ = apply::detach(id);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-const A_ONLY: &str = "interfaces:\n  - { name: eth0, netns: \"{a}\", security_groups: [sg-a], addresses: [198.18.0.1, \"2001:db8::1\"] }\n";
 
 fn tcp(lab: &Lab, from: &str, to: &str, v6: bool, port: u16) -> Reach {
     probe::tcp_connect(lab.ns(from), lab.addr(to, v6, port), T)

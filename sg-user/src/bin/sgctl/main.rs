@@ -43,6 +43,8 @@ enum Command {
     Status(StatusArgs),
     /// List or flush tracked connections of attached interfaces
     Conntrack(ConntrackArgs),
+    /// Stream flow logs (AWS VPC Flow Logs v2 format) of attached interfaces
+    Flows(FlowsArgs),
     /// Stream kernel-side debug logs of an interface attached with --bpf-log
     Logs(IfaceArgs),
     /// Run the built-in demonstration in throwaway network namespaces (root)
@@ -132,6 +134,28 @@ struct ApplyArgs {
 }
 
 #[derive(Args)]
+struct FlowsArgs {
+    /// Only this interface (default: all attached)
+    #[arg(long)]
+    iface: Option<String>,
+    /// Named network namespace of the interface
+    #[arg(long, requires = "iface")]
+    netns: Option<String>,
+    /// Only records with this action
+    #[arg(long, value_parser = ["ACCEPT", "REJECT"])]
+    action: Option<String>,
+    /// Capture window in seconds: one record per flow and direction per window
+    #[arg(long, default_value_t = 10)]
+    window: u64,
+    /// account-id field of the records
+    #[arg(long, default_value = "-")]
+    account_id: String,
+    /// Stop after this many windows (default: until Ctrl-C)
+    #[arg(long)]
+    count: Option<u64>,
+}
+
+#[derive(Args)]
 struct ConntrackArgs {
     #[command(subcommand)]
     action: ConntrackAction,
@@ -199,6 +223,7 @@ fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Apply(args) => apply(args),
         Command::Conntrack(args) => conntrack(args),
+        Command::Flows(args) => flows(args),
         Command::Attach(args) => attach(args),
         Command::Detach(args) => detach(args),
         Command::Status(args) => status(args),
@@ -363,6 +388,47 @@ fn conntrack(args: ConntrackArgs) -> Result<ExitCode> {
         writeln!(out)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn flows(args: FlowsArgs) -> Result<ExitCode> {
+    require_root("sgctl flows")?;
+    let ifaces = match &args.iface {
+        Some(i) => vec![IfaceId::new(i, args.netns.as_deref())],
+        None => pins::attached_ifaces()?,
+    };
+    if ifaces.is_empty() {
+        anyhow::bail!("no interface attached; enforce a config with `sgctl apply -c FILE` first");
+    }
+    let mut collector = sg_user::flowlog::Collector::open(&ifaces, &args.account_id)?;
+    let window = std::time::Duration::from_secs(args.window.max(1));
+    eprintln!(
+        "# {} (window {}s)",
+        sg_user::flowlog::V2_FIELDS.join(" "),
+        window.as_secs()
+    );
+    let mut windows = 0;
+    loop {
+        let end = std::time::Instant::now() + window;
+        while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+            collector.wait(left.min(std::time::Duration::from_millis(500)));
+            collector.drain();
+        }
+        let mut out = std::io::stdout().lock();
+        for r in collector.flush() {
+            let action = match r.action {
+                Some(sg_user::flowlog::Action::Accept) => "ACCEPT",
+                Some(sg_user::flowlog::Action::Reject) => "REJECT",
+                None => "-",
+            };
+            if args.action.as_deref().is_none_or(|a| a == action) && writeln!(out, "{r}").is_err() {
+                return Ok(ExitCode::SUCCESS); // closed pipe: end quietly
+            }
+        }
+        windows += 1;
+        if args.count.is_some_and(|c| windows >= c) {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
 }
 
 fn proto_name(p: u8) -> String {

@@ -1,0 +1,66 @@
+//! Verdict events for flow logs: the kernel writes one [`FlowEvent`] to the
+//! `SG_EVENTS` ring buffer for each packet that a rule admitted as a new (or
+//! untracked) flow and for each dropped packet — never for packets of known
+//! flows or infrastructure traffic. A per-CPU token bucket
+//! (`IfaceConfig::events_per_sec`) bounds the rate, so a flood cannot eat a
+//! CPU; events not written (rate-limited or buffer full) are counted in
+//! `SG_EVENTS_LOST`.
+
+/// One event. Addresses IPv4 in the first 4 bytes; ports in network order
+/// (ICMP: type and code in `dport`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Frame length.
+    pub bytes: u32,
+    /// Rule hash for admitted packets, 0 for drops.
+    pub rule: u32,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    /// `Reason` code.
+    pub reason: u8,
+    /// `Direction`.
+    pub direction: u8,
+    pub proto: u8,
+    /// 1 for IPv6.
+    pub ipv6: u8,
+    /// 1 when the admitted packet opened a tracked flow (its later packets
+    /// are counted in the connection table, not reported).
+    pub tracked: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Per-CPU token bucket state of the event rate limiter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RateLimit {
+    pub tokens: u64,
+    pub last_ns: u64,
+}
+
+/// Ring buffer size (bytes, a power of two ≥ page size).
+pub const EVENTS_RING_BYTES: u32 = 1 << 18;
+/// Default events per second per CPU (and burst).
+pub const DEFAULT_EVENTS_PER_SEC: u32 = 2000;
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::FlowEvent {}
+    unsafe impl aya::Pod for super::RateLimit {}
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn layouts() {
+        assert_eq!(
+            core::mem::size_of::<super::FlowEvent>(),
+            8 + 4 + 4 + 32 + 4 + 4 + 8
+        );
+        assert_eq!(core::mem::size_of::<super::RateLimit>(), 16);
+    }
+}

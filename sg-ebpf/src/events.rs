@@ -1,0 +1,111 @@
+//! Flow-log events: one per new or untracked flow packet and per drop, into
+//! a ring buffer, behind a per-CPU token bucket (see `sg_common::events`).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
+};
+use sg_common::{
+    Direction, Reason,
+    events::{EVENTS_RING_BYTES, FlowEvent, RateLimit},
+};
+
+use crate::parse::Packet;
+
+#[map]
+static SG_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+#[map]
+static SG_EVENTS_RATE: PerCpuArray<RateLimit> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static SG_EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+#[inline(always)]
+fn lost() {
+    if let Some(n) = SG_EVENTS_LOST.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe { *n += 1 };
+    }
+}
+
+/// Takes one token; refills `rate` tokens per second up to a burst of `rate`.
+#[inline(always)]
+fn take_token(rate: u32, now: u64) -> bool {
+    let Some(state) = SG_EVENTS_RATE.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU slot, no other writer.
+    let state = unsafe { &mut *state };
+    let rate = rate as u64;
+    let elapsed = now.saturating_sub(state.last_ns);
+    // Whole tokens earned since the last refill; cap the burst at `rate`.
+    let earned = if elapsed >= NS_PER_SEC {
+        rate
+    } else {
+        elapsed * rate / NS_PER_SEC
+    };
+    if earned > 0 {
+        state.tokens = if state.tokens + earned > rate {
+            rate
+        } else {
+            state.tokens + earned
+        };
+        state.last_ns = now;
+    }
+    if state.tokens == 0 {
+        return false;
+    }
+    state.tokens -= 1;
+    true
+}
+
+/// What the data path decided about a packet it reports.
+pub struct Judged {
+    pub reason: Reason,
+    /// It opened a tracked flow.
+    pub tracked: bool,
+    /// Hash of the admitting rule (0 for drops).
+    pub rule: u32,
+}
+
+/// Reports a judged packet, if the rate allows; counts it as lost otherwise.
+#[inline(always)]
+pub fn report(pkt: &Packet, direction: Direction, judged: Judged, bytes: u64, now: u64, rate: u32) {
+    let Judged {
+        reason,
+        tracked,
+        rule,
+    } = judged;
+    if rate == 0 {
+        return;
+    }
+    if !take_token(rate, now) {
+        lost();
+        return;
+    }
+    let event = FlowEvent {
+        ts_ns: now,
+        bytes: bytes as u32,
+        rule,
+        src: pkt.src,
+        dst: pkt.dst,
+        sport: pkt.sport,
+        dport: if pkt.proto == crate::parse::IPPROTO_ICMP
+            || pkt.proto == crate::parse::IPPROTO_ICMPV6
+        {
+            pkt.policy_port.to_be_bytes()
+        } else {
+            pkt.dport
+        },
+        reason: reason as u8,
+        direction: direction as u8,
+        proto: pkt.proto,
+        ipv6: pkt.ipv6 as u8,
+        tracked: tracked as u8,
+        _pad: [0; 7],
+    };
+    if SG_EVENTS.output::<FlowEvent>(&event, 0).is_err() {
+        lost();
+    }
+}

@@ -1,0 +1,351 @@
+//! Flow logs in the AWS VPC Flow Logs default format (version 2):
+//!
+//! `version account-id interface-id srcaddr dstaddr srcport dstport protocol
+//! packets bytes start end action log-status`
+//!
+//! Records are aggregated per flow and direction over a capture window from
+//! two sources: kernel events (new untracked flows' packets, drops) read from
+//! each interface's `SG_EVENTS` ring buffer, and the growth of tracked flows'
+//! counters in the connection table. When the kernel could not report some
+//! events (rate limit, full buffer), that interface's records of the window
+//! say `SKIPDATA`; an interface with no traffic gets one `NODATA` record.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::IpAddr,
+    os::fd::{AsRawFd, RawFd},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result};
+use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
+use sg_common::{Direction, Reason, events::FlowEvent, names};
+
+use crate::{conntrack, pins::IfaceId, policy_maps::PolicyMaps};
+
+/// The field names of the version 2 format, in order.
+pub const V2_FIELDS: [&str; 14] = [
+    "version",
+    "account-id",
+    "interface-id",
+    "srcaddr",
+    "dstaddr",
+    "srcport",
+    "dstport",
+    "protocol",
+    "packets",
+    "bytes",
+    "start",
+    "end",
+    "action",
+    "log-status",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum Action {
+    #[serde(rename = "ACCEPT")]
+    Accept,
+    #[serde(rename = "REJECT")]
+    Reject,
+}
+
+/// One flow-log line.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FlowRecord {
+    pub account_id: String,
+    pub interface_id: String,
+    /// `None` in a NODATA record.
+    pub flow: Option<FlowKey>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub start: u64,
+    pub end: u64,
+    pub action: Option<Action>,
+    pub log_status: &'static str,
+}
+
+/// The 5-tuple of one direction of a flow, as VPC Flow Logs report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct FlowKey {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+impl fmt::Display for FlowRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dash = || "-".to_string();
+        let (src, dst, sport, dport, proto) = match &self.flow {
+            Some(k) => (
+                k.src.to_string(),
+                k.dst.to_string(),
+                k.sport.to_string(),
+                k.dport.to_string(),
+                k.proto.to_string(),
+            ),
+            None => (dash(), dash(), dash(), dash(), dash()),
+        };
+        let (packets, bytes, action) = match self.action {
+            Some(a) => (
+                self.packets.to_string(),
+                self.bytes.to_string(),
+                if a == Action::Accept {
+                    "ACCEPT"
+                } else {
+                    "REJECT"
+                }
+                .to_string(),
+            ),
+            None => (dash(), dash(), dash()),
+        };
+        write!(
+            f,
+            "2 {} {} {src} {dst} {sport} {dport} {proto} {packets} {bytes} {} {} {action} {}",
+            self.account_id, self.interface_id, self.start, self.end, self.log_status
+        )
+    }
+}
+
+#[derive(Default)]
+struct Agg {
+    packets: u64,
+    bytes: u64,
+}
+
+/// Collects one interface's events and conntrack growth.
+struct Source {
+    id: IfaceId,
+    ring: RingBuf<MapData>,
+    lost: PerCpuArray<MapData, u64>,
+    lost_seen: u64,
+    /// Counters of tracked flows at the last window: (key, direction) → (packets, bytes).
+    ct_seen: HashMap<(FlowKey, u8), (u64, u64)>,
+    window: BTreeMap<(FlowKey, Action), Agg>,
+}
+
+/// Reads flow events of attached interfaces and turns them into records.
+pub struct Collector {
+    sources: Vec<Source>,
+    pub account_id: String,
+    window_start: u64,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn lost_total(map: &PerCpuArray<MapData, u64>) -> u64 {
+    map.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+}
+
+impl Collector {
+    /// Opens the ring buffers of `ifaces` (which must be attached).
+    pub fn open(ifaces: &[IfaceId], account_id: &str) -> Result<Collector> {
+        let mut sources = Vec::new();
+        for id in ifaces {
+            let dir = id.dir();
+            let ring = MapData::from_pin(dir.join(names::MAP_EVENTS)).with_context(|| {
+                format!("{id}: no event ring buffer pinned; attach it again with this sgctl")
+            })?;
+            let ring = RingBuf::try_from(Map::RingBuf(ring))?;
+            let lost = PerCpuArray::try_from(Map::PerCpuArray(MapData::from_pin(
+                dir.join(names::MAP_EVENTS_LOST),
+            )?))?;
+            let lost_seen = lost_total(&lost);
+            let mut source = Source {
+                id: id.clone(),
+                ring,
+                lost,
+                lost_seen,
+                ct_seen: HashMap::new(),
+                window: BTreeMap::new(),
+            };
+            // Flows that existed before we started are not this window's.
+            source.ct_growth();
+            source.window.clear();
+            sources.push(source);
+        }
+        Ok(Collector {
+            sources,
+            account_id: account_id.to_string(),
+            window_start: unix_now(),
+        })
+    }
+
+    /// File descriptors to wait on (readable when events are pending).
+    pub fn fds(&self) -> Vec<RawFd> {
+        self.sources.iter().map(|s| s.ring.as_raw_fd()).collect()
+    }
+
+    /// Moves every pending event into the current window.
+    pub fn drain(&mut self) {
+        for s in &mut self.sources {
+            while let Some(item) = s.ring.next() {
+                if item.len() < std::mem::size_of::<FlowEvent>() {
+                    continue;
+                }
+                // SAFETY: the kernel wrote a FlowEvent; read unaligned.
+                let e: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                let Some(reason) = Reason::from_code(e.reason as u32) else {
+                    continue;
+                };
+                // Tracked flows are counted from the connection table.
+                if !reason.is_drop() && e.tracked != 0 {
+                    continue;
+                }
+                let key = event_key(&e);
+                let action = if reason.is_drop() {
+                    Action::Reject
+                } else {
+                    Action::Accept
+                };
+                let agg = s.window.entry((key, action)).or_default();
+                agg.packets += 1;
+                agg.bytes += u64::from(e.bytes);
+            }
+        }
+    }
+
+    /// Ends the current window: records of every interface, in order.
+    pub fn flush(&mut self) -> Vec<FlowRecord> {
+        self.drain();
+        let (start, end) = (self.window_start, unix_now().max(self.window_start));
+        self.window_start = end;
+        let mut out = Vec::new();
+        for s in &mut self.sources {
+            s.ct_growth();
+            let lost = lost_total(&s.lost);
+            let status = if lost > s.lost_seen { "SKIPDATA" } else { "OK" };
+            s.lost_seen = lost;
+            let window = std::mem::take(&mut s.window);
+            let record = |flow, action, packets, bytes| FlowRecord {
+                account_id: self.account_id.clone(),
+                interface_id: s.id.to_string(),
+                flow,
+                packets,
+                bytes,
+                start,
+                end,
+                action,
+                log_status: status,
+            };
+            if window.is_empty() {
+                out.push(FlowRecord {
+                    log_status: if status == "OK" { "NODATA" } else { status },
+                    ..record(None, None, 0, 0)
+                });
+            }
+            for ((key, action), agg) in window {
+                out.push(record(Some(key), Some(action), agg.packets, agg.bytes));
+            }
+        }
+        out
+    }
+
+    /// Waits until events are pending or `timeout` passes.
+    pub fn wait(&self, timeout: Duration) {
+        let mut fds: Vec<libc::pollfd> = self
+            .fds()
+            .into_iter()
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: a valid array of pollfd.
+        unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                timeout.as_millis() as i32,
+            )
+        };
+    }
+}
+
+impl Source {
+    /// Adds the growth of tracked flows' counters since the last call.
+    fn ct_growth(&mut self) {
+        let Ok(cfg) = PolicyMaps::from_pins(&self.id.dir()).and_then(|m| m.config()) else {
+            return;
+        };
+        let Ok(flows) = conntrack::list_all(&self.id, &cfg) else {
+            return;
+        };
+        let mut seen = HashMap::new();
+        for f in flows {
+            for (direction, packets, bytes) in [
+                (Direction::Inbound, f.packets_in, f.bytes_in),
+                (Direction::Outbound, f.packets_out, f.bytes_out),
+            ] {
+                let key = if direction == Direction::Inbound {
+                    FlowKey {
+                        src: f.remote,
+                        dst: f.local,
+                        sport: f.remote_port,
+                        dport: f.local_port,
+                        proto: f.proto,
+                    }
+                } else {
+                    FlowKey {
+                        src: f.local,
+                        dst: f.remote,
+                        sport: f.local_port,
+                        dport: f.remote_port,
+                        proto: f.proto,
+                    }
+                };
+                let slot = (key, direction as u8);
+                let (p0, b0) = self.ct_seen.get(&slot).copied().unwrap_or((0, 0));
+                // A reused key (new flow) starts again from zero.
+                let (dp, db) = if packets >= p0 {
+                    (packets - p0, bytes.saturating_sub(b0))
+                } else {
+                    (packets, bytes)
+                };
+                if dp > 0 {
+                    let agg = self.window.entry((key, Action::Accept)).or_default();
+                    agg.packets += dp;
+                    agg.bytes += db;
+                }
+                seen.insert(slot, (packets, bytes));
+            }
+        }
+        self.ct_seen = seen;
+    }
+}
+
+fn event_key(e: &FlowEvent) -> FlowKey {
+    let addr = |a: [u8; 16]| -> IpAddr {
+        if e.ipv6 != 0 {
+            a.into()
+        } else {
+            IpAddr::from([a[0], a[1], a[2], a[3]])
+        }
+    };
+    FlowKey {
+        src: addr(e.src),
+        dst: addr(e.dst),
+        sport: u16::from_be_bytes(e.sport),
+        dport: u16::from_be_bytes(e.dport),
+        proto: e.proto,
+    }
+}
+
+/// Parses a version 2 line back into its fields (for tests and tools).
+pub fn parse_v2(line: &str) -> Option<BTreeMap<&'static str, String>> {
+    let parts: Vec<&str> = line.split(' ').collect();
+    (parts.len() == V2_FIELDS.len() && parts[0] == "2").then(|| {
+        V2_FIELDS
+            .iter()
+            .copied()
+            .zip(parts.into_iter().map(str::to_string))
+            .collect()
+    })
+}

@@ -1,0 +1,92 @@
+//! Shared by the netns test files: a small lab of namespaces with a config
+//! applied through the same code as `sgctl apply`, cleaned up on drop.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+};
+
+use sg_user::{
+    apply::{self, ApplyOptions},
+    model::Model,
+    netns::{Host, Netns, Segment},
+    pins::IfaceId,
+};
+
+/// Hosts `a` (protected), `b` and `c` on one bridge, and a config file.
+pub struct Lab {
+    pub seg: Segment,
+    pub dir: PathBuf,
+    pub applied: Vec<IfaceId>,
+}
+
+impl Lab {
+    pub fn new(tag: &str) -> Lab {
+        let mut seg = Segment::new().expect("segment");
+        for (role, v4, v6) in [
+            ("a", [198, 18, 0, 1], "2001:db8::1"),
+            ("b", [198, 18, 0, 2], "2001:db8::2"),
+            ("c", [198, 19, 0, 3], "2001:db8:c::3"),
+        ] {
+            seg.add_host(role, Ipv4Addr::from(v4), v6.parse().unwrap())
+                .unwrap();
+        }
+        let dir = std::env::temp_dir().join(format!("sg-test-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Lab {
+            seg,
+            dir,
+            applied: Vec::new(),
+        }
+    }
+
+    pub fn host(&self, role: &str) -> &Host {
+        self.seg.host(role)
+    }
+
+    pub fn ns(&self, role: &str) -> &Netns {
+        &self.host(role).netns
+    }
+
+    pub fn addr(&self, role: &str, v6: bool, port: u16) -> SocketAddr {
+        let h = self.host(role);
+        let ip: IpAddr = if v6 { h.ipv6.into() } else { h.ipv4.into() };
+        SocketAddr::new(ip, port)
+    }
+
+    /// Applies `groups_yaml` with an `interfaces:` entry protecting a's eth0
+    /// (`{a}`, `{b}` in the text become the namespaces' names).
+    pub fn apply_with(&mut self, yaml: &str, opts: &ApplyOptions) -> Model {
+        let text = yaml
+            .replace("{a}", self.ns("a").name())
+            .replace("{b}", self.ns("b").name());
+        let path = self.dir.join("config.yaml");
+        std::fs::write(&path, text).unwrap();
+        let model =
+            apply::load(&path, &[]).unwrap_or_else(|p| panic!("test config invalid: {p:#?}"));
+        for change in apply::apply(&model, opts).expect("apply") {
+            let (iface, ns) = change.iface.split_once('@').expect("namespaced");
+            let id = IfaceId::new(iface, Some(ns));
+            if !self.applied.contains(&id) {
+                self.applied.push(id);
+            }
+        }
+        model
+    }
+
+    pub fn apply(&mut self, yaml: &str) -> Model {
+        self.apply_with(yaml, &ApplyOptions::default())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for id in &self.applied {
+            let _ = apply::detach(id);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub const A_ONLY: &str = "interfaces:\n  - { name: eth0, netns: \"{a}\", security_groups: [sg-a], addresses: [198.18.0.1, \"2001:db8::1\"] }\n";

@@ -1,0 +1,93 @@
+//! Flow logs from real traffic: kernel events and conntrack growth become
+//! AWS VPC Flow Logs v2 records. Needs root.
+
+mod common;
+
+use std::{
+    net::{Ipv6Addr, SocketAddr},
+    time::Duration,
+};
+
+use common::{A_ONLY, Lab};
+use sg_user::{
+    flowlog::{Action, Collector, V2_FIELDS, parse_v2},
+    pins::IfaceId,
+    probe::{self, Reach, TcpServer},
+    require_root,
+};
+
+#[test]
+fn accepted_and_rejected_flows_become_v2_records() {
+    require_root!();
+    let mut lab = Lab::new("flowlog");
+    let _srv = [80u16, 22].map(|p| {
+        TcpServer::start(
+            lab.ns("a"),
+            SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), p),
+        )
+        .unwrap()
+    });
+    lab.apply(&format!(
+        "security_groups:\n  - id: sg-a\n    ingress:\n      - {{ protocol: tcp, ports: 80, cidr: 198.18.0.2/32 }}\n{A_ONLY}"
+    ));
+    let id = IfaceId::new("eth0", Some(lab.ns("a").name()));
+    let mut collector = Collector::open(std::slice::from_ref(&id), "123456789012").unwrap();
+    let t = Duration::from_millis(500);
+    assert_eq!(
+        probe::tcp_connect(lab.ns("b"), lab.addr("a", false, 80), t),
+        Reach::Connected
+    );
+    assert_eq!(
+        probe::tcp_connect(lab.ns("b"), lab.addr("a", false, 22), t),
+        Reach::Timeout
+    );
+    let records = collector.flush();
+    let lines: Vec<String> = records.iter().map(ToString::to_string).collect();
+    for line in &lines {
+        let fields = parse_v2(line).unwrap_or_else(|| panic!("not a v2 record: {line}"));
+        assert_eq!(fields.len(), V2_FIELDS.len());
+        assert_eq!(fields["account-id"], "123456789012");
+        assert_eq!(fields["interface-id"], id.to_string());
+        assert!(fields["start"].parse::<u64>().unwrap() <= fields["end"].parse::<u64>().unwrap());
+        assert!(
+            ["ACCEPT", "REJECT"].contains(&fields["action"].as_str()),
+            "{line}"
+        );
+        assert_eq!(fields["log-status"], "OK", "{line}");
+    }
+    let find = |action, dport: u16, inbound: bool| {
+        records.iter().find(|r| {
+            let k = r.flow.unwrap();
+            r.action == Some(action)
+                && (if inbound { k.dport } else { k.sport }) == dport
+                && k.proto == 6
+        })
+    };
+    let accepted_in =
+        find(Action::Accept, 80, true).unwrap_or_else(|| panic!("ACCEPT b→a:80 in {lines:#?}"));
+    assert!(
+        accepted_in.packets >= 2 && accepted_in.bytes > 0,
+        "SYN and ACK at least: {accepted_in:?}"
+    );
+    assert_eq!(accepted_in.flow.unwrap().src, lab.addr("b", false, 0).ip());
+    assert!(
+        find(Action::Accept, 80, false).is_some(),
+        "the replies a→b: {lines:#?}"
+    );
+    let rejected =
+        find(Action::Reject, 22, true).unwrap_or_else(|| panic!("REJECT b→a:22 in {lines:#?}"));
+    assert!(rejected.packets >= 1);
+    assert!(
+        find(Action::Accept, 22, true).is_none(),
+        "nothing accepted on 22"
+    );
+
+    // A quiet window: one NODATA record.
+    let quiet = collector.flush();
+    assert_eq!(quiet.len(), 1, "{quiet:?}");
+    let fields = parse_v2(&quiet[0].to_string()).unwrap();
+    assert_eq!(
+        (fields["action"].as_str(), fields["log-status"].as_str()),
+        ("-", "NODATA")
+    );
+}
