@@ -32,6 +32,7 @@ pub struct CounterRow {
 #[derive(serde::Serialize)]
 pub struct RuleHitRow {
     pub rule: String,
+    pub group: String,
     pub description: Option<String>,
     pub packets: u64,
     pub bytes: u64,
@@ -56,10 +57,11 @@ pub fn iface_status(id: IfaceId) -> Result<IfaceStatus> {
         .into_iter()
         .filter_map(|(hash, c)| {
             // Counters of rules that left the config are not shown.
-            let (rule, description) = state.rules.get(&hash)?.clone();
+            let info = state.rules.get(&hash)?.clone();
             Some(RuleHitRow {
-                rule,
-                description,
+                rule: info.id,
+                group: info.group,
+                description: info.description,
                 packets: c.packets,
                 bytes: c.bytes,
             })

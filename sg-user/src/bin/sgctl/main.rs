@@ -315,6 +315,11 @@ fn apply(args: ApplyArgs) -> Result<ExitCode> {
     for c in sg_user::apply::apply(&model, &opts)? {
         match c.action {
             "detached" => println!("{:<24} detached (no longer in the config)", c.iface),
+            "absent" => println!(
+                "{:<24} not present on this machine; skipped (`sgctl run` attaches it when it appears)",
+                c.iface
+            ),
+            "unchanged" => println!("{:<24} unchanged, generation {}", c.iface, c.generation),
             action => println!(
                 "{:<24} {action}, generation {}{}",
                 c.iface,
