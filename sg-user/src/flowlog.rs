@@ -75,17 +75,30 @@ pub struct FlowKey {
     pub proto: u8,
 }
 
+/// VPC Flow Logs report ports only for TCP and UDP; ICMP and other
+/// protocols show 0 (the echo identifier or type/code are not ports).
+fn ports_of(proto: u8, sport: u16, dport: u16) -> (u16, u16) {
+    if proto == 6 || proto == 17 {
+        (sport, dport)
+    } else {
+        (0, 0)
+    }
+}
+
 impl fmt::Display for FlowRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let dash = || "-".to_string();
         let (src, dst, sport, dport, proto) = match &self.flow {
-            Some(k) => (
-                k.src.to_string(),
-                k.dst.to_string(),
-                k.sport.to_string(),
-                k.dport.to_string(),
-                k.proto.to_string(),
-            ),
+            Some(k) => {
+                let (sport, dport) = ports_of(k.proto, k.sport, k.dport);
+                (
+                    k.src.to_string(),
+                    k.dst.to_string(),
+                    sport.to_string(),
+                    dport.to_string(),
+                    k.proto.to_string(),
+                )
+            }
             None => (dash(), dash(), dash(), dash(), dash()),
         };
         let (packets, bytes, action) = match self.action {

@@ -10,11 +10,13 @@
 pub mod apply;
 pub mod compile;
 pub mod conntrack;
+pub mod daemon;
 pub mod demo;
 pub mod discover;
 pub mod flowlog;
 pub mod ifinfo;
 pub mod loader;
+pub mod metrics;
 pub mod model;
 pub mod netns;
 pub mod packet;

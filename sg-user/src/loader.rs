@@ -519,3 +519,17 @@ pub fn read_rule_hits(iface: &IfaceId) -> Result<BTreeMap<u32, Counter>, LoaderE
     }
     Ok(hits)
 }
+
+/// Flow-log events the kernel could not report (rate limit, full buffer).
+pub fn read_events_lost(iface: &IfaceId) -> Result<u64, LoaderError> {
+    let path = iface.dir().join(names::MAP_EVENTS_LOST);
+    let pinned_error = |detail: String| LoaderError::Pinned {
+        path: path.display().to_string(),
+        detail,
+    };
+    let data = MapData::from_pin(&path).map_err(|e| pinned_error(e.to_string()))?;
+    let map: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(|e| pinned_error(e.to_string()))?;
+    let values = map.get(&0, 0).map_err(|e| pinned_error(e.to_string()))?;
+    Ok(values.iter().sum())
+}

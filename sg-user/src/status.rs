@@ -18,6 +18,7 @@ pub struct IfaceStatus {
     pub conntrack_entries: usize,
     pub conntrack_capacity: u32,
     pub rule_hits: Vec<RuleHitRow>,
+    pub events_lost: u64,
 }
 
 #[derive(serde::Serialize)]
@@ -68,6 +69,7 @@ pub fn iface_status(id: IfaceId) -> Result<IfaceStatus> {
         })
         .collect();
     rule_hits.sort_by(|a, b| a.rule.cmp(&b.rule));
+    let events_lost = loader::read_events_lost(&id)?;
     Ok(IfaceStatus {
         iface: id,
         mode: if cfg.flags & sg_common::policy::CONFIG_ENFORCE != 0 {
@@ -82,6 +84,7 @@ pub fn iface_status(id: IfaceId) -> Result<IfaceStatus> {
         conntrack_entries,
         conntrack_capacity,
         rule_hits,
+        events_lost,
     })
 }
 

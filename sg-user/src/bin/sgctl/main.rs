@@ -35,6 +35,8 @@ struct Cli {
 enum Command {
     /// Enforce a config: attach to its interfaces, or update their policy atomically
     Apply(ApplyArgs),
+    /// Keep a config enforced: reload on change or SIGHUP, follow interfaces, serve metrics
+    Run(RunArgs),
     /// Attach the programs without rules: count every packet, pass everything
     Attach(AttachArgs),
     /// Detach the programs from an interface, or from all interfaces
@@ -155,6 +157,48 @@ struct FlowsArgs {
     count: Option<u64>,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    cfg: offline::ConfigArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9977
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// Write flow logs (VPC Flow Logs v2 format) to this file, rotated by size
+    #[arg(long, value_name = "FILE")]
+    flow_log: Option<std::path::PathBuf>,
+    /// Rotate the flow log beyond this many bytes (three old files are kept)
+    #[arg(long, default_value_t = 64 << 20)]
+    flow_log_max_bytes: u64,
+    /// Flow-log capture window in seconds
+    #[arg(long, default_value_t = 60)]
+    flow_window: u64,
+    /// account-id field of flow-log records
+    #[arg(long, default_value = "-")]
+    account_id: String,
+    /// Detach everything this config attached when stopping (default: leave enforcement in place)
+    #[arg(long)]
+    detach_on_exit: bool,
+    /// Log format
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Seconds between reclaiming expired connection-table entries
+    #[arg(long, default_value_t = 30)]
+    gc_interval: u64,
+    /// Ingress hook for newly attached interfaces
+    #[arg(long, value_enum, default_value_t)]
+    ingress_hook: IngressHook,
+    /// Capacity of each connection table of newly attached interfaces
+    #[arg(long, default_value_t = loader::DEFAULT_CONNTRACK_ENTRIES)]
+    conntrack_entries: u32,
+}
+
 #[derive(Args)]
 struct ConntrackArgs {
     #[command(subcommand)]
@@ -209,7 +253,23 @@ fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    if let Command::Run(args) = &cli.command {
+        // The daemon logs through `tracing` (and `log` records through it).
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(if cli.verbose > 0 { "debug" } else { "info" })
+        });
+        use std::io::IsTerminal;
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr);
+        match args.log_format {
+            LogFormat::Json => builder.json().init(),
+            LogFormat::Text => builder.init(),
+        }
+    } else {
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    }
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -222,6 +282,7 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Apply(args) => apply(args),
+        Command::Run(args) => daemon(args),
         Command::Conntrack(args) => conntrack(args),
         Command::Flows(args) => flows(args),
         Command::Attach(args) => attach(args),
@@ -332,6 +393,35 @@ fn apply(args: ApplyArgs) -> Result<ExitCode> {
             ),
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn daemon(args: RunArgs) -> Result<ExitCode> {
+    require_root("sgctl run")?;
+    let opts = sg_user::daemon::DaemonOptions {
+        config: args.cfg.config.clone(),
+        attach: args.cfg.attach.clone(),
+        apply: sg_user::apply::ApplyOptions {
+            attach: AttachOptions {
+                ingress_hook: args.ingress_hook,
+                conntrack_entries: args.conntrack_entries,
+                ..AttachOptions::default()
+            },
+            revoke: false,
+        },
+        metrics: args.metrics,
+        flow_log: args.flow_log.clone(),
+        flow_log_max_bytes: args.flow_log_max_bytes,
+        flow_window: std::time::Duration::from_secs(args.flow_window.max(1)),
+        account_id: args.account_id.clone(),
+        detach_on_exit: args.detach_on_exit,
+        gc_interval: std::time::Duration::from_secs(args.gc_interval.max(1)),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(sg_user::daemon::run(opts))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -452,11 +542,30 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
         .into_iter()
         .map(sg_user::status::iface_status)
         .collect::<Result<Vec<_>>>()?;
+    let daemon = sg_user::daemon::read_state().filter(sg_user::daemon::is_running);
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &all)?;
+        let doc = serde_json::json!({ "daemon": daemon, "interfaces": all });
+        serde_json::to_writer_pretty(&mut out, &doc)?;
         writeln!(out)?;
-    } else if all.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(d) = &daemon {
+        let last = match (&d.last_error, d.last_reload_ok) {
+            (_, true) => "last reload ok".to_string(),
+            (Some(e), false) => format!("LAST RELOAD FAILED, running policy kept: {e}"),
+            (None, false) => "no reload yet".to_string(),
+        };
+        writeln!(
+            out,
+            "daemon: pid {} on {} — {last} ({} ok, {} failed)",
+            d.pid,
+            d.config.display(),
+            d.reloads_ok,
+            d.reloads_failed
+        )?;
+    }
+    if all.is_empty() {
         writeln!(
             out,
             "no interface attached; enforce a config with `sgctl apply -c FILE`"

@@ -1,0 +1,601 @@
+//! `sgctl run`: apply a config and keep it applied.
+//!
+//! - Reloads when the config file changes (inotify on its directory,
+//!   debounced) and on SIGHUP. An invalid config changes nothing: the
+//!   running policy stays, the error is logged and shown in status and
+//!   metrics.
+//! - Interfaces come and go: link and address events (netlink, one socket per
+//!   namespace the config names) and namespaces appearing or disappearing
+//!   under /run/netns (inotify) trigger a reconcile — no polling.
+//! - Exits on SIGTERM/SIGINT leaving enforcement pinned in place (unless
+//!   `--detach-on-exit`); a new `sgctl run` adopts it: unchanged policies are
+//!   not even reinstalled, counters and connections continue.
+
+use std::{
+    collections::BTreeMap,
+    ffi::OsString,
+    io::Write as _,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    apply::{self, ApplyOptions, STATE_DIR},
+    discover::KernelAddresses,
+    flowlog::Collector,
+    metrics,
+    model::{Attachment, Model},
+    netns::{NETNS_RUN_DIR, in_netns},
+    pins::{self, IfaceId},
+};
+
+/// Everything `sgctl run` is told.
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
+    pub config: PathBuf,
+    pub attach: Vec<Attachment>,
+    pub apply: ApplyOptions,
+    pub metrics: Option<std::net::SocketAddr>,
+    pub flow_log: Option<PathBuf>,
+    pub flow_log_max_bytes: u64,
+    pub flow_window: Duration,
+    pub account_id: String,
+    pub detach_on_exit: bool,
+    pub gc_interval: Duration,
+}
+
+/// What the daemon publishes in /run/sgctl/daemon.json (for `sgctl status`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DaemonState {
+    pub pid: u32,
+    pub config: PathBuf,
+    pub started: u64,
+    /// Result of the last reload attempt.
+    pub last_reload_ok: bool,
+    pub last_reload_at: u64,
+    pub last_error: Option<String>,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    /// Generation in force per interface (`NAME@NETNS`), 0 when absent.
+    pub generations: BTreeMap<String, u32>,
+}
+
+pub fn state_path() -> PathBuf {
+    Path::new(STATE_DIR).join("daemon.json")
+}
+
+/// The published state, if a daemon is (or was last) running.
+pub fn read_state() -> Option<DaemonState> {
+    serde_json::from_slice(&std::fs::read(state_path()).ok()?).ok()
+}
+
+/// True when the pid in the state file is alive.
+pub fn is_running(state: &DaemonState) -> bool {
+    Path::new(&format!("/proc/{}", state.pid)).exists()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[derive(Debug)]
+enum Event {
+    /// Re-read the config (file change, SIGHUP).
+    Reload(&'static str),
+    /// Interfaces, addresses or namespaces changed.
+    Reconcile(String),
+    Gc,
+    FlowDrain,
+    FlowWindow,
+    Shutdown(&'static str),
+}
+
+struct Daemon {
+    opts: DaemonOptions,
+    state: Arc<Mutex<DaemonState>>,
+    last_good: Option<Model>,
+    tx: mpsc::UnboundedSender<Event>,
+    /// Netlink watchers by namespace (None = the daemon's own).
+    watchers: BTreeMap<Option<String>, tokio::task::JoinHandle<()>>,
+    flows: Option<FlowLog>,
+}
+
+/// Runs until SIGTERM/SIGINT.
+pub async fn run(opts: DaemonOptions) -> Result<()> {
+    pins::ensure_bpffs()?;
+    std::fs::create_dir_all(STATE_DIR)?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let state = Arc::new(Mutex::new(DaemonState {
+        pid: std::process::id(),
+        config: opts.config.clone(),
+        started: unix_now(),
+        ..DaemonState::default()
+    }));
+    spawn_signal(&tx, SignalKind::hangup(), Event::Reload("SIGHUP"))?;
+    spawn_signal(&tx, SignalKind::terminate(), Event::Shutdown("SIGTERM"))?;
+    spawn_signal(&tx, SignalKind::interrupt(), Event::Shutdown("SIGINT"))?;
+    spawn_config_watch(&tx, &opts.config)?;
+    spawn_netns_watch(&tx)?;
+    spawn_tick(&tx, opts.gc_interval, || Event::Gc);
+    if let Some(addr) = opts.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening for metrics on {addr} (is the port in use?)"))?;
+        info!(%addr, "serving Prometheus metrics at /metrics");
+        tokio::spawn(metrics::serve(listener, state.clone()));
+    }
+    let flows = match &opts.flow_log {
+        Some(path) => {
+            spawn_tick(&tx, Duration::from_millis(500), || Event::FlowDrain);
+            spawn_tick(&tx, opts.flow_window, || Event::FlowWindow);
+            Some(FlowLog::new(
+                path.clone(),
+                opts.flow_log_max_bytes,
+                &opts.account_id,
+            )?)
+        }
+        None => None,
+    };
+    let mut daemon = Daemon {
+        opts,
+        state,
+        last_good: None,
+        tx,
+        watchers: BTreeMap::new(),
+        flows,
+    };
+    daemon.reload("start");
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Reload(why) => {
+                // Coalesce a burst of events into one reload.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                while let Ok(Event::Reload(_) | Event::Reconcile(_)) = rx.try_recv() {}
+                daemon.reload(why);
+            }
+            Event::Reconcile(why) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                while let Ok(Event::Reconcile(_)) = rx.try_recv() {}
+                daemon.reconcile(&why);
+            }
+            Event::Gc => daemon.gc(),
+            Event::FlowDrain => {
+                if let Some(f) = &mut daemon.flows {
+                    f.drain();
+                }
+            }
+            Event::FlowWindow => {
+                if let Some(f) = &mut daemon.flows {
+                    f.window();
+                }
+            }
+            Event::Shutdown(why) => {
+                info!(signal = why, "stopping");
+                break;
+            }
+        }
+    }
+    if let Some(f) = &mut daemon.flows {
+        f.window();
+    }
+    if daemon.opts.detach_on_exit {
+        for id in daemon.attached() {
+            match apply::detach(&id) {
+                Ok(()) => info!(iface = %id, "detached (--detach-on-exit)"),
+                Err(e) => warn!(iface = %id, "detach failed: {e:#}"),
+            }
+        }
+    } else {
+        info!(
+            "enforcement stays in place (pinned); `sgctl run` adopts it, `sgctl detach --all` removes it"
+        );
+    }
+    let _ = std::fs::remove_file(state_path());
+    Ok(())
+}
+
+impl Daemon {
+    fn reload(&mut self, why: &str) {
+        match apply::load(&self.opts.config, &self.opts.attach) {
+            Ok(model) => {
+                for w in &model.warnings {
+                    warn!("{w}");
+                }
+                self.enforce(model, why, true);
+            }
+            Err(problems) => {
+                let text: Vec<String> = problems
+                    .iter()
+                    .filter(|p| p.is_error())
+                    .map(|p| p.to_string())
+                    .collect();
+                error!(
+                    config = %self.opts.config.display(),
+                    problems = text.len(),
+                    "config invalid, keeping the running policy:\n{}",
+                    text.join("\n")
+                );
+                let mut s = self.state.lock().expect("state lock");
+                s.last_reload_ok = false;
+                s.last_reload_at = unix_now();
+                s.last_error = Some(text.join("; "));
+                s.reloads_failed += 1;
+                drop(s);
+                self.publish();
+            }
+        }
+    }
+
+    /// Re-discovers addresses and applies the last good model again.
+    fn reconcile(&mut self, why: &str) {
+        let Some(mut model) = self.last_good.clone() else {
+            return self.reload(why);
+        };
+        model.rediscover(&KernelAddresses);
+        self.enforce(model, why, false);
+    }
+
+    /// Applies `model`; `reload` says whether this was a config reload (whose
+    /// result status and metrics report) or a reconcile.
+    fn enforce(&mut self, model: Model, why: &str, reload: bool) {
+        match apply::apply(&model, &self.opts.apply) {
+            Ok(changes) => {
+                let mut generations = BTreeMap::new();
+                for c in &changes {
+                    if c.action != "unchanged" {
+                        info!(iface = %c.iface, action = c.action, generation = c.generation, trigger = why, "applied");
+                    }
+                    if c.action != "detached" {
+                        generations.insert(c.iface.clone(), c.generation);
+                    }
+                }
+                let mut s = self.state.lock().expect("state lock");
+                if reload {
+                    s.last_reload_ok = true;
+                    s.last_reload_at = unix_now();
+                    s.last_error = None;
+                    s.reloads_ok += 1;
+                }
+                s.generations = generations;
+                drop(s);
+                self.watch_namespaces(&model);
+                self.last_good = Some(model);
+                let attached = self.attached();
+                if let Some(f) = &mut self.flows {
+                    f.reopen(&attached);
+                }
+            }
+            Err(e) => {
+                error!(
+                    trigger = why,
+                    "applying failed, the previous policy stays where it was not replaced: {e:#}"
+                );
+                let mut s = self.state.lock().expect("state lock");
+                s.last_reload_ok = false;
+                s.last_reload_at = unix_now();
+                s.last_error = Some(format!("{e:#}"));
+                s.reloads_failed += 1;
+            }
+        }
+        self.publish();
+    }
+
+    fn attached(&self) -> Vec<IfaceId> {
+        let generations = self.state.lock().expect("state lock").generations.clone();
+        pins::attached_ifaces()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|id| generations.get(&id.to_string()).is_some_and(|g| *g != 0))
+            .collect()
+    }
+
+    fn gc(&mut self) {
+        for id in self.attached() {
+            let reclaimed = crate::policy_maps::PolicyMaps::from_pins(&id.dir())
+                .map_err(anyhow::Error::from)
+                .and_then(|m| Ok(crate::conntrack::reclaim_expired(&id, &m.config()?)?));
+            match reclaimed {
+                Ok(0) => {}
+                Ok(n) => info!(iface = %id, reclaimed = n, "expired connections reclaimed"),
+                Err(e) => warn!(iface = %id, "conntrack gc failed: {e:#}"),
+            }
+        }
+    }
+
+    /// One netlink watcher per namespace the model names (and our own).
+    fn watch_namespaces(&mut self, model: &Model) {
+        let mut wanted: Vec<Option<String>> =
+            model.interfaces.iter().map(|i| i.netns.clone()).collect();
+        wanted.push(None);
+        wanted.sort();
+        wanted.dedup();
+        // Drop watchers of namespaces that are gone or no longer named: a
+        // socket would keep a deleted namespace (and its devices) alive.
+        self.watchers.retain(|ns, task| {
+            let keep = wanted.contains(ns)
+                && ns
+                    .as_ref()
+                    .is_none_or(|n| Path::new(NETNS_RUN_DIR).join(n).exists());
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for ns in wanted {
+            if self.watchers.contains_key(&ns) {
+                continue;
+            }
+            match link_events(ns.as_deref()) {
+                Ok(fd) => {
+                    let tx = self.tx.clone();
+                    let label = ns.clone().unwrap_or_else(|| "host".into());
+                    self.watchers
+                        .insert(ns, tokio::spawn(forward_link_events(fd, label, tx)));
+                }
+                // The namespace does not exist yet: /run/netns tells us when it does.
+                Err(_) => continue,
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let s = self.state.lock().expect("state lock").clone();
+        let path = state_path();
+        let tmp = path.with_extension("json.tmp");
+        let written = serde_json::to_vec_pretty(&s)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            warn!("writing {}: {e}", path.display());
+        }
+    }
+}
+
+fn spawn_signal(tx: &mpsc::UnboundedSender<Event>, kind: SignalKind, event: Event) -> Result<()> {
+    let mut stream = signal(kind).context("installing a signal handler")?;
+    let tx = tx.clone();
+    let make = move || match &event {
+        Event::Reload(w) => Event::Reload(w),
+        Event::Shutdown(w) => Event::Shutdown(w),
+        _ => unreachable!("signals reload or stop"),
+    };
+    tokio::spawn(async move {
+        while stream.recv().await.is_some() {
+            if tx.send(make()).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+fn spawn_tick(tx: &mpsc::UnboundedSender<Event>, every: Duration, make: fn() -> Event) {
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            if tx.send(make()).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// inotify on the config's directory (editors replace files by rename).
+fn spawn_config_watch(tx: &mpsc::UnboundedSender<Event>, config: &Path) -> Result<()> {
+    use inotify::{Inotify, WatchMask};
+    let dir = config
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name: OsString = config
+        .file_name()
+        .context("the config path names no file")?
+        .to_owned();
+    let inotify = Inotify::init().context("inotify")?;
+    inotify
+        .watches()
+        .add(
+            dir,
+            WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::CREATE | WatchMask::DELETE,
+        )
+        .with_context(|| format!("watching {}", dir.display()))?;
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let Ok(mut events) = inotify.into_event_stream([0u8; 4096]) else {
+            return;
+        };
+        while let Some(Ok(e)) = events.next().await {
+            if e.name.as_deref() == Some(name.as_os_str())
+                && tx.send(Event::Reload("config changed")).is_err()
+            {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// inotify on /run/netns: namespaces created or deleted.
+fn spawn_netns_watch(tx: &mpsc::UnboundedSender<Event>) -> Result<()> {
+    use inotify::{Inotify, WatchMask};
+    std::fs::create_dir_all(NETNS_RUN_DIR)?;
+    let inotify = Inotify::init().context("inotify")?;
+    inotify
+        .watches()
+        .add(
+            NETNS_RUN_DIR,
+            WatchMask::CREATE | WatchMask::DELETE | WatchMask::MOVED_TO,
+        )
+        .with_context(|| format!("watching {NETNS_RUN_DIR}"))?;
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let Ok(mut events) = inotify.into_event_stream([0u8; 4096]) else {
+            return;
+        };
+        while let Some(Ok(e)) = events.next().await {
+            let name = e
+                .name
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if tx.send(Event::Reconcile(format!("netns {name}"))).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+const RTMGRP_LINK: u32 = 0x1;
+const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+const RTMGRP_IPV6_IFADDR: u32 = 0x100;
+
+/// A netlink socket subscribed to link and address changes, opened inside
+/// `netns` (the socket stays bound to that namespace).
+fn link_events(netns: Option<&str>) -> Result<OwnedFd> {
+    in_netns(netns, || -> std::io::Result<OwnedFd> {
+        // SAFETY: plain socket(2)/bind(2) with a zeroed sockaddr_nl.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            );
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = OwnedFd::from_raw_fd(fd);
+            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+            addr.nl_family = libc::AF_NETLINK as u16;
+            addr.nl_groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
+            let rc = libc::bind(
+                fd.as_raw_fd(),
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            );
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(fd)
+        }
+    })?
+    .context("netlink socket")
+}
+
+/// Any message on the socket means "something changed": reconcile (the
+/// reconcile itself looks at what is there, so messages need no parsing).
+async fn forward_link_events(fd: OwnedFd, label: String, tx: mpsc::UnboundedSender<Event>) {
+    // SAFETY: we own the socket and keep it open and unchanged while the
+    // AsyncFd lives.
+    let Ok(fd) = (unsafe { AsyncFd::register(fd) }) else {
+        return;
+    };
+    let mut buf = [0u8; 8192];
+    loop {
+        let Ok(mut guard) = fd.readable().await else {
+            return;
+        };
+        let mut got = false;
+        // SAFETY: reading into our buffer from a nonblocking socket.
+        while unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) } > 0 {
+            got = true;
+        }
+        guard.clear_ready();
+        if got
+            && tx
+                .send(Event::Reconcile(format!("links in {label}")))
+                .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// The daemon's flow-log file, rotated by size (3 old files kept).
+struct FlowLog {
+    path: PathBuf,
+    max_bytes: u64,
+    account_id: String,
+    collector: Option<Collector>,
+}
+
+impl FlowLog {
+    fn new(path: PathBuf, max_bytes: u64, account_id: &str) -> Result<FlowLog> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        Ok(FlowLog {
+            path,
+            max_bytes,
+            account_id: account_id.into(),
+            collector: None,
+        })
+    }
+
+    fn reopen(&mut self, ifaces: &[IfaceId]) {
+        // Finish the current window before the set of interfaces changes.
+        self.window();
+        self.collector = match Collector::open(ifaces, &self.account_id) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                warn!("flow logs paused: {e:#}");
+                None
+            }
+        };
+    }
+
+    fn drain(&mut self) {
+        if let Some(c) = &mut self.collector {
+            c.drain();
+        }
+    }
+
+    fn window(&mut self) {
+        let Some(c) = &mut self.collector else { return };
+        let records = c.flush();
+        if let Err(e) = self.write(&records) {
+            warn!("writing flow logs to {}: {e}", self.path.display());
+        }
+    }
+
+    fn write(&self, records: &[crate::flowlog::FlowRecord]) -> std::io::Result<()> {
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.len() > self.max_bytes) {
+            for i in (1..3).rev() {
+                let _ = std::fs::rename(rotated(&self.path, i), rotated(&self.path, i + 1));
+            }
+            std::fs::rename(&self.path, rotated(&self.path, 1))?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        for r in records {
+            writeln!(f, "{r}")?;
+        }
+        Ok(())
+    }
+}
+
+fn rotated(path: &Path, i: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{i}"));
+    PathBuf::from(name)
+}
