@@ -158,34 +158,46 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         flows,
     };
     daemon.reload("start");
-    while let Some(event) = rx.recv().await {
-        match event {
-            Event::Reload(why) => {
-                // Coalesce a burst of events into one reload.
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                while let Ok(Event::Reload(_) | Event::Reconcile(_)) = rx.try_recv() {}
-                daemon.reload(why);
-            }
-            Event::Reconcile(why) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                while let Ok(Event::Reconcile(_)) = rx.try_recv() {}
-                daemon.reconcile(&why);
-            }
-            Event::Gc => daemon.gc(),
-            Event::FlowDrain => {
-                if let Some(f) = &mut daemon.flows {
-                    f.drain();
+    while let Some(first) = rx.recv().await {
+        // Coalesce a burst (an editor's save, a container starting) into one
+        // reload or reconcile; nothing queued meanwhile is lost.
+        let mut batch = vec![first];
+        if matches!(batch[0], Event::Reload(_) | Event::Reconcile(_)) {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let mut reload = None;
+        let mut reconcile = None;
+        let mut shutdown = None;
+        for event in batch {
+            match event {
+                Event::Reload(why) => reload = Some(why),
+                Event::Reconcile(why) => reconcile = Some(why),
+                Event::Gc => daemon.gc(),
+                Event::FlowDrain => {
+                    if let Some(f) = &mut daemon.flows {
+                        f.drain();
+                    }
                 }
-            }
-            Event::FlowWindow => {
-                if let Some(f) = &mut daemon.flows {
-                    f.window();
+                Event::FlowWindow => {
+                    if let Some(f) = &mut daemon.flows {
+                        f.window();
+                    }
                 }
+                Event::Shutdown(why) => shutdown = Some(why),
             }
-            Event::Shutdown(why) => {
-                info!(signal = why, "stopping");
-                break;
-            }
+        }
+        // A reload re-discovers interfaces too, so it covers a reconcile.
+        match (reload, reconcile) {
+            (Some(why), _) => daemon.reload(why),
+            (None, Some(why)) => daemon.reconcile(&why),
+            (None, None) => {}
+        }
+        if let Some(why) = shutdown {
+            info!(signal = why, "stopping");
+            break;
         }
     }
     if let Some(f) = &mut daemon.flows {

@@ -81,8 +81,20 @@ impl Lab {
 }
 
 impl Drop for Lab {
+    /// Detaches everything attached in the lab's namespaces, whoever did it.
     fn drop(&mut self) {
-        for id in &self.applied {
+        let ours: Vec<String> = self
+            .seg
+            .hosts
+            .iter()
+            .map(|h| h.netns.name().to_string())
+            .collect();
+        let attached = sg_user::pins::attached_ifaces().unwrap_or_default();
+        for id in attached
+            .iter()
+            .filter(|id| id.netns.as_ref().is_some_and(|n| ours.contains(n)))
+            .chain(&self.applied)
+        {
             let _ = apply::detach(id);
         }
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -538,14 +538,25 @@ fn proto_name(p: u8) -> String {
 
 fn status(args: StatusArgs) -> Result<ExitCode> {
     require_root("sgctl status")?;
-    let all = pins::attached_ifaces()?
-        .into_iter()
-        .map(sg_user::status::iface_status)
-        .collect::<Result<Vec<_>>>()?;
+    // One unreadable interface (e.g. attached by another sgctl version) does
+    // not hide the others.
+    let mut all = Vec::new();
+    let mut unreadable = Vec::new();
+    for id in pins::attached_ifaces()? {
+        match sg_user::status::iface_status(id.clone()) {
+            Ok(s) => all.push(s),
+            Err(e) => unreadable.push((id, format!("{e:#}"))),
+        }
+    }
     let daemon = sg_user::daemon::read_state().filter(sg_user::daemon::is_running);
     let mut out = std::io::stdout().lock();
     if args.json {
-        let doc = serde_json::json!({ "daemon": daemon, "interfaces": all });
+        let unreadable: Vec<_> = unreadable
+            .iter()
+            .map(|(id, e)| serde_json::json!({ "iface": id, "error": e }))
+            .collect();
+        let doc =
+            serde_json::json!({ "daemon": daemon, "interfaces": all, "unreadable": unreadable });
         serde_json::to_writer_pretty(&mut out, &doc)?;
         writeln!(out)?;
         return Ok(ExitCode::SUCCESS);
@@ -565,7 +576,14 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
             d.reloads_failed
         )?;
     }
-    if all.is_empty() {
+    for (id, e) in &unreadable {
+        writeln!(
+            out,
+            "{id}: cannot read its pinned state ({e}); it may be from another sgctl version: `sgctl detach --iface {}` and apply again",
+            id.iface
+        )?;
+    }
+    if all.is_empty() && unreadable.is_empty() {
         writeln!(
             out,
             "no interface attached; enforce a config with `sgctl apply -c FILE`"
