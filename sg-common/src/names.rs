@@ -4,6 +4,8 @@
 
 /// XDP entry point for the ingress hook (physical NICs, or when forced).
 pub const PROG_XDP_INGRESS: &str = "sg_xdp_ingress";
+/// XDP program that only counts (the benchmark's floor; never attached).
+pub const PROG_XDP_FLOOR: &str = "sg_xdp_floor";
 /// TC (tcx) entry point for the ingress hook (veth and other virtual devices).
 pub const PROG_TC_INGRESS: &str = "sg_tc_ingress";
 /// TC (tcx) entry point for the egress hook.

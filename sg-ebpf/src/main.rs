@@ -37,6 +37,16 @@ pub fn sg_xdp_ingress(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Passes everything and only bumps a per-CPU counter: the floor the
+/// benchmark (`cargo xtask bench`) measures the real programs against.
+/// Never attached by sgctl.
+#[xdp]
+pub fn sg_xdp_floor(ctx: XdpContext) -> u32 {
+    let len = ctx.data_end() - ctx.data();
+    counters::record(sg_common::Direction::Inbound, sg_common::Reason::PassUnfiltered, len as u64);
+    xdp_action::XDP_PASS
+}
+
 #[classifier]
 pub fn sg_tc_ingress(ctx: TcContext) -> i32 {
     tc(ctx, Hook::Ingress)

@@ -8,6 +8,7 @@
 //! - The `sgctl` binary (src/bin/sgctl) is a thin CLI over these modules.
 
 pub mod apply;
+pub mod bench;
 pub mod compile;
 pub mod conntrack;
 pub mod daemon;

@@ -37,11 +37,10 @@ impl Instance {
             .map_max_entries(names::MAP_CT_V4, conntrack_entries)
             .map_max_entries(names::MAP_CT_V6, conntrack_entries)
             .load(SG_OBJECT)?;
-        let xdp: &mut Xdp = ebpf
-            .program_mut(names::PROG_XDP_INGRESS)
-            .expect("in object")
-            .try_into()?;
-        xdp.load()?;
+        for name in [names::PROG_XDP_INGRESS, names::PROG_XDP_FLOOR] {
+            let xdp: &mut Xdp = ebpf.program_mut(name).expect("in object").try_into()?;
+            xdp.load()?;
+        }
         for name in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS] {
             let tc: &mut SchedClassifier = ebpf.program_mut(name).expect("in object").try_into()?;
             tc.load()?;
@@ -67,6 +66,13 @@ impl Instance {
             .try_into()?;
         let r = prog.test_run(Self::options(frame, repeat))?;
         Ok((r.return_value, r.duration.as_nanos() as u64))
+    }
+
+    /// Runs the counting-only XDP program (the floor); returns mean ns per run.
+    pub fn floor(&self, frame: &[u8], repeat: u32) -> anyhow::Result<u64> {
+        let prog: &Xdp = self.ebpf.program(names::PROG_XDP_FLOOR).expect("in object").try_into()?;
+        let r = prog.test_run(Self::options(frame, repeat))?;
+        Ok(r.duration.as_nanos() as u64)
     }
 
     /// Runs a TC program (ingress or egress).

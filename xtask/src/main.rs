@@ -21,6 +21,12 @@ enum Task {
     Setup,
     /// Build, then run the demonstration in throwaway network namespaces (root)
     Demo,
+    /// Measure against iptables/nftables/xdp-filter; writes BENCHMARKS.md (root)
+    Bench {
+        /// Smaller run of the same sections (under 3 minutes)
+        #[arg(long)]
+        quick: bool,
+    },
     /// Everything CI runs: fmt, clippy -D warnings, unit, kernel and netns tests
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter)
@@ -37,6 +43,19 @@ fn main() -> Result<()> {
             cargo(&["build", "--package", "sg-user", "--bin", "sgctl"])?;
             let sgctl = workspace_root().join("target/debug/sgctl");
             run(Command::new(&sgctl).arg("demo"), "sgctl demo")
+        }
+        Task::Bench { quick } => {
+            ensure_setup()?;
+            // Release build: the control-plane figures time `sgctl apply` itself.
+            cargo(&["build", "--release", "--package", "sg-user", "--bins"])?;
+            let bench = workspace_root().join("target/release/sg-bench");
+            let command = if quick { "cargo xtask bench --quick" } else { "cargo xtask bench" };
+            let mut cmd = Command::new(&bench);
+            cmd.args(["--out", workspace_root().to_str().expect("utf-8 path"), "--command", command]);
+            if quick {
+                cmd.arg("--quick");
+            }
+            run(&mut cmd, "sg-bench")
         }
         Task::Test { cargo_test_args } => {
             ensure_setup()?;
