@@ -13,6 +13,7 @@ pub mod conntrack;
 pub mod demo;
 pub mod discover;
 pub mod ifinfo;
+pub mod lab;
 pub mod loader;
 pub mod model;
 pub mod netns;
