@@ -378,14 +378,14 @@ pub fn plan(lab: &str, models: &[&Model]) -> Plan {
                 .filter(|c| !covers_test_range(c))
                 .collect();
             let v4 = v4.or_else(|| {
-                p.pick_outside(&outside_rules, false, 0x0001_0a00)
+                p.pick_outside(&outside_rules, false, 0x0a00)
                     .map(|a| match a {
                         IpAddr::V4(a) => a,
                         IpAddr::V6(_) => unreachable!("asked for IPv4"),
                     })
             });
             let v6 = v6.or_else(|| {
-                p.pick_outside(&outside_rules, true, 0xff00_0000_0000_0000_0000_0a00)
+                p.pick_outside(&outside_rules, true, 0x000a_0000_0000_0000_0000_0000)
                     .map(|a| match a {
                         IpAddr::V6(a) => a,
                         IpAddr::V4(_) => unreachable!("asked for IPv6"),
@@ -451,6 +451,9 @@ pub fn plan(lab: &str, models: &[&Model]) -> Plan {
 
     // Peers: inside and outside each CIDR / prefix list, most specific first.
     for (label, cidrs) in &peer_sets {
+        // A family with no test address inside the peer needs no outside
+        // host either: every lab address of that family is outside it.
+        let mut no_inside = [false, false];
         for (inside, word) in [(true, "inside"), (false, "outside")] {
             let mut new_v4 = None;
             let mut new_v6 = None;
@@ -460,8 +463,11 @@ pub fn plan(lab: &str, models: &[&Model]) -> Plan {
                     .copied()
                     .filter(|c| matches!(c, IpNet::V6(_)) == v6)
                     .collect();
-                if fam.is_empty() {
+                if fam.is_empty() || (!inside && no_inside[usize::from(v6)]) {
                     continue;
+                }
+                if inside && fam.iter().all(|c| intersect_test(c).is_none()) {
+                    no_inside[usize::from(v6)] = true;
                 }
                 let qualifies = |a: IpAddr| fam.iter().any(|c| c.contains(&a)) == inside;
                 if let Some(h) = p
