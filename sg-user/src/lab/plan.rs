@@ -473,7 +473,7 @@ pub fn plan(lab: &str, models: &[&Model]) -> Plan {
                 if let Some(h) = p
                     .hosts
                     .iter_mut()
-                    .find(|h| h.kind == HostKind::Peer && h.addr(v6).is_some_and(|a| qualifies(a)))
+                    .find(|h| h.kind == HostKind::Peer && h.addr(v6).is_some_and(&qualifies))
                 {
                     h.stands_for.push(format!("{word} {label}"));
                     continue;
