@@ -16,6 +16,7 @@ pub mod demo;
 pub mod discover;
 pub mod flowlog;
 pub mod ifinfo;
+pub mod lab;
 pub mod loader;
 pub mod metrics;
 pub mod model;

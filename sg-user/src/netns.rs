@@ -4,6 +4,11 @@
 //! Everything the harness creates is named `sgt<pid>-…`, so a harness from a
 //! crashed process is recognised (its pid is gone) and removed by the next one.
 //! Addresses used by callers come from 198.18.0.0/15 and 2001:db8::/32 only.
+//!
+//! Namespaces that must outlive the process that made them (`sgctl lab`) are
+//! created with [`Netns::create_persistent`] under a name the caller owns
+//! and removed explicitly with [`delete_netns`]; [`Netns::open`] gives a
+//! handle to an existing one. Neither deletes anything on drop.
 
 use std::{
     fs::File,
@@ -99,11 +104,14 @@ pub fn run_checked(program: &str, args: &[&str]) -> Result<Output, NetnsError> {
     Ok(output)
 }
 
-/// A named network namespace owned by the harness; deleted on drop (also
-/// while a test panics), which removes every interface inside it.
+/// A named network namespace. Harness namespaces ([`Netns::create`]) are
+/// deleted on drop (also while a test panics), which removes every interface
+/// inside them; persistent and opened ones are left alone.
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    /// Delete the namespace on drop.
+    owned: bool,
 }
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
@@ -116,9 +124,38 @@ impl Netns {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let name = format!("{HARNESS_PREFIX}{}-{id}-{role}", std::process::id());
         run_checked("ip", &["netns", "add", &name])?;
-        let ns = Netns { name };
+        let ns = Netns { name, owned: true };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// Creates namespace `name` with loopback up and leaves it in place when
+    /// the handle is dropped: the caller removes it with [`delete_netns`].
+    /// Fails if it already exists.
+    pub fn create_persistent(name: &str) -> Result<Netns, NetnsError> {
+        run_checked("ip", &["netns", "add", name])?;
+        let ns = Netns {
+            name: name.to_string(),
+            owned: false,
+        };
+        if let Err(e) = ns.ip(&["link", "set", "lo", "up"]) {
+            delete_netns(name);
+            return Err(e);
+        }
+        Ok(ns)
+    }
+
+    /// A handle to the existing namespace `name` (not deleted on drop).
+    pub fn open(name: &str) -> Result<Netns, NetnsError> {
+        if !Path::new(NETNS_RUN_DIR).join(name).exists() {
+            return Err(NetnsError::NotFound {
+                name: name.to_string(),
+            });
+        }
+        Ok(Netns {
+            name: name.to_string(),
+            owned: false,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -185,11 +222,34 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
+        if self.owned {
+            delete_netns(&self.name);
+        }
     }
+}
+
+/// Deletes a named namespace (and with it every interface inside); true when
+/// it existed and is gone.
+pub fn delete_netns(name: &str) -> bool {
+    Command::new("ip")
+        .args(["netns", "del", name])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Names of the namespaces under [`NETNS_RUN_DIR`] that start with `prefix`, sorted.
+pub fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(NETNS_RUN_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    names.sort();
+    names
 }
 
 /// Deletes harness namespaces whose creating process no longer exists.

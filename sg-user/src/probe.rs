@@ -80,6 +80,35 @@ impl Drop for TcpServer {
     }
 }
 
+/// Serves TCP on `addr` inside `ns` until the process ends, answering each
+/// connection with one byte like [`TcpServer`]: one blocking thread, no stop
+/// flag and no polling, for a process whose only job is to answer (the
+/// listeners of `sgctl lab`).
+pub fn serve_tcp_forever(ns: &Netns, addr: SocketAddr) -> std::io::Result<()> {
+    let listener = ns.run(|| TcpListener::bind(addr))?;
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.write_all(b"!");
+        }
+    });
+    Ok(())
+}
+
+/// Echoes UDP datagrams on `addr` inside `ns` until the process ends (see
+/// [`serve_tcp_forever`]; [`UdpEcho`] is the stoppable variant).
+pub fn serve_udp_echo_forever(ns: &Netns, addr: SocketAddr) -> std::io::Result<()> {
+    let socket = ns.run(|| std::net::UdpSocket::bind(addr))?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        loop {
+            if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(&buf[..n], from);
+            }
+        }
+    });
+    Ok(())
+}
+
 /// Connects from inside `ns` to `dst` and waits for the server's byte.
 pub fn tcp_connect(ns: &Netns, dst: SocketAddr, timeout: Duration) -> Reach {
     ns.run(|| match TcpStream::connect_timeout(&dst, timeout) {

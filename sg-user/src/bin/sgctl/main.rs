@@ -4,6 +4,7 @@
 //! invalid config, lint findings with `--deny`); 2 an error (bad usage, a
 //! kernel or system failure). Errors say what to do next.
 
+mod lab;
 mod offline;
 
 use std::{io::Write as _, process::ExitCode};
@@ -51,6 +52,8 @@ enum Command {
     Logs(IfaceArgs),
     /// Run the built-in demonstration in throwaway network namespaces (root)
     Demo,
+    /// Prove a config with real packets in namespaces: up, verify, down; diff two configs
+    Lab(lab::LabArgs),
     /// Check a config (YAML or AWS JSON) and list every problem (offline; exit 1 if invalid)
     Validate(offline::ValidateArgs),
     /// Ask the reference evaluator whether a packet is allowed (offline)
@@ -245,7 +248,14 @@ struct StatusArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `sgctl lab diff -c OLD -c2 NEW`: clap would read `-c2` as `-c 2`.
+    let cli = Cli::parse_from(std::env::args_os().map(|a| {
+        if a == "-c2" {
+            std::ffi::OsString::from("--c2")
+        } else {
+            a
+        }
+    }));
     let level = match cli.verbose {
         // Kernel log records arrive through the `log` crate: let them all through.
         _ if matches!(cli.command, Command::Logs(_)) => "trace",
@@ -294,6 +304,7 @@ fn run(command: Command) -> Result<ExitCode> {
             print!("{}", demo::run()?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Lab(args) => lab::run(args),
         Command::Validate(args) => offline::validate(args),
         Command::Check(args) => offline::check(args),
         Command::Lint(args) => offline::lint(args),
@@ -301,7 +312,7 @@ fn run(command: Command) -> Result<ExitCode> {
     }
 }
 
-fn require_root(what: &str) -> Result<()> {
+pub(crate) fn require_root(what: &str) -> Result<()> {
     if !sg_user::netns::is_root() {
         anyhow::bail!("{what} needs root (it loads eBPF programs); run it with sudo");
     }

@@ -113,7 +113,7 @@ pub struct ImportAwsArgs {
 }
 
 /// Writes to stdout; a closed pipe ends quietly.
-fn emit(text: &str) -> Result<()> {
+pub fn emit(text: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {

@@ -1,0 +1,498 @@
+//! `sgctl lab`: prove a set of security groups with real packets before
+//! deploying it.
+//!
+//! - `up`: plan hosts for the config ([`plan`]), build them as namespaces
+//!   `sgl-<lab>-<role>` on one bridge (namespace `sgl-<lab>-sw`), write the
+//!   config rewritten for the lab and enforce it with [`crate::apply`] (the
+//!   code path of `sgctl apply`), and start a listener process
+//!   (`sgctl lab serve`) that answers TCP and echoes UDP on every planned port
+//!   in every host.
+//! - `verify` ([`verify`]): real TCP/UDP/ICMP over IPv4 and IPv6 for every
+//!   planned flow, each result compared with the reference evaluator.
+//! - `down`: stop the listeners, detach, delete the namespaces and state.
+//!
+//! Everything a lab makes carries its name: namespaces `sgl-<lab>-*`, pins
+//! `/sys/fs/bpf/sg/netns-sgl-<lab>-*`, state `/run/sgctl/netns-sgl-<lab>-*`
+//! and `/run/sgctl/lab/<lab>/`. Cleaning up removes exactly those, so it
+//! never touches what the lab did not create, and `up` first removes what a
+//! crashed lab of the same name left behind.
+
+pub mod plan;
+pub mod verify;
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+
+pub use plan::{DEFAULT_NAME, Plan};
+
+use crate::{
+    apply::{self, ApplyOptions},
+    model::{self, Attachment, Model, Problem},
+    netns::{self, Netns},
+    pins::{self, IfaceId},
+    probe,
+};
+
+/// Where a lab keeps its state: `/run/sgctl/lab/<lab>/` (state.json, the
+/// rewritten config lab.yaml, the listener's log).
+pub fn state_dir(lab: &str) -> PathBuf {
+    Path::new(apply::STATE_DIR).join("lab").join(lab)
+}
+
+/// What `verify` and `down` need to know about a lab that is up.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LabState {
+    pub plan: Plan,
+    /// The config the lab was built from (absolute).
+    pub config: PathBuf,
+    /// `--attach` arguments it was built with.
+    pub attach: Vec<String>,
+    /// The rewritten config that is enforced.
+    pub lab_config: PathBuf,
+    /// The listener process (`sgctl lab serve`).
+    pub server_pid: Option<u32>,
+}
+
+impl LabState {
+    /// Reads the state of lab `lab`.
+    ///
+    /// # Errors
+    /// When the lab is not up (with the command that brings it up).
+    pub fn read(lab: &str) -> Result<LabState> {
+        let path = state_dir(lab).join("state.json");
+        let text = std::fs::read_to_string(&path).map_err(|_| {
+            anyhow!(
+                "no lab named `{lab}` is up ({} is missing); start one with `sgctl lab up -c FILE{}`",
+                path.display(),
+                name_flag(lab)
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is unreadable; run `sgctl lab down{}` and `up` again",
+                path.display(),
+                name_flag(lab)
+            )
+        })
+    }
+
+    fn write(&self) -> Result<()> {
+        let dir = state_dir(&self.plan.lab);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("state.json"), serde_json::to_vec_pretty(self)?)?;
+        Ok(())
+    }
+
+    /// The enforced lab config, loaded as `sgctl apply` loads it.
+    ///
+    /// # Errors
+    /// When it no longer loads (the lab must be rebuilt).
+    pub fn lab_model(&self) -> Result<Model> {
+        apply::load(&self.lab_config, &[]).map_err(|p| {
+            anyhow!(
+                "the lab config {} does not load ({}); run `sgctl lab up` again",
+                self.lab_config.display(),
+                problems_line(&p)
+            )
+        })
+    }
+}
+
+/// ` --name LAB`, or nothing for the default lab (for hints).
+pub fn name_flag(lab: &str) -> String {
+    if lab == DEFAULT_NAME {
+        String::new()
+    } else {
+        format!(" --name {lab}")
+    }
+}
+
+fn problems_line(p: &[Problem]) -> String {
+    p.iter()
+        .filter(|p| p.severity == model::Severity::Error)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Loads the user's config for planning: offline (addresses come from the
+/// config or the lab, never from this machine's interfaces).
+///
+/// # Errors
+/// Every problem, when the config is invalid.
+pub fn load_config(path: &Path, attach: &[Attachment]) -> Result<Model, Vec<Problem>> {
+    model::load_with(
+        path,
+        &model::LoadOptions {
+            attach,
+            discovery: &model::Offline,
+        },
+    )
+}
+
+/// Options of [`up`].
+#[derive(Clone, Debug, Default)]
+pub struct UpOptions {
+    /// The `sgctl` binary that serves the listeners (`sgctl lab serve`);
+    /// default: the running executable.
+    pub sgctl: Option<PathBuf>,
+}
+
+/// What `up` built.
+#[derive(Clone, Debug)]
+pub struct UpReport {
+    pub state: LabState,
+    pub applied: Vec<apply::Change>,
+}
+
+/// Builds lab `lab` for the config at `config` (see the module docs).
+/// Whatever an earlier lab of the same name left is removed first; on
+/// failure everything made so far is removed again.
+///
+/// # Errors
+/// An invalid config (`Err` with its problems in the message), or a
+/// namespace, attach or listener failure.
+pub fn up(
+    lab: &str,
+    config: &Path,
+    attach: &[Attachment],
+    attach_args: &[String],
+    opts: &UpOptions,
+) -> Result<UpReport> {
+    plan::check_name(lab).map_err(|e| anyhow!(e))?;
+    let config =
+        std::fs::canonicalize(config).with_context(|| format!("reading {}", config.display()))?;
+    let user = load_config(&config, attach).map_err(|p| {
+        anyhow!(
+            "{} is invalid: {}; `sgctl validate -c {}` lists every problem",
+            config.display(),
+            problems_line(&p),
+            config.display()
+        )
+    })?;
+    down(lab).context("removing what an earlier lab of this name left")?;
+    let plan = plan::plan(lab, &[&user]);
+    match build(&plan, &user, &config, attach_args, opts) {
+        Ok(report) => Ok(report),
+        Err(e) => {
+            let _ = down(lab);
+            Err(e)
+        }
+    }
+}
+
+fn build(
+    plan: &Plan,
+    user: &Model,
+    config: &Path,
+    attach_args: &[String],
+    opts: &UpOptions,
+) -> Result<UpReport> {
+    let dir = state_dir(&plan.lab);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let lab_config = dir.join("lab.yaml");
+    let mut state = LabState {
+        plan: plan.clone(),
+        config: config.to_path_buf(),
+        attach: attach_args.to_vec(),
+        lab_config: lab_config.clone(),
+        server_pid: None,
+    };
+    // State first, so `down` finds everything even if we stop half-way.
+    state.write()?;
+
+    let prefix = plan::netns_prefix(&plan.lab);
+    let switch = Netns::create_persistent(&format!("{prefix}{}", plan::SWITCH_ROLE))?;
+    switch.ip(&["link", "add", "br0", "type", "bridge"])?;
+    switch.ip(&["link", "set", "br0", "up"])?;
+    for (i, host) in plan.hosts.iter().enumerate() {
+        let ns = Netns::create_persistent(&host.netns)?;
+        let port = format!("p{i}");
+        switch.veth_to(&port, &ns, &host.iface)?;
+        switch.ip(&["link", "set", &port, "master", "br0"])?;
+        if let Some(a) = host.ipv4 {
+            ns.add_addr(&host.iface, &format!("{a}/15"))?;
+        }
+        if let Some(a) = host.ipv6 {
+            ns.add_addr(&host.iface, &format!("{a}/32"))?;
+        }
+    }
+
+    let lab_model = plan.lab_model(user, Some(lab_config.clone()));
+    let text = model::aws::to_native_yaml(&lab_model)?;
+    let header = format!(
+        "# Written by `sgctl lab up` from {}: interfaces point at the lab's namespaces.\n",
+        config.display()
+    );
+    std::fs::write(&lab_config, header + &text)?;
+    let enforced = state.lab_model()?;
+    let applied = apply::apply(&enforced, &ApplyOptions::default())
+        .context("enforcing the lab config (the same code as `sgctl apply`)")?;
+
+    state.server_pid = Some(start_server(&plan.lab, opts)?);
+    state.write()?;
+    Ok(UpReport { state, applied })
+}
+
+/// Starts `sgctl lab serve --name LAB` in its own process group and waits
+/// until it listens.
+fn start_server(lab: &str, opts: &UpOptions) -> Result<u32> {
+    let exe = match &opts.sgctl {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("finding the sgctl executable")?,
+    };
+    let log_path = state_dir(lab).join("server.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = {
+        use std::os::unix::process::CommandExt as _;
+        Command::new(&exe)
+            .args(["lab", "serve", "--name", lab])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting the lab's listeners ({})", exe.display()))?
+    };
+    let pid = child.id();
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(line) if line.trim() == "ready" => Ok(pid),
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            bail!(
+                "the lab's listeners did not start ({}): {}",
+                exe.display(),
+                log.trim()
+            )
+        }
+    }
+}
+
+/// The body of `sgctl lab serve`: listen on every planned port of every host
+/// (TCP answers one byte, UDP echoes), say `ready` on stdout, serve until
+/// killed by `down`.
+///
+/// # Errors
+/// When the lab is not up or a port cannot be bound.
+pub fn serve(lab: &str) -> Result<()> {
+    let state = LabState::read(lab)?;
+    for host in &state.plan.hosts {
+        let ns = Netns::open(&host.netns)?;
+        for s in &state.plan.services {
+            let addr = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), s.port);
+            match s.proto {
+                plan::Proto::Tcp => probe::serve_tcp_forever(&ns, addr),
+                plan::Proto::Udp => probe::serve_udp_echo_forever(&ns, addr),
+                plan::Proto::Ping => continue,
+            }
+            .with_context(|| format!("{}: listening on {}", host.role, s.label()))?;
+        }
+    }
+    println!("ready");
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Whether `pid` is the listener process of `lab` and still running.
+fn is_our_server(pid: u32, lab: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let ours = args
+        .windows(4)
+        .any(|w| w[0] == b"lab" && w[1] == b"serve" && w[2] == b"--name" && w[3] == lab.as_bytes());
+    ours && !is_zombie(pid)
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// Whether the lab's listener process is running.
+pub fn server_running(state: &LabState) -> bool {
+    state
+        .server_pid
+        .is_some_and(|pid| is_our_server(pid, &state.plan.lab))
+}
+
+/// Stops the listener process, if it is ours and alive.
+fn stop_server(pid: u32, lab: &str) -> bool {
+    if !is_our_server(pid, lab) {
+        return false;
+    }
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill has no memory-safety preconditions; the pid was checked
+    // to be this lab's listener just above.
+    unsafe { libc::kill(raw, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while is_our_server(pid, lab) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if is_our_server(pid, lab) {
+        // SAFETY: as above.
+        unsafe { libc::kill(raw, libc::SIGKILL) };
+    }
+    true
+}
+
+/// What `down` removed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DownReport {
+    pub server_stopped: bool,
+    pub detached: Vec<String>,
+    pub namespaces: Vec<String>,
+    pub state_removed: bool,
+}
+
+impl DownReport {
+    pub fn is_empty(&self) -> bool {
+        !self.server_stopped
+            && self.detached.is_empty()
+            && self.namespaces.is_empty()
+            && !self.state_removed
+    }
+}
+
+/// Removes everything lab `lab` made: listeners, attachments (pins and
+/// `/run/sgctl` state), namespaces, the lab's state. Only names carrying the
+/// lab's prefix are touched. Safe to run when nothing is left.
+///
+/// # Errors
+/// When something of the lab could not be removed (says what).
+pub fn down(lab: &str) -> Result<DownReport> {
+    plan::check_name(lab).map_err(|e| anyhow!(e))?;
+    let prefix = plan::netns_prefix(lab);
+    let mut report = DownReport::default();
+    if let Ok(state) = LabState::read(lab)
+        && let Some(pid) = state.server_pid
+    {
+        report.server_stopped = stop_server(pid, lab);
+    }
+    for id in pins::attached_ifaces().context("listing attached interfaces")? {
+        if id
+            .netns
+            .as_deref()
+            .is_some_and(|ns| ns.starts_with(&prefix))
+        {
+            apply::detach(&id).with_context(|| format!("detaching {id}"))?;
+            report.detached.push(id.to_string());
+        }
+    }
+    let scoped = format!("netns-{prefix}");
+    for root in [Path::new(pins::ROOT), Path::new(apply::STATE_DIR)] {
+        for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&scoped) {
+                std::fs::remove_dir_all(entry.path())
+                    .with_context(|| format!("removing {}", entry.path().display()))?;
+            }
+        }
+    }
+    // Hosts first, the switch last (its veth ends go with the hosts).
+    let mut names = netns::namespaces_with_prefix(&prefix);
+    names.sort_by_key(|n| n.ends_with(&format!("-{}", plan::SWITCH_ROLE)));
+    for name in names {
+        if !netns::delete_netns(&name) {
+            bail!("could not delete namespace {name}; try `ip netns del {name}`");
+        }
+        report.namespaces.push(name);
+    }
+    let dir = state_dir(lab);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        report.state_removed = true;
+    }
+    // The parent of every lab's state; gone once the last lab is.
+    let _ = std::fs::remove_dir(Path::new(apply::STATE_DIR).join("lab"));
+    Ok(report)
+}
+
+/// What is left of lab `lab` (empty when nothing): for tests and `down`.
+pub fn leftovers(lab: &str) -> Vec<String> {
+    let prefix = plan::netns_prefix(lab);
+    let mut left: Vec<String> = netns::namespaces_with_prefix(&prefix)
+        .into_iter()
+        .map(|n| format!("namespace {n}"))
+        .collect();
+    let scoped = format!("netns-{prefix}");
+    for root in [Path::new(pins::ROOT), Path::new(apply::STATE_DIR)] {
+        for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&scoped) {
+                left.push(entry.path().display().to_string());
+            }
+        }
+    }
+    if state_dir(lab).exists() {
+        left.push(state_dir(lab).display().to_string());
+    }
+    left
+}
+
+/// Re-applies a changed config to a lab that is up, when the change keeps
+/// the lab's hosts and services (only rules or groups changed).
+///
+/// # Errors
+/// When the change needs other hosts or ports (rebuild with `up`), or the
+/// config is invalid.
+pub fn reapply(state: &mut LabState, config: &Path, attach: &[Attachment]) -> Result<()> {
+    let lab = state.plan.lab.clone();
+    let user = load_config(config, attach).map_err(|p| {
+        anyhow!(
+            "{} is invalid: {}; `sgctl validate -c {}` lists every problem",
+            config.display(),
+            problems_line(&p),
+            config.display()
+        )
+    })?;
+    let plan = plan::plan(&lab, &[&user]);
+    if plan.hosts != state.plan.hosts || plan.services != state.plan.services {
+        bail!(
+            "{} needs other lab hosts or ports than lab `{lab}` has; rebuild it with `sgctl lab up -c {}{}`",
+            config.display(),
+            config.display(),
+            name_flag(&lab)
+        );
+    }
+    let lab_model = plan.lab_model(&user, Some(state.lab_config.clone()));
+    std::fs::write(&state.lab_config, model::aws::to_native_yaml(&lab_model)?)?;
+    apply::apply(&state.lab_model()?, &ApplyOptions::default())
+        .context("enforcing the changed config in the lab")?;
+    state.plan = plan;
+    state.write()
+}
+
+/// The interface ids the lab enforces on.
+pub fn lab_ifaces(state: &LabState) -> Vec<IfaceId> {
+    state
+        .plan
+        .hosts
+        .iter()
+        .filter(|h| h.config_iface.is_some())
+        .map(|h| IfaceId::new(&h.iface, Some(&h.netns)))
+        .collect()
+}
