@@ -43,7 +43,11 @@ pub fn sg_xdp_ingress(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn sg_xdp_floor(ctx: XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
-    counters::record(sg_common::Direction::Inbound, sg_common::Reason::PassUnfiltered, len as u64);
+    counters::record(
+        sg_common::Direction::Inbound,
+        sg_common::Reason::PassUnfiltered,
+        len as u64,
+    );
     xdp_action::XDP_PASS
 }
 

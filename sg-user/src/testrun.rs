@@ -70,7 +70,11 @@ impl Instance {
 
     /// Runs the counting-only XDP program (the floor); returns mean ns per run.
     pub fn floor(&self, frame: &[u8], repeat: u32) -> anyhow::Result<u64> {
-        let prog: &Xdp = self.ebpf.program(names::PROG_XDP_FLOOR).expect("in object").try_into()?;
+        let prog: &Xdp = self
+            .ebpf
+            .program(names::PROG_XDP_FLOOR)
+            .expect("in object")
+            .try_into()?;
         let r = prog.test_run(Self::options(frame, repeat))?;
         Ok(r.duration.as_nanos() as u64)
     }

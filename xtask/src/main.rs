@@ -49,9 +49,18 @@ fn main() -> Result<()> {
             // Release build: the control-plane figures time `sgctl apply` itself.
             cargo(&["build", "--release", "--package", "sg-user", "--bins"])?;
             let bench = workspace_root().join("target/release/sg-bench");
-            let command = if quick { "cargo xtask bench --quick" } else { "cargo xtask bench" };
+            let command = if quick {
+                "cargo xtask bench --quick"
+            } else {
+                "cargo xtask bench"
+            };
             let mut cmd = Command::new(&bench);
-            cmd.args(["--out", workspace_root().to_str().expect("utf-8 path"), "--command", command]);
+            cmd.args([
+                "--out",
+                workspace_root().to_str().expect("utf-8 path"),
+                "--command",
+                command,
+            ]);
             if quick {
                 cmd.arg("--quick");
             }

@@ -28,7 +28,10 @@ pub fn sibling_sgctl() -> Result<PathBuf> {
     let me = std::env::current_exe()?;
     let path = me.with_file_name("sgctl");
     if !path.exists() {
-        bail!("{} not found; build it with `cargo build --release -p sg-user`", path.display());
+        bail!(
+            "{} not found; build it with `cargo build --release -p sg-user`",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -48,7 +51,10 @@ fn timed_apply(sgctl: &Path, config: &Path) -> Result<(f64, f64)> {
     let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
     let wall = t.elapsed().as_secs_f64() * 1e3;
     if pid < 0 || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        bail!("sgctl apply -c {} failed (status {status})", config.display());
+        bail!(
+            "sgctl apply -c {} failed (status {status})",
+            config.display()
+        );
     }
     Ok((wall, usage.ru_maxrss as f64 / 1024.0))
 }
@@ -60,25 +66,56 @@ fn member(i: u32) -> std::net::Ipv4Addr {
 /// 16 groups × (60 inbound + 60 outbound) rules, one of them a reference to
 /// a group with `members` members, on `iface` in `netns`.
 pub fn quota_config(netns: &str, iface: &str, members: u32, variant: u32) -> String {
-    let mut y = String::from("quotas: { groups_per_interface: 16, rules_per_group: 60 }\nsecurity_groups:\n");
+    let mut y = String::from(
+        "quotas: { groups_per_interface: 16, rules_per_group: 60 }\nsecurity_groups:\n",
+    );
     for g in 0..16u32 {
         writeln!(y, "  - id: sg-{g}\n    ingress:").unwrap();
         for r in 0..60u32 {
             let port = 1000 + g * 100 + r + if g == 0 && r == 0 { variant } else { 0 };
-            writeln!(y, "      - {{ protocol: tcp, ports: {port}, cidr: 198.18.{}.{}/32 }}", (g * 60 + r) / 250, (g * 60 + r) % 250 + 1).unwrap();
+            writeln!(
+                y,
+                "      - {{ protocol: tcp, ports: {port}, cidr: 198.18.{}.{}/32 }}",
+                (g * 60 + r) / 250,
+                (g * 60 + r) % 250 + 1
+            )
+            .unwrap();
         }
         writeln!(y, "    egress:").unwrap();
         for r in 0..59u32 {
-            writeln!(y, "      - {{ protocol: udp, ports: {}, cidr: 198.19.{g}.{r}/32 }}", 2000 + r).unwrap();
+            writeln!(
+                y,
+                "      - {{ protocol: udp, ports: {}, cidr: 198.19.{g}.{r}/32 }}",
+                2000 + r
+            )
+            .unwrap();
         }
-        writeln!(y, "      - {{ protocol: tcp, ports: 3306, group: sg-members }}").unwrap();
+        writeln!(
+            y,
+            "      - {{ protocol: tcp, ports: 3306, group: sg-members }}"
+        )
+        .unwrap();
     }
     y.push_str("  - id: sg-members\n    ingress: []\n");
-    writeln!(y, "interfaces:\n  - name: {iface}\n    netns: \"{netns}\"\n    addresses: [198.18.0.10]").unwrap();
+    writeln!(
+        y,
+        "interfaces:\n  - name: {iface}\n    netns: \"{netns}\"\n    addresses: [198.18.0.10]"
+    )
+    .unwrap();
     y.push_str("    security_groups: [");
-    y.push_str(&(0..16).map(|g| format!("sg-{g}")).collect::<Vec<_>>().join(", "));
+    y.push_str(
+        &(0..16)
+            .map(|g| format!("sg-{g}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
     y.push_str("]\nmembers:\n  sg-members: [");
-    y.push_str(&(0..members).map(|i| member(i).to_string()).collect::<Vec<_>>().join(", "));
+    y.push_str(
+        &(0..members)
+            .map(|i| member(i).to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
     y.push_str("]\n");
     y
 }
@@ -98,7 +135,9 @@ fn host_config(netns: &str, ifaces: u32) -> String {
     }
     y.push_str("interfaces:\n");
     for i in 0..ifaces {
-        let groups: Vec<String> = (0..5).map(|k| format!("sg-{}", (i * 25 + k) % 2500)).collect();
+        let groups: Vec<String> = (0..5)
+            .map(|k| format!("sg-{}", (i * 25 + k) % 2500))
+            .collect();
         writeln!(
             y,
             "  - {{ name: v{i}, netns: \"{netns}\", security_groups: [{}], addresses: [198.18.{}.{}] }}",
@@ -157,28 +196,38 @@ fn measure_in(sgctl: &Path, dir: &Path, members: u32, host_ifaces: u32) -> Resul
         what: "one rule changed on that live interface (until enforced)".into(),
         wall_ms: wall,
         peak_rss_mib: rss,
-        detail: "whole `sgctl apply` process: load, validate, compile, new generation, switch".into(),
+        detail: "whole `sgctl apply` process: load, validate, compile, new generation, switch"
+            .into(),
     });
     // Map memory.
     let v4 = memlock(&id.dir().join(sg_common::names::MAP_ADDR_V4))?;
-    let v4_entries = aya::maps::lpm_trie::LpmTrie::<_, sg_common::policy::AddrKeyV4, u32>::try_from(aya::maps::Map::LpmTrie(
-        aya::maps::MapData::from_pin(id.dir().join(sg_common::names::MAP_ADDR_V4))?,
-    ))?
-    .keys()
-    .count();
+    let v4_entries =
+        aya::maps::lpm_trie::LpmTrie::<_, sg_common::policy::AddrKeyV4, u32>::try_from(
+            aya::maps::Map::LpmTrie(aya::maps::MapData::from_pin(
+                id.dir().join(sg_common::names::MAP_ADDR_V4),
+            )?),
+        )?
+        .keys()
+        .count();
     let ct = memlock(&id.dir().join(sg_common::names::MAP_CT_V4))?;
     let ct_entries = crate::loader::DEFAULT_CONNTRACK_ENTRIES as u64;
     rows.push(ControlRow {
         what: "kernel memory per IPv4 prefix (LPM trie)".into(),
         wall_ms: 0.0,
         peak_rss_mib: 0.0,
-        detail: format!("{} bytes ({v4} bytes for {v4_entries} prefixes)", v4 / v4_entries.max(1) as u64),
+        detail: format!(
+            "{} bytes ({v4} bytes for {v4_entries} prefixes)",
+            v4 / v4_entries.max(1) as u64
+        ),
     });
     rows.push(ControlRow {
         what: "kernel memory per IPv4 conntrack entry (preallocated hash)".into(),
         wall_ms: 0.0,
         peak_rss_mib: 0.0,
-        detail: format!("{} bytes ({ct} bytes for {ct_entries} entries)", ct / ct_entries),
+        detail: format!(
+            "{} bytes ({ct} bytes for {ct_entries} entries)",
+            ct / ct_entries
+        ),
     });
     crate::apply::detach(&id)?;
 
@@ -186,11 +235,23 @@ fn measure_in(sgctl: &Path, dir: &Path, members: u32, host_ifaces: u32) -> Resul
     let host = Netns::create("host")?;
     let mut batch = String::new();
     for i in 0..host_ifaces {
-        writeln!(batch, "link add v{i} type veth peer name p{i}\nlink set v{i} up").unwrap();
+        writeln!(
+            batch,
+            "link add v{i} type veth peer name p{i}\nlink set v{i} up"
+        )
+        .unwrap();
     }
     let batch_path = dir.join("links.batch");
     std::fs::write(&batch_path, batch)?;
-    run_checked("ip", &["-n", host.name(), "-batch", batch_path.to_str().expect("utf-8")])?;
+    run_checked(
+        "ip",
+        &[
+            "-n",
+            host.name(),
+            "-batch",
+            batch_path.to_str().expect("utf-8"),
+        ],
+    )?;
     let path = dir.join("host.yaml");
     std::fs::write(&path, host_config(host.name(), host_ifaces))?;
     let (wall, rss) = timed_apply(sgctl, &path)?;
@@ -198,7 +259,8 @@ fn measure_in(sgctl: &Path, dir: &Path, members: u32, host_ifaces: u32) -> Resul
         what: format!("apply, whole host ({host_ifaces} interfaces, 2,500 groups)"),
         wall_ms: wall,
         peak_rss_mib: rss,
-        detail: "each interface gets its own programs and maps (verifier runs per interface)".into(),
+        detail: "each interface gets its own programs and maps (verifier runs per interface)"
+            .into(),
     });
     for id in pins::attached_ifaces()? {
         if id.netns.as_deref() == Some(host.name()) {

@@ -115,15 +115,32 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Runs every section (`sgctl`: the binary the control-plane figures time);
 /// `progress` gets one line per step.
-pub fn run(cfg: &BenchConfig, sgctl: &std::path::Path, progress: &mut dyn FnMut(&str)) -> Result<Results> {
+pub fn run(
+    cfg: &BenchConfig,
+    sgctl: &std::path::Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Results> {
     let t = Instant::now();
-    let mut r = Results { config: cfg.name.into(), ..Results::default() };
+    let mut r = Results {
+        config: cfg.name.into(),
+        ..Results::default()
+    };
     for v6 in [false, true] {
         let mut sets = per_packet::rule_sets(v6, &cfg.sizes);
         sets.push(per_packet::members_set(v6, cfg.members));
         for set in &sets {
-            progress(&format!("per-packet: {} ({})", set.name, if v6 { "IPv6" } else { "IPv4" }));
-            r.per_packet.push(per_packet::measure(set, v6, cfg.repeat, cfg.new_flows, cfg.runs)?);
+            progress(&format!(
+                "per-packet: {} ({})",
+                set.name,
+                if v6 { "IPv6" } else { "IPv4" }
+            ));
+            r.per_packet.push(per_packet::measure(
+                set,
+                v6,
+                cfg.repeat,
+                cfg.new_flows,
+                cfg.runs,
+            )?);
         }
     }
     let bed = traffic::Testbed::new()?;
@@ -147,15 +164,26 @@ pub fn run(cfg: &BenchConfig, sgctl: &std::path::Path, progress: &mut dyn FnMut(
         });
     }
     for &rules in &cfg.conn_rules {
-        for peer in [traffic::Peer::Sg, traffic::Peer::Iptables, traffic::Peer::Nftables] {
-            progress(&format!("connection rate: {} with {rules} rules", peer.name()));
+        for peer in [
+            traffic::Peer::Sg,
+            traffic::Peer::Iptables,
+            traffic::Peer::Nftables,
+        ] {
+            progress(&format!(
+                "connection rate: {} with {rules} rules",
+                peer.name()
+            ));
             bed.install(peer, rules)?;
             let mut conns = Vec::new();
             for _ in 0..cfg.traffic_reps {
                 conns.push(bed.conn_rate(cfg.traffic_secs)?);
             }
             bed.remove(peer)?;
-            r.conn_rate.push(report::ConnRow { peer: peer.name().into(), rules, conns_per_sec: median(conns) });
+            r.conn_rate.push(report::ConnRow {
+                peer: peer.name().into(),
+                rules,
+                conns_per_sec: median(conns),
+            });
         }
     }
     drop(bed);
@@ -163,7 +191,12 @@ pub fn run(cfg: &BenchConfig, sgctl: &std::path::Path, progress: &mut dyn FnMut(
     r.control = control::measure(sgctl, cfg.control_members, cfg.host_ifaces)?;
     progress("conntrack under pressure");
     for untracked in [false, true] {
-        r.pressure.push(pressure::flood(cfg.ct_capacity, 100.min(cfg.ct_capacity / 4), cfg.flood, untracked)?);
+        r.pressure.push(pressure::flood(
+            cfg.ct_capacity,
+            100.min(cfg.ct_capacity / 4),
+            cfg.flood,
+            untracked,
+        )?);
     }
     r.seconds = t.elapsed().as_secs_f64();
     Ok(r)

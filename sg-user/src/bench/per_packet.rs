@@ -63,7 +63,11 @@ fn rule(id: String, proto: u8, ports: (u16, u16), peers: Vec<IpNet>) -> Rule {
 
 /// The allowed client, inside every set's prefixes.
 pub fn client(v6: bool) -> IpAddr {
-    if v6 { v6_from(77).into() } else { v4_from(77).into() }
+    if v6 {
+        v6_from(77).into()
+    } else {
+        v4_from(77).into()
+    }
 }
 
 fn net(addr: IpAddr, len: u8) -> IpNet {
@@ -72,7 +76,13 @@ fn net(addr: IpAddr, len: u8) -> IpNet {
 
 /// The standard sets: 1, 100, 1,000 rules; 10k and 100k prefixes; 10k members.
 pub fn rule_sets(v6: bool, sizes: &[usize]) -> Vec<RuleSet> {
-    let at = |i: u32| -> IpAddr { if v6 { v6_from(i).into() } else { v4_from(i).into() } };
+    let at = |i: u32| -> IpAddr {
+        if v6 {
+            v6_from(i).into()
+        } else {
+            v4_from(i).into()
+        }
+    };
     let host_len = if v6 { 128 } else { 32 };
     // 198.18.0.0/15 holds 2,048 /26 blocks: room for 1,000 distinct rules.
     let (wide_len, block) = if v6 { (112, 1 << 16) } else { (26, 64) };
@@ -84,12 +94,24 @@ pub fn rule_sets(v6: bool, sizes: &[usize]) -> Vec<RuleSet> {
             1 | 100 | 1000 => {
                 let rules: Vec<Rule> = (0..n as u32)
                     .map(|i| {
-                        let base = if i + 1 == n as u32 { 77 } else { block * (i + 2) };
-                        let ports = if i + 1 == n as u32 { (443, 443) } else { (1000 + (i % 50) as u16, 1100 + (i % 50) as u16) };
+                        let base = if i + 1 == n as u32 {
+                            77
+                        } else {
+                            block * (i + 2)
+                        };
+                        let ports = if i + 1 == n as u32 {
+                            (443, 443)
+                        } else {
+                            (1000 + (i % 50) as u16, 1100 + (i % 50) as u16)
+                        };
                         rule(format!("r{i}"), 6, ports, vec![net(at(base), wide_len)])
                     })
                     .collect();
-                sets.push(RuleSet { name: format!("{n} rule{}", if n == 1 { "" } else { "s" }), prefixes: n, rules });
+                sets.push(RuleSet {
+                    name: format!("{n} rule{}", if n == 1 { "" } else { "s" }),
+                    prefixes: n,
+                    rules,
+                });
             }
             // One rule whose prefix list / group has n entries.
             _ => {
@@ -107,20 +129,43 @@ pub fn rule_sets(v6: bool, sizes: &[usize]) -> Vec<RuleSet> {
 
 /// A set of `n` group members (a reference: one /32 per member).
 pub fn members_set(v6: bool, n: usize) -> RuleSet {
-    let at = |i: u32| -> IpAddr { if v6 { v6_from(i).into() } else { v4_from(i).into() } };
+    let at = |i: u32| -> IpAddr {
+        if v6 {
+            v6_from(i).into()
+        } else {
+            v4_from(i).into()
+        }
+    };
     let peers: Vec<IpNet> = (0..n as u32).map(|i| IpNet::from(at(77 + i))).collect();
     RuleSet {
         name: format!("{}k members", n / 1000),
         prefixes: n,
-        rules: vec![rule("members".into(), 6, (3306, 3306), peers.clone()), rule("members-https".into(), 6, (443, 443), peers)],
+        rules: vec![
+            rule("members".into(), 6, (3306, 3306), peers.clone()),
+            rule("members-https".into(), 6, (443, 443), peers),
+        ],
     }
 }
 
 fn syn(src: IpAddr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    let dst: IpAddr = if src.is_ipv6() { Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1).into() } else { Ipv4Addr::new(198, 19, 255, 1).into() };
+    let dst: IpAddr = if src.is_ipv6() {
+        Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1).into()
+    } else {
+        Ipv4Addr::new(198, 19, 255, 1).into()
+    };
     // 64-byte frames for IPv4 (14 + 20 + 20 + 10 bytes payload).
     let payload = if src.is_ipv6() { 0 } else { 10 };
-    Frame { src, dst, l4: L4::Tcp { src: sport, dst: dport, flags }, payload }.build()
+    Frame {
+        src,
+        dst,
+        l4: L4::Tcp {
+            src: sport,
+            dst: dport,
+            flags,
+        },
+        payload,
+    }
+    .build()
 }
 
 /// Measures one rule set; `repeat` runs per measurement, best of `runs`.
@@ -142,13 +187,21 @@ pub fn measure(set: &RuleSet, v6: bool, repeat: u32, new_flows: u32, runs: usize
     };
     // Established flow: open it once, then measure its later packets.
     let open = syn(client, 40000, 443, TCP_SYN);
-    anyhow::ensure!(inst.xdp(&open, 1)?.0 == XDP_PASS, "{}: the allowed flow is not allowed", set.name);
+    anyhow::ensure!(
+        inst.xdp(&open, 1)?.0 == XDP_PASS,
+        "{}: the allowed flow is not allowed",
+        set.name
+    );
     let ack = syn(client, 40000, 443, TCP_ACK);
     let ct_hit_ns = best(&mut || Ok(inst.xdp(&ack, repeat)?.1 as f64))?;
     let floor_ns = best(&mut || Ok(inst.floor(&ack, repeat)? as f64))?;
     // Denied: inside the prefixes, a port no rule allows (both lookups run).
     let denied = syn(client, 40001, 9, TCP_SYN);
-    anyhow::ensure!(inst.xdp(&denied, 1)?.0 == XDP_DROP, "{}: the denied packet passes", set.name);
+    anyhow::ensure!(
+        inst.xdp(&denied, 1)?.0 == XDP_DROP,
+        "{}: the denied packet passes",
+        set.name
+    );
     let denied_ns = best(&mut || Ok(inst.xdp(&denied, repeat)?.1 as f64))?;
     // New flows: distinct source ports, one run each (the first run of a
     // flow is the only one that misses the table).

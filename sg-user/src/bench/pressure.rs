@@ -29,7 +29,17 @@ fn src(i: u32) -> IpAddr {
 }
 
 fn frame(i: u32, sport: u16, flags: u8) -> Vec<u8> {
-    Frame { src: src(i), dst: Ipv4Addr::new(198, 19, 255, 1).into(), l4: L4::Tcp { src: sport, dst: 443, flags }, payload: 10 }.build()
+    Frame {
+        src: src(i),
+        dst: Ipv4Addr::new(198, 19, 255, 1).into(),
+        l4: L4::Tcp {
+            src: sport,
+            dst: 443,
+            flags,
+        },
+        payload: 10,
+    }
+    .build()
 }
 
 /// Floods `flood` SYNs (distinct sources/ports) at port 443 with a table of
@@ -45,27 +55,55 @@ pub fn flood(capacity: u32, established: u32, flood: u32, untracked: bool) -> Re
         untracked_tcp: untracked,
         untracked_udp: false,
     };
-    let all_out = Rule { id: "out".into(), proto: None, ports: (0, 0xffff), peers: vec!["0.0.0.0/0".parse()?], untracked_tcp: false, untracked_udp: false };
+    let all_out = Rule {
+        id: "out".into(),
+        proto: None,
+        ports: (0, 0xffff),
+        peers: vec!["0.0.0.0/0".parse()?],
+        untracked_tcp: false,
+        untracked_udp: false,
+    };
     let outbound = if untracked { vec![all_out] } else { vec![] };
-    inst.policy.install(&compile(inst.policy.next_generation()?, &[rule], &outbound), DEFAULT_TIMEOUTS_S)?;
+    inst.policy.install(
+        &compile(inst.policy.next_generation()?, &[rule], &outbound),
+        DEFAULT_TIMEOUTS_S,
+    )?;
     for i in 0..established {
-        ensure!(inst.xdp(&frame(i, 40000, TCP_SYN), 1)?.0 == XDP_PASS, "established flow {i} refused");
+        ensure!(
+            inst.xdp(&frame(i, 40000, TCP_SYN), 1)?.0 == XDP_PASS,
+            "established flow {i} refused"
+        );
     }
     let before = inst.counter(Direction::Inbound, Reason::PassRule).packets;
     for i in 0..flood {
-        let _ = inst.xdp(&frame(established + i, 1024 + (i % 60000) as u16, TCP_SYN), 1)?;
+        let _ = inst.xdp(
+            &frame(established + i, 1024 + (i % 60000) as u16, TCP_SYN),
+            1,
+        )?;
     }
     let admitted = inst.counter(Direction::Inbound, Reason::PassRule).packets - before;
-    let full = inst.counter(Direction::Inbound, Reason::DropConntrackFull).packets;
+    let full = inst
+        .counter(Direction::Inbound, Reason::DropConntrackFull)
+        .packets;
     let mut ok = 0;
     for i in 0..established {
         ok += u32::from(inst.xdp(&frame(i, 40000, TCP_ACK), 1)?.0 == XDP_PASS);
     }
-    let table = aya::maps::HashMap::<_, sg_common::conntrack::CtKeyV4, sg_common::conntrack::CtEntry>::try_from(
-        inst.ebpf.map(sg_common::names::MAP_CT_V4).expect("in object"),
+    let table = aya::maps::HashMap::<
+        _,
+        sg_common::conntrack::CtKeyV4,
+        sg_common::conntrack::CtEntry,
+    >::try_from(
+        inst.ebpf
+            .map(sg_common::names::MAP_CT_V4)
+            .expect("in object"),
     )?;
     Ok(PressureRow {
-        port: if untracked { "443 untracked (0.0.0.0/0, all outbound open)" } else { "443 tracked" },
+        port: if untracked {
+            "443 untracked (0.0.0.0/0, all outbound open)"
+        } else {
+            "443 tracked"
+        },
         table_capacity: capacity,
         flood_syns: flood,
         admitted,

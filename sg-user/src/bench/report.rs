@@ -25,7 +25,11 @@ pub struct ConnRow {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -63,8 +67,15 @@ fn targets(r: &Results) -> Vec<Target> {
         }
     }
     for family in ["IPv4", "IPv6"] {
-        let one = r.per_packet.iter().find(|x| x.family == family && x.set == "1 rule");
-        let big = r.per_packet.iter().filter(|x| x.family == family && x.set.ends_with("prefixes")).max_by_key(|x| x.prefixes);
+        let one = r
+            .per_packet
+            .iter()
+            .find(|x| x.family == family && x.set == "1 rule");
+        let big = r
+            .per_packet
+            .iter()
+            .filter(|x| x.family == family && x.set.ends_with("prefixes"))
+            .max_by_key(|x| x.prefixes);
         if let (Some(one), Some(big)) = (one, big) {
             t.push(Target {
                 what: format!("{} vs 1 rule, denied packet, {family}", big.set),
@@ -84,7 +95,11 @@ fn targets(r: &Results) -> Vec<Target> {
         });
         for peer in ["iptables", "nftables"] {
             if let Some(p) = find(peer) {
-                for (name, a, b) in [("TCP throughput", sg.tcp_gbps, p.tcp_gbps), ("UDP small packets", sg.udp_pps, p.udp_pps), ("new connections/s", sg.conns_per_sec, p.conns_per_sec)] {
+                for (name, a, b) in [
+                    ("TCP throughput", sg.tcp_gbps, p.tcp_gbps),
+                    ("UDP small packets", sg.udp_pps, p.udp_pps),
+                    ("new connections/s", sg.conns_per_sec, p.conns_per_sec),
+                ] {
                     t.push(Target {
                         what: format!("{name} vs {peer}"),
                         measured: format!("{:.2}×", a / b),
@@ -95,7 +110,11 @@ fn targets(r: &Results) -> Vec<Target> {
             }
         }
     }
-    let conn = |p: &str| r.conn_rate.iter().find(|x| x.rules == 1000 && x.peer.starts_with(p));
+    let conn = |p: &str| {
+        r.conn_rate
+            .iter()
+            .find(|x| x.rules == 1000 && x.peer.starts_with(p))
+    };
     if let (Some(sg), Some(ipt)) = (conn("sg"), conn("iptables")) {
         t.push(Target {
             what: "new connections/s with 1,000 rules vs iptables".into(),
@@ -106,10 +125,20 @@ fn targets(r: &Results) -> Vec<Target> {
     }
     for c in &r.control {
         if c.what.starts_with("apply, whole host") {
-            t.push(Target { what: c.what.clone(), measured: format!("{:.0} ms", c.wall_ms), limit: "≤ 2000 ms".into(), ok: c.wall_ms <= 2000.0 });
+            t.push(Target {
+                what: c.what.clone(),
+                measured: format!("{:.0} ms", c.wall_ms),
+                limit: "≤ 2000 ms".into(),
+                ok: c.wall_ms <= 2000.0,
+            });
         }
         if c.what.starts_with("one rule changed") {
-            t.push(Target { what: c.what.clone(), measured: format!("{:.0} ms", c.wall_ms), limit: "≤ 50 ms".into(), ok: c.wall_ms <= 50.0 });
+            t.push(Target {
+                what: c.what.clone(),
+                measured: format!("{:.0} ms", c.wall_ms),
+                limit: "≤ 50 ms".into(),
+                ok: c.wall_ms <= 50.0,
+            });
         }
     }
     t
@@ -118,54 +147,157 @@ fn targets(r: &Results) -> Vec<Target> {
 /// Renders the markdown; `charts` names the SVG files written beside it.
 pub fn markdown(r: &Results, command: &str, charts: &[(&str, &str)]) -> String {
     let mut s = String::new();
-    let date = std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let _ = writeln!(s, "# Benchmarks\n");
-    let _ = writeln!(s, "Measured by `{command}` on {date}, {} ({} configuration, {:.0} s). Every figure below comes from that one run; ratios compare peers measured in the same run. Regenerate with the same command.\n", machine(), r.config, r.seconds);
-    let _ = writeln!(s, "## Targets\n\n| target | measured | limit | |\n|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "Measured by `{command}` on {date}, {} ({} configuration, {:.0} s). Every figure below comes from that one run; ratios compare peers measured in the same run. Regenerate with the same command.\n",
+        machine(),
+        r.config,
+        r.seconds
+    );
+    let _ = writeln!(
+        s,
+        "## Targets\n\n| target | measured | limit | |\n|---|---|---|---|"
+    );
     let ts = targets(r);
     for t in &ts {
-        let _ = writeln!(s, "| {} | {} | {} | {} |", t.what, t.measured, t.limit, verdict(t.ok));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            t.what,
+            t.measured,
+            t.limit,
+            verdict(t.ok)
+        );
     }
-    let _ = writeln!(s, "\n{} of {} targets met. Where one is not, the sections below say what limits it.\n", ts.iter().filter(|t| t.ok).count(), ts.len());
-    let _ = writeln!(s, "## 1. Per-packet cost (BPF_PROG_TEST_RUN, XDP ingress program)\n");
-    let _ = writeln!(s, "Repeated runs of one frame (64 bytes for IPv4), best of the runs. *floor*: an XDP program that only bumps a per-CPU counter. *conntrack hit*: a packet of an established flow. *new flow*: a SYN of a flow not seen before (two LPM lookups + conntrack insert), one run per flow, next to the floor measured the same way (*floor, 1 run*: the kernel's per-call timing overhead is in both). *denied*: no rule allows it (two LPM lookups, no state).\n");
-    let _ = writeln!(s, "| rule set | family | prefixes | floor | conntrack hit | new flow | floor, 1 run | denied | denied ÷ 1 rule | compile | install |\n|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "\n{} of {} targets met. Where one is not, the sections below say what limits it.\n",
+        ts.iter().filter(|t| t.ok).count(),
+        ts.len()
+    );
+    let _ = writeln!(
+        s,
+        "## 1. Per-packet cost (BPF_PROG_TEST_RUN, XDP ingress program)\n"
+    );
+    let _ = writeln!(
+        s,
+        "Repeated runs of one frame (64 bytes for IPv4), best of the runs. *floor*: an XDP program that only bumps a per-CPU counter. *conntrack hit*: a packet of an established flow. *new flow*: a SYN of a flow not seen before (two LPM lookups + conntrack insert), one run per flow, next to the floor measured the same way (*floor, 1 run*: the kernel's per-call timing overhead is in both). *denied*: no rule allows it (two LPM lookups, no state).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| rule set | family | prefixes | floor | conntrack hit | new flow | floor, 1 run | denied | denied ÷ 1 rule | compile | install |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for row in &r.per_packet {
-        let base = r.per_packet.iter().find(|x| x.family == row.family && x.set == "1 rule").map_or(row.denied_ns, |x| x.denied_ns);
+        let base = r
+            .per_packet
+            .iter()
+            .find(|x| x.family == row.family && x.set == "1 rule")
+            .map_or(row.denied_ns, |x| x.denied_ns);
         let _ = writeln!(
             s,
             "| {} | {} | {} | {:.0} ns | {:.0} ns | {:.0} ns | {:.0} ns | {:.0} ns | {:.2}× | {:.0} ms | {:.0} ms |",
-            row.set, row.family, row.prefixes, row.floor_ns, row.ct_hit_ns, row.new_flow_ns, row.floor_single_ns, row.denied_ns, row.denied_ns / base, row.compile_ms, row.install_ms
+            row.set,
+            row.family,
+            row.prefixes,
+            row.floor_ns,
+            row.ct_hit_ns,
+            row.new_flow_ns,
+            row.floor_single_ns,
+            row.denied_ns,
+            row.denied_ns / base,
+            row.compile_ms,
+            row.install_ms
         );
     }
-    let _ = writeln!(s, "\nThe policy lookup is two kernel LPM tries; their cost grows with trie depth (prefix count and key length), which is what the denied column shows. Established flows never reach them.\n");
-    let _ = writeln!(s, "## 2. Real traffic between namespaces (veth, server side filtered)\n");
-    let _ = writeln!(s, "The same 1,000 rules for every peer: 996 that never match the client, then the ones that allow it (last, so rule-linear firewalls walk them all). TCP: one iperf3 flow; UDP: iperf3 with 64-byte datagrams and two senders; connections: connect, read one byte, close, for the duration. Medians of the repetitions.\n");
-    let _ = writeln!(s, "| peer | TCP Gbit/s | ÷ unfiltered | UDP packets/s | ÷ unfiltered | new connections/s | ÷ unfiltered |\n|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "\nThe policy lookup is two kernel LPM tries; their cost grows with trie depth (prefix count and key length), which is what the denied column shows. Established flows never reach them.\n"
+    );
+    let _ = writeln!(
+        s,
+        "## 2. Real traffic between namespaces (veth, server side filtered)\n"
+    );
+    let _ = writeln!(
+        s,
+        "The same 1,000 rules for every peer: 996 that never match the client, then the ones that allow it (last, so rule-linear firewalls walk them all). TCP: one iperf3 flow; UDP: iperf3 with 64-byte datagrams and two senders; connections: connect, read one byte, close, for the duration. Medians of the repetitions.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| peer | TCP Gbit/s | ÷ unfiltered | UDP packets/s | ÷ unfiltered | new connections/s | ÷ unfiltered |\n|---|---|---|---|---|---|---|"
+    );
     let open = r.traffic.iter().find(|x| x.peer == "unfiltered").cloned();
     for row in &r.traffic {
-        let (t0, u0, c0) = open.as_ref().map_or((1.0, 1.0, 1.0), |o| (o.tcp_gbps, o.udp_pps, o.conns_per_sec));
+        let (t0, u0, c0) = open.as_ref().map_or((1.0, 1.0, 1.0), |o| {
+            (o.tcp_gbps, o.udp_pps, o.conns_per_sec)
+        });
         let _ = writeln!(
             s,
             "| {} | {:.2} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} |",
-            row.peer, row.tcp_gbps, row.tcp_gbps / t0, row.udp_pps, row.udp_pps / u0, row.conns_per_sec, row.conns_per_sec / c0
+            row.peer,
+            row.tcp_gbps,
+            row.tcp_gbps / t0,
+            row.udp_pps,
+            row.udp_pps / u0,
+            row.conns_per_sec,
+            row.conns_per_sec / c0
         );
     }
-    let _ = writeln!(s, "\nNew connections per second by number of rules:\n\n| peer | rules | connections/s |\n|---|---|---|");
+    let _ = writeln!(
+        s,
+        "\nNew connections per second by number of rules:\n\n| peer | rules | connections/s |\n|---|---|---|"
+    );
     for row in &r.conn_rate {
-        let _ = writeln!(s, "| {} | {} | {:.0} |", row.peer, row.rules, row.conns_per_sec);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} |",
+            row.peer, row.rules, row.conns_per_sec
+        );
     }
-    let _ = writeln!(s, "\n## 3. Control plane\n\n| what | wall time | peak RSS | detail |\n|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "\n## 3. Control plane\n\n| what | wall time | peak RSS | detail |\n|---|---|---|---|"
+    );
     for row in &r.control {
-        let wall = if row.wall_ms > 0.0 { format!("{:.0} ms", row.wall_ms) } else { "–".into() };
-        let rss = if row.peak_rss_mib > 0.0 { format!("{:.0} MiB", row.peak_rss_mib) } else { "–".into() };
+        let wall = if row.wall_ms > 0.0 {
+            format!("{:.0} ms", row.wall_ms)
+        } else {
+            "–".into()
+        };
+        let rss = if row.peak_rss_mib > 0.0 {
+            format!("{:.0} MiB", row.peak_rss_mib)
+        } else {
+            "–".into()
+        };
         let _ = writeln!(s, "| {} | {wall} | {rss} | {} |", row.what, row.detail);
     }
-    let _ = writeln!(s, "\n## 4. Conntrack under pressure (BPF_PROG_TEST_RUN)\n\nA SYN flood from distinct sources at port 443 after 100 (or fewer) flows were established; then every established flow sends one more packet.\n\n| port | table capacity | flood SYNs | admitted | dropped `conntrack_full` | table entries | established flows still passing |\n|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "\n## 4. Conntrack under pressure (BPF_PROG_TEST_RUN)\n\nA SYN flood from distinct sources at port 443 after 100 (or fewer) flows were established; then every established flow sends one more packet.\n\n| port | table capacity | flood SYNs | admitted | dropped `conntrack_full` | table entries | established flows still passing |\n|---|---|---|---|---|---|---|"
+    );
     for row in &r.pressure {
-        let _ = writeln!(s, "| {} | {} | {} | {} | {} | {} | {} |", row.port, row.table_capacity, row.flood_syns, row.admitted, row.dropped_conntrack_full, row.table_entries, row.established_ok);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            row.port,
+            row.table_capacity,
+            row.flood_syns,
+            row.admitted,
+            row.dropped_conntrack_full,
+            row.table_entries,
+            row.established_ok
+        );
     }
-    let _ = writeln!(s, "\nA full table refuses new tracked flows (counted, as AWS does) and never evicts established ones; untracked flows keep no state, so a flood at an untracked port cannot fill the table.\n");
+    let _ = writeln!(
+        s,
+        "\nA full table refuses new tracked flows (counted, as AWS does) and never evicts established ones; untracked flows keep no state, so a flood at an untracked port cannot fill the table.\n"
+    );
     if !charts.is_empty() {
         let _ = writeln!(s, "## Charts\n");
         for (file, title) in charts {
@@ -175,25 +307,43 @@ pub fn markdown(r: &Results, command: &str, charts: &[(&str, &str)]) -> String {
     s
 }
 
+/// Picks one figure out of a per-packet row.
+type RowValue = fn(&super::per_packet::Row) -> f64;
+
 /// Writes the SVG charts into `dir`; returns (file name, title) pairs.
 pub fn charts(r: &Results, dir: &Path) -> Result<Vec<(&'static str, &'static str)>> {
     let mut out = Vec::new();
-    let v4: Vec<_> = r.per_packet.iter().filter(|x| x.family == "IPv4" && !x.set.contains("members")).collect();
+    let v4: Vec<_> = r
+        .per_packet
+        .iter()
+        .filter(|x| x.family == "IPv4" && !x.set.contains("members"))
+        .collect();
     if v4.len() > 1 {
         let file = "bench-per-packet.svg";
         let path = dir.join(file);
         let root = SVGBackend::new(&path, (720, 420)).into_drawing_area();
         root.fill(&WHITE)?;
         let max_x = v4.iter().map(|x| x.prefixes).max().unwrap_or(1) as f64;
-        let max_y = v4.iter().map(|x| x.denied_ns.max(x.new_flow_ns)).fold(0.0, f64::max) * 1.15;
+        let max_y = v4
+            .iter()
+            .map(|x| x.denied_ns.max(x.new_flow_ns))
+            .fold(0.0, f64::max)
+            * 1.15;
         let mut chart = ChartBuilder::on(&root)
-            .caption("Per-packet cost vs rule-set size (IPv4, XDP, TestRun)", ("sans-serif", 18))
+            .caption(
+                "Per-packet cost vs rule-set size (IPv4, XDP, TestRun)",
+                ("sans-serif", 18),
+            )
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(55)
             .build_cartesian_2d((1f64..max_x * 1.5).log_scale(), 0f64..max_y)?;
-        chart.configure_mesh().x_desc("distinct prefixes (log)").y_desc("ns per packet").draw()?;
-        let series: [(&str, fn(&super::per_packet::Row) -> f64, RGBColor); 4] = [
+        chart
+            .configure_mesh()
+            .x_desc("distinct prefixes (log)")
+            .y_desc("ns per packet")
+            .draw()?;
+        let series: [(&str, RowValue, RGBColor); 4] = [
             ("denied (2 lookups)", |x| x.denied_ns, RED),
             ("new flow (lookups + insert)", |x| x.new_flow_ns, BLUE),
             ("conntrack hit", |x| x.ct_hit_ns, GREEN),
@@ -201,11 +351,20 @@ pub fn charts(r: &Results, dir: &Path) -> Result<Vec<(&'static str, &'static str
         ];
         for (name, f, color) in series {
             chart
-                .draw_series(LineSeries::new(v4.iter().map(|x| (x.prefixes as f64, f(x))), color.stroke_width(2)))?
+                .draw_series(LineSeries::new(
+                    v4.iter().map(|x| (x.prefixes as f64, f(x))),
+                    color.stroke_width(2),
+                ))?
                 .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
         root.present()?;
         out.push((file, "Per-packet cost vs rule-set size"));
     }
@@ -220,33 +379,67 @@ pub fn charts(r: &Results, dir: &Path) -> Result<Vec<(&'static str, &'static str
         let path = dir.join(file);
         let root = SVGBackend::new(&path, (720, 420)).into_drawing_area();
         root.fill(&WHITE)?;
-        let max_y = r.conn_rate.iter().map(|x| x.conns_per_sec).fold(0.0, f64::max) * 1.15;
+        let max_y = r
+            .conn_rate
+            .iter()
+            .map(|x| x.conns_per_sec)
+            .fold(0.0, f64::max)
+            * 1.15;
         let max_x = *rules.last().unwrap_or(&1) as f64;
         let mut chart = ChartBuilder::on(&root)
-            .caption("New TCP connections per second vs number of rules", ("sans-serif", 18))
+            .caption(
+                "New TCP connections per second vs number of rules",
+                ("sans-serif", 18),
+            )
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
             .build_cartesian_2d((5f64..max_x * 1.5).log_scale(), 0f64..max_y)?;
-        chart.configure_mesh().x_desc("rules (log)").y_desc("connections/s").draw()?;
+        chart
+            .configure_mesh()
+            .x_desc("rules (log)")
+            .y_desc("connections/s")
+            .draw()?;
         for (peer, color) in [("sg", BLUE), ("iptables", RED), ("nftables", GREEN)] {
-            let points: Vec<(f64, f64)> = r.conn_rate.iter().filter(|x| x.peer.starts_with(peer)).map(|x| (x.rules as f64, x.conns_per_sec)).collect();
+            let points: Vec<(f64, f64)> = r
+                .conn_rate
+                .iter()
+                .filter(|x| x.peer.starts_with(peer))
+                .map(|x| (x.rules as f64, x.conns_per_sec))
+                .collect();
             chart
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))?
                 .label(peer)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
         root.present()?;
         out.push((file, "New connections per second vs number of rules"));
     }
     if !r.traffic.is_empty() {
         let file = "bench-traffic.svg";
         let path = dir.join(file);
-        let root = SVGBackend::new(&path, (720, 60 + 70 * r.traffic.len() as u32)).into_drawing_area();
+        let root =
+            SVGBackend::new(&path, (720, 60 + 70 * r.traffic.len() as u32)).into_drawing_area();
         root.fill(&WHITE)?;
-        let open = r.traffic.iter().find(|x| x.peer == "unfiltered").map_or(1.0, |x| x.tcp_gbps).max(1e-9);
-        let open_c = r.traffic.iter().find(|x| x.peer == "unfiltered").map_or(1.0, |x| x.conns_per_sec).max(1e-9);
+        let open = r
+            .traffic
+            .iter()
+            .find(|x| x.peer == "unfiltered")
+            .map_or(1.0, |x| x.tcp_gbps)
+            .max(1e-9);
+        let open_c = r
+            .traffic
+            .iter()
+            .find(|x| x.peer == "unfiltered")
+            .map_or(1.0, |x| x.conns_per_sec)
+            .max(1e-9);
         let n = r.traffic.len();
         let mut chart = ChartBuilder::on(&root)
             .caption("Relative to unfiltered (same run): TCP throughput (blue), new connections/s (orange)", ("sans-serif", 15))
@@ -264,11 +457,23 @@ pub fn charts(r: &Results, dir: &Path) -> Result<Vec<(&'static str, &'static str
             .x_desc("fraction of unfiltered")
             .draw()?;
         chart.draw_series(r.traffic.iter().enumerate().map(|(i, x)| {
-            Rectangle::new([(0.0, SegmentValue::Exact(i)), ((x.tcp_gbps / open).min(1.2), SegmentValue::CenterOf(i))], BLUE.filled())
+            Rectangle::new(
+                [
+                    (0.0, SegmentValue::Exact(i)),
+                    ((x.tcp_gbps / open).min(1.2), SegmentValue::CenterOf(i)),
+                ],
+                BLUE.filled(),
+            )
         }))?;
         chart.draw_series(r.traffic.iter().enumerate().map(|(i, x)| {
             Rectangle::new(
-                [(0.0, SegmentValue::CenterOf(i)), ((x.conns_per_sec / open_c).min(1.2), SegmentValue::Exact(i + 1))],
+                [
+                    (0.0, SegmentValue::CenterOf(i)),
+                    (
+                        (x.conns_per_sec / open_c).min(1.2),
+                        SegmentValue::Exact(i + 1),
+                    ),
+                ],
                 RGBColor(230, 140, 30).filled(),
             )
         }))?;

@@ -15,7 +15,6 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-
 use crate::{
     apply::{self, ApplyOptions},
     netns::{Host, Netns, Segment},
@@ -36,7 +35,13 @@ pub enum Peer {
 }
 
 impl Peer {
-    pub const ALL: [Peer; 5] = [Peer::Unfiltered, Peer::Sg, Peer::Iptables, Peer::Nftables, Peer::XdpFilter];
+    pub const ALL: [Peer; 5] = [
+        Peer::Unfiltered,
+        Peer::Sg,
+        Peer::Iptables,
+        Peer::Nftables,
+        Peer::XdpFilter,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -85,16 +90,24 @@ impl Testbed {
     pub fn install(&self, peer: Peer, rules: usize) -> Result<()> {
         self.remove(peer)?;
         // `rules` in total: fillers plus the four that allow the benchmark.
-        let fillers: Vec<String> = (0..rules.saturating_sub(4)).map(|i| format!("198.19.{}.{}/32", i / 250, i % 250 + 1)).collect();
+        let fillers: Vec<String> = (0..rules.saturating_sub(4))
+            .map(|i| format!("198.19.{}.{}/32", i / 250, i % 250 + 1))
+            .collect();
         match peer {
             Peer::Unfiltered => Ok(()),
             Peer::Sg => self.install_sg(&fillers),
             Peer::Iptables => self.install_iptables(&fillers),
             Peer::Nftables => self.install_nftables(&fillers),
             Peer::XdpFilter => {
-                self.server().exec("xdp-filter", &["load", "--mode", "skb", "--policy", "deny", Host::IFACE]).ok();
+                self.server()
+                    .exec(
+                        "xdp-filter",
+                        &["load", "--mode", "skb", "--policy", "deny", Host::IFACE],
+                    )
+                    .ok();
                 for port in [IPERF_PORT, CONN_PORT] {
-                    self.server().exec("xdp-filter", &["port", "--mode", "dst", &port.to_string()])?;
+                    self.server()
+                        .exec("xdp-filter", &["port", "--mode", "dst", &port.to_string()])?;
                 }
                 Ok(())
             }
@@ -102,13 +115,22 @@ impl Testbed {
     }
 
     fn install_sg(&self, fillers: &[String]) -> Result<()> {
-        let mut y = String::from("quotas: { rules_per_group: 1000, groups_per_interface: 1, rules_per_interface: 1000 }\nsecurity_groups:\n  - id: sg-bench\n    ingress:\n");
+        let mut y = String::from(
+            "quotas: { rules_per_group: 1000, groups_per_interface: 1, rules_per_interface: 1000 }\nsecurity_groups:\n  - id: sg-bench\n    ingress:\n",
+        );
         for (i, f) in fillers.iter().enumerate() {
-            y.push_str(&format!("      - {{ protocol: tcp, ports: {}, cidr: {f} }}\n", 10000 + i % 1000));
+            y.push_str(&format!(
+                "      - {{ protocol: tcp, ports: {}, cidr: {f} }}\n",
+                10000 + i % 1000
+            ));
         }
         for port in [IPERF_PORT, CONN_PORT] {
-            y.push_str(&format!("      - {{ protocol: tcp, ports: {port}, cidr: {CLIENT}/32 }}\n"));
-            y.push_str(&format!("      - {{ protocol: udp, ports: {port}, cidr: {CLIENT}/32 }}\n"));
+            y.push_str(&format!(
+                "      - {{ protocol: tcp, ports: {port}, cidr: {CLIENT}/32 }}\n"
+            ));
+            y.push_str(&format!(
+                "      - {{ protocol: udp, ports: {port}, cidr: {CLIENT}/32 }}\n"
+            ));
         }
         y.push_str(&format!(
             "interfaces:\n  - {{ name: eth0, netns: \"{}\", security_groups: [sg-bench], addresses: [{SERVER}] }}\n",
@@ -116,22 +138,29 @@ impl Testbed {
         ));
         let path = self.dir.join("sg.yaml");
         std::fs::write(&path, y)?;
-        let model = apply::load(&path, &[]).map_err(|p| anyhow::anyhow!("bench config invalid: {p:?}"))?;
+        let model =
+            apply::load(&path, &[]).map_err(|p| anyhow::anyhow!("bench config invalid: {p:?}"))?;
         apply::apply(&model, &ApplyOptions::default())?;
         Ok(())
     }
 
     fn install_iptables(&self, fillers: &[String]) -> Result<()> {
         // Neutron: a per-port chain, ESTABLISHED/RELATED first, then the rules.
-        let mut script = String::from("*filter\n:INPUT ACCEPT [0:0]\n:sg-bench - [0:0]\n-A INPUT -j sg-bench\n");
+        let mut script =
+            String::from("*filter\n:INPUT ACCEPT [0:0]\n:sg-bench - [0:0]\n-A INPUT -j sg-bench\n");
         script.push_str("-A sg-bench -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n");
         script.push_str("-A sg-bench -m conntrack --ctstate INVALID -j DROP\n");
         for (i, f) in fillers.iter().enumerate() {
-            script.push_str(&format!("-A sg-bench -s {f} -p tcp --dport {} -j RETURN\n", 10000 + i % 1000));
+            script.push_str(&format!(
+                "-A sg-bench -s {f} -p tcp --dport {} -j RETURN\n",
+                10000 + i % 1000
+            ));
         }
         for port in [IPERF_PORT, CONN_PORT] {
             for proto in ["tcp", "udp"] {
-                script.push_str(&format!("-A sg-bench -s {CLIENT}/32 -p {proto} --dport {port} -j RETURN\n"));
+                script.push_str(&format!(
+                    "-A sg-bench -s {CLIENT}/32 -p {proto} --dport {port} -j RETURN\n"
+                ));
             }
         }
         script.push_str("-A sg-bench -j DROP\nCOMMIT\n");
@@ -139,7 +168,11 @@ impl Testbed {
     }
 
     fn install_nftables(&self, fillers: &[String]) -> Result<()> {
-        let mut elems: Vec<String> = fillers.iter().enumerate().map(|(i, f)| format!("{} . {}", f.trim_end_matches("/32"), 10000 + i % 1000)).collect();
+        let mut elems: Vec<String> = fillers
+            .iter()
+            .enumerate()
+            .map(|(i, f)| format!("{} . {}", f.trim_end_matches("/32"), 10000 + i % 1000))
+            .collect();
         for port in [IPERF_PORT, CONN_PORT] {
             elems.push(format!("{CLIENT} . {port}"));
         }
@@ -166,7 +199,11 @@ impl Testbed {
         let path = self.dir.join(format!("{tool}.rules"));
         std::fs::write(&path, script)?;
         let path = path.to_str().expect("utf-8 path");
-        let args: Vec<&str> = if tool == "nft" { vec!["-f", path] } else { vec![path] };
+        let args: Vec<&str> = if tool == "nft" {
+            vec!["-f", path]
+        } else {
+            vec![path]
+        };
         let out = self.server().exec(tool, &args)?;
         if !out.status.success() {
             bail!("{tool} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -188,7 +225,8 @@ impl Testbed {
                 self.server().exec("iptables", &["-X"])?;
             }
             Peer::Nftables => {
-                self.server().exec("nft", &["delete", "table", "inet", "sgbench"])?;
+                self.server()
+                    .exec("nft", &["delete", "table", "inet", "sgbench"])?;
             }
             Peer::XdpFilter => {
                 self.server().exec("xdp-filter", &["unload", Host::IFACE])?;
@@ -199,7 +237,15 @@ impl Testbed {
 
     fn iperf_server(&self) -> Result<Child> {
         let child = Command::new("ip")
-            .args(["netns", "exec", self.server().name(), "iperf3", "-s", "-p", &IPERF_PORT.to_string()])
+            .args([
+                "netns",
+                "exec",
+                self.server().name(),
+                "iperf3",
+                "-s",
+                "-p",
+                &IPERF_PORT.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -225,14 +271,26 @@ impl Testbed {
         let r = self.iperf(&["-t", &secs.to_string()]);
         let _ = server.kill();
         let _ = server.wait();
-        let bps = r?["end"]["sum_received"]["bits_per_second"].as_f64().context("no throughput in iperf3 output")?;
+        let bps = r?["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .context("no throughput in iperf3 output")?;
         Ok(bps / 1e9)
     }
 
     /// Small-packet UDP rate (64-byte payloads, two senders), packets/s received.
     pub fn udp_pps(&self, secs: u64) -> Result<f64> {
         let mut server = self.iperf_server()?;
-        let r = self.iperf(&["-u", "-l", "64", "-b", "0", "-P", "2", "-t", &secs.to_string()]);
+        let r = self.iperf(&[
+            "-u",
+            "-l",
+            "64",
+            "-b",
+            "0",
+            "-P",
+            "2",
+            "-t",
+            &secs.to_string(),
+        ]);
         let _ = server.kill();
         let _ = server.wait();
         let r = r?;
@@ -245,7 +303,9 @@ impl Testbed {
 
     /// New TCP connections per second (connect, read one byte, close).
     pub fn conn_rate(&self, secs: u64) -> Result<f64> {
-        let listener = self.server().run(|| TcpListener::bind(("0.0.0.0", CONN_PORT)))?;
+        let listener = self
+            .server()
+            .run(|| TcpListener::bind(("0.0.0.0", CONN_PORT)))?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let server = std::thread::spawn(move || {
@@ -276,7 +336,9 @@ impl Testbed {
             n
         });
         stop.store(true, Ordering::Relaxed);
-        let _ = self.client().run(|| TcpStream::connect_timeout(&dst, Duration::from_secs(1)));
+        let _ = self
+            .client()
+            .run(|| TcpStream::connect_timeout(&dst, Duration::from_secs(1)));
         let _ = server.join();
         Ok(count as f64 / secs as f64)
     }
@@ -297,7 +359,10 @@ trait CloseWithReset {
 impl CloseWithReset for TcpStream {
     fn close_with_reset(&self) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
-        let l = libc::linger { l_onoff: 1, l_linger: 0 };
+        let l = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
         // SAFETY: setsockopt with a valid linger struct on our socket.
         let rc = unsafe {
             libc::setsockopt(
@@ -308,6 +373,10 @@ impl CloseWithReset for TcpStream {
                 std::mem::size_of::<libc::linger>() as u32,
             )
         };
-        if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     }
 }

@@ -8,7 +8,10 @@ use clap::Parser;
 use sg_user::bench::{self, BenchConfig, report};
 
 #[derive(Parser)]
-#[command(name = "sg-bench", about = "Measure sg against its peers; writes BENCHMARKS.md")]
+#[command(
+    name = "sg-bench",
+    about = "Measure sg against its peers; writes BENCHMARKS.md"
+)]
 struct Args {
     /// Smaller run of the same sections (under 3 minutes)
     #[arg(long)]
@@ -26,14 +29,21 @@ fn main() -> Result<()> {
     if !sg_user::netns::is_root() {
         bail!("the benchmark loads eBPF programs and creates namespaces: run it as root");
     }
-    let cfg = if args.quick { BenchConfig::quick() } else { BenchConfig::full() };
+    let cfg = if args.quick {
+        BenchConfig::quick()
+    } else {
+        BenchConfig::full()
+    };
     let sgctl = bench::control::sibling_sgctl()?;
     let results = bench::run(&cfg, &sgctl, &mut |step| eprintln!("bench: {step}"))?;
     let charts = report::charts(&results, &args.out)?;
     let md = report::markdown(&results, &args.command, &charts);
     let path = args.out.join("BENCHMARKS.md");
     std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
-    std::fs::write(args.out.join("bench-results.json"), serde_json::to_vec_pretty(&results)?)?;
+    std::fs::write(
+        args.out.join("bench-results.json"),
+        serde_json::to_vec_pretty(&results)?,
+    )?;
     eprintln!("bench: wrote {} ({:.0} s)", path.display(), results.seconds);
     Ok(())
 }
