@@ -201,18 +201,32 @@ pub fn attach(
         .map_max_entries(names::MAP_CT_V6, opts.conntrack_entries)
         .load(SG_OBJECT)
         .map_err(|e| LoaderError::Load(Box::new(e)))?;
+    // Which ingress hook: decided before loading, so only the programs that
+    // will be attached go through the verifier (it dominates attach time).
+    let physical = in_netns(iface.netns.as_deref(), || ifinfo::driver_info(&iface.iface))?
+        .map_err(|e| LoaderError::Io(io::Error::new(e.kind(), format!("{iface}: {e}"))))?
+        .is_some_and(|info| info.is_physical());
+    let ingress = match (opts.ingress_hook, physical) {
+        (IngressHook::Auto, true) | (IngressHook::Xdp, _) | (IngressHook::XdpGeneric, _) => {
+            names::PROG_XDP_INGRESS
+        }
+        (IngressHook::Auto, false) | (IngressHook::Tc, _) => names::PROG_TC_INGRESS,
+    };
     std::fs::create_dir_all(&dir)?;
     // Programs first (they keep references to every map), then the maps
     // (filled and pinned), then the attachment: the policy is in place
-    // before the first packet arrives.
-    let result = load_programs(&mut ebpf)
+    // before the first packet arrives. The policy maps stay open until the
+    // end, in case a fallback must load another program.
+    let result = load_programs(&mut ebpf, &[ingress, names::PROG_TC_EGRESS])
         .and_then(|()| prepare_maps(&mut ebpf, &dir, initial))
-        .and_then(|()| {
-            in_netns(iface.netns.as_deref(), || {
-                attach_here(&mut ebpf, iface, opts, &dir)
+        .and_then(|maps| {
+            let hook = in_netns(iface.netns.as_deref(), || {
+                attach_here(&mut ebpf, iface, opts, physical, &dir)
             })
             .map_err(LoaderError::from)
-            .and_then(|r| r)
+            .and_then(|r| r);
+            drop(maps);
+            hook
         });
     match result {
         Ok(ingress_hook) => Ok(Attached {
@@ -233,17 +247,15 @@ fn attach_here(
     ebpf: &mut Ebpf,
     iface: &IfaceId,
     opts: &AttachOptions,
+    physical: bool,
     dir: &Path,
 ) -> Result<AttachedHook, LoaderError> {
-    let name = iface.iface.as_str();
-    let physical = ifinfo::driver_info(name)
-        .map_err(|e| LoaderError::Io(io::Error::new(e.kind(), format!("{iface}: {e}"))))?
-        .is_some_and(|info| info.is_physical());
     let hook = match opts.ingress_hook {
         IngressHook::Auto if physical => match attach_xdp(ebpf, iface, XdpMode::Driver, dir) {
             Ok(()) => AttachedHook::Xdp,
             Err(e) => {
                 log::warn!("{iface}: native XDP failed ({e}); using TC ingress instead");
+                load_programs(ebpf, &[names::PROG_TC_INGRESS])?;
                 attach_tc(ebpf, iface, TcAttachType::Ingress, dir)?;
                 AttachedHook::Tc
             }
@@ -275,17 +287,15 @@ pub const STATE_MAPS: [&str; 6] = [
     names::MAP_EVENTS_LOST,
 ];
 
-/// Loads (verifies) the three programs without attaching them.
-fn load_programs(ebpf: &mut Ebpf) -> Result<(), LoaderError> {
-    let name = names::PROG_XDP_INGRESS;
-    let xdp: &mut Xdp = program(ebpf, name)?;
-    xdp.load().map_err(|source| LoaderError::Program {
-        name,
-        source: Box::new(source),
-    })?;
-    for name in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS] {
-        let tc: &mut SchedClassifier = program(ebpf, name)?;
-        tc.load().map_err(|source| LoaderError::Program {
+/// Loads (verifies) the named programs without attaching them.
+fn load_programs(ebpf: &mut Ebpf, programs: &[&'static str]) -> Result<(), LoaderError> {
+    for &name in programs {
+        let loaded = if name == names::PROG_XDP_INGRESS {
+            program::<Xdp>(ebpf, name)?.load()
+        } else {
+            program::<SchedClassifier>(ebpf, name)?.load()
+        };
+        loaded.map_err(|source| LoaderError::Program {
             name,
             source: Box::new(source),
         })?;
@@ -298,7 +308,7 @@ fn prepare_maps(
     ebpf: &mut Ebpf,
     dir: &Path,
     initial: InitialPolicy<'_>,
-) -> Result<(), LoaderError> {
+) -> Result<PolicyMaps, LoaderError> {
     for name in STATE_MAPS {
         let map = ebpf
             .map(name)
@@ -317,7 +327,7 @@ fn prepare_maps(
             timeouts_s,
         } => policy.install(compiled, timeouts_s)?,
     }
-    Ok(())
+    Ok(policy)
 }
 
 fn pin_link(link: FdLink, path: &Path) -> Result<(), LoaderError> {

@@ -190,6 +190,15 @@ impl PolicyMaps {
         Ok(())
     }
 
+    /// Sets the flow-log event rate (events per second per CPU; 0: none).
+    pub fn set_events_per_sec(&mut self, rate: u32) -> Result<(), PolicyMapError> {
+        let mut config = self.config()?;
+        config.events_per_sec = rate;
+        self.config
+            .set(0, config, 0)
+            .map_err(map_err(names::MAP_CONFIG))
+    }
+
     /// Switches to observe mode (count, pass everything) and drops all rules.
     pub fn observe(&mut self) -> Result<(), PolicyMapError> {
         let config = IfaceConfig {

@@ -199,6 +199,19 @@ fn measure_in(sgctl: &Path, dir: &Path, members: u32, host_ifaces: u32) -> Resul
         detail: "whole `sgctl apply` process: load, validate, compile, new generation, switch"
             .into(),
     });
+    // The same change applied in-process, as `sgctl run` does on reload
+    // (load + validate + compile + new generation + switch; no process start).
+    std::fs::write(&path, quota_config(ns.name(), "q0", members, 2))?;
+    let t = Instant::now();
+    let model = crate::apply::load(&path, &[])
+        .map_err(|p| anyhow::anyhow!("quota config invalid: {p:?}"))?;
+    crate::apply::apply(&model, &crate::apply::ApplyOptions::default())?;
+    rows.push(ControlRow {
+        what: "one rule changed, applied in-process (the daemon's reload path)".into(),
+        wall_ms: t.elapsed().as_secs_f64() * 1e3,
+        peak_rss_mib: 0.0,
+        detail: "load, validate, compile, write the new generation, switch; the daemon adds a 150 ms debounce after the file event".into(),
+    });
     // Map memory.
     let v4 = memlock(&id.dir().join(sg_common::names::MAP_ADDR_V4))?;
     let v4_entries =

@@ -105,6 +105,7 @@ pub struct Results {
     pub conn_rate: Vec<report::ConnRow>,
     pub control: Vec<control::ControlRow>,
     pub pressure: Vec<pressure::PressureRow>,
+    pub host_ifaces: u32,
     pub seconds: f64,
 }
 
@@ -158,6 +159,8 @@ pub fn run(
         bed.remove(peer)?;
         r.traffic.push(report::TrafficRow {
             peer: peer.name().into(),
+            tcp_min: tcp.iter().copied().fold(f64::MAX, f64::min),
+            tcp_max: tcp.iter().copied().fold(0.0, f64::max),
             tcp_gbps: median(tcp),
             udp_pps: median(udp),
             conns_per_sec: median(conns),
@@ -189,6 +192,7 @@ pub fn run(
     drop(bed);
     progress("control plane");
     r.control = control::measure(sgctl, cfg.control_members, cfg.host_ifaces)?;
+    r.host_ifaces = cfg.host_ifaces;
     progress("conntrack under pressure");
     for untracked in [false, true] {
         r.pressure.push(pressure::flood(

@@ -37,6 +37,11 @@ pub struct Row {
     /// The floor measured the same way (repeat=1 per call).
     pub floor_single_ns: f64,
     pub denied_ns: f64,
+    /// New flow with flow-log events off (the event's share of new_flow_ns).
+    pub new_flow_no_events_ns: f64,
+    /// The same established-flow packet in observe mode (entry, config
+    /// lookup and counting only: no parsing, no conntrack).
+    pub observe_ns: f64,
     pub compile_ms: f64,
     pub install_ms: f64,
 }
@@ -215,6 +220,26 @@ pub fn measure(set: &RuleSet, v6: bool, repeat: u32, new_flows: u32, runs: usize
         floor_total += inst.floor(&frame, 1)?;
     }
     let n = f64::from(new_flows.max(1));
+    inst.policy.set_events_per_sec(0)?;
+    let second: IpAddr = if v6 {
+        v6_from(78).into()
+    } else {
+        v4_from(78).into()
+    };
+    let mut quiet_total = 0u64;
+    for i in 0..new_flows {
+        // A second client (also inside every set): fresh flows again.
+        let frame = syn(second, 1024 + (i % 60000) as u16, 443, TCP_SYN);
+        let (verdict, ns) = inst.xdp(&frame, 1)?;
+        anyhow::ensure!(
+            verdict == XDP_PASS,
+            "{}: new flow {i} of the second client refused",
+            set.name
+        );
+        quiet_total += ns;
+    }
+    inst.policy.observe()?;
+    let observe_ns = best(&mut || Ok(inst.xdp(&ack, repeat)?.1 as f64))?;
     Ok(Row {
         set: set.name.clone(),
         family: if v6 { "IPv6" } else { "IPv4" },
@@ -225,6 +250,8 @@ pub fn measure(set: &RuleSet, v6: bool, repeat: u32, new_flows: u32, runs: usize
         new_flow_ns: new_total as f64 / n,
         floor_single_ns: floor_total as f64 / n,
         denied_ns,
+        new_flow_no_events_ns: quiet_total as f64 / n,
+        observe_ns,
         compile_ms,
         install_ms,
     })
