@@ -52,7 +52,8 @@ fn v4_from(i: u32) -> Ipv4Addr {
 }
 
 fn v6_from(i: u32) -> Ipv6Addr {
-    Ipv6Addr::from(0x2001_0db8_0000_0000_0000_0000_0000_0000u128 | (u128::from(i) << 16) | 0x1)
+    // 2001:db8::/96 + i: neighbours share a /112, as IPv4 ones share a /26.
+    Ipv6Addr::from(0x2001_0db8_0000_0000_0000_0000_0000_0000u128 | u128::from(i))
 }
 
 fn rule(id: String, proto: u8, ports: (u16, u16), peers: Vec<IpNet>) -> Rule {
@@ -175,7 +176,8 @@ fn syn(src: IpAddr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
 
 /// Measures one rule set; `repeat` runs per measurement, best of `runs`.
 pub fn measure(set: &RuleSet, v6: bool, repeat: u32, new_flows: u32, runs: usize) -> Result<Row> {
-    let mut inst = Instance::load_with(false, new_flows.max(1024) * 2)?;
+    // Room for the established flow and both clients' new flows.
+    let mut inst = Instance::load_with(false, new_flows * 2 + 1024)?;
     let t = std::time::Instant::now();
     let policy = compile(inst.policy.next_generation()?, &set.rules, &[]);
     let compile_ms = t.elapsed().as_secs_f64() * 1e3;

@@ -159,7 +159,7 @@ fn limits(r: &Results, ts: &[Target]) -> String {
     {
         let _ = writeln!(
             s,
-            "- **Per-packet cost** (1 rule, IPv4): of the conntrack hit's {:.0} ns over the floor, {:.0} ns are the program's entry, its settings lookup and counting (observe mode − floor) and {:.0} ns parsing and the connection-table lookup and update (conntrack hit − observe mode). A new flow's {:.0} ns over its floor split into {:.0} ns for the flow-log event (ring buffer) and {:.0} ns for the two LPM lookups and the table insert. The parser copies headers byte by byte and keys are built from 16-byte address arrays even for IPv4; a leaner fast path (word loads, IPv4-sized keys, the event made optional per interface) is the next step, and these columns are how to check it.",
+            "- **Per-packet cost** (1 rule, IPv4): of the conntrack hit's {:.0} ns over the floor, {:.0} ns are the program's entry, its settings lookup and counting (observe mode − floor) and {:.0} ns parsing and the connection-table lookup and update (conntrack hit − observe mode). A new flow costs {:.0} ns over its floor; the flow-log event accounts for {:.0} ns of it (new flow − new flow without event; a few ns either way is noise), the rest is parsing, the two LPM lookups and inserting into the preallocated hash table. The parser copies headers byte by byte and keys are built from 16-byte address arrays even for IPv4; a leaner fast path (word loads, IPv4-sized keys) is the next step, and these columns are how to check it.",
             one.ct_hit_ns - one.floor_ns,
             one.observe_ns - one.floor_ns,
             one.ct_hit_ns - one.observe_ns,
@@ -278,7 +278,7 @@ pub fn markdown(r: &Results, command: &str, charts: &[(&str, &str)]) -> String {
     );
     let _ = writeln!(
         s,
-        "| rule set | family | prefixes | floor | conntrack hit | new flow | floor, 1 run | denied | denied ÷ 1 rule | compile | install |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        "| rule set | family | prefixes | floor | observe mode | conntrack hit | new flow | new flow, no event | floor, 1 run | denied | denied ÷ 1 rule | compile | install |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for row in &r.per_packet {
         let base = r
@@ -288,13 +288,15 @@ pub fn markdown(r: &Results, command: &str, charts: &[(&str, &str)]) -> String {
             .map_or(row.denied_ns, |x| x.denied_ns);
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} ns | {:.0} ns | {:.0} ns | {:.0} ns | {:.0} ns | {:.2}× | {:.0} ms | {:.0} ms |",
+            "| {} | {} | {} | {:.0} ns | {:.0} ns | {:.0} ns | {:.0} ns | {:.0} ns | {:.0} ns | {:.0} ns | {:.2}× | {:.0} ms | {:.0} ms |",
             row.set,
             row.family,
             row.prefixes,
             row.floor_ns,
+            row.observe_ns,
             row.ct_hit_ns,
             row.new_flow_ns,
+            row.new_flow_no_events_ns,
             row.floor_single_ns,
             row.denied_ns,
             row.denied_ns / base,
