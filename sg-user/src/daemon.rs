@@ -611,3 +611,47 @@ fn rotated(path: &Path, i: u32) -> PathBuf {
     name.push(format!(".{i}"));
     PathBuf::from(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flowlog::FlowRecord;
+
+    #[test]
+    fn flow_log_rotates_by_size_and_keeps_three_old_files() {
+        let dir = std::env::temp_dir().join(format!("sg-flowlog-rotate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("flows.log");
+        let log = FlowLog::new(path.clone(), 100, "-").unwrap();
+        let record = FlowRecord {
+            account_id: "-".into(),
+            interface_id: "eth0".into(),
+            flow: None,
+            packets: 0,
+            bytes: 0,
+            start: 1,
+            end: 2,
+            action: None,
+            log_status: "NODATA",
+        };
+        for _ in 0..6 {
+            // Each write is ~40 bytes; the file passes 100 bytes every third write.
+            log.write(&[record.clone(), record.clone()]).unwrap();
+        }
+        let lines = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
+        assert!(lines(&path) >= 1, "current file written");
+        assert!(lines(&rotated(&path, 1)) >= 2, "one rotation happened");
+        assert!(!rotated(&path, 4).exists(), "at most three old files");
+        let total: usize = [
+            path.clone(),
+            rotated(&path, 1),
+            rotated(&path, 2),
+            rotated(&path, 3),
+        ]
+        .iter()
+        .map(|p| lines(p))
+        .sum();
+        assert_eq!(total, 12, "no record lost by rotating");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -90,6 +90,17 @@ impl Instance {
         Ok(prog.test_run(Self::options(frame, 1))?.return_value)
     }
 
+    /// Reads and discards pending flow-log events; returns how many.
+    pub fn drain_events(&mut self) -> anyhow::Result<usize> {
+        let map = self.ebpf.map_mut(names::MAP_EVENTS).expect("in object");
+        let mut ring = aya::maps::RingBuf::try_from(map)?;
+        let mut n = 0;
+        while ring.next().is_some() {
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Sum over CPUs of one (direction, reason) counter.
     pub fn counter(&self, direction: Direction, reason: Reason) -> Counter {
         let map: PerCpuArray<&MapData, Counter> =
