@@ -44,6 +44,19 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// A tracked rule (the untracked flags come from the model's analysis
+    /// of both directions; set them by hand only in tests and benchmarks).
+    pub fn tracked(id: &str, proto: Option<u8>, ports: (u16, u16), peers: Vec<IpNet>) -> Rule {
+        Rule {
+            id: id.to_string(),
+            proto,
+            ports,
+            peers,
+            untracked_tcp: false,
+            untracked_udp: false,
+        }
+    }
+
     fn untracked_for(&self, proto: u8) -> bool {
         match proto {
             IPPROTO_TCP => self.untracked_tcp,
@@ -412,14 +425,12 @@ mod tests {
     use super::*;
 
     fn rule(id: &str, proto: Option<u8>, ports: (u16, u16), peers: &[&str]) -> Rule {
-        Rule {
-            id: id.into(),
+        Rule::tracked(
+            id,
             proto,
             ports,
-            peers: peers.iter().map(|p| p.parse().unwrap()).collect(),
-            untracked_tcp: false,
-            untracked_udp: false,
-        }
+            peers.iter().map(|p| p.parse().unwrap()).collect(),
+        )
     }
 
     #[test]

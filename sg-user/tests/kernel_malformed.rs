@@ -15,14 +15,7 @@ use sg_user::{
 };
 
 fn rule(id: &str, proto: u8, ports: (u16, u16), peer: &str) -> Rule {
-    Rule {
-        id: id.into(),
-        proto: Some(proto),
-        ports,
-        peers: vec![peer.parse().unwrap()],
-        untracked_tcp: false,
-        untracked_udp: false,
-    }
+    Rule::tracked(id, Some(proto), ports, vec![peer.parse().unwrap()])
 }
 
 fn instance() -> Instance {

@@ -17,14 +17,12 @@ const OUTSIDE: &str = "198.19.0.9";
 const DB: &str = "198.18.2.20";
 
 fn rule(id: &str, proto: Option<u8>, ports: (u16, u16), peers: &[&str]) -> Rule {
-    Rule {
-        id: id.into(),
+    Rule::tracked(
+        id,
         proto,
         ports,
-        peers: peers.iter().map(|p| p.parse().unwrap()).collect(),
-        untracked_tcp: false,
-        untracked_udp: false,
-    }
+        peers.iter().map(|p| p.parse().unwrap()).collect(),
+    )
 }
 
 /// The seed article's web server.

@@ -1,12 +1,14 @@
-//! A config at the AWS quota limits for one interface (16 groups, 992 rules,
-//! a group with 10,000 members) compiles, installs and enforces correctly.
+//! A config at the AWS quota limits for one interface (16 groups × 60+60
+//! rules, a group with 10,000 members) compiles, installs and enforces
+//! correctly.
 //! Its per-packet cost is printed beside a 1-rule config's (never asserted:
 //! speed is the benchmark's job, `cargo xtask bench`).
 
-use std::{fmt::Write as _, net::Ipv4Addr, time::Instant};
+use std::{net::Ipv4Addr, time::Instant};
 
 use sg_common::{Direction, Reason, conntrack::DEFAULT_TIMEOUTS_S};
 use sg_user::{
+    bench,
     compile::compile_iface,
     model,
     packet::{Frame, L4, TCP_SYN},
@@ -17,64 +19,14 @@ use sg_user::{
 const MEMBERS: u32 = 10_000;
 
 fn member(i: u32) -> Ipv4Addr {
-    // 198.18.64.0 onwards: clear of the rule ranges below.
+    // As in `bench::control::quota_config`: 198.18.64.0 onwards.
     Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 64, 0)) + i)
 }
 
+/// 16 groups × (60 inbound + 60 outbound) rules, one a reference to a group
+/// of 10,000 members (the benchmark's control-plane config).
 fn quota_config() -> String {
-    let mut y = String::from(
-        "quotas: { groups_per_interface: 16, rules_per_group: 62 }\nsecurity_groups:\n",
-    );
-    for g in 0..16 {
-        writeln!(y, "  - id: sg-{g}\n    ingress:").unwrap();
-        for r in 0..31 {
-            let port = 1000 + g * 100 + r;
-            // /24s spread over 198.18.0.0/18, some nested in others.
-            let net = format!(
-                "198.18.{}.0/{}",
-                (g * 31 + r) % 64,
-                if r % 5 == 0 { 23 } else { 24 }
-            );
-            let net = net.parse::<ipnet::Ipv4Net>().unwrap().trunc();
-            writeln!(
-                y,
-                "      - {{ protocol: tcp, ports: \"{port}-{}\", cidr: {net} }}",
-                port + r
-            )
-            .unwrap();
-        }
-        writeln!(y, "    egress:").unwrap();
-        for r in 0..30 {
-            writeln!(
-                y,
-                "      - {{ protocol: udp, ports: {}, cidr: 198.19.{g}.{r}/32 }}",
-                2000 + r
-            )
-            .unwrap();
-        }
-        writeln!(
-            y,
-            "      - {{ protocol: tcp, ports: 3306, group: sg-members }}"
-        )
-        .unwrap();
-    }
-    y.push_str("  - id: sg-members\n    ingress: []\n");
-    y.push_str("interfaces:\n  - name: eth0\n    addresses: [198.18.0.10]\n    security_groups: [");
-    y.push_str(
-        &(0..16)
-            .map(|g| format!("sg-{g}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
-    y.push_str("]\nmembers:\n  sg-members: [");
-    y.push_str(
-        &(0..MEMBERS)
-            .map(|i| member(i).to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
-    y.push_str("]\n");
-    y
+    bench::control::quota_config("unused-offline", "eth0", MEMBERS, 0)
 }
 
 fn one_rule_config() -> String {
@@ -138,15 +90,15 @@ fn quota_limit_config_compiles_applies_and_enforces() {
         2,
         "outbound to a non-member dropped"
     );
-    // An inbound rule deep in the set (group 15, rule 30: ports 2530-2560).
-    let net_index = ((15 * 31 + 30) % 64) as u8;
-    let allowed = syn(Ipv4Addr::new(198, 18, net_index, 77), local, 40002, 2545);
+    // The last inbound rule of the 16th group: tcp 2559 from 198.18.3.210/32.
+    let peer = Ipv4Addr::new(198, 18, 3, 210);
+    let allowed = syn(peer, local, 40002, 2559);
     assert_eq!(
         big.xdp(&allowed, 1).unwrap().0,
         XDP_PASS,
         "rule of the 16th group"
     );
-    let denied = syn(Ipv4Addr::new(198, 18, net_index, 77), local, 40003, 9);
+    let denied = syn(peer, local, 40003, 9);
     assert_eq!(big.xdp(&denied, 1).unwrap().0, XDP_DROP);
 
     let (small, small_summary) = setup(&one_rule_config());

@@ -57,14 +57,7 @@ fn v6_from(i: u32) -> Ipv6Addr {
 }
 
 fn rule(id: String, proto: u8, ports: (u16, u16), peers: Vec<IpNet>) -> Rule {
-    Rule {
-        id,
-        proto: Some(proto),
-        ports,
-        peers,
-        untracked_tcp: false,
-        untracked_udp: false,
-    }
+    Rule::tracked(&id, Some(proto), ports, peers)
 }
 
 /// The allowed client, inside every set's prefixes.

@@ -48,21 +48,10 @@ fn frame(i: u32, sport: u16, flags: u8) -> Vec<u8> {
 pub fn flood(capacity: u32, established: u32, flood: u32, untracked: bool) -> Result<PressureRow> {
     let mut inst = Instance::load_with(false, capacity)?;
     let rule = Rule {
-        id: "https".into(),
-        proto: Some(6),
-        ports: (443, 443),
-        peers: vec!["0.0.0.0/0".parse()?],
         untracked_tcp: untracked,
-        untracked_udp: false,
+        ..Rule::tracked("https", Some(6), (443, 443), vec!["0.0.0.0/0".parse()?])
     };
-    let all_out = Rule {
-        id: "out".into(),
-        proto: None,
-        ports: (0, 0xffff),
-        peers: vec!["0.0.0.0/0".parse()?],
-        untracked_tcp: false,
-        untracked_udp: false,
-    };
+    let all_out = Rule::tracked("out", None, (0, 0xffff), vec!["0.0.0.0/0".parse()?]);
     let outbound = if untracked { vec![all_out] } else { vec![] };
     inst.policy.install(
         &compile(inst.policy.next_generation()?, &[rule], &outbound),

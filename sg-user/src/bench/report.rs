@@ -533,7 +533,7 @@ pub fn charts(r: &Results, dir: &Path) -> Result<Vec<(&'static str, &'static str
             .margin(12)
             .x_label_area_size(30)
             .y_label_area_size(250)
-            .build_cartesian_2d(0f64..1.2f64, (0..n).into_segmented())?;
+            .build_cartesian_2d(0f64..1.2f64, (0..n.saturating_sub(1)).into_segmented())?;
         let names: Vec<String> = r.traffic.iter().map(|x| x.peer.clone()).collect();
         chart
             .configure_mesh()
