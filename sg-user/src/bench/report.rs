@@ -273,7 +273,7 @@ pub fn markdown(r: &Results, command: &str, charts: &[(&str, &str)]) -> String {
     );
     let _ = writeln!(
         s,
-        "Repeated runs of one frame (64 bytes for IPv4), best of the runs. *floor*: an XDP program that only bumps a per-CPU counter. *conntrack hit*: a packet of an established flow. *new flow*: a SYN of a flow not seen before (two LPM lookups + conntrack insert), one run per flow, next to the floor measured the same way (*floor, 1 run*: the kernel's per-call timing overhead is in both). *denied*: no rule allows it (two LPM lookups, no state). *observe mode*: the same program with no policy (entry, settings lookup, counting). *no flow-log event*: new flows with the kernel's event rate set to 0.\n"
+        "Repeated runs of one frame (64 bytes for IPv4), best of the runs. *floor*: an XDP program that only bumps a per-CPU counter. *conntrack hit*: a packet of an established flow. *new flow*: a SYN of a flow not seen before (two LPM lookups + conntrack insert), one run per flow, next to the floor measured the same way (*floor, 1 run*: the kernel's per-call timing overhead is in both). *denied*: no rule allows it (two LPM lookups, no state). *observe mode*: the same program with no policy (entry, settings lookup, counting). *no flow-log event*: the same new flows on a twin instance whose event rate is 0.\n"
     );
     let _ = writeln!(
         s,
