@@ -114,7 +114,7 @@ pub const DEFAULT_TIMEOUTS_S: [u64; TIMEOUT_SLOTS] = [
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtEntry {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet.
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC_COARSE) of the last packet.
     pub last_seen_ns: u64,
     pub created_ns: u64,
     /// Packets by `Direction` (inbound, outbound).

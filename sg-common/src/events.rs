@@ -11,7 +11,7 @@
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowEvent {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC_COARSE).
     pub ts_ns: u64,
     /// Frame length.
     pub bytes: u32,

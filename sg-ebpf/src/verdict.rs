@@ -2,7 +2,7 @@
 //! parse → fragments → conntrack (replies and known flows pass here) →
 //! policy (new flows only) → conntrack create (after allow) → count.
 
-use aya_ebpf::{EbpfContext, Global, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{EbpfContext, Global, helpers::bpf_ktime_get_coarse_ns};
 use aya_log_ebpf::trace;
 use sg_common::{
     Direction, Reason,
@@ -86,8 +86,10 @@ fn judge(start: usize, end: usize, direction: Direction, bytes: u64) -> Reason {
     if pkt.fragment.fragmented && !pkt.fragment.first {
         return fragments::follow(&pkt);
     }
+    // CLOCK_MONOTONIC_COARSE (jiffy resolution): idle timeouts are seconds
+    // long, and this costs a fraction of bpf_ktime_get_ns on a VM clock.
     // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let (mut rule, mut tracked) = (0, false);
     let reason = if conntrack::track_existing(&pkt, direction, cfg, now, bytes) {
         Reason::PassConntrack
