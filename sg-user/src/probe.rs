@@ -36,11 +36,38 @@ impl Reach {
     }
 }
 
+/// A loop on its own thread that runs until dropped: the loop body gets a
+/// stop flag to check between steps (which must not block for long).
+struct Background {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Background {
+    fn spawn(body: impl FnOnce(&AtomicBool) + Send + 'static) -> Background {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || body(&flag));
+        Background {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A TCP server in a namespace that answers each connection with one byte.
 /// Stops when dropped.
 pub struct TcpServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _loop: Background,
     pub addr: SocketAddr,
 }
 
@@ -49,10 +76,8 @@ impl TcpServer {
     pub fn start(ns: &Netns, addr: SocketAddr) -> std::io::Result<TcpServer> {
         let listener = ns.run(|| TcpListener::bind(addr))?;
         listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !stop_flag.load(Ordering::Relaxed) {
+        let body = move |stop: &AtomicBool| {
+            while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((mut stream, _)) => {
                         let _ = stream.set_nonblocking(false);
@@ -62,21 +87,11 @@ impl TcpServer {
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
             }
-        });
+        };
         Ok(TcpServer {
-            stop,
-            thread: Some(thread),
+            _loop: Background::spawn(body),
             addr,
         })
-    }
-}
-
-impl Drop for TcpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -135,18 +150,15 @@ pub fn ping(ns: &Netns, dst: std::net::IpAddr, timeout: Duration) -> std::io::Re
 
 /// A TCP echo server (one thread per connection), for long-lived flows.
 pub struct TcpEcho {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _loop: Background,
 }
 
 impl TcpEcho {
     pub fn start(ns: &Netns, addr: SocketAddr) -> std::io::Result<TcpEcho> {
         let listener = ns.run(|| TcpListener::bind(addr))?;
         listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !stop_flag.load(Ordering::Relaxed) {
+        let body = move |stop: &AtomicBool| {
+            while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((mut stream, _)) => {
                         let _ = stream.set_nonblocking(false);
@@ -162,20 +174,10 @@ impl TcpEcho {
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
             }
-        });
+        };
         Ok(TcpEcho {
-            stop,
-            thread: Some(thread),
+            _loop: Background::spawn(body),
         })
-    }
-}
-
-impl Drop for TcpEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -205,37 +207,24 @@ impl TcpSession {
 
 /// A UDP echo server. Stops when dropped.
 pub struct UdpEcho {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _loop: Background,
 }
 
 impl UdpEcho {
     pub fn start(ns: &Netns, addr: SocketAddr) -> std::io::Result<UdpEcho> {
         let socket = ns.run(|| std::net::UdpSocket::bind(addr))?;
         socket.set_read_timeout(Some(Duration::from_millis(20)))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_flag = stop.clone();
-        let thread = std::thread::spawn(move || {
+        let body = move |stop: &AtomicBool| {
             let mut buf = [0u8; 1500];
-            while !stop_flag.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 if let Ok((n, from)) = socket.recv_from(&mut buf) {
                     let _ = socket.send_to(&buf[..n], from);
                 }
             }
-        });
+        };
         Ok(UdpEcho {
-            stop,
-            thread: Some(thread),
+            _loop: Background::spawn(body),
         })
-    }
-}
-
-impl Drop for UdpEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
