@@ -89,7 +89,12 @@ fn write_state(id: &IfaceId, state: &IfaceState) -> Result<()> {
 }
 
 fn remove_state(id: &IfaceId) {
-    let _ = std::fs::remove_file(state_path(id));
+    let path = state_path(id);
+    let _ = std::fs::remove_file(&path);
+    if let Some(scope) = path.parent() {
+        // Fails harmlessly while other interfaces of the scope remain.
+        let _ = std::fs::remove_dir(scope);
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]
