@@ -118,12 +118,43 @@ pub struct Counter {
     pub bytes: u64,
 }
 
+/// Adds per-CPU slots up (user space reads one value per CPU).
+impl<'a> core::iter::Sum<&'a Counter> for Counter {
+    fn sum<I: Iterator<Item = &'a Counter>>(iter: I) -> Counter {
+        iter.fold(Counter::default(), |acc, c| Counter {
+            packets: acc.packets + c.packets,
+            bytes: acc.bytes + c.bytes,
+        })
+    }
+}
+
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Counter {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_cpu_counters_sum() {
+        let slots = [
+            Counter {
+                packets: 1,
+                bytes: 10,
+            },
+            Counter {
+                packets: 2,
+                bytes: 5,
+            },
+        ];
+        assert_eq!(
+            slots.iter().sum::<Counter>(),
+            Counter {
+                packets: 3,
+                bytes: 15
+            }
+        );
+    }
 
     #[test]
     fn counter_layout_is_two_u64() {

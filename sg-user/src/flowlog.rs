@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Map, MapData, RingBuf};
 use sg_common::{Direction, Reason, events::FlowEvent, names};
 
 use crate::{conntrack, pins::IfaceId, policy_maps::PolicyMaps};
@@ -132,7 +132,7 @@ struct Agg {
 struct Source {
     id: IfaceId,
     ring: RingBuf<MapData>,
-    lost: PerCpuArray<MapData, u64>,
+    /// The kernel's count of unreported events at the last window.
     lost_seen: u64,
     /// Counters of tracked flows at the last window: (key, direction) → (packets, bytes).
     ct_seen: HashMap<(FlowKey, u8), (u64, u64)>,
@@ -152,10 +152,6 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn lost_total(map: &PerCpuArray<MapData, u64>) -> u64 {
-    map.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
-}
-
 impl Collector {
     /// Opens the ring buffers of `ifaces` (which must be attached).
     pub fn open(ifaces: &[IfaceId], account_id: &str) -> Result<Collector> {
@@ -166,14 +162,10 @@ impl Collector {
                 format!("{id}: no event ring buffer pinned; attach it again with this sgctl")
             })?;
             let ring = RingBuf::try_from(Map::RingBuf(ring))?;
-            let lost = PerCpuArray::try_from(Map::PerCpuArray(MapData::from_pin(
-                dir.join(names::MAP_EVENTS_LOST),
-            )?))?;
-            let lost_seen = lost_total(&lost);
+            let lost_seen = crate::loader::read_events_lost(id)?;
             let mut source = Source {
                 id: id.clone(),
                 ring,
-                lost,
                 lost_seen,
                 ct_seen: HashMap::new(),
                 window: BTreeMap::new(),
@@ -232,7 +224,8 @@ impl Collector {
         let mut out = Vec::new();
         for s in &mut self.sources {
             s.ct_growth();
-            let lost = lost_total(&s.lost);
+            // Unreadable (detached meanwhile): nothing new to report.
+            let lost = crate::loader::read_events_lost(&s.id).unwrap_or(s.lost_seen);
             let status = if lost > s.lost_seen { "SKIPDATA" } else { "OK" };
             s.lost_seen = lost;
             let window = std::mem::take(&mut s.window);

@@ -5,7 +5,11 @@
 //! (later) policy and connection table are per interface by construction,
 //! and one interface's update never touches another's.
 
-use std::{collections::BTreeMap, io, path::Path};
+use std::{
+    collections::BTreeMap,
+    io,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -422,28 +426,41 @@ pub fn detach(iface: &IfaceId) -> Result<(), LoaderError> {
 /// Summed (over CPUs) counters of one attached interface.
 pub type CounterTable = BTreeMap<(Direction, Reason), Counter>;
 
+/// Opens the pinned map `name` of an attached interface as map type `T`.
+fn open_pinned<T>(
+    iface: &IfaceId,
+    name: &str,
+    kind: fn(MapData) -> Map,
+) -> Result<(T, PathBuf), LoaderError>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let path = iface.dir().join(name);
+    let map = MapData::from_pin(&path)
+        .map(kind)
+        .and_then(T::try_from)
+        .map_err(|e| pinned_error(&path, e))?;
+    Ok((map, path))
+}
+
+fn pinned_error(path: &Path, detail: impl std::fmt::Display) -> LoaderError {
+    LoaderError::Pinned {
+        path: path.display().to_string(),
+        detail: detail.to_string(),
+    }
+}
+
 /// Reads `SG_COUNTERS` of an attached interface from its pin.
 pub fn read_counters(iface: &IfaceId) -> Result<CounterTable, LoaderError> {
-    let path = iface.dir().join(names::MAP_COUNTERS);
-    let pinned_error = |detail: String| LoaderError::Pinned {
-        path: path.display().to_string(),
-        detail,
-    };
-    let data = MapData::from_pin(&path).map_err(|e| pinned_error(e.to_string()))?;
-    let map: PerCpuArray<MapData, Counter> =
-        PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(|e| pinned_error(e.to_string()))?;
+    let (map, path): (PerCpuArray<MapData, Counter>, _) =
+        open_pinned(iface, names::MAP_COUNTERS, Map::PerCpuArray)?;
     let mut table = CounterTable::new();
     for direction in Direction::ALL {
         for reason in Reason::ALL {
             let per_cpu = map
                 .get(&counter_index(direction, reason), 0)
-                .map_err(|e| pinned_error(e.to_string()))?;
-            let mut sum = Counter::default();
-            for c in per_cpu.iter() {
-                sum.packets += c.packets;
-                sum.bytes += c.bytes;
-            }
-            table.insert((direction, reason), sum);
+                .map_err(|e| pinned_error(&path, e))?;
+            table.insert((direction, reason), per_cpu.iter().sum());
         }
     }
     Ok(table)
@@ -509,37 +526,20 @@ pub fn kernel_logger(
 
 /// Per-rule hit counters (summed over CPUs) of an attached interface, by rule hash.
 pub fn read_rule_hits(iface: &IfaceId) -> Result<BTreeMap<u32, Counter>, LoaderError> {
-    let path = iface.dir().join(names::MAP_RULE_HITS);
-    let pinned_error = |detail: String| LoaderError::Pinned {
-        path: path.display().to_string(),
-        detail,
-    };
-    let data = MapData::from_pin(&path).map_err(|e| pinned_error(e.to_string()))?;
-    let map: aya::maps::PerCpuHashMap<MapData, u32, Counter> =
-        aya::maps::PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
-            .map_err(|e| pinned_error(e.to_string()))?;
+    let (map, path): (aya::maps::PerCpuHashMap<MapData, u32, Counter>, _) =
+        open_pinned(iface, names::MAP_RULE_HITS, Map::PerCpuHashMap)?;
     let mut hits = BTreeMap::new();
     for item in map.iter() {
-        let (rule, per_cpu) = item.map_err(|e| pinned_error(e.to_string()))?;
-        let sum = per_cpu.iter().fold(Counter::default(), |a, c| Counter {
-            packets: a.packets + c.packets,
-            bytes: a.bytes + c.bytes,
-        });
-        hits.insert(rule, sum);
+        let (rule, per_cpu) = item.map_err(|e| pinned_error(&path, e))?;
+        hits.insert(rule, per_cpu.iter().sum());
     }
     Ok(hits)
 }
 
 /// Flow-log events the kernel could not report (rate limit, full buffer).
 pub fn read_events_lost(iface: &IfaceId) -> Result<u64, LoaderError> {
-    let path = iface.dir().join(names::MAP_EVENTS_LOST);
-    let pinned_error = |detail: String| LoaderError::Pinned {
-        path: path.display().to_string(),
-        detail,
-    };
-    let data = MapData::from_pin(&path).map_err(|e| pinned_error(e.to_string()))?;
-    let map: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(|e| pinned_error(e.to_string()))?;
-    let values = map.get(&0, 0).map_err(|e| pinned_error(e.to_string()))?;
+    let (map, path): (PerCpuArray<MapData, u64>, _) =
+        open_pinned(iface, names::MAP_EVENTS_LOST, Map::PerCpuArray)?;
+    let values = map.get(&0, 0).map_err(|e| pinned_error(&path, e))?;
     Ok(values.iter().sum())
 }

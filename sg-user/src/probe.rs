@@ -64,6 +64,29 @@ impl Drop for Background {
     }
 }
 
+/// Accepts TCP connections on `addr` inside `ns` in the background and hands
+/// each to `handle`, until dropped. Nonblocking accept keeps the stop flag
+/// responsive.
+fn accept_loop(
+    ns: &Netns,
+    addr: SocketAddr,
+    handle: impl Fn(TcpStream) + Send + 'static,
+) -> std::io::Result<Background> {
+    let listener = ns.run(|| TcpListener::bind(addr))?;
+    listener.set_nonblocking(true)?;
+    Ok(Background::spawn(move |stop: &AtomicBool| {
+        while !stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nonblocking(false);
+                    handle(stream);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }))
+}
+
 /// A TCP server in a namespace that answers each connection with one byte.
 /// Stops when dropped.
 pub struct TcpServer {
@@ -74,22 +97,11 @@ pub struct TcpServer {
 impl TcpServer {
     /// Binds `addr` inside `ns` (use `[::]:port` for both IPv4 and IPv6).
     pub fn start(ns: &Netns, addr: SocketAddr) -> std::io::Result<TcpServer> {
-        let listener = ns.run(|| TcpListener::bind(addr))?;
-        listener.set_nonblocking(true)?;
-        let body = move |stop: &AtomicBool| {
-            while !stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut stream, _)) => {
-                        let _ = stream.set_nonblocking(false);
-                        let _ = stream.write_all(b"!");
-                    }
-                    // Nonblocking accept keeps the stop flag responsive.
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
+        let answer = |mut stream: TcpStream| {
+            let _ = stream.write_all(b"!");
         };
         Ok(TcpServer {
-            _loop: Background::spawn(body),
+            _loop: accept_loop(ns, addr, answer)?,
             addr,
         })
     }
@@ -155,28 +167,18 @@ pub struct TcpEcho {
 
 impl TcpEcho {
     pub fn start(ns: &Netns, addr: SocketAddr) -> std::io::Result<TcpEcho> {
-        let listener = ns.run(|| TcpListener::bind(addr))?;
-        listener.set_nonblocking(true)?;
-        let body = move |stop: &AtomicBool| {
-            while !stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut stream, _)) => {
-                        let _ = stream.set_nonblocking(false);
-                        std::thread::spawn(move || {
-                            let mut buf = [0u8; 1500];
-                            while let Ok(n @ 1..) = stream.read(&mut buf) {
-                                if stream.write_all(&buf[..n]).is_err() {
-                                    break;
-                                }
-                            }
-                        });
+        let echo = |mut stream: TcpStream| {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1500];
+                while let Ok(n @ 1..) = stream.read(&mut buf) {
+                    if stream.write_all(&buf[..n]).is_err() {
+                        break;
                     }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
-            }
+            });
         };
         Ok(TcpEcho {
-            _loop: Background::spawn(body),
+            _loop: accept_loop(ns, addr, echo)?,
         })
     }
 }

@@ -109,9 +109,6 @@ impl Instance {
         let values = map
             .get(&counter_index(direction, reason), 0)
             .expect("slot readable");
-        values.iter().fold(Counter::default(), |acc, c| Counter {
-            packets: acc.packets + c.packets,
-            bytes: acc.bytes + c.bytes,
-        })
+        values.iter().sum()
     }
 }

@@ -394,8 +394,50 @@ pub fn markdown(r: &Results, command: &str, charts: &[(&str, &str)]) -> String {
     s
 }
 
-/// Picks one figure out of a per-packet row.
-type RowValue = fn(&super::per_packet::Row) -> f64;
+/// One named line of a [`log_line_chart`].
+type Line = (&'static str, RGBColor, Vec<(f64, f64)>);
+
+/// A line chart with a logarithmic x axis starting at `x_min`; the ranges
+/// come from the data.
+fn log_line_chart(
+    path: &Path,
+    caption: &str,
+    x_min: f64,
+    (x_desc, y_desc): (&str, &str),
+    lines: Vec<Line>,
+) -> Result<()> {
+    let points = || lines.iter().flat_map(|(_, _, p)| p.iter());
+    let max_x = points().map(|p| p.0).fold(x_min, f64::max);
+    let max_y = points().map(|p| p.1).fold(0.0, f64::max) * 1.15;
+    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((x_min..max_x * 1.5).log_scale(), 0f64..max_y)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .draw()?;
+    for (name, color, points) in lines {
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
 
 /// Writes the SVG charts into `dir`; returns (file name, title) pairs.
 pub fn charts(r: &Results, dir: &Path) -> Result<Vec<(&'static str, &'static str)>> {
@@ -407,106 +449,50 @@ pub fn charts(r: &Results, dir: &Path) -> Result<Vec<(&'static str, &'static str
         .collect();
     if v4.len() > 1 {
         let file = "bench-per-packet.svg";
-        let path = dir.join(file);
-        let root = SVGBackend::new(&path, (720, 420)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let max_x = v4.iter().map(|x| x.prefixes).max().unwrap_or(1) as f64;
-        let max_y = v4
-            .iter()
-            .map(|x| x.denied_ns.max(x.new_flow_ns))
-            .fold(0.0, f64::max)
-            * 1.15;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                "Per-packet cost vs rule-set size (IPv4, XDP, TestRun)",
-                ("sans-serif", 18),
+        let line = |name, color, f: fn(&super::per_packet::Row) -> f64| -> Line {
+            (
+                name,
+                color,
+                v4.iter().map(|x| (x.prefixes as f64, f(x))).collect(),
             )
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(55)
-            .build_cartesian_2d((1f64..max_x * 1.5).log_scale(), 0f64..max_y)?;
-        chart
-            .configure_mesh()
-            .x_desc("distinct prefixes (log)")
-            .y_desc("ns per packet")
-            .draw()?;
-        let series: [(&str, RowValue, RGBColor); 4] = [
-            ("denied (2 lookups)", |x| x.denied_ns, RED),
-            ("new flow (lookups + insert)", |x| x.new_flow_ns, BLUE),
-            ("conntrack hit", |x| x.ct_hit_ns, GREEN),
-            ("floor", |x| x.floor_ns, BLACK),
-        ];
-        for (name, f, color) in series {
-            chart
-                .draw_series(LineSeries::new(
-                    v4.iter().map(|x| (x.prefixes as f64, f(x))),
-                    color.stroke_width(2),
-                ))?
-                .label(name)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-                });
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
-        root.present()?;
+        };
+        log_line_chart(
+            &dir.join(file),
+            "Per-packet cost vs rule-set size (IPv4, XDP, TestRun)",
+            1.0,
+            ("distinct prefixes (log)", "ns per packet"),
+            vec![
+                line("denied (2 lookups)", RED, |x| x.denied_ns),
+                line("new flow (lookups + insert)", BLUE, |x| x.new_flow_ns),
+                line("conntrack hit", GREEN, |x| x.ct_hit_ns),
+                line("floor", BLACK, |x| x.floor_ns),
+            ],
+        )?;
         out.push((file, "Per-packet cost vs rule-set size"));
     }
-    let rules: Vec<usize> = {
-        let mut v: Vec<usize> = r.conn_rate.iter().map(|x| x.rules).collect();
-        v.sort_unstable();
-        v.dedup();
-        v
-    };
+    let mut rules: Vec<usize> = r.conn_rate.iter().map(|x| x.rules).collect();
+    rules.sort_unstable();
+    rules.dedup();
     if rules.len() > 1 {
         let file = "bench-conn-rate.svg";
-        let path = dir.join(file);
-        let root = SVGBackend::new(&path, (720, 420)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let max_y = r
-            .conn_rate
-            .iter()
-            .map(|x| x.conns_per_sec)
-            .fold(0.0, f64::max)
-            * 1.15;
-        let max_x = *rules.last().unwrap_or(&1) as f64;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                "New TCP connections per second vs number of rules",
-                ("sans-serif", 18),
-            )
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d((5f64..max_x * 1.5).log_scale(), 0f64..max_y)?;
-        chart
-            .configure_mesh()
-            .x_desc("rules (log)")
-            .y_desc("connections/s")
-            .draw()?;
-        for (peer, color) in [("sg", BLUE), ("iptables", RED), ("nftables", GREEN)] {
-            let points: Vec<(f64, f64)> = r
-                .conn_rate
-                .iter()
-                .filter(|x| x.peer.starts_with(peer))
-                .map(|x| (x.rules as f64, x.conns_per_sec))
-                .collect();
-            chart
-                .draw_series(LineSeries::new(points, color.stroke_width(2)))?
-                .label(peer)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-                });
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
-        root.present()?;
+        let lines = [("sg", BLUE), ("iptables", RED), ("nftables", GREEN)]
+            .into_iter()
+            .map(|(peer, color)| {
+                let rows = r.conn_rate.iter().filter(|x| x.peer.starts_with(peer));
+                (
+                    peer,
+                    color,
+                    rows.map(|x| (x.rules as f64, x.conns_per_sec)).collect(),
+                )
+            })
+            .collect();
+        log_line_chart(
+            &dir.join(file),
+            "New TCP connections per second vs number of rules",
+            5.0,
+            ("rules (log)", "connections/s"),
+            lines,
+        )?;
         out.push((file, "New connections per second vs number of rules"));
     }
     if !r.traffic.is_empty() {
