@@ -58,6 +58,17 @@ fn kind(pkt: &Packet) -> Kind {
     }
 }
 
+/// TCP other than an opening SYN, or UDP: may be a response within an
+/// untracked flow (which must not create state).
+#[inline(always)]
+pub fn may_respond(pkt: &Packet) -> bool {
+    match kind(pkt) {
+        Kind::Tcp => !(pkt.tcp_flags & TCP_SYN != 0 && pkt.tcp_flags & TCP_ACK == 0),
+        Kind::Udp => true,
+        _ => false,
+    }
+}
+
 /// (local, remote) halves of the packet as seen from the protected machine.
 #[inline(always)]
 fn ends(pkt: &Packet, direction: Direction) -> ([u8; 16], [u8; 16], [u8; 2], [u8; 2]) {

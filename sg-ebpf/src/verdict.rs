@@ -55,17 +55,6 @@ pub fn decide<C: EbpfContext>(
     !reason.is_drop()
 }
 
-/// TCP other than an opening SYN, or UDP: may be a response within an
-/// untracked flow (which must not create state).
-#[inline(always)]
-fn responds_maybe(pkt: &parse::Packet) -> bool {
-    match pkt.proto {
-        parse::IPPROTO_TCP => !(pkt.tcp_flags & 0x02 != 0 && pkt.tcp_flags & 0x10 == 0),
-        parse::IPPROTO_UDP => true,
-        _ => false,
-    }
-}
-
 #[inline(always)]
 fn judge(start: usize, end: usize, direction: Direction, bytes: u64) -> Reason {
     let Some(cfg) = policy::config() else {
@@ -99,7 +88,7 @@ fn judge(start: usize, end: usize, direction: Direction, bytes: u64) -> Reason {
             Some(hit) => {
                 rule = hit.rule;
                 let untracked = hit.flags & HIT_UNTRACKED != 0
-                    || (responds_maybe(&pkt)
+                    || (conntrack::may_respond(&pkt)
                         && policy::reverse_is_untracked(&pkt, direction, cfg.generation));
                 tracked = !untracked;
                 if !untracked
