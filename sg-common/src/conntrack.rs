@@ -135,10 +135,45 @@ pub struct CtEntry {
 
 /// A packet in the reply direction has been seen.
 pub const CT_SEEN_REPLY: u8 = 1;
+
+/// The timeout slot that applies to an entry in `state` with `flags`. A TCP
+/// flow picked up mid-stream (created as established by a non-SYN packet)
+/// has the established timeout (5 days by default) only once its peer has
+/// answered; until then it idles out like an unanswered SYN, so a stray or
+/// spoofed ACK cannot hold an entry for days. Shared by the data path and
+/// user space (listing, reclaim) so both agree on what has expired.
+#[inline(always)]
+pub const fn timeout_slot(state: u8, flags: u8) -> usize {
+    if state == CtState::TcpEstablished as u8 && flags & CT_SEEN_REPLY == 0 {
+        CtState::TcpSynSent as usize
+    } else {
+        state as usize
+    }
+}
 /// The opener has sent a FIN.
 pub const CT_FIN_ORIGIN: u8 = 2;
 /// The responder has sent a FIN.
 pub const CT_FIN_REPLY: u8 = 4;
+
+/// Value of `SG_CT_RECLAIM` (slot 0: IPv4 table, 1: IPv6): the kernel's own
+/// reclaim of expired entries, run when a new flow finds its table full.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtReclaim {
+    /// When the last walk ran (0: never).
+    pub last_run_ns: u64,
+    /// No entry can expire before this (as of the last walk).
+    pub next_expiry_ns: u64,
+    /// Walks run.
+    pub runs: u64,
+    /// Entries deleted by them.
+    pub reclaimed: u64,
+}
+
+/// At most one reclaim walk per table in this interval: a walk visits every
+/// slot of the table, so a flood of new flows against a table full of live
+/// ones must not walk it on every packet.
+pub const RECLAIM_MIN_INTERVAL_NS: u64 = 100_000_000;
 
 /// Key of `SG_FRAGS`: one datagram being fragmented. IPv4 addresses are
 /// stored IPv4-mapped (::ffff:a.b.c.d).
@@ -149,6 +184,10 @@ pub struct FragKey {
     pub dst: [u8; 16],
     /// IPv4 identification (16 bits) or IPv6 fragment identification.
     pub id: u32,
+    /// IPv4: the protocol (part of the reassembly key, RFC 791). IPv6: 0 —
+    /// Linux reassembles by (src, dst, id), and the Fragment header's next
+    /// header differs between the first fragment (judged by its upper-layer
+    /// protocol, after any AH or destination options) and later ones.
     pub proto: u8,
     pub _pad: [u8; 3],
 }
@@ -170,6 +209,7 @@ mod pod {
     unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragVerdict {}
+    unsafe impl aya::Pod for super::CtReclaim {}
 }
 
 #[cfg(test)]
@@ -184,6 +224,7 @@ mod tests {
         assert_eq!(size_of::<CtEntry>(), 64);
         assert_eq!(size_of::<FragKey>(), 40);
         assert_eq!(size_of::<FragVerdict>(), 8);
+        assert_eq!(size_of::<CtReclaim>(), 32);
     }
 
     #[test]
@@ -195,5 +236,13 @@ mod tests {
             }
         }
         assert_eq!(CtState::from_u8(TIMEOUT_SLOTS as u8), None);
+    }
+
+    #[test]
+    fn unanswered_pickup_has_the_syn_timeout() {
+        let est = CtState::TcpEstablished as u8;
+        assert_eq!(timeout_slot(est, 0), CtState::TcpSynSent as usize);
+        assert_eq!(timeout_slot(est, CT_SEEN_REPLY), est as usize);
+        assert_eq!(timeout_slot(CtState::Udp as u8, 0), CtState::Udp as usize);
     }
 }

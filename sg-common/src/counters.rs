@@ -56,6 +56,12 @@ pub enum Reason {
     DropExtHeaderLimit = 9,
     /// The interface's policy generation is missing (never opened by accident).
     DropNoPolicy = 10,
+    /// More VLAN tags than the parser reads (two): what they carry is unknown,
+    /// so it is dropped rather than passed unjudged.
+    DropVlanDepth = 11,
+    /// TCP flags no real stack opens with (SYN together with FIN or RST):
+    /// scanners and firewall-evasion probes, never legitimate traffic.
+    DropTcpFlags = 12,
 }
 
 /// Slots reserved per direction; reasons stay below this bound forever.
@@ -64,7 +70,7 @@ pub const REASON_SLOTS: u32 = 16;
 pub const COUNTER_SLOTS: u32 = REASON_SLOTS * 2;
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 13] = [
         Reason::PassUnfiltered,
         Reason::PassBypass,
         Reason::PassConntrack,
@@ -76,6 +82,8 @@ impl Reason {
         Reason::DropFragment,
         Reason::DropExtHeaderLimit,
         Reason::DropNoPolicy,
+        Reason::DropVlanDepth,
+        Reason::DropTcpFlags,
     ];
 
     pub const fn is_drop(self) -> bool {
@@ -96,6 +104,8 @@ impl Reason {
             Reason::DropFragment => "fragment",
             Reason::DropExtHeaderLimit => "ext_header_limit",
             Reason::DropNoPolicy => "no_policy",
+            Reason::DropVlanDepth => "vlan_depth",
+            Reason::DropTcpFlags => "tcp_flags",
         }
     }
 

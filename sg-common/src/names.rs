@@ -26,6 +26,9 @@ pub const MAP_RULE_HITS: &str = "SG_RULE_HITS";
 /// Connection tables (see [`crate::conntrack`]).
 pub const MAP_CT_V4: &str = "SG_CT_V4";
 pub const MAP_CT_V6: &str = "SG_CT_V6";
+/// Array of [`crate::conntrack::CtReclaim`]: the kernel's own reclaim of
+/// expired connection entries (slot 0 IPv4, slot 1 IPv6).
+pub const MAP_CT_RECLAIM: &str = "SG_CT_RECLAIM";
 /// Ring buffer of [`crate::events::FlowEvent`] for flow logs.
 pub const MAP_EVENTS: &str = "SG_EVENTS";
 /// Per-CPU count of events not written (rate limit or full buffer).

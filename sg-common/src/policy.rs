@@ -96,7 +96,42 @@ pub struct IfaceConfig {
     pub timeouts_ns: [u64; crate::conntrack::TIMEOUT_SLOTS],
     /// Flow-log events allowed per second per CPU (0: no events).
     pub events_per_sec: u32,
-    pub _pad: u32,
+    /// The shortest of `timeouts_ns`, in whole seconds (rounded down): no
+    /// connection entry can expire sooner than this after it was last
+    /// touched, which lets the in-kernel reclaim skip pointless walks. 0
+    /// (older layouts) means unknown: never skip.
+    pub shortest_timeout_s: u32,
+}
+
+impl IfaceConfig {
+    /// Settings with `shortest_timeout_s` derived from the timeouts.
+    pub const fn new(
+        generation: u32,
+        flags: u32,
+        timeouts_ns: [u64; crate::conntrack::TIMEOUT_SLOTS],
+        events_per_sec: u32,
+    ) -> Self {
+        let mut shortest = u64::MAX;
+        let mut i = 0;
+        while i < timeouts_ns.len() {
+            if timeouts_ns[i] < shortest {
+                shortest = timeouts_ns[i];
+            }
+            i += 1;
+        }
+        let secs = shortest / 1_000_000_000;
+        IfaceConfig {
+            generation,
+            flags,
+            timeouts_ns,
+            events_per_sec,
+            shortest_timeout_s: if secs > u32::MAX as u64 {
+                u32::MAX
+            } else {
+                secs as u32
+            },
+        }
+    }
 }
 
 /// Rules are enforced. Without it the programs only count (observe mode).

@@ -1,17 +1,31 @@
 //! Connection tracking: one lookup per packet on a key normalised to the
 //! protected machine (see `sg_common::conntrack`), a small TCP state machine,
 //! UDP single/stream, ICMP echo by identifier *and* direction, other
-//! protocols by (addresses, protocol). Expired entries count as absent;
-//! user space reclaims them. A full table refuses new flows (the caller
-//! counts `conntrack_full`); established entries are never evicted.
+//! protocols by (addresses, protocol). Expired entries count as absent, and
+//! the kernel reclaims them itself when a new flow finds the table full
+//! (see [`reclaim`]): enforcement never depends on a user-space sweeper. A
+//! table full of live flows refuses new ones (the caller counts
+//! `conntrack_full`); live entries are never evicted.
 
-use aya_ebpf::{macros::map, maps::HashMap};
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::generated::{bpf_for_each_map_elem, bpf_map_delete_elem},
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
 use sg_common::{
     Direction, IfaceConfig,
-    conntrack::{CT_FIN_ORIGIN, CT_FIN_REPLY, CT_SEEN_REPLY, CtEntry, CtKeyV4, CtKeyV6, CtState},
+    conntrack::{
+        CT_FIN_ORIGIN, CT_FIN_REPLY, CT_SEEN_REPLY, CtEntry, CtKeyV4, CtKeyV6, CtReclaim, CtState,
+        RECLAIM_MIN_INTERVAL_NS, TIMEOUT_SLOTS, timeout_slot,
+    },
 };
 
-use crate::parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Packet};
+use crate::parse::{
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Packet, TCP_ACK, TCP_FIN, TCP_RST,
+    TCP_SYN,
+};
 
 /// Default capacity; the loader overrides it from the interface's config.
 const CT_ENTRIES: u32 = 65536;
@@ -20,11 +34,16 @@ const CT_ENTRIES: u32 = 65536;
 static SG_CT_V4: HashMap<CtKeyV4, CtEntry> = HashMap::with_max_entries(CT_ENTRIES, 0);
 #[map]
 static SG_CT_V6: HashMap<CtKeyV6, CtEntry> = HashMap::with_max_entries(CT_ENTRIES, 0);
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
+/// Slot 0: IPv4 table, slot 1: IPv6 table. When the last in-kernel reclaim
+/// ran and when the next entry can expire at the earliest.
+#[map]
+static SG_CT_RECLAIM: Array<CtReclaim> = Array::with_max_entries(2, 0);
+/// Scratch space of one walk (per CPU, so walks on two CPUs do not mix).
+/// A map value rather than the caller's stack: the verifier then sees its
+/// fields as unknown scalars and checks the callback once, instead of
+/// unrolling one state per deleted entry.
+#[map]
+static SG_CT_WALK: PerCpuArray<ReclaimWalk> = PerCpuArray::with_max_entries(1, 0);
 
 /// How a packet relates to connection state.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -120,10 +139,10 @@ fn entry_ptr(pkt: &Packet, direction: Direction) -> Option<*mut CtEntry> {
 }
 
 #[inline(always)]
-fn timeout_ns(cfg: &IfaceConfig, state: u8) -> u64 {
-    let slot = state as usize;
-    if slot < cfg.timeouts_ns.len() {
-        cfg.timeouts_ns[slot]
+fn timeout_ns(timeouts: &[u64; TIMEOUT_SLOTS], entry: &CtEntry) -> u64 {
+    let slot = timeout_slot(entry.state, entry.flags);
+    if slot < timeouts.len() {
+        timeouts[slot]
     } else {
         0
     }
@@ -156,7 +175,7 @@ pub fn track_existing(
     // SAFETY: a valid map value pointer for the rest of this program run.
     let entry = unsafe { &mut *entry };
     // Alive while idle < timeout (the reference evaluator's rule).
-    if now.saturating_sub(entry.last_seen_ns) >= timeout_ns(cfg, entry.state) {
+    if now.saturating_sub(entry.last_seen_ns) >= timeout_ns(&cfg.timeouts_ns, entry) {
         return false;
     }
     let from_origin = entry.origin == direction as u8;
@@ -239,12 +258,14 @@ pub enum CreateError {
 pub fn create(
     pkt: &Packet,
     direction: Direction,
+    cfg: &IfaceConfig,
     now: u64,
     bytes: u64,
     rule: u32,
     generation: u32,
 ) -> Result<(), CreateError> {
     let mut flags = 0;
+    // The parser has already refused SYN with FIN or RST.
     let state = match kind(pkt) {
         Kind::Tcp if pkt.tcp_flags & TCP_RST != 0 => CtState::TcpClosed,
         Kind::Tcp if pkt.tcp_flags & TCP_SYN != 0 && pkt.tcp_flags & TCP_ACK == 0 => {
@@ -276,11 +297,131 @@ pub fn create(
     };
     entry.packets[d] = 1;
     entry.bytes[d] = bytes;
-    // BPF_ANY: replaces an expired entry of the same key.
+    if insert(pkt, direction, &entry) {
+        return Ok(());
+    }
+    // Full (the only way an insert fails here): free what has expired, then
+    // try once more.
+    if reclaim(pkt.ipv6, cfg, now) && insert(pkt, direction, &entry) {
+        return Ok(());
+    }
+    Err(CreateError::Full)
+}
+
+/// BPF_ANY: replaces an expired entry of the same key.
+#[inline(always)]
+fn insert(pkt: &Packet, direction: Direction, entry: &CtEntry) -> bool {
     let result = if pkt.ipv6 {
         SG_CT_V6.insert(key_v6(pkt, direction), entry, 0)
     } else {
         SG_CT_V4.insert(key_v4(pkt, direction), entry, 0)
     };
-    result.map_err(|_| CreateError::Full)
+    result.is_ok()
+}
+
+/// State shared with [`reclaim_entry`] during one walk of a table.
+#[repr(C)]
+pub struct ReclaimWalk {
+    now: u64,
+    timeouts: [u64; TIMEOUT_SLOTS],
+    /// The earliest time a surviving entry can expire.
+    next_expiry: u64,
+    reclaimed: u64,
+}
+
+/// Deletes the expired entries of one table; true when any were freed.
+///
+/// A full walk costs time proportional to the table's capacity, so it runs
+/// only when it can find something: not before the earliest expiry that the
+/// previous walk saw (bounded by the shortest timeout, since entries that
+/// change state or arrive later expire no sooner than that), and at most once per
+/// [`RECLAIM_MIN_INTERVAL_NS`] per table, so a flood of new flows against a
+/// table full of live ones cannot turn every packet into a walk. Live
+/// entries are never deleted. Races between CPUs are harmless: at worst two
+/// walks run, or one is skipped until the next new flow.
+#[inline(always)]
+fn reclaim(ipv6: bool, cfg: &IfaceConfig, now: u64) -> bool {
+    let slot = u32::from(ipv6);
+    let Some(state) = SG_CT_RECLAIM.get_ptr_mut(slot) else {
+        return false;
+    };
+    // SAFETY: a valid map value pointer for the rest of this program run;
+    // plain loads and stores of u64 fields (see the race note above).
+    let state = unsafe { &mut *state };
+    if now < state.next_expiry_ns
+        || (state.last_run_ns != 0
+            && now.saturating_sub(state.last_run_ns) < RECLAIM_MIN_INTERVAL_NS)
+    {
+        return false;
+    }
+    state.last_run_ns = now;
+    let Some(walk) = SG_CT_WALK.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot; nothing else runs on this CPU meanwhile.
+    let walk = unsafe { &mut *walk };
+    walk.now = now;
+    walk.timeouts = cfg.timeouts_ns;
+    walk.next_expiry = u64::MAX;
+    walk.reclaimed = 0;
+    let map = if ipv6 {
+        &SG_CT_V6 as *const HashMap<CtKeyV6, CtEntry> as *mut c_void
+    } else {
+        &SG_CT_V4 as *const HashMap<CtKeyV4, CtEntry> as *mut c_void
+    };
+    // SAFETY: `map` is a map definition of this object and the callback
+    // has the helper's signature; it takes no context.
+    unsafe {
+        bpf_for_each_map_elem(map, reclaim_entry as *mut c_void, core::ptr::null_mut(), 0);
+    }
+    // Entries that change state after the walk (an RST shortens a 5-day
+    // timeout to seconds) or arrive after it live at least the shortest
+    // timeout from now: with it the bound stays a true lower bound.
+    let floor = now.saturating_add(cfg.shortest_timeout_s as u64 * 1_000_000_000);
+    // SAFETY: plain reads of this CPU's slot, written by the callback (volatile:
+    // the compiler cannot see the callback write them).
+    let (next_expiry, reclaimed) = unsafe {
+        (
+            core::ptr::read_volatile(&walk.next_expiry),
+            core::ptr::read_volatile(&walk.reclaimed),
+        )
+    };
+    state.next_expiry_ns = if next_expiry < floor {
+        next_expiry
+    } else {
+        floor
+    };
+    state.runs += 1;
+    state.reclaimed += reclaimed;
+    reclaimed > 0
+}
+
+/// `bpf_for_each_map_elem` callback: deletes `value`'s entry when it has
+/// expired, otherwise notes when it will. Returns 0 (continue), or 1 (stop)
+/// if the scratch slot is missing, which cannot happen.
+#[inline(never)]
+extern "C" fn reclaim_entry(
+    map: *mut c_void,
+    key: *mut c_void,
+    value: *mut c_void,
+    _ctx: *mut c_void,
+) -> i64 {
+    let Some(walk) = SG_CT_WALK.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: the helper passes a live entry of a conntrack table; `walk` is
+    // this CPU's scratch slot, filled by `reclaim`.
+    let (entry, walk) = unsafe { (&*(value as *const CtEntry), &mut *walk) };
+    let expires = entry
+        .last_seen_ns
+        .saturating_add(timeout_ns(&walk.timeouts, entry));
+    if walk.now >= expires {
+        // SAFETY: deleting the element being visited is allowed for hash maps.
+        if unsafe { bpf_map_delete_elem(map, key) } == 0 {
+            walk.reclaimed += 1;
+        }
+    } else if expires < walk.next_expiry {
+        walk.next_expiry = expires;
+    }
+    0
 }

@@ -1,7 +1,10 @@
 //! IP fragments: the first fragment (the one with the L4 header) is judged
-//! normally and its verdict remembered by (src, dst, proto, id); later
-//! fragments follow it. A later fragment with no remembered first fragment
-//! (lost, reordered, or crafted) is dropped as `fragment`.
+//! normally and, when it passes, remembered by the datagram's reassembly key
+//! (IPv4: src, dst, proto, id; IPv6: src, dst, id); later fragments follow
+//! it. A later fragment with no remembered first fragment (lost, reordered,
+//! denied, or crafted) is dropped as `fragment`. Only passes are remembered,
+//! so a spoofed denied first fragment can neither overwrite a real verdict
+//! nor flood real ones out of the table.
 
 use aya_ebpf::{macros::map, maps::LruHashMap};
 use sg_common::{
@@ -20,7 +23,9 @@ fn key(pkt: &Packet) -> FragKey {
         src: pkt.src,
         dst: pkt.dst,
         id: pkt.fragment.id,
-        proto: pkt.proto,
+        // IPv6 fragments of one datagram may name different next headers
+        // (AH or destination options after the Fragment header).
+        proto: if pkt.ipv6 { 0 } else { pkt.proto },
         _pad: [0; 3],
     };
     if !pkt.ipv6 {
@@ -38,24 +43,21 @@ fn mapped(v4: [u8; 4]) -> [u8; 16] {
     ]
 }
 
-/// Remembers the verdict of a first fragment.
+/// Remembers that the first fragment of `pkt`'s datagram passed.
 #[inline(always)]
-pub fn remember(pkt: &Packet, reason: Reason) {
+pub fn remember(pkt: &Packet) {
     let verdict = FragVerdict {
-        reason: reason as u32,
+        reason: Reason::PassFragment as u32,
         _pad: 0,
     };
     let _ = SG_FRAGS.insert(key(pkt), verdict, 0);
 }
 
-/// The reason for a later fragment: its first fragment's, or `DropFragment`.
+/// A later fragment passes when its first fragment did; otherwise it drops.
 #[inline(always)]
 pub fn follow(pkt: &Packet) -> Reason {
-    // SAFETY: the value is copied out at once; a concurrent update at worst
-    // gives the other fragment verdict of the same datagram.
-    match unsafe { SG_FRAGS.get(key(pkt)) } {
-        Some(v) if v.reason < Reason::DropNoRule as u32 => Reason::PassFragment,
-        Some(_) => Reason::DropNoRule,
+    match SG_FRAGS.get_ptr(key(pkt)) {
+        Some(_) => Reason::PassFragment,
         None => Reason::DropFragment,
     }
 }

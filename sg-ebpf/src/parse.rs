@@ -8,8 +8,12 @@ use core::mem::size_of;
 /// Parser outcome that is not a packet to judge.
 #[derive(Clone, Copy)]
 pub enum NotJudged {
-    /// Non-IP frames (ARP …) and IPv6 neighbour discovery: never filtered.
+    /// Non-IP frames (ARP, LLDP …): never filtered.
     Bypass,
+    /// More VLAN tags than [`MAX_VLAN_TAGS`]: the payload is unknown.
+    VlanDepth,
+    /// TCP SYN together with FIN or RST: no stack opens a connection so.
+    TcpFlags,
     /// Truncated or inconsistent headers.
     Malformed,
     /// More IPv6 extension headers than [`MAX_EXT_HEADERS`].
@@ -36,6 +40,11 @@ const NEXTHDR_ROUTING: u8 = 43;
 const NEXTHDR_FRAGMENT: u8 = 44;
 const NEXTHDR_AUTH: u8 = 51;
 const NEXTHDR_DEST: u8 = 60;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 /// Fragment facts of an IP datagram.
 #[derive(Clone, Copy, Default)]
@@ -64,7 +73,17 @@ pub struct Packet {
     pub icmp_type: u8,
     pub tcp_flags: u8,
     pub fragment: Fragment,
+    /// IPv6 neighbour discovery as RFC 4861 requires it: ICMPv6 133–137,
+    /// code 0, hop limit 255 (so it cannot have crossed a router), not
+    /// fragmented. Whether it bypasses the rules also depends on the
+    /// direction (see `verdict`).
+    pub neighbour_discovery: bool,
 }
+
+/// ICMPv6 router solicitation … redirect (RFC 4861).
+const ND_TYPES: core::ops::RangeInclusive<u8> = 133..=137;
+/// The hop limit every neighbour discovery message carries.
+const ND_HOP_LIMIT: u8 = 255;
 
 #[inline(always)]
 fn load<T: Copy>(start: usize, end: usize, offset: usize) -> Result<T, NotJudged> {
@@ -88,7 +107,7 @@ pub fn parse(start: usize, end: usize) -> Result<Packet, NotJudged> {
     let mut ethertype = be16(load::<[u8; 2]>(start, end, 12)?);
     let mut offset = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
-        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+        if !is_vlan(ethertype) {
             break;
         }
         ethertype = be16(load::<[u8; 2]>(start, end, offset + 2)?);
@@ -97,9 +116,16 @@ pub fn parse(start: usize, end: usize) -> Result<Packet, NotJudged> {
     match ethertype {
         ETH_P_IP => parse_ipv4(start, end, offset),
         ETH_P_IPV6 => parse_ipv6(start, end, offset),
-        // Still VLAN-tagged after two tags, ARP, LLDP, …: not IP.
+        // A third tag could hide IP: never let it pass unjudged.
+        t if is_vlan(t) => Err(NotJudged::VlanDepth),
+        // ARP, LLDP, …: not IP.
         _ => Err(NotJudged::Bypass),
     }
+}
+
+#[inline(always)]
+fn is_vlan(ethertype: u16) -> bool {
+    ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD
 }
 
 #[repr(C)]
@@ -142,6 +168,7 @@ fn parse_ipv4(start: usize, end: usize, offset: usize) -> Result<Packet, NotJudg
             first: frag_offset == 0,
             id: be16(ip.id) as u32,
         },
+        neighbour_discovery: false,
     };
     pkt.src[..4].copy_from_slice(&ip.src);
     pkt.dst[..4].copy_from_slice(&ip.dst);
@@ -187,7 +214,9 @@ fn parse_ipv6(start: usize, end: usize, offset: usize) -> Result<Packet, NotJudg
             first: true,
             id: 0,
         },
+        neighbour_discovery: false,
     };
+    let hop_limit = ip.hop_limit;
     let mut offset = offset + 40;
     let mut next = ip.next;
     // One iteration per extension header, plus one for the upper layer.
@@ -221,7 +250,13 @@ fn parse_ipv6(start: usize, end: usize, offset: usize) -> Result<Packet, NotJudg
             }
             _ => {
                 pkt.proto = next;
-                return parse_l4(start, end, offset, pkt);
+                let mut pkt = parse_l4(start, end, offset, pkt)?;
+                pkt.neighbour_discovery = pkt.proto == IPPROTO_ICMPV6
+                    && ND_TYPES.contains(&pkt.icmp_type)
+                    && pkt.policy_port & 0xff == 0
+                    && hop_limit == ND_HOP_LIMIT
+                    && !pkt.fragment.fragmented;
+                return Ok(pkt);
             }
         }
     }
@@ -237,6 +272,9 @@ fn parse_l4(start: usize, end: usize, offset: usize, mut pkt: Packet) -> Result<
             pkt.sport = [hdr[0], hdr[1]];
             pkt.dport = [hdr[2], hdr[3]];
             pkt.tcp_flags = hdr[13];
+            if pkt.tcp_flags & TCP_SYN != 0 && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                return Err(NotJudged::TcpFlags);
+            }
             pkt.policy_port = be16(pkt.dport);
         }
         IPPROTO_UDP => {
@@ -248,10 +286,6 @@ fn parse_l4(start: usize, end: usize, offset: usize, mut pkt: Packet) -> Result<
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             // Type, code, checksum, then identifier (meaningful for echo).
             let hdr: [u8; 6] = load(start, end, offset)?;
-            if pkt.proto == IPPROTO_ICMPV6 && (133..=137).contains(&hdr[0]) {
-                // Neighbour discovery is infrastructure, like ARP.
-                return Err(NotJudged::Bypass);
-            }
             pkt.icmp_type = hdr[0];
             pkt.policy_port = ((hdr[0] as u16) << 8) | hdr[1] as u16;
             pkt.sport = [hdr[4], hdr[5]];

@@ -1,5 +1,5 @@
 //! The decision shared by every hook, in the fixed order:
-//! parse → fragments → conntrack (replies and known flows pass here) →
+//! parse (and the neighbour-discovery bypass) → fragments → conntrack (replies and known flows pass here) →
 //! policy (new flows only) → conntrack create (after allow) → count.
 
 use aya_ebpf::{EbpfContext, Global, helpers::bpf_ktime_get_coarse_ns};
@@ -60,10 +60,20 @@ fn judge(start: usize, end: usize, direction: Direction, bytes: u64) -> Reason {
     let Some(cfg) = policy::config() else {
         return Reason::DropNoPolicy;
     };
-    if cfg.flags & CONFIG_ENFORCE == 0 {
+    // One read of the switch per packet: every lookup below uses the same
+    // generation, whatever an update does meanwhile (volatile, so this does
+    // not rest on what the optimiser chooses to re-load).
+    // SAFETY: `cfg` points into a map value that lives for this run.
+    let (generation, flags) = unsafe {
+        (
+            core::ptr::read_volatile(&cfg.generation),
+            core::ptr::read_volatile(&cfg.flags),
+        )
+    };
+    if flags & CONFIG_ENFORCE == 0 {
         return Reason::PassUnfiltered;
     }
-    if cfg.generation == 0 {
+    if generation == 0 {
         return Reason::DropNoPolicy;
     }
     let pkt = match parse::parse(start, end) {
@@ -71,7 +81,12 @@ fn judge(start: usize, end: usize, direction: Direction, bytes: u64) -> Reason {
         Err(NotJudged::Bypass) => return Reason::PassBypass,
         Err(NotJudged::Malformed) => return Reason::DropMalformed,
         Err(NotJudged::ExtHeaderLimit) => return Reason::DropExtHeaderLimit,
+        Err(NotJudged::VlanDepth) => return Reason::DropVlanDepth,
+        Err(NotJudged::TcpFlags) => return Reason::DropTcpFlags,
     };
+    if pkt.neighbour_discovery && nd_bypasses(&pkt, direction) {
+        return Reason::PassBypass;
+    }
     if pkt.fragment.fragmented && !pkt.fragment.first {
         return fragments::follow(&pkt);
     }
@@ -83,16 +98,16 @@ fn judge(start: usize, end: usize, direction: Direction, bytes: u64) -> Reason {
     let reason = if conntrack::track_existing(&pkt, direction, cfg, now, bytes) {
         Reason::PassConntrack
     } else {
-        match policy::lookup(&pkt, direction, cfg.generation) {
+        match policy::lookup(&pkt, direction, generation) {
             None => Reason::DropNoRule,
             Some(hit) => {
                 rule = hit.rule;
                 let untracked = hit.flags & HIT_UNTRACKED != 0
                     || (conntrack::may_respond(&pkt)
-                        && policy::reverse_is_untracked(&pkt, direction, cfg.generation));
+                        && policy::reverse_is_untracked(&pkt, direction, generation));
                 tracked = !untracked;
                 if !untracked
-                    && conntrack::create(&pkt, direction, now, bytes, hit.rule, cfg.generation)
+                    && conntrack::create(&pkt, direction, cfg, now, bytes, hit.rule, generation)
                         .is_err()
                 {
                     Reason::DropConntrackFull
@@ -112,8 +127,28 @@ fn judge(start: usize, end: usize, direction: Direction, bytes: u64) -> Reason {
         };
         events::report(&pkt, direction, judged, bytes, now, cfg.events_per_sec);
     }
-    if pkt.fragment.fragmented {
-        fragments::remember(&pkt, reason);
+    if pkt.fragment.fragmented && !reason.is_drop() {
+        // Pass verdicts only: a spoofed, denied first fragment must not
+        // overwrite (or flood out) the verdict of a real one.
+        fragments::remember(&pkt);
     }
     reason
+}
+
+/// Neighbour discovery (already checked to be well-formed: ICMPv6 133–137,
+/// code 0, hop limit 255) is infrastructure, like ARP: inbound always, and
+/// outbound when sent to a link-local or link-scope multicast address — the
+/// only places the protocol sends to that cannot carry data off the link.
+/// Anything else is judged by the rules.
+#[inline(always)]
+fn nd_bypasses(pkt: &parse::Packet, direction: Direction) -> bool {
+    match direction {
+        Direction::Inbound => true,
+        Direction::Outbound => {
+            let d = &pkt.dst;
+            let link_local = d[0] == 0xfe && d[1] & 0xc0 == 0x80;
+            let link_multicast = d[0] == 0xff && d[1] == 0x02;
+            link_local || link_multicast
+        }
+    }
 }

@@ -90,7 +90,8 @@ impl CtKey for CtKeyV6 {
 fn flow(key: &impl CtKey, e: &CtEntry, now: u64, cfg: &IfaceConfig) -> Flow {
     let (local, remote, lp, rp, proto) = key.endpoints();
     let idle = now.saturating_sub(e.last_seen_ns);
-    let timeout = cfg.timeouts_ns.get(e.state as usize).copied().unwrap_or(0);
+    let slot = sg_common::conntrack::timeout_slot(e.state, e.flags);
+    let timeout = cfg.timeouts_ns.get(slot).copied().unwrap_or(0);
     Flow {
         local,
         remote,

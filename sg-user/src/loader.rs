@@ -282,10 +282,11 @@ fn attach_here(
 }
 
 /// Maps pinned beside the policy maps: counters, connection and fragment tables.
-pub const STATE_MAPS: [&str; 6] = [
+pub const STATE_MAPS: [&str; 7] = [
     names::MAP_COUNTERS,
     names::MAP_CT_V4,
     names::MAP_CT_V6,
+    names::MAP_CT_RECLAIM,
     names::MAP_FRAGS,
     names::MAP_EVENTS,
     names::MAP_EVENTS_LOST,

@@ -167,6 +167,32 @@ pub fn ipv4_fragment(frame: &[u8], id: u16, offset: u16, more: bool) -> Vec<u8> 
     out
 }
 
+/// Sets the IPv6 hop limit (or IPv4 TTL) of an untagged frame.
+pub fn with_hop_limit(frame: &[u8], hop_limit: u8) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    let at = if u16::from_be_bytes([out[12], out[13]]) == ETH_P_IPV6 {
+        14 + 7
+    } else {
+        14 + 8
+    };
+    out[at] = hop_limit;
+    out
+}
+
+/// Rewrites the protocol (IPv4) or next header (IPv6, no extension
+/// headers) of an untagged frame, keeping its bytes: e.g. an ICMP-shaped
+/// payload under protocol 58 in IPv4.
+pub fn with_ip_proto(frame: &[u8], proto: u8) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    let at = if u16::from_be_bytes([out[12], out[13]]) == ETH_P_IPV6 {
+        14 + 6
+    } else {
+        14 + 9
+    };
+    out[at] = proto;
+    out
+}
+
 /// An IPv6 extension header to insert with [`ipv6_with_ext`].
 #[derive(Clone, Copy, Debug)]
 pub enum Ext {

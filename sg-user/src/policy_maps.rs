@@ -142,21 +142,42 @@ impl PolicyMaps {
     }
 
     /// Makes `policy` the live policy with these idle timeouts (seconds).
+    ///
+    /// Entries of any generation other than the live one are removed first:
+    /// an install that stopped part-way (a full map, ENOMEM, `kill -9`) may
+    /// have left some under the number this one reuses, and class ids are
+    /// renumbered per policy, so a leftover prefix would grant the new
+    /// policy's ports to an address the new policy never names.
     pub fn install(
         &mut self,
         policy: &CompiledPolicy,
         timeouts_s: [u64; TIMEOUT_SLOTS],
     ) -> Result<(), PolicyMapError> {
         let old = self.config()?;
-        for &rule in policy.rule_hashes.keys() {
-            if self.rule_hits.get(&rule, 0).is_err() {
-                let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-                let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus])?;
-                self.rule_hits
-                    .insert(rule, zeros, 0)
-                    .map_err(map_err(names::MAP_RULE_HITS))?;
-            }
+        self.remove_generations_except(old.generation)?;
+        self.stage(policy)?;
+        let config = IfaceConfig::new(
+            policy.generation,
+            CONFIG_ENFORCE,
+            timeouts_ns(timeouts_s),
+            DEFAULT_EVENTS_PER_SEC,
+        );
+        // The switch: one update of one array slot.
+        self.config
+            .set(0, config, 0)
+            .map_err(map_err(names::MAP_CONFIG))?;
+        if old.generation != 0 && old.generation != policy.generation {
+            std::thread::sleep(OLD_GENERATION_GRACE);
+            self.remove_generations_except(policy.generation)?;
         }
+        self.prune_rule_hits(policy)
+    }
+
+    /// Writes `policy`'s entries under its generation, without switching to
+    /// it: the first half of [`PolicyMaps::install`]. Public so tests can
+    /// stop an install exactly where a crash would.
+    pub fn stage(&mut self, policy: &CompiledPolicy) -> Result<(), PolicyMapError> {
+        self.add_rule_hits(policy)?;
         for (len, key, class) in &policy.addr_v4 {
             self.addr_v4
                 .insert(&Key::new(*len, *key), class, 0)
@@ -172,22 +193,59 @@ impl PolicyMaps {
                 .insert(&Key::new(*len, *key), hit, 0)
                 .map_err(map_err(names::MAP_PORTS))?;
         }
-        let config = IfaceConfig {
-            generation: policy.generation,
-            flags: CONFIG_ENFORCE,
-            timeouts_ns: timeouts_ns(timeouts_s),
-            events_per_sec: DEFAULT_EVENTS_PER_SEC,
-            _pad: 0,
-        };
-        // The switch: one update of one array slot.
-        self.config
-            .set(0, config, 0)
-            .map_err(map_err(names::MAP_CONFIG))?;
-        if old.generation != 0 && old.generation != policy.generation {
-            std::thread::sleep(OLD_GENERATION_GRACE);
-            self.remove_generations_except(policy.generation)?;
+        Ok(())
+    }
+
+    /// A zeroed hit counter for each of `policy`'s rules that has none. When
+    /// the map is full, the counters of rules outside `policy` go first
+    /// (they would be removed after the switch anyway).
+    fn add_rule_hits(&mut self, policy: &CompiledPolicy) -> Result<(), PolicyMapError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let mut pruned = false;
+        for &rule in policy.rule_hashes.keys() {
+            if self.rule_hits.get(&rule, 0).is_ok() {
+                continue;
+            }
+            let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus])?;
+            match self.rule_hits.insert(rule, zeros, 0) {
+                Err(MapError::SyscallError(e))
+                    if !pruned && e.io_error.raw_os_error() == Some(libc::E2BIG) =>
+                {
+                    self.prune_rule_hits(policy)?;
+                    pruned = true;
+                    let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus])?;
+                    self.rule_hits
+                        .insert(rule, zeros, 0)
+                        .map_err(map_err(names::MAP_RULE_HITS))?;
+                }
+                other => other.map_err(map_err(names::MAP_RULE_HITS))?,
+            }
         }
         Ok(())
+    }
+
+    /// Removes the hit counters of rules that are not in `policy`. Rule ids
+    /// come from rule content, so every edit makes new ones: without this the
+    /// map fills over an attachment's life and installs start to fail.
+    fn prune_rule_hits(&mut self, policy: &CompiledPolicy) -> Result<(), PolicyMapError> {
+        let stale: Vec<u32> = self
+            .rule_hits
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|rule| !policy.rule_hashes.contains_key(rule))
+            .collect();
+        for rule in stale {
+            match self.rule_hits.remove(&rule) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(names::MAP_RULE_HITS)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Rule ids that have a hit counter (live rules, after an install).
+    pub fn rule_hit_ids(&self) -> Vec<u32> {
+        self.rule_hits.keys().filter_map(Result::ok).collect()
     }
 
     /// Sets the flow-log event rate (events per second per CPU; 0: none).
@@ -201,13 +259,7 @@ impl PolicyMaps {
 
     /// Switches to observe mode (count, pass everything) and drops all rules.
     pub fn observe(&mut self) -> Result<(), PolicyMapError> {
-        let config = IfaceConfig {
-            generation: 0,
-            flags: 0,
-            timeouts_ns: timeouts_ns(DEFAULT_TIMEOUTS_S),
-            events_per_sec: 0,
-            _pad: 0,
-        };
+        let config = IfaceConfig::new(0, 0, timeouts_ns(DEFAULT_TIMEOUTS_S), 0);
         self.config
             .set(0, config, 0)
             .map_err(map_err(names::MAP_CONFIG))?;

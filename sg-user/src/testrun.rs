@@ -15,6 +15,14 @@ pub const XDP_PASS: u32 = 2;
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 
+/// Where [`Instance::judge`] runs a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Xdp,
+    TcIngress,
+    TcEgress,
+}
+
 /// One loaded instance of the programs with its policy maps.
 pub struct Instance {
     pub ebpf: Ebpf,
@@ -29,14 +37,28 @@ impl Instance {
 
     /// [`Instance::load`] with connection tables of `conntrack_entries`.
     pub fn load_with(side_peer: bool, conntrack_entries: u32) -> anyhow::Result<Instance> {
+        Self::load_sized(
+            side_peer,
+            &[
+                (names::MAP_CT_V4, conntrack_entries),
+                (names::MAP_CT_V6, conntrack_entries),
+            ],
+        )
+    }
+
+    /// [`Instance::load`] with these maps resized (map name, max entries):
+    /// small tables make "full" reachable in a test.
+    pub fn load_sized(side_peer: bool, sizes: &[(&str, u32)]) -> anyhow::Result<Instance> {
         let peer: u8 = side_peer.into();
         let off: u8 = 0;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(names::GLOBAL_SIDE_PEER, &peer, true)
-            .override_global(aya_log::LEVEL, &off, true)
-            .map_max_entries(names::MAP_CT_V4, conntrack_entries)
-            .map_max_entries(names::MAP_CT_V6, conntrack_entries)
-            .load(SG_OBJECT)?;
+            .override_global(aya_log::LEVEL, &off, true);
+        for &(name, entries) in sizes {
+            loader.map_max_entries(name, entries);
+        }
+        let mut ebpf = loader.load(SG_OBJECT)?;
         for name in [names::PROG_XDP_INGRESS, names::PROG_XDP_FLOOR] {
             let xdp: &mut Xdp = ebpf.program_mut(name).expect("in object").try_into()?;
             xdp.load()?;
@@ -90,6 +112,46 @@ impl Instance {
         Ok(prog.test_run(Self::options(frame, 1))?.return_value)
     }
 
+    /// Runs one frame through `hook` and returns the program's return code
+    /// and the one reason counted for it. Panics unless exactly one
+    /// (direction, reason) counter moved, by one packet, and the return code
+    /// agrees with that reason's verdict.
+    pub fn judge(&self, hook: Hook, frame: &[u8]) -> (u32, Reason) {
+        let slots: Vec<(Direction, Reason)> = Direction::ALL
+            .iter()
+            .flat_map(|d| Reason::ALL.iter().map(move |r| (*d, *r)))
+            .collect();
+        let before: Vec<u64> = slots
+            .iter()
+            .map(|(d, r)| self.counter(*d, *r).packets)
+            .collect();
+        let (code, pass) = match hook {
+            Hook::Xdp => {
+                let code = self.xdp(frame, 1).expect("test run").0;
+                (code, code == XDP_PASS)
+            }
+            Hook::TcIngress | Hook::TcEgress => {
+                let code = self.tc(hook == Hook::TcEgress, frame).expect("test run");
+                (code, code == TC_ACT_OK)
+            }
+        };
+        let moved: Vec<(Direction, Reason, u64)> = slots
+            .iter()
+            .zip(before)
+            .filter_map(|((d, r), b)| {
+                let now = self.counter(*d, *r).packets;
+                (now != b).then_some((*d, *r, now - b))
+            })
+            .collect();
+        assert!(
+            moved.len() == 1 && moved[0].2 == 1,
+            "exactly one reason counted once, got {moved:?}"
+        );
+        let reason = moved[0].1;
+        assert_eq!(pass, !reason.is_drop(), "verdict matches reason {reason:?}");
+        (code, reason)
+    }
+
     /// Reads and discards pending flow-log events; returns how many.
     pub fn drain_events(&mut self) -> anyhow::Result<usize> {
         let map = self.ebpf.map_mut(names::MAP_EVENTS).expect("in object");
@@ -99,6 +161,14 @@ impl Instance {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// The in-kernel reclaim record of the IPv4 (`ipv6` false) or IPv6 table.
+    pub fn reclaim_state(&self, ipv6: bool) -> sg_common::conntrack::CtReclaim {
+        let map: aya::maps::Array<&MapData, sg_common::conntrack::CtReclaim> =
+            aya::maps::Array::try_from(self.ebpf.map(names::MAP_CT_RECLAIM).expect("in object"))
+                .expect("array");
+        map.get(&u32::from(ipv6), 0).expect("slot readable")
     }
 
     /// Sum over CPUs of one (direction, reason) counter.

@@ -47,6 +47,7 @@ fn object_has_every_program_and_map_user_space_names() {
         names::MAP_COUNTERS,
         names::MAP_CT_V4,
         names::MAP_CT_V6,
+        names::MAP_CT_RECLAIM,
         names::MAP_FRAGS,
         names::MAP_EVENTS,
         names::MAP_EVENTS_LOST,

@@ -28,9 +28,26 @@
 //!   [`ConntrackTimeouts`].
 //! - UDP is a "stream" (longer timeout) once it was seen in both directions
 //!   and has carried at least three packets.
-//! - An entry is alive while `now - last_seen < timeout`.
+//! - An entry is alive while `now - last_seen < timeout`. A TCP flow
+//!   picked up mid-stream has the established timeout only once the other
+//!   side has answered; until then it has the handshake timeout.
+//!
+//! Packets no rule judges, decided before anything else (as the kernel does):
+//! - IPv6 neighbour discovery as RFC 4861 sends it (ICMPv6 133–137, code 0,
+//!   hop limit 255, not fragmented) passes ([`Outcome::Bypass`]) inbound, and
+//!   outbound when sent to a link-local or `ff02::/16` address. Anything else
+//!   shaped like it — IPv4 protocol 58, another hop limit or code, a global
+//!   destination outbound — is judged by the rules.
+//! - TCP with SYN together with FIN or RST is dropped ([`Outcome::Invalid`]).
+//!
+//! Fragments: the first fragment is judged like any packet; a later fragment
+//! passes only if a first fragment of its datagram passed (IPv4 key: src, dst,
+//! protocol, id; IPv6: src, dst, id).
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
 use serde::Serialize;
 
@@ -164,6 +181,47 @@ pub struct Packet {
     pub icmp: Option<(u8, u8)>,
     /// TCP flags ([`tcp_flags`]).
     pub tcp_flags: u8,
+    /// IPv4 TTL / IPv6 hop limit (64 unless set).
+    pub hop_limit: u8,
+    /// Part of a fragmented datagram.
+    pub fragment: Option<Fragment>,
+}
+
+/// Where a packet sits in a fragmented datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Fragment {
+    /// IPv4 identification or IPv6 fragment identification.
+    pub id: u32,
+    /// Offset 0: the fragment with the transport header.
+    pub first: bool,
+}
+
+/// The hop limit RFC 4861 requires of every neighbour discovery message.
+pub const ND_HOP_LIMIT: u8 = 255;
+
+/// Whether a packet is IPv6 neighbour discovery that bypasses the rules:
+/// ICMPv6 (protocol 58 over IPv6) type 133–137, code 0, hop limit 255, not
+/// fragmented; outbound only to a link-local or `ff02::/16` destination.
+pub fn neighbour_discovery_bypasses(
+    direction: Direction,
+    dst: IpAddr,
+    proto: u8,
+    icmp: Option<(u8, u8)>,
+    hop_limit: u8,
+    fragmented: bool,
+) -> bool {
+    let IpAddr::V6(dst) = dst else {
+        return false;
+    };
+    let well_formed = proto == proto::ICMPV6
+        && matches!(icmp, Some((133..=137, 0)))
+        && hop_limit == ND_HOP_LIMIT
+        && !fragmented;
+    let on_link = || {
+        let o = dst.octets();
+        (o[0] == 0xfe && o[1] & 0xc0 == 0x80) || (o[0] == 0xff && o[1] == 0x02)
+    };
+    well_formed && (direction == Direction::Ingress || on_link())
 }
 
 impl Packet {
@@ -188,6 +246,8 @@ impl Packet {
             dport,
             icmp: None,
             tcp_flags: flags,
+            hop_limit: 64,
+            fragment: None,
         }
     }
 
@@ -251,6 +311,29 @@ impl Packet {
         self.echo_kind().is_some()
     }
 
+    /// Infrastructure that no rule judges (see the module docs).
+    pub fn bypasses(&self) -> bool {
+        neighbour_discovery_bypasses(
+            self.direction,
+            self.dst,
+            self.proto,
+            self.icmp,
+            self.hop_limit,
+            self.fragment.is_some(),
+        )
+    }
+
+    /// TCP flags that no stack opens a connection with: SYN with FIN or RST.
+    pub fn invalid_tcp_flags(&self) -> bool {
+        use tcp_flags::*;
+        self.proto == proto::TCP && self.tcp_flags & SYN != 0 && self.tcp_flags & (FIN | RST) != 0
+    }
+
+    /// A fragment other than the first: it has no transport header.
+    fn later_fragment(&self) -> bool {
+        self.fragment.is_some_and(|f| !f.first)
+    }
+
     fn echo_kind(&self) -> Option<EchoKind> {
         match (self.proto, self.icmp) {
             (proto::ICMP, Some((8, _))) | (proto::ICMPV6, Some((128, _))) => {
@@ -311,6 +394,8 @@ impl Flow {
             (proto::TCP, Some(TcpState::SynRecv)) => ConntrackTimeouts::TCP_SYN_RECV,
             (proto::TCP, Some(TcpState::FinWait)) => ConntrackTimeouts::TCP_FIN,
             (proto::TCP, Some(TcpState::Closed)) => ConntrackTimeouts::TCP_CLOSED,
+            // Picked up mid-stream and never answered: as an unanswered SYN.
+            (proto::TCP, _) if self.reply_packets == 0 => ConntrackTimeouts::TCP_SYN,
             (proto::TCP, _) => t.tcp_established,
             (proto::UDP, _)
                 if self.reply_packets > 0 && self.forward_packets + self.reply_packets >= 3 =>
@@ -344,12 +429,23 @@ pub enum Outcome {
     /// Denied: rules allow it but the table is full (AWS drops new tracked
     /// flows; counted in [`Conntrack::allowance_exceeded`]).
     TableFull,
+    /// Allowed without rules: infrastructure (IPv6 neighbour discovery).
+    Bypass,
+    /// Denied: TCP flags no connection opens with (SYN with FIN or RST).
+    Invalid,
+    /// Allowed: a later fragment of a datagram whose first fragment passed.
+    FragmentFollows,
+    /// Denied: a later fragment with no first fragment that passed.
+    FragmentOrphan,
 }
 
 impl Outcome {
     /// Whether the packet passes.
     pub fn allowed(self) -> bool {
-        !matches!(self, Self::Denied | Self::TableFull)
+        !matches!(
+            self,
+            Self::Denied | Self::TableFull | Self::Invalid | Self::FragmentOrphan
+        )
     }
 }
 
@@ -385,8 +481,31 @@ pub struct Conntrack {
     mode: RemovalMode,
     capacity: Option<usize>,
     flows: HashMap<FlowKey, Flow>,
+    /// Datagrams whose first fragment passed.
+    fragments: HashSet<FragmentKey>,
     /// New tracked flows dropped because the table was full.
     pub allowance_exceeded: u64,
+}
+
+/// A datagram, as the kernel reassembles it: IPv4 by (src, dst, protocol,
+/// id), IPv6 by (src, dst, id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FragmentKey {
+    src: IpAddr,
+    dst: IpAddr,
+    proto: Option<u8>,
+    id: u32,
+}
+
+impl FragmentKey {
+    fn of(p: &Packet, f: Fragment) -> Self {
+        Self {
+            src: p.src,
+            dst: p.dst,
+            proto: p.src.is_ipv4().then_some(p.proto),
+            id: f.id,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -429,6 +548,7 @@ impl Conntrack {
             mode: RemovalMode::default(),
             capacity: None,
             flows: HashMap::new(),
+            fragments: HashSet::new(),
             allowance_exceeded: 0,
         }
     }
@@ -467,13 +587,48 @@ impl Conntrack {
 
     /// Judges the next packet. Times must not go backwards.
     pub fn step(&mut self, model: &Model, iface: &Interface, pkt: &Packet) -> Step {
+        let no_rules = |outcome| Step {
+            outcome,
+            rules: vec![],
+        };
+        if pkt.bypasses() {
+            return no_rules(Outcome::Bypass);
+        }
+        if let Some(f) = pkt.fragment.filter(|f| !f.first) {
+            return no_rules(if self.fragments.contains(&FragmentKey::of(pkt, f)) {
+                Outcome::FragmentFollows
+            } else {
+                Outcome::FragmentOrphan
+            });
+        }
+        if pkt.invalid_tcp_flags() {
+            return no_rules(Outcome::Invalid);
+        }
+        let step = self.step_flow(model, iface, pkt);
+        if let Some(f) = pkt.fragment
+            && step.outcome.allowed()
+        {
+            self.fragments.insert(FragmentKey::of(pkt, f));
+        }
+        step
+    }
+
+    /// [`Conntrack::step`] for a packet with a transport header.
+    fn step_flow(&mut self, model: &Model, iface: &Interface, pkt: &Packet) -> Step {
+        debug_assert!(!pkt.later_fragment());
         let now = pkt.time_ms;
         let timeouts = self.timeouts;
         self.flows.retain(|_, f| {
             now.saturating_sub(f.last_seen_ms) < u64::from(f.timeout_secs(&timeouts)) * 1000
         });
         let key = FlowKey::of(pkt);
-        let (hit, reply) = if self.flows.contains_key(&key) {
+        // ICMP other than echo is never part of a flow (errors are not
+        // "related", DESIGN §1): its key (ports 0) must not meet an echo
+        // flow whose identifier happens to be 0.
+        let icmp_other = matches!(pkt.proto, proto::ICMP | proto::ICMPV6) && !pkt.is_echo();
+        let (hit, reply) = if icmp_other {
+            (None, false)
+        } else if self.flows.contains_key(&key) {
             (Some(key), false)
         } else if self.flows.contains_key(&key.reversed()) {
             (Some(key.reversed()), true)

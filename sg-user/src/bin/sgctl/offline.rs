@@ -66,6 +66,10 @@ pub struct CheckArgs {
     /// ICMP code (default 0)
     #[arg(long, requires = "icmp_type")]
     icmp_code: Option<u8>,
+    /// IPv4 TTL / IPv6 hop limit of the packet (neighbour discovery, which
+    /// bypasses the rules, always has 255)
+    #[arg(long, default_value_t = 64)]
+    hop_limit: u8,
     /// Machine-readable output
     #[arg(long)]
     json: bool,
@@ -230,6 +234,8 @@ struct CheckJson<'a> {
     verdict: &'static str,
     allowed: bool,
     tracked: bool,
+    /// Infrastructure no rule judges (IPv6 neighbour discovery).
+    bypass: bool,
     interface: String,
     direction: Direction,
     packet: &'a PacketDesc,
@@ -321,7 +327,25 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
     } else {
         Direction::Egress
     };
-    let d = eval::decide(&m, iface, direction, &pkt);
+    // The kernel lets neighbour discovery through before any rule; so does
+    // this answer. Outbound, the peer is the destination it checks.
+    let bypass = eval::neighbour_discovery_bypasses(
+        direction,
+        args.peer,
+        proto,
+        pkt.icmp,
+        args.hop_limit,
+        false,
+    );
+    let d = if bypass {
+        eval::Decision {
+            allowed: true,
+            rules: vec![],
+            tracked: false,
+        }
+    } else {
+        eval::decide(&m, iface, direction, &pkt)
+    };
     let rules: Vec<&model::ResolvedRule> = m
         .rules_for(iface, direction)
         .filter(|r| d.rules.contains(&r.id))
@@ -332,6 +356,7 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
             verdict,
             allowed: d.allowed,
             tracked: d.tracked,
+            bypass,
             interface: iface.key(),
             direction,
             packet: &pkt,
@@ -362,7 +387,9 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
         args.peer,
         iface.key()
     );
-    if d.allowed {
+    if bypass {
+        s.push_str(": neighbour discovery (ICMPv6 133-137, code 0, hop limit 255) is infrastructure, like ARP; no rule is consulted\n");
+    } else if d.allowed {
         s.push_str(if d.tracked {
             ", tracked\n"
         } else {
