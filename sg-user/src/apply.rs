@@ -152,10 +152,7 @@ enum Step {
     Attach,
     /// Attached but it must be attached anew (other side, new device, hooks
     /// or pins missing): detach, then attach with the policy.
-    Reattach {
-        action: &'static str,
-        why: String,
-    },
+    Reattach { action: &'static str, why: String },
     /// Attached: install the policy as a new generation.
     Update,
     /// Attached with this very policy already.
@@ -225,11 +222,7 @@ pub fn apply(model: &Model, opts: &ApplyOptions) -> Result<Vec<Change>> {
 /// Compiling, reading pinned state, writing state files (the error names the
 /// file; that interface is left as it was) or changing the kernel failed;
 /// with `require_present`, when no interface of the config exists here.
-pub fn apply_locked(
-    model: &Model,
-    opts: &ApplyOptions,
-    _held: &StateLock,
-) -> Result<Vec<Change>> {
+pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Result<Vec<Change>> {
     pins::ensure_root()?;
     lock::ensure_state_dir()?;
     let identity = model.file.as_deref().and_then(config_identity);
@@ -243,7 +236,9 @@ pub fn apply_locked(
         let ifindex = drift::ifindex_of(&id);
         let step = match ifindex {
             None => Step::Absent,
-            Some(_) if id.dir().exists() => step_for_attached(&id, iface, state.as_ref(), policy_hash, opts)?,
+            Some(_) if id.dir().exists() => {
+                step_for_attached(&id, iface, state.as_ref(), policy_hash, opts)?
+            }
             Some(_) => Step::Attach,
         };
         let generation = match step {
@@ -283,8 +278,7 @@ pub fn apply_locked(
     // Interfaces an earlier apply of this same config attached that have
     // left it. Attachments of other configs (or `sgctl attach`) are not ours.
     for id in pins::attached_ifaces()? {
-        let ours =
-            identity.is_some() && read_state(&id).is_some_and(|s| s.config == identity);
+        let ours = identity.is_some() && read_state(&id).is_some_and(|s| s.config == identity);
         if ours && !plans.iter().any(|p| p.id == id) {
             forget(&id)?;
             changes.push(Change {
@@ -402,9 +396,8 @@ fn carry_out(
         _ => {}
     }
     let previous = std::fs::read(state_path(&plan.id)).ok();
-    write_state(&plan.id, &new_state(model, plan, identity)).with_context(|| {
-        format!("{}: nothing was changed for this interface", plan.id)
-    })?;
+    write_state(&plan.id, &new_state(model, plan, identity))
+        .with_context(|| format!("{}: nothing was changed for this interface", plan.id))?;
     let changed = change_kernel(plan, opts, &mut change);
     if let Err(e) = changed {
         match plan.step {

@@ -36,9 +36,9 @@ use tracing::{error, info, warn};
 
 use crate::{
     apply::{self, ApplyOptions, STATE_DIR},
-    lock::{self, StateLock},
     discover::KernelAddresses,
     flowlog::Collector,
+    lock::{self, StateLock},
     metrics,
     model::{Attachment, Model},
     netns::{NETNS_RUN_DIR, in_netns},

@@ -45,7 +45,10 @@ impl std::fmt::Display for Drift {
                 "the interface was created again (index {attached_ifindex} → {ifindex}) and is not enforced"
             ),
             Drift::HookMissing { direction } => {
-                write!(f, "the {direction} hook is missing: {direction} is not enforced")
+                write!(
+                    f,
+                    "the {direction} hook is missing: {direction} is not enforced"
+                )
             }
             Drift::PinsMissing { names } => write!(f, "pinned maps missing: {}", names.join(", ")),
         }

@@ -297,8 +297,14 @@ mod tests {
 
     #[test]
     fn config_keys_are_stable_and_distinct() {
-        assert_eq!(config_key(Path::new("/etc/sg.yaml")), config_key(Path::new("/etc/sg.yaml")));
-        assert_ne!(config_key(Path::new("/a/sg.yaml")), config_key(Path::new("/b/sg.yaml")));
+        assert_eq!(
+            config_key(Path::new("/etc/sg.yaml")),
+            config_key(Path::new("/etc/sg.yaml"))
+        );
+        assert_ne!(
+            config_key(Path::new("/a/sg.yaml")),
+            config_key(Path::new("/b/sg.yaml"))
+        );
         assert_eq!(config_key(Path::new("")), "cbf29ce484222325");
     }
 }

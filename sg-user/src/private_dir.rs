@@ -263,7 +263,10 @@ mod tests {
         write_state_file(&path, b"one").unwrap();
         write_state_file(&path, b"two").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
-        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o7777, STATE_FILE_MODE);
+        assert_eq!(
+            fs::metadata(&path).unwrap().mode() & 0o7777,
+            STATE_FILE_MODE
+        );
         let err = write_state_file(&dir.join("missing/x.json"), b"")
             .unwrap_err()
             .to_string();

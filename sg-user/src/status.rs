@@ -136,7 +136,11 @@ pub fn render(s: &IfaceStatus) -> String {
         let _ = writeln!(out, "  WARNING: {d}");
     }
     if let Some(fix) = &s.fix {
-        let what = if gone { "remove the leftovers" } else { "repair" };
+        let what = if gone {
+            "remove the leftovers"
+        } else {
+            "repair"
+        };
         let _ = writeln!(out, "  to {what}: {fix}");
     }
     let _ = writeln!(

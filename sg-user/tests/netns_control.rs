@@ -192,18 +192,29 @@ fn alternating_applies_of_two_configs_enforce_what_status_says() {
             .collect();
         for child in children {
             let out = child.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "round {round}: {}",
-                text(&out.stderr)
-            );
+            assert!(out.status.success(), "round {round}: {}", text(&out.stderr));
             generations.extend(installed_generations(&text(&out.stdout)));
         }
         let status = status_of(&id).expect("attached");
         let config = status["config"].as_str().expect("status names the config");
-        let expect_80 = config == dir_a.canonicalize().unwrap().join("cfg.yaml").to_str().unwrap();
-        let expect_81 = config == dir_b.canonicalize().unwrap().join("cfg.yaml").to_str().unwrap();
-        assert!(expect_80 != expect_81, "round {round}: status names one of the two: {config}");
+        let expect_80 = config
+            == dir_a
+                .canonicalize()
+                .unwrap()
+                .join("cfg.yaml")
+                .to_str()
+                .unwrap();
+        let expect_81 = config
+            == dir_b
+                .canonicalize()
+                .unwrap()
+                .join("cfg.yaml")
+                .to_str()
+                .unwrap();
+        assert!(
+            expect_80 != expect_81,
+            "round {round}: status names one of the two: {config}"
+        );
         let (r80, r81) = (reach(&lab, 80), reach(&lab, 81));
         assert_eq!(
             (r80 == Reach::Connected, r81 == Reach::Connected),
@@ -223,7 +234,10 @@ fn alternating_applies_of_two_configs_enforce_what_status_says() {
         generations.len(),
         "no generation reported twice: {generations:?}"
     );
-    assert!(generations.len() >= 5, "the policy really changed: {generations:?}");
+    assert!(
+        generations.len() >= 5,
+        "the policy really changed: {generations:?}"
+    );
 }
 
 #[test]
@@ -265,11 +279,9 @@ fn same_relative_name_in_two_directories_is_two_configs() {
         b_only.replace(lab.ns("b").name(), lab.ns("c").name()),
     )
     .unwrap();
-    let out = run(
-        sgctl()
-            .args(["apply", "-c", "sub/../noping.yaml"])
-            .current_dir(&two),
-    );
+    let out = run(sgctl()
+        .args(["apply", "-c", "sub/../noping.yaml"])
+        .current_dir(&two));
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains("detached"),
@@ -313,7 +325,10 @@ fn hook_removed_out_of_band_is_reported_and_repaired_by_apply() {
     );
     let status = status_of(&id).unwrap();
     let drift = status["drift"].to_string();
-    assert!(drift.contains("hook_missing") && drift.contains("ingress"), "{status}");
+    assert!(
+        drift.contains("hook_missing") && drift.contains("ingress"),
+        "{status}"
+    );
     let fix = status["fix"].as_str().expect("a fix command");
     assert!(
         fix.starts_with("sgctl apply -c /") && fix.ends_with("cfg.yaml"),
@@ -329,12 +344,20 @@ fn hook_removed_out_of_band_is_reported_and_repaired_by_apply() {
     assert!(repaired.contains("repaired"), "{repaired}");
     assert_eq!(reach(&lab, 22), Reach::Timeout, "ingress enforced again");
     assert_eq!(reach(&lab, 80), Reach::Connected, "with the same policy");
-    assert!(status_of(&id).unwrap()["drift"].as_array().unwrap().is_empty());
+    assert!(
+        status_of(&id).unwrap()["drift"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 
     // A map pin removed: sgctl could no longer update the policy.
     std::fs::remove_file(id.dir().join(sg_common::names::MAP_PORTS)).unwrap();
     let repaired = apply_out();
-    assert!(repaired.contains("repaired") && repaired.contains("SG_"), "{repaired}");
+    assert!(
+        repaired.contains("repaired") && repaired.contains("SG_"),
+        "{repaired}"
+    );
     assert!(apply_out().contains("unchanged"), "and then it is intact");
 }
 
@@ -377,7 +400,11 @@ fn deleted_namespace_is_shown_with_the_command_that_removes_the_leftovers() {
     );
     assert!(human.contains("NOT ENFORCED"), "{human}");
     let out = run(sgctl().args(["detach", "--iface", "eth0", "--netns", &ns]));
-    assert!(out.status.success(), "the hint works: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "the hint works: {}",
+        text(&out.stderr)
+    );
     assert!(status_of(&id).is_none(), "gone from status");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -403,7 +430,10 @@ fn apply_fails_when_no_interface_of_the_config_exists() {
     let out = run(sgctl().args(["apply", "-c"]).arg(&path));
     let stderr = text(&out.stderr);
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(!out.status.success(), "a config whose interfaces are all absent fails");
+    assert!(
+        !out.status.success(),
+        "a config whose interfaces are all absent fails"
+    );
     assert!(
         stderr.contains(&format!("eth9@{}", ns.name()))
             && stderr.contains(&format!("namespace {missing_ns} does not exist")),
@@ -430,7 +460,10 @@ fn full_state_directory_leaves_nothing_attached() {
         .arg(&path)
         .stdin(Stdio::null()));
     let stderr = text(&out.stderr);
-    assert!(!out.status.success(), "a full state directory fails the apply");
+    assert!(
+        !out.status.success(),
+        "a full state directory fails the apply"
+    );
     assert!(
         stderr.contains(&format!(
             "{}/netns-{}/eth0.json",
@@ -505,7 +538,10 @@ fn a_second_daemon_on_the_same_config_is_refused() {
 fn untrusted_directories_on_bpffs_and_tmpfs_are_refused() {
     require_root!();
     pins::ensure_bpffs().unwrap();
-    for base in [pins::BPFFS.to_string(), std::env::temp_dir().display().to_string()] {
+    for base in [
+        pins::BPFFS.to_string(),
+        std::env::temp_dir().display().to_string(),
+    ] {
         let dir = Path::new(&base).join(format!(
             "{}{}-ctl-untrusted",
             sg_user::netns::HARNESS_PREFIX,
@@ -515,19 +551,13 @@ fn untrusted_directories_on_bpffs_and_tmpfs_are_refused() {
         std::fs::create_dir(&dir).unwrap();
         // What a non-root user can do in /sys/fs/bpf (mode 1777).
         std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
-        let err = private_dir::ensure(&dir).map(|()| ()).unwrap_err().to_string();
+        let err = private_dir::ensure(&dir).unwrap_err().to_string();
         std::os::unix::fs::chown(&dir, Some(0), Some(0)).unwrap();
-        std::fs::set_permissions(
-            &dir,
-            std::os::unix::fs::PermissionsExt::from_mode(0o777),
-        )
-        .unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
         let writable = private_dir::ensure(&dir).unwrap_err().to_string();
-        std::fs::set_permissions(
-            &dir,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let tightened = private_dir::ensure(&dir);
         let mode = std::fs::metadata(&dir).unwrap().mode() & 0o7777;
         std::fs::remove_dir(&dir).unwrap();
@@ -536,6 +566,9 @@ fn untrusted_directories_on_bpffs_and_tmpfs_are_refused() {
             "{base}: {err}"
         );
         assert!(writable.contains("0777"), "{base}: {writable}");
-        assert!(tightened.is_ok() && mode == 0o700, "{base}: an own 0755 directory is tightened");
+        assert!(
+            tightened.is_ok() && mode == 0o700,
+            "{base}: an own 0755 directory is tightened"
+        );
     }
 }

@@ -115,7 +115,10 @@ fn events_from_before_the_reader_started_are_not_dated_into_its_first_window() {
         first.iter().all(|r| r.action.is_none()),
         "the first window carries no records of earlier traffic: {first:#?}"
     );
-    assert!(collector.skipped_stale >= 1, "the old events were there and skipped");
+    assert!(
+        collector.skipped_stale >= 1,
+        "the old events were there and skipped"
+    );
     // Traffic after the start is reported as usual.
     assert_eq!(
         probe::tcp_connect(lab.ns("b"), lab.addr("a", false, 22), t),
