@@ -162,7 +162,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         )
     })?;
     // Held until we return: our daemon-KEY.json is ours alone.
-    let _daemon_lock = lock::daemon_lock(&identity)?;
+    let daemon_lock = lock::daemon_lock(&identity)?;
     let started_mono = crate::conntrack::monotonic_ns();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let state = Arc::new(Mutex::new(DaemonState {
@@ -274,6 +274,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     }
     // Ours alone: the daemon lock is still held.
     let _ = std::fs::remove_file(&daemon.state_file);
+    daemon_lock.remove();
     Ok(())
 }
 
@@ -365,7 +366,7 @@ impl Daemon {
                 let mut generations = BTreeMap::new();
                 for c in &changes {
                     if c.action != "unchanged" {
-                        info!(iface = %c.iface, action = c.action, generation = c.generation, trigger = why, "applied");
+                        info!(iface = %c.iface, action = c.action, generation = c.generation, detail = c.detail.as_deref(), trigger = why, "applied");
                     }
                     if c.action != "detached" {
                         generations.insert(c.iface.clone(), c.generation);

@@ -17,8 +17,9 @@
 //!
 //! `flock` locks belong to an open file description: the kernel releases
 //! them when the holder exits, however it exits (no stale lock after
-//! `kill -9`). Lock files are never deleted (deleting one while another
-//! process waits on it would let two holders in).
+//! `kill -9`). A daemon removes its lock file when it stops; a taker checks
+//! after locking that the file it locked is still the one at the path (and
+//! starts over otherwise), so a removal never lets two holders in.
 
 use std::{
     fs::{File, OpenOptions},
@@ -78,7 +79,7 @@ pub enum LockError {
         pid = .holder.pid.map_or("PID".to_string(), |p| p.to_string())
     )]
     DaemonRunning { config: PathBuf, holder: Holder },
-    #[error("lock file {path}: {source}")]
+    #[error("lock file {path}: {source}; is {STATE_DIR} full or read-only?")]
     Io {
         path: PathBuf,
         #[source]
@@ -99,6 +100,12 @@ pub struct Held {
 impl Held {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Removes the lock file, then releases the lock (for per-config locks,
+    /// which would otherwise pile up, one per config ever run).
+    pub fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -198,25 +205,44 @@ fn take(
         path: path.to_path_buf(),
         source,
     };
-    let mut file = private_dir::open_with_mode(
-        path,
-        private_dir::STATE_FILE_MODE,
-        OpenOptions::new().read(true).write(true),
-    )
-    .map_err(io_err)?;
-    if !flock(&file, libc::LOCK_EX | libc::LOCK_NB).map_err(io_err)? {
-        let holder = read_holder(&mut file);
-        if wait == Wait::NoWait {
-            return Ok(Err(holder));
+    let mut on_wait = Some(on_wait);
+    loop {
+        let mut file = private_dir::open_with_mode(
+            path,
+            private_dir::STATE_FILE_MODE,
+            OpenOptions::new().read(true).write(true),
+        )
+        .map_err(io_err)?;
+        if !flock(&file, libc::LOCK_EX | libc::LOCK_NB).map_err(io_err)? {
+            let holder = read_holder(&mut file);
+            if wait == Wait::NoWait {
+                return Ok(Err(holder));
+            }
+            if let Some(say) = on_wait.take() {
+                say(&holder);
+            }
+            flock(&file, libc::LOCK_EX).map_err(io_err)?;
         }
-        on_wait(&holder);
-        flock(&file, libc::LOCK_EX).map_err(io_err)?;
+        if !still_at(&file, path) {
+            // Removed (and maybe created again) by its last holder: the lock
+            // we got guards nothing. Take the one at the path.
+            continue;
+        }
+        record_holder(&mut file, purpose).map_err(io_err)?;
+        return Ok(Ok(Held {
+            _file: file,
+            path: path.to_path_buf(),
+        }));
     }
-    record_holder(&mut file, purpose).map_err(io_err)?;
-    Ok(Ok(Held {
-        _file: file,
-        path: path.to_path_buf(),
-    }))
+}
+
+/// True when `file` is the file now at `path`.
+fn still_at(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// `flock(2)`, retried on EINTR; false when a non-blocking lock is busy.
@@ -292,6 +318,28 @@ mod tests {
         let (_held, told) = waiter.join().unwrap();
         assert!(told.len() <= 1, "says at most once what it waits for");
         assert!(told.iter().all(|h| h.purpose == "first job"), "{told:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_removed_lock_file_is_never_held_twice() {
+        let dir = scratch("remove");
+        let path = dir.join("d.lock");
+        let first = take(&path, "first", Wait::Block, |_| {}).unwrap().unwrap();
+        let waiter = {
+            let path = path.clone();
+            std::thread::spawn(move || take(&path, "second", Wait::Block, |_| {}).unwrap().unwrap())
+        };
+        first.remove();
+        let second = waiter.join().unwrap();
+        assert!(
+            still_at(&second._file, &path),
+            "the waiter holds the file at the path, not the removed one"
+        );
+        assert!(
+            take(&path, "third", Wait::NoWait, |_| {}).unwrap().is_err(),
+            "and it excludes others"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -532,6 +532,12 @@ fn a_second_daemon_on_the_same_config_is_refused() {
     ))
     .unwrap();
     assert_eq!(holder.pid, Some(pid));
+    drop(first); // SIGTERM
+    let identity = apply::config_identity(&path).unwrap();
+    assert!(
+        !daemon::state_path(&identity).exists() && !lock::daemon_lock_path(&identity).exists(),
+        "a daemon that stops removes its own state and lock files"
+    );
 }
 
 #[test]
@@ -571,4 +577,54 @@ fn untrusted_directories_on_bpffs_and_tmpfs_are_refused() {
             "{base}: an own 0755 directory is tightened"
         );
     }
+}
+
+#[test]
+fn a_held_lock_makes_apply_wait_and_say_so_or_fail_with_no_wait() {
+    require_root!();
+    use std::io::{BufRead, BufReader};
+    let lab = Lab::new("ctl-wait");
+    let path = lab.dir.join("cfg.yaml");
+    std::fs::write(&path, config_allowing(&lab, 80)).unwrap();
+    let held = lock::state_lock("the test holding the lock", lock::Wait::NoWait, |_| {})
+        .expect("the state lock is free");
+
+    let out = run(sgctl().args(["apply", "--no-wait", "-c"]).arg(&path));
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "--no-wait fails while the lock is held"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "pid {}: the test holding the lock",
+            std::process::id()
+        )) && stderr.contains("--no-wait"),
+        "says who holds it and what to do: {stderr}"
+    );
+    assert!(!a_iface(&lab).dir().exists(), "nothing changed");
+
+    let mut waiting = sgctl()
+        .args(["apply", "-c"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(waiting.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    assert!(
+        first.starts_with("waiting for another sgctl")
+            && first.contains("the test holding the lock"),
+        "{first}"
+    );
+    assert!(!a_iface(&lab).dir().exists(), "it really waits");
+    drop(held);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let out = waiting.wait_with_output().unwrap();
+    assert!(out.status.success(), "{rest}");
+    assert!(!rest.contains("waiting"), "said once: {rest}");
+    assert!(text(&out.stdout).contains(" attached, generation"));
 }
