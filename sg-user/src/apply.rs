@@ -247,7 +247,7 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
                 .with_context(|| {
                     format!(
                         "{id}: reading its pinned policy (try `{}` and apply again)",
-                        drift::detach_command(&id)
+                        id.detach_command()
                     )
                 })?,
             _ => 1,
@@ -322,7 +322,7 @@ fn step_for_attached(
         .with_context(|| {
             format!(
                 "{id}: reading its pinned policy (try `{}` and apply again)",
-                drift::detach_command(id)
+                id.detach_command()
             )
         })?;
     let enforcing = live.flags & sg_common::policy::CONFIG_ENFORCE != 0;

@@ -128,28 +128,13 @@ pub fn missing_pins(id: &IfaceId) -> Vec<Drift> {
 
 /// The one command that repairs `drift` of `id` (or removes its leftovers).
 pub fn fix_command(id: &IfaceId, state: Option<&IfaceState>, drift: &[Drift]) -> String {
-    let detach = detach_command(id);
+    let detach = id.detach_command();
     if drift.iter().any(Drift::is_gone) {
         return detach;
     }
     match state.and_then(|s| s.config.as_ref()) {
         Some(config) => format!("sgctl apply -c {}", config.display()),
         // Attached by `sgctl attach` (observe mode): no config to re-apply.
-        None => format!(
-            "{detach} && sgctl attach --iface {}{}",
-            id.iface,
-            netns_flag(id)
-        ),
+        None => format!("{detach} && sgctl attach {}", id.cli_args()),
     }
-}
-
-/// `sgctl detach --iface NAME [--netns NS]` for `id`.
-pub fn detach_command(id: &IfaceId) -> String {
-    format!("sgctl detach --iface {}{}", id.iface, netns_flag(id))
-}
-
-fn netns_flag(id: &IfaceId) -> String {
-    id.netns
-        .as_deref()
-        .map_or(String::new(), |ns| format!(" --netns {ns}"))
 }

@@ -133,7 +133,7 @@ pub enum InitialPolicy<'a> {
 
 #[derive(Debug, Error)]
 pub enum LoaderError {
-    #[error("{iface} is already attached; run `sgctl detach --iface {}` first, or `sgctl status` to see it", .iface.iface)]
+    #[error("{iface} is already attached; run `{}` first, or `sgctl status` to see it", .iface.detach_command())]
     AlreadyAttached { iface: IfaceId },
     #[error("{iface} is not attached; `sgctl status` lists attached interfaces")]
     NotAttached { iface: IfaceId },

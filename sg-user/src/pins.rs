@@ -44,6 +44,21 @@ impl IfaceId {
     }
 }
 
+impl IfaceId {
+    /// `--iface NAME [--netns NS]`: how commands name this interface.
+    pub fn cli_args(&self) -> String {
+        match &self.netns {
+            None => format!("--iface {}", self.iface),
+            Some(ns) => format!("--iface {} --netns {ns}", self.iface),
+        }
+    }
+
+    /// The command that detaches this interface.
+    pub fn detach_command(&self) -> String {
+        format!("sgctl detach {}", self.cli_args())
+    }
+}
+
 impl std::fmt::Display for IfaceId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.netns {

@@ -664,7 +664,7 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
         writeln!(
             out,
             "{id}: cannot read its pinned state ({e}); it may be from another sgctl version: `{}` and apply again",
-            sg_user::drift::detach_command(id)
+            id.detach_command()
         )?;
     }
     if all.is_empty() && unreadable.is_empty() {
