@@ -271,9 +271,7 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
     // Phase 2: change the kernel.
     let mut changes = Vec::new();
     for plan in &plans {
-        if let Some(change) = carry_out(model, plan, identity.as_deref(), opts)? {
-            changes.push(change);
-        }
+        changes.push(carry_out(model, plan, identity.as_deref(), opts)?);
     }
     // Interfaces an earlier apply of this same config attached that have
     // left it. Attachments of other configs (or `sgctl attach`) are not ours.
@@ -370,7 +368,7 @@ fn carry_out(
     plan: &Plan<'_>,
     identity: Option<&Path>,
     opts: &ApplyOptions,
-) -> Result<Option<Change>> {
+) -> Result<Change> {
     let mut change = Change {
         iface: plan.id.to_string(),
         action: "updated",
@@ -386,12 +384,12 @@ fn carry_out(
             }
             change.action = "absent";
             change.generation = 0;
-            return Ok(Some(change));
+            return Ok(change);
         }
         Step::Unchanged => {
             change.action = "unchanged";
             change.generation = read_state(&plan.id).map_or(0, |s| s.generation);
-            return Ok(Some(change));
+            return Ok(change);
         }
         _ => {}
     }
@@ -407,7 +405,7 @@ fn carry_out(
         }
         return Err(e);
     }
-    Ok(Some(change))
+    Ok(change)
 }
 
 fn change_kernel(plan: &Plan<'_>, opts: &ApplyOptions, change: &mut Change) -> Result<()> {

@@ -2,8 +2,8 @@
 //! (SIGTERM and kill -9), invalid configs, interfaces that appear and
 //! disappear, metrics and flow logs. Needs root.
 //!
-//! One daemon per machine (its state is /run/sgctl/daemon.json), so the
-//! tests of this file take turns.
+//! The tests of this file take turns: each daemon's reloads hold the state
+//! lock, and the rewrite test counts on its reloads not waiting behind others.
 
 mod common;
 
@@ -48,6 +48,7 @@ fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
 /// A running `sgctl run`; killed on drop.
 struct Daemon {
     child: Option<Child>,
+    config: PathBuf,
 }
 
 impl Daemon {
@@ -63,15 +64,18 @@ impl Daemon {
             .spawn()
             .expect("spawn sgctl run");
         let pid = child.id();
-        let d = Daemon { child: Some(child) };
+        let d = Daemon {
+            child: Some(child),
+            config: config.to_path_buf(),
+        };
         wait_until(20, "the daemon's first reload", || {
-            daemon::read_state().is_some_and(|s| s.pid == pid && s.last_reload_at > 0)
+            daemon::read_state_for(config).is_some_and(|s| s.pid == pid && s.last_reload_at > 0)
         });
         d
     }
 
     fn state(&self) -> DaemonState {
-        daemon::read_state().expect("daemon state")
+        daemon::read_state_for(&self.config).expect("daemon state")
     }
 
     fn signal(&mut self, sig: i32) {
@@ -528,7 +532,7 @@ fn interfaces_that_appear_later_are_enforced_and_cleaned_up_when_gone() {
     ip(&["-n", &peer, "link", "set", "eth0", "up"]);
     // The daemon publishes the generation once the attachment is complete.
     wait_until(10, "the new interface to be attached", || {
-        daemon::read_state()
+        daemon::read_state_for(&path)
             .is_some_and(|s| s.generations.get(&id.to_string()).is_some_and(|g| *g > 0))
     });
     let ns = |name: &str| {
@@ -564,7 +568,10 @@ fn interfaces_that_appear_later_are_enforced_and_cleaned_up_when_gone() {
     wait_until(10, "the deleted interface's state to go", || {
         !id.dir().exists()
     });
-    assert!(daemon::read_state().is_some_and(|s| s.generations.get(&id.to_string()) == Some(&0)));
+    assert!(
+        daemon::read_state_for(&path)
+            .is_some_and(|s| s.generations.get(&id.to_string()) == Some(&0))
+    );
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
 }
