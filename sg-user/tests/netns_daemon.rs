@@ -451,6 +451,11 @@ fn invalid_config_keeps_the_policy_and_shows_the_error_metrics_and_flow_logs() {
             .is_ok_and(|t| t.contains(" 23 6 ") && t.contains(" 9090 6 "))
     });
     let text = std::fs::read_to_string(&flow_log).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(&flow_log).unwrap()) & 0o7777,
+        sg_user::private_dir::FLOW_LOG_MODE,
+        "flow logs are 0640 whatever the umask"
+    );
     for line in text.lines() {
         let f = parse_v2(line).unwrap_or_else(|| panic!("not a VPC Flow Logs v2 record: {line}"));
         assert_eq!(f["interface-id"], iface);
