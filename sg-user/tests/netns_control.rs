@@ -586,8 +586,9 @@ fn a_held_lock_makes_apply_wait_and_say_so_or_fail_with_no_wait() {
     let lab = Lab::new("ctl-wait");
     let path = lab.dir.join("cfg.yaml");
     std::fs::write(&path, config_allowing(&lab, 80)).unwrap();
-    let held = lock::state_lock("the test holding the lock", lock::Wait::NoWait, |_| {})
-        .expect("the state lock is free");
+    // Wait: other tests of this file may hold it for a moment.
+    let held = lock::state_lock("the test holding the lock", lock::Wait::Block, |_| {})
+        .expect("the state lock");
 
     let out = run(sgctl().args(["apply", "--no-wait", "-c"]).arg(&path));
     let stderr = text(&out.stderr);
