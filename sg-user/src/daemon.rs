@@ -7,6 +7,10 @@
 //! - Interfaces come and go: link and address events (netlink, one socket per
 //!   namespace the config names) and namespaces appearing or disappearing
 //!   under /run/netns (inotify) trigger a reconcile — no polling.
+//! - One daemon per config: it holds the config's daemon lock for its
+//!   lifetime (a second `sgctl run` on the same config refuses with this
+//!   one's pid) and the state lock during each reload, like `sgctl apply`
+//!   (see [`crate::lock`] for the order).
 //! - Exits on SIGTERM/SIGINT leaving enforcement pinned in place (unless
 //!   `--detach-on-exit`); a new `sgctl run` adopts it: unchanged policies are
 //!   not even reinstalled, counters and connections continue.
@@ -34,6 +38,7 @@ use crate::{
     apply::{self, ApplyOptions, STATE_DIR},
     discover::KernelAddresses,
     flowlog::Collector,
+    lock::{self, StateLock},
     metrics,
     model::{Attachment, Model},
     netns::{NETNS_RUN_DIR, in_netns},
@@ -55,10 +60,12 @@ pub struct DaemonOptions {
     pub gc_interval: Duration,
 }
 
-/// What the daemon publishes in /run/sgctl/daemon.json (for `sgctl status`).
+/// What the daemon publishes in /run/sgctl/daemon-KEY.json (for `sgctl
+/// status`; KEY from the config's identity, see [`lock::config_key`]).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct DaemonState {
     pub pid: u32,
+    /// The config's identity ([`apply::config_identity`]).
     pub config: PathBuf,
     pub started: u64,
     /// Result of the last reload attempt.
@@ -71,13 +78,38 @@ pub struct DaemonState {
     pub generations: BTreeMap<String, u32>,
 }
 
-pub fn state_path() -> PathBuf {
-    Path::new(STATE_DIR).join("daemon.json")
+/// Where the daemon of the config with this identity publishes its state.
+pub fn state_path(identity: &Path) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("daemon-{}.json", lock::config_key(identity)))
 }
 
-/// The published state, if a daemon is (or was last) running.
+/// The published state of the daemon keeping `config` (as typed; its
+/// identity is looked up), if one is (or was last) running.
+pub fn read_state_for(config: &Path) -> Option<DaemonState> {
+    let identity = apply::config_identity(config)?;
+    serde_json::from_slice(&std::fs::read(state_path(&identity)).ok()?).ok()
+}
+
+/// The published states of all daemons that are running, oldest first.
+pub fn read_states() -> Vec<DaemonState> {
+    let mut states: Vec<DaemonState> = std::fs::read_dir(STATE_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("daemon-") && name.ends_with(".json")
+        })
+        .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+        .filter(is_running)
+        .collect();
+    states.sort_by_key(|s: &DaemonState| (s.started, s.pid));
+    states
+}
+
+/// The state of the most recently started daemon that is running.
 pub fn read_state() -> Option<DaemonState> {
-    serde_json::from_slice(&std::fs::read(state_path()).ok()?).ok()
+    read_states().pop()
 }
 
 /// True when the pid in the state file is alive.
@@ -106,6 +138,8 @@ enum Event {
 struct Daemon {
     opts: DaemonOptions,
     state: Arc<Mutex<DaemonState>>,
+    /// Where `state` is published (daemon-KEY.json).
+    state_file: PathBuf,
     last_good: Option<Model>,
     tx: mpsc::UnboundedSender<Event>,
     /// Netlink watchers by namespace (None = the daemon's own).
@@ -114,13 +148,26 @@ struct Daemon {
 }
 
 /// Runs until SIGTERM/SIGINT.
+///
+/// # Errors
+/// Another daemon keeps this config ([`lock::LockError::DaemonRunning`]), the
+/// state or bpffs directory cannot be trusted, or a watch cannot be set up.
 pub async fn run(opts: DaemonOptions) -> Result<()> {
-    pins::ensure_bpffs()?;
-    std::fs::create_dir_all(STATE_DIR)?;
+    pins::ensure_root()?;
+    lock::ensure_state_dir()?;
+    let identity = apply::config_identity(&opts.config).with_context(|| {
+        format!(
+            "{}: the directory of the config does not exist; check the path given to -c",
+            opts.config.display()
+        )
+    })?;
+    // Held until we return: our daemon-KEY.json is ours alone.
+    let daemon_lock = lock::daemon_lock(&identity)?;
+    let started_mono = crate::conntrack::monotonic_ns();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let state = Arc::new(Mutex::new(DaemonState {
         pid: std::process::id(),
-        config: opts.config.clone(),
+        config: identity.clone(),
         started: unix_now(),
         ..DaemonState::default()
     }));
@@ -145,6 +192,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
                 path.clone(),
                 opts.flow_log_max_bytes,
                 &opts.account_id,
+                started_mono,
             )?)
         }
         None => None,
@@ -152,12 +200,15 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     let mut daemon = Daemon {
         opts,
         state,
+        state_file: state_path(&identity),
         last_good: None,
         tx,
         watchers: BTreeMap::new(),
         flows,
     };
-    daemon.reload("start");
+    if let Some(held) = daemon.state_lock("start").await {
+        daemon.reload("start", &held);
+    }
     while let Some(first) = rx.recv().await {
         // Coalesce a burst (an editor's save, a container starting) into one
         // reload or reconcile; nothing queued meanwhile is lost.
@@ -190,10 +241,14 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
             }
         }
         // A reload re-discovers interfaces too, so it covers a reconcile.
-        match (reload, reconcile) {
-            (Some(why), _) => daemon.reload(why),
-            (None, Some(why)) => daemon.reconcile(&why),
-            (None, None) => {}
+        let why = reload.map(str::to_string).or(reconcile);
+        if let Some(why) = why
+            && let Some(held) = daemon.state_lock(&why).await
+        {
+            match reload {
+                Some(why) => daemon.reload(why, &held),
+                None => daemon.reconcile(&why, &held),
+            }
         }
         if let Some(why) = shutdown {
             info!(signal = why, "stopping");
@@ -203,9 +258,11 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     if let Some(f) = &mut daemon.flows {
         f.window();
     }
-    if daemon.opts.detach_on_exit {
+    if daemon.opts.detach_on_exit
+        && let Some(held) = daemon.state_lock("stop").await
+    {
         for id in daemon.attached() {
-            match apply::detach(&id) {
+            match apply::detach_locked(&id, &held) {
                 Ok(()) => info!(iface = %id, "detached (--detach-on-exit)"),
                 Err(e) => warn!(iface = %id, "detach failed: {e:#}"),
             }
@@ -215,18 +272,59 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
             "enforcement stays in place (pinned); `sgctl run` adopts it, `sgctl detach --all` removes it"
         );
     }
-    let _ = std::fs::remove_file(state_path());
+    // Ours alone: the daemon lock is still held.
+    let _ = std::fs::remove_file(&daemon.state_file);
+    daemon_lock.remove();
     Ok(())
 }
 
 impl Daemon {
-    fn reload(&mut self, why: &str) {
+    /// Takes the state lock for a reload or reconcile, waiting (without
+    /// blocking metrics or signals) while an `sgctl apply` holds it. None
+    /// when it cannot be taken at all (logged, shown in status).
+    async fn state_lock(&mut self, why: &str) -> Option<StateLock> {
+        let purpose = format!("sgctl run -c {} ({why})", self.opts.config.display());
+        let taken = tokio::task::spawn_blocking(move || {
+            lock::state_lock(&purpose, lock::Wait::Block, |holder| {
+                info!("waiting for the state lock ({holder})");
+            })
+        })
+        .await;
+        match taken {
+            Ok(Ok(held)) => Some(held),
+            Ok(Err(e)) => {
+                self.failed(why, format!("{e:#}"));
+                None
+            }
+            Err(e) => {
+                self.failed(why, format!("taking the state lock: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Records a failed reload or reconcile (status, metrics, log).
+    fn failed(&mut self, why: &str, error: String) {
+        error!(
+            trigger = why,
+            "applying failed, the previous policy stays where it was not replaced: {error}"
+        );
+        let mut s = self.state.lock().expect("state lock");
+        s.last_reload_ok = false;
+        s.last_reload_at = unix_now();
+        s.last_error = Some(error);
+        s.reloads_failed += 1;
+        drop(s);
+        self.publish();
+    }
+
+    fn reload(&mut self, why: &str, held: &StateLock) {
         match apply::load(&self.opts.config, &self.opts.attach) {
             Ok(model) => {
                 for w in &model.warnings {
                     warn!("{w}");
                 }
-                self.enforce(model, why, true);
+                self.enforce(model, why, true, held);
             }
             Err(problems) => {
                 let text: Vec<String> = problems
@@ -252,23 +350,23 @@ impl Daemon {
     }
 
     /// Re-discovers addresses and applies the last good model again.
-    fn reconcile(&mut self, why: &str) {
+    fn reconcile(&mut self, why: &str, held: &StateLock) {
         let Some(mut model) = self.last_good.clone() else {
-            return self.reload(why);
+            return self.reload(why, held);
         };
         model.rediscover(&KernelAddresses);
-        self.enforce(model, why, false);
+        self.enforce(model, why, false, held);
     }
 
     /// Applies `model`; `reload` says whether this was a config reload (whose
     /// result status and metrics report) or a reconcile.
-    fn enforce(&mut self, model: Model, why: &str, reload: bool) {
-        match apply::apply(&model, &self.opts.apply) {
+    fn enforce(&mut self, model: Model, why: &str, reload: bool, held: &StateLock) {
+        match apply::apply_locked(&model, &self.opts.apply, held) {
             Ok(changes) => {
                 let mut generations = BTreeMap::new();
                 for c in &changes {
                     if c.action != "unchanged" {
-                        info!(iface = %c.iface, action = c.action, generation = c.generation, trigger = why, "applied");
+                        info!(iface = %c.iface, action = c.action, generation = c.generation, detail = c.detail.as_deref(), trigger = why, "applied");
                     }
                     if c.action != "detached" {
                         generations.insert(c.iface.clone(), c.generation);
@@ -290,17 +388,7 @@ impl Daemon {
                     f.reopen(&attached);
                 }
             }
-            Err(e) => {
-                error!(
-                    trigger = why,
-                    "applying failed, the previous policy stays where it was not replaced: {e:#}"
-                );
-                let mut s = self.state.lock().expect("state lock");
-                s.last_reload_ok = false;
-                s.last_reload_at = unix_now();
-                s.last_error = Some(format!("{e:#}"));
-                s.reloads_failed += 1;
-            }
+            Err(e) => return self.failed(why, format!("{e:#}")),
         }
         self.publish();
     }
@@ -314,7 +402,14 @@ impl Daemon {
             .collect()
     }
 
+    /// Reclaims expired connections; skipped when an apply holds the state
+    /// lock (the next tick does it).
     fn gc(&mut self) {
+        let _held = match lock::try_state_lock("sgctl run (conntrack gc)") {
+            Ok(Some(held)) => held,
+            Ok(None) => return,
+            Err(e) => return warn!("conntrack gc skipped: {e:#}"),
+        };
         for id in self.attached() {
             let reclaimed = crate::policy_maps::PolicyMaps::from_pins(&id.dir())
                 .map_err(anyhow::Error::from)
@@ -365,14 +460,11 @@ impl Daemon {
 
     fn publish(&self) {
         let s = self.state.lock().expect("state lock").clone();
-        let path = state_path();
-        let tmp = path.with_extension("json.tmp");
         let written = serde_json::to_vec_pretty(&s)
             .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, &path));
+            .and_then(|bytes| crate::private_dir::write_state_file(&self.state_file, &bytes));
         if let Err(e) = written {
-            warn!("writing {}: {e}", path.display());
+            warn!("{e}");
         }
     }
 }
@@ -547,10 +639,14 @@ struct FlowLog {
     max_bytes: u64,
     account_id: String,
     collector: Option<Collector>,
+    /// Events older than this (CLOCK_MONOTONIC_COARSE ns: the daemon's
+    /// start) were left in the ring buffers by an earlier reader's absence;
+    /// they are not this daemon's to report.
+    since_ns: u64,
 }
 
 impl FlowLog {
-    fn new(path: PathBuf, max_bytes: u64, account_id: &str) -> Result<FlowLog> {
+    fn new(path: PathBuf, max_bytes: u64, account_id: &str, since_ns: u64) -> Result<FlowLog> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -559,13 +655,14 @@ impl FlowLog {
             max_bytes,
             account_id: account_id.into(),
             collector: None,
+            since_ns,
         })
     }
 
     fn reopen(&mut self, ifaces: &[IfaceId]) {
         // Finish the current window before the set of interfaces changes.
         self.window();
-        self.collector = match Collector::open(ifaces, &self.account_id) {
+        self.collector = match Collector::open_since(ifaces, &self.account_id, self.since_ns) {
             Ok(c) => Some(c),
             Err(e) => {
                 warn!("flow logs paused: {e:#}");
@@ -595,10 +692,11 @@ impl FlowLog {
             }
             std::fs::rename(&self.path, rotated(&self.path, 1))?;
         }
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        let mut f = crate::private_dir::open_with_mode(
+            &self.path,
+            crate::private_dir::FLOW_LOG_MODE,
+            std::fs::OpenOptions::new().append(true),
+        )?;
         for r in records {
             writeln!(f, "{r}")?;
         }
@@ -622,7 +720,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sg-flowlog-rotate-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("flows.log");
-        let log = FlowLog::new(path.clone(), 100, "-").unwrap();
+        let log = FlowLog::new(path.clone(), 100, "-", 0).unwrap();
         let record = FlowRecord {
             account_id: "-".into(),
             interface_id: "eth0".into(),

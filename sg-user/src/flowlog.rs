@@ -144,6 +144,12 @@ pub struct Collector {
     sources: Vec<Source>,
     pub account_id: String,
     window_start: u64,
+    /// Events stamped earlier than this (CLOCK_MONOTONIC_COARSE ns) are
+    /// skipped: they waited in the ring buffer while nobody read it, and the
+    /// window's start and end times would misdate them.
+    since_ns: u64,
+    /// Events skipped for being older than `since_ns`.
+    pub skipped_stale: u64,
 }
 
 fn unix_now() -> u64 {
@@ -153,8 +159,21 @@ fn unix_now() -> u64 {
 }
 
 impl Collector {
-    /// Opens the ring buffers of `ifaces` (which must be attached).
+    /// Opens the ring buffers of `ifaces` (which must be attached); events
+    /// from before this call are not reported.
+    ///
+    /// # Errors
+    /// An interface has no event ring buffer pinned or it cannot be read.
     pub fn open(ifaces: &[IfaceId], account_id: &str) -> Result<Collector> {
+        Self::open_since(ifaces, account_id, conntrack::monotonic_ns())
+    }
+
+    /// Like [`Collector::open`], reporting only events stamped at or after
+    /// `since_ns` (CLOCK_MONOTONIC_COARSE, e.g. when a daemon started).
+    ///
+    /// # Errors
+    /// As [`Collector::open`].
+    pub fn open_since(ifaces: &[IfaceId], account_id: &str, since_ns: u64) -> Result<Collector> {
         let mut sources = Vec::new();
         for id in ifaces {
             let dir = id.dir();
@@ -179,6 +198,8 @@ impl Collector {
             sources,
             account_id: account_id.to_string(),
             window_start: unix_now(),
+            since_ns,
+            skipped_stale: 0,
         })
     }
 
@@ -196,6 +217,10 @@ impl Collector {
                 }
                 // SAFETY: the kernel wrote a FlowEvent; read unaligned.
                 let e: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                if e.ts_ns < self.since_ns {
+                    self.skipped_stale += 1;
+                    continue;
+                }
                 let Some(reason) = Reason::from_code(e.reason as u32) else {
                     continue;
                 };

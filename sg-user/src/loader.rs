@@ -133,7 +133,7 @@ pub enum InitialPolicy<'a> {
 
 #[derive(Debug, Error)]
 pub enum LoaderError {
-    #[error("{iface} is already attached; run `sgctl detach --iface {}` first, or `sgctl status` to see it", .iface.iface)]
+    #[error("{iface} is already attached; run `{}` first, or `sgctl status` to see it", .iface.detach_command())]
     AlreadyAttached { iface: IfaceId },
     #[error("{iface} is not attached; `sgctl status` lists attached interfaces")]
     NotAttached { iface: IfaceId },
@@ -189,7 +189,7 @@ pub fn attach(
     opts: &AttachOptions,
     initial: InitialPolicy<'_>,
 ) -> Result<Attached, LoaderError> {
-    pins::ensure_bpffs()?;
+    pins::ensure_root()?;
     let dir = iface.dir();
     if dir.exists() {
         return Err(LoaderError::AlreadyAttached {
@@ -216,7 +216,7 @@ pub fn attach(
         }
         (IngressHook::Auto, false) | (IngressHook::Tc, _) => names::PROG_TC_INGRESS,
     };
-    std::fs::create_dir_all(&dir)?;
+    crate::private_dir::create_subdir(&dir).map_err(io::Error::other)?;
     // Programs first (they keep references to every map), then the maps
     // (filled and pinned), then the attachment: the policy is in place
     // before the first packet arrives. The policy maps stay open until the

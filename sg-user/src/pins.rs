@@ -44,6 +44,21 @@ impl IfaceId {
     }
 }
 
+impl IfaceId {
+    /// `--iface NAME [--netns NS]`: how commands name this interface.
+    pub fn cli_args(&self) -> String {
+        match &self.netns {
+            None => format!("--iface {}", self.iface),
+            Some(ns) => format!("--iface {} --netns {ns}", self.iface),
+        }
+    }
+
+    /// The command that detaches this interface.
+    pub fn detach_command(&self) -> String {
+        format!("sgctl detach {}", self.cli_args())
+    }
+}
+
 impl std::fmt::Display for IfaceId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.netns {
@@ -65,8 +80,20 @@ pub fn remove_iface_dir(iface: &IfaceId) -> io::Result<()> {
     Ok(())
 }
 
-/// Every interface with state under [`ROOT`].
+/// Makes sure bpffs is mounted and [`ROOT`] exists root-owned 0700 (a
+/// non-root user can create directories in `/sys/fs/bpf`, mode 1777).
+///
+/// # Errors
+/// bpffs cannot be mounted, or [`ROOT`] cannot be created or trusted.
+pub fn ensure_root() -> io::Result<()> {
+    ensure_bpffs()?;
+    crate::private_dir::ensure(Path::new(ROOT)).map_err(io::Error::other)
+}
+
+/// Every interface with state under [`ROOT`] (after checking that [`ROOT`]
+/// can be trusted: see [`crate::private_dir`]).
 pub fn attached_ifaces() -> io::Result<Vec<IfaceId>> {
+    crate::private_dir::check(Path::new(ROOT)).map_err(io::Error::other)?;
     let mut found = Vec::new();
     let scopes = match std::fs::read_dir(ROOT) {
         Ok(s) => s,

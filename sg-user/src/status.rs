@@ -5,13 +5,26 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 
-use crate::{loader, pins::IfaceId, policy_maps::PolicyMaps};
+use crate::{
+    drift::{self, Drift},
+    loader,
+    pins::IfaceId,
+    policy_maps::PolicyMaps,
+};
 
 #[derive(serde::Serialize)]
 pub struct IfaceStatus {
     pub iface: IfaceId,
     pub mode: &'static str,
     pub generation: u32,
+    /// The config that attached it, by its identity (absolute path); none
+    /// for `sgctl attach`.
+    pub config: Option<std::path::PathBuf>,
+    /// Where the kernel no longer matches what was set up (empty: intact).
+    pub drift: Vec<Drift>,
+    /// The command that repairs the drift (or removes the leftovers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
     pub groups: Vec<String>,
     pub hooks: Vec<loader::PinnedHook>,
     pub counters: Vec<CounterRow>,
@@ -41,7 +54,10 @@ pub struct RuleHitRow {
 
 pub fn iface_status(id: IfaceId) -> Result<IfaceStatus> {
     let cfg = PolicyMaps::from_pins(&id.dir())?.config()?;
-    let state = crate::apply::read_state(&id).unwrap_or_default();
+    let state = crate::apply::read_state(&id);
+    let drift = drift::check(&id, state.as_ref());
+    let fix = (!drift.is_empty()).then(|| drift::fix_command(&id, state.as_ref(), &drift));
+    let state = state.unwrap_or_default();
     let hooks = loader::pinned_hooks(&id)?;
     let counters = loader::read_counters(&id)?
         .into_iter()
@@ -78,6 +94,9 @@ pub fn iface_status(id: IfaceId) -> Result<IfaceStatus> {
             "observe"
         },
         generation: cfg.generation,
+        config: state.config,
+        drift,
+        fix,
         groups: state.groups,
         hooks,
         counters,
@@ -96,15 +115,34 @@ pub fn render(s: &IfaceStatus) -> String {
         .iter()
         .map(|h| format!("{} {} (prog {})", h.direction, h.hook.name(), h.program_id))
         .collect();
+    let gone = s.drift.iter().any(Drift::is_gone);
     let _ = writeln!(
         out,
         "{}  {} generation {}  groups [{}]  hooks: {}",
         s.iface,
-        s.mode,
+        if gone { "NOT ENFORCED" } else { s.mode },
         s.generation,
         s.groups.join(", "),
-        hooks.join(", ")
+        if hooks.is_empty() {
+            "none".to_string()
+        } else {
+            hooks.join(", ")
+        }
     );
+    if let Some(config) = &s.config {
+        let _ = writeln!(out, "  config: {}", config.display());
+    }
+    for d in &s.drift {
+        let _ = writeln!(out, "  WARNING: {d}");
+    }
+    if let Some(fix) = &s.fix {
+        let what = if gone {
+            "remove the leftovers"
+        } else {
+            "repair"
+        };
+        let _ = writeln!(out, "  to {what}: {fix}");
+    }
     let _ = writeln!(
         out,
         "  conntrack: {} entries in use, capacity {} per family",

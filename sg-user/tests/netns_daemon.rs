@@ -2,8 +2,8 @@
 //! (SIGTERM and kill -9), invalid configs, interfaces that appear and
 //! disappear, metrics and flow logs. Needs root.
 //!
-//! One daemon per machine (its state is /run/sgctl/daemon.json), so the
-//! tests of this file take turns.
+//! The tests of this file take turns: each daemon's reloads hold the state
+//! lock, and the rewrite test counts on its reloads not waiting behind others.
 
 mod common;
 
@@ -48,6 +48,7 @@ fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
 /// A running `sgctl run`; killed on drop.
 struct Daemon {
     child: Option<Child>,
+    config: PathBuf,
 }
 
 impl Daemon {
@@ -63,15 +64,18 @@ impl Daemon {
             .spawn()
             .expect("spawn sgctl run");
         let pid = child.id();
-        let d = Daemon { child: Some(child) };
+        let d = Daemon {
+            child: Some(child),
+            config: config.to_path_buf(),
+        };
         wait_until(20, "the daemon's first reload", || {
-            daemon::read_state().is_some_and(|s| s.pid == pid && s.last_reload_at > 0)
+            daemon::read_state_for(config).is_some_and(|s| s.pid == pid && s.last_reload_at > 0)
         });
         d
     }
 
     fn state(&self) -> DaemonState {
-        daemon::read_state().expect("daemon state")
+        daemon::read_state_for(&self.config).expect("daemon state")
     }
 
     fn signal(&mut self, sig: i32) {
@@ -447,6 +451,11 @@ fn invalid_config_keeps_the_policy_and_shows_the_error_metrics_and_flow_logs() {
             .is_ok_and(|t| t.contains(" 23 6 ") && t.contains(" 9090 6 "))
     });
     let text = std::fs::read_to_string(&flow_log).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(&flow_log).unwrap()) & 0o7777,
+        sg_user::private_dir::FLOW_LOG_MODE,
+        "flow logs are 0640 whatever the umask"
+    );
     for line in text.lines() {
         let f = parse_v2(line).unwrap_or_else(|| panic!("not a VPC Flow Logs v2 record: {line}"));
         assert_eq!(f["interface-id"], iface);
@@ -528,7 +537,7 @@ fn interfaces_that_appear_later_are_enforced_and_cleaned_up_when_gone() {
     ip(&["-n", &peer, "link", "set", "eth0", "up"]);
     // The daemon publishes the generation once the attachment is complete.
     wait_until(10, "the new interface to be attached", || {
-        daemon::read_state()
+        daemon::read_state_for(&path)
             .is_some_and(|s| s.generations.get(&id.to_string()).is_some_and(|g| *g > 0))
     });
     let ns = |name: &str| {
@@ -564,7 +573,10 @@ fn interfaces_that_appear_later_are_enforced_and_cleaned_up_when_gone() {
     wait_until(10, "the deleted interface's state to go", || {
         !id.dir().exists()
     });
-    assert!(daemon::read_state().is_some_and(|s| s.generations.get(&id.to_string()) == Some(&0)));
+    assert!(
+        daemon::read_state_for(&path)
+            .is_some_and(|s| s.generations.get(&id.to_string()) == Some(&0))
+    );
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
 }

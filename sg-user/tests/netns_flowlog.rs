@@ -91,3 +91,43 @@ fn accepted_and_rejected_flows_become_v2_records() {
         ("-", "NODATA")
     );
 }
+
+#[test]
+fn events_from_before_the_reader_started_are_not_dated_into_its_first_window() {
+    require_root!();
+    let mut lab = Lab::new("flowlog-stale");
+    let _srv = TcpServer::start(lab.ns("a"), "[::]:22".parse().unwrap()).unwrap();
+    lab.apply(&format!(
+        "security_groups:\n  - id: sg-a\n    ingress: []\n{A_ONLY}"
+    ));
+    let id = IfaceId::new("eth0", Some(lab.ns("a").name()));
+    let t = Duration::from_millis(300);
+    // Rejected while nobody reads the ring buffer: the events wait there.
+    assert_eq!(
+        probe::tcp_connect(lab.ns("b"), lab.addr("a", false, 22), t),
+        Reach::Timeout
+    );
+    // Later (past the coarse clock's resolution) a reader starts, as `sgctl run` does.
+    std::thread::sleep(Duration::from_millis(50));
+    let mut collector = Collector::open(std::slice::from_ref(&id), "-").unwrap();
+    let first = collector.flush();
+    assert!(
+        first.iter().all(|r| r.action.is_none()),
+        "the first window carries no records of earlier traffic: {first:#?}"
+    );
+    assert!(
+        collector.skipped_stale >= 1,
+        "the old events were there and skipped"
+    );
+    // Traffic after the start is reported as usual.
+    assert_eq!(
+        probe::tcp_connect(lab.ns("b"), lab.addr("a", false, 22), t),
+        Reach::Timeout
+    );
+    let next = collector.flush();
+    assert!(
+        next.iter()
+            .any(|r| r.action == Some(Action::Reject) && r.flow.is_some_and(|k| k.dport == 22)),
+        "{next:#?}"
+    );
+}

@@ -86,8 +86,12 @@ impl LabState {
 
     fn write(&self) -> Result<()> {
         let dir = state_dir(&self.plan.lab);
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("state.json"), serde_json::to_vec_pretty(self)?)?;
+        crate::lock::ensure_state_dir()?;
+        crate::private_dir::create_subdir(&dir)?;
+        crate::private_dir::write_state_file(
+            &dir.join("state.json"),
+            &serde_json::to_vec_pretty(self)?,
+        )?;
         Ok(())
     }
 
@@ -197,7 +201,8 @@ fn build(
     opts: &UpOptions,
 ) -> Result<UpReport> {
     let dir = state_dir(&plan.lab);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::lock::ensure_state_dir()?;
+    crate::private_dir::create_subdir(&dir)?;
     let lab_config = dir.join("lab.yaml");
     let mut state = LabState {
         plan: plan.clone(),

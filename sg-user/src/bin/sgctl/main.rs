@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use sg_user::{
     demo,
     loader::{self, AttachOptions, BpfLog, IngressHook, InitialPolicy, Side},
+    lock::{self, StateLock},
     pins::{self, IfaceId},
     policy_maps::PolicyMaps,
 };
@@ -80,10 +81,38 @@ impl IfaceArgs {
     }
 }
 
+/// Commands that change enforcement state take one lock (see README,
+/// "Operating it"); by default they wait for it.
+#[derive(Args)]
+struct LockArgs {
+    /// Fail at once instead of waiting when another sgctl is changing enforcement state
+    #[arg(long)]
+    no_wait: bool,
+}
+
+impl LockArgs {
+    /// Takes the state lock for `what`, saying once what it waits for.
+    fn take(&self, what: &str) -> Result<StateLock> {
+        let wait = if self.no_wait {
+            lock::Wait::NoWait
+        } else {
+            lock::Wait::Block
+        };
+        Ok(lock::state_lock(what, wait, |holder| {
+            eprintln!(
+                "waiting for another sgctl to finish changing enforcement state ({holder}); \
+                 Ctrl-C to give up, --no-wait to fail instead of waiting"
+            );
+        })?)
+    }
+}
+
 #[derive(Args)]
 struct AttachArgs {
     #[command(flatten)]
     target: IfaceArgs,
+    #[command(flatten)]
+    lock: LockArgs,
     /// Which end this interface is: the protected machine's own (host), or the
     /// host side of a container's veth (peer: directions reversed)
     #[arg(long, value_enum, default_value_t)]
@@ -117,6 +146,8 @@ struct DetachArgs {
     /// Detach every interface sgctl has attached
     #[arg(long)]
     all: bool,
+    #[command(flatten)]
+    lock: LockArgs,
 }
 
 #[derive(Args)]
@@ -136,6 +167,8 @@ struct ApplyArgs {
     /// when full, new tracked flows are dropped and counted (conntrack_full)
     #[arg(long, default_value_t = loader::DEFAULT_CONNTRACK_ENTRIES)]
     conntrack_entries: u32,
+    #[command(flatten)]
+    lock: LockArgs,
 }
 
 #[derive(Args)]
@@ -229,6 +262,9 @@ struct ConntrackTarget {
     /// Machine-readable output
     #[arg(long)]
     json: bool,
+    /// flush, gc: fail at once instead of waiting when another sgctl is changing enforcement state
+    #[arg(long)]
+    no_wait: bool,
 }
 
 impl ConntrackTarget {
@@ -330,7 +366,9 @@ fn attach(args: AttachArgs) -> Result<ExitCode> {
         bpf_log: args.bpf_log,
         ..AttachOptions::default()
     };
-    let done = loader::attach(&args.target.id(), &opts, InitialPolicy::Observe)?;
+    let id = args.target.id();
+    let _held = args.lock.take(&format!("sgctl attach --iface {id}"))?;
+    let done = loader::attach(&id, &opts, InitialPolicy::Observe)?;
     println!(
         "attached {} (ingress: {}, egress: tc, side: {:?})",
         done.iface,
@@ -342,6 +380,11 @@ fn attach(args: AttachArgs) -> Result<ExitCode> {
 
 fn detach(args: DetachArgs) -> Result<ExitCode> {
     require_root("sgctl detach")?;
+    let held = args.lock.take(if args.all {
+        "sgctl detach --all"
+    } else {
+        "sgctl detach"
+    })?;
     let targets = if args.all {
         pins::attached_ifaces()?
     } else {
@@ -349,7 +392,7 @@ fn detach(args: DetachArgs) -> Result<ExitCode> {
         vec![IfaceId::new(&iface, args.netns.as_deref())]
     };
     for id in &targets {
-        sg_user::apply::detach(id)?;
+        sg_user::apply::detach_locked(id, &held)?;
         println!("detached {id}");
     }
     if targets.is_empty() {
@@ -383,8 +426,16 @@ fn apply(args: ApplyArgs) -> Result<ExitCode> {
             ..AttachOptions::default()
         },
         revoke: args.revoke,
+        require_present: true,
     };
-    for c in sg_user::apply::apply(&model, &opts)? {
+    // Held from reading the state to writing it: applies never interleave.
+    let held = args.lock.take(&format!(
+        "sgctl apply -c {}",
+        sg_user::apply::config_identity(&args.cfg.config)
+            .unwrap_or_else(|| args.cfg.config.clone())
+            .display()
+    ))?;
+    for c in sg_user::apply::apply_locked(&model, &opts, &held)? {
         match c.action {
             "detached" => println!("{:<24} detached (no longer in the config)", c.iface),
             "absent" => println!(
@@ -392,6 +443,13 @@ fn apply(args: ApplyArgs) -> Result<ExitCode> {
                 c.iface
             ),
             "unchanged" => println!("{:<24} unchanged, generation {}", c.iface, c.generation),
+            "repaired" | "reattached" => println!(
+                "{:<24} {} ({}), generation {}",
+                c.iface,
+                c.action,
+                c.detail.as_deref().unwrap_or(""),
+                c.generation
+            ),
             action => println!(
                 "{:<24} {action}, generation {}{}",
                 c.iface,
@@ -419,6 +477,7 @@ fn daemon(args: RunArgs) -> Result<ExitCode> {
                 ..AttachOptions::default()
             },
             revoke: false,
+            require_present: false,
         },
         metrics: args.metrics,
         flow_log: args.flow_log.clone(),
@@ -442,6 +501,16 @@ fn conntrack(args: ConntrackArgs) -> Result<ExitCode> {
         ConntrackAction::List(t) => (t, "list"),
         ConntrackAction::Flush(t) => (t, "flush"),
         ConntrackAction::Gc(t) => (t, "gc"),
+    };
+    // Flush and gc delete entries: one at a time with applies and the daemon.
+    let _held = match action {
+        "list" => None,
+        _ => Some(
+            LockArgs {
+                no_wait: target.no_wait,
+            }
+            .take(&format!("sgctl conntrack {action}"))?,
+        ),
     };
     let mut out = std::io::stdout().lock();
     let mut all = Vec::new();
@@ -559,20 +628,24 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
             Err(e) => unreadable.push((id, format!("{e:#}"))),
         }
     }
-    let daemon = sg_user::daemon::read_state().filter(sg_user::daemon::is_running);
+    let daemons = sg_user::daemon::read_states();
     let mut out = std::io::stdout().lock();
     if args.json {
         let unreadable: Vec<_> = unreadable
             .iter()
             .map(|(id, e)| serde_json::json!({ "iface": id, "error": e }))
             .collect();
-        let doc =
-            serde_json::json!({ "daemon": daemon, "interfaces": all, "unreadable": unreadable });
+        let doc = serde_json::json!({
+            "daemon": daemons.last(),
+            "daemons": daemons,
+            "interfaces": all,
+            "unreadable": unreadable
+        });
         serde_json::to_writer_pretty(&mut out, &doc)?;
         writeln!(out)?;
         return Ok(ExitCode::SUCCESS);
     }
-    if let Some(d) = &daemon {
+    for d in &daemons {
         let last = match (&d.last_error, d.last_reload_ok) {
             (_, true) => "last reload ok".to_string(),
             (Some(e), false) => format!("LAST RELOAD FAILED, running policy kept: {e}"),
@@ -590,8 +663,8 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
     for (id, e) in &unreadable {
         writeln!(
             out,
-            "{id}: cannot read its pinned state ({e}); it may be from another sgctl version: `sgctl detach --iface {}` and apply again",
-            id.iface
+            "{id}: cannot read its pinned state ({e}); it may be from another sgctl version: `{}` and apply again",
+            id.detach_command()
         )?;
     }
     if all.is_empty() && unreadable.is_empty() {
