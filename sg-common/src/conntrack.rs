@@ -1,5 +1,6 @@
-//! Connection tracking table (`SG_CT_V4` / `SG_CT_V6`, plain hash maps: a full
-//! table refuses new flows, counted as `conntrack_full`, and never evicts an
+//! Connection tracking table (`SG_CT_V4` / `SG_CT_V6`, host-wide hash maps,
+//! keys starting with the endpoint id: a full table (or a full endpoint)
+//! refuses new flows, counted as `conntrack_full`, and never evicts an
 //! established one) and the fragment table (`SG_FRAGS`).
 //!
 //! Keys are normalised to the protected machine: `local` is its address and
@@ -12,6 +13,8 @@
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct CtKeyV4 {
+    /// Endpoint id (`crate::endpoint`): one host-wide table, a zone per interface.
+    pub endpoint: u32,
     pub local: [u8; 4],
     pub remote: [u8; 4],
     pub local_port: [u8; 2],
@@ -24,6 +27,7 @@ pub struct CtKeyV4 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct CtKeyV6 {
+    pub endpoint: u32,
     pub local: [u8; 16],
     pub remote: [u8; 16],
     pub local_port: [u8; 2],
@@ -190,6 +194,9 @@ pub struct FragKey {
     /// protocol, after any AH or destination options) and later ones.
     pub proto: u8,
     pub _pad: [u8; 3],
+    /// Endpoint id: a first fragment passed on one interface says nothing
+    /// about another.
+    pub endpoint: u32,
 }
 
 /// Value of `SG_FRAGS`: the first fragment's verdict.
@@ -219,10 +226,10 @@ mod tests {
 
     #[test]
     fn layouts() {
-        assert_eq!(size_of::<CtKeyV4>(), 16);
-        assert_eq!(size_of::<CtKeyV6>(), 40);
+        assert_eq!(size_of::<CtKeyV4>(), 20);
+        assert_eq!(size_of::<CtKeyV6>(), 44);
         assert_eq!(size_of::<CtEntry>(), 64);
-        assert_eq!(size_of::<FragKey>(), 40);
+        assert_eq!(size_of::<FragKey>(), 44);
         assert_eq!(size_of::<FragVerdict>(), 8);
         assert_eq!(size_of::<CtReclaim>(), 32);
     }

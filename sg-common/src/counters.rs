@@ -120,6 +120,14 @@ pub const fn counter_index(direction: Direction, reason: Reason) -> u32 {
     direction as u32 * REASON_SLOTS + reason as u32
 }
 
+/// Index of the (direction, reason) slot of `endpoint` in the host-wide
+/// `SG_COUNTERS` (a row of [`COUNTER_SLOTS`] per endpoint id; row 0 counts
+/// packets on interfaces the endpoint table does not know).
+#[inline(always)]
+pub const fn endpoint_counter_index(endpoint: u32, direction: Direction, reason: Reason) -> u32 {
+    endpoint * COUNTER_SLOTS + counter_index(direction, reason)
+}
+
 /// Packets and bytes (bytes = frame length as the hook sees it).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! `SG_EVENTS` ring buffer for each packet that a rule admitted as a new (or
 //! untracked) flow and for each dropped packet — never for packets of known
 //! flows or infrastructure traffic. A per-CPU token bucket
-//! (`IfaceConfig::events_per_sec`) bounds the rate, so a flood cannot eat a
+//! (`IfaceConfig::events_per_sec`, one bucket per endpoint) bounds the rate, so a flood cannot eat a
 //! CPU; events not written (rate-limited or buffer full) are counted in
 //! `SG_EVENTS_LOST`.
 
@@ -31,7 +31,9 @@ pub struct FlowEvent {
     /// 1 when the admitted packet opened a tracked flow (its later packets
     /// are counted in the connection table, not reported).
     pub tracked: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// Endpoint id of the interface (`crate::endpoint`).
+    pub endpoint: u32,
 }
 
 /// Per-CPU token bucket state of the event rate limiter.

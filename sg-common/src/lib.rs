@@ -6,9 +6,12 @@
 
 pub mod conntrack;
 pub mod counters;
+pub mod endpoint;
 pub mod events;
 pub mod names;
 pub mod policy;
 
-pub use counters::{COUNTER_SLOTS, Counter, Direction, REASON_SLOTS, Reason, counter_index};
+pub use counters::{
+    COUNTER_SLOTS, Counter, Direction, REASON_SLOTS, Reason, counter_index, endpoint_counter_index,
+};
 pub use policy::IfaceConfig;

@@ -1,24 +1,26 @@
 //! Policy maps: two longest-prefix-match lookups per new flow, each O(key
 //! bits) whatever the number of rules.
 //!
-//! 1. **Who** (`SG_ADDR_V4` / `SG_ADDR_V6`): (generation, direction, peer
+//! 1. **Who** (`SG_ADDR_V4` / `SG_ADDR_V6`): (policy, generation, direction, peer
 //!    address) → [`ClassId`]. The compiler pushes every rule of a shorter
 //!    (covering) prefix down into each longer prefix inside it, so the longest
 //!    match alone carries the complete union of rules for that address.
-//! 2. **What** (`SG_PORTS`): (generation, direction, class, protocol, port) →
-//!    [`PolicyHit`]. A rule for all protocols is a /64 key (generation,
-//!    direction and class only); a protocol without ports is /72; a port range
-//!    becomes ≤ 30 prefix blocks of /73–/88. ICMP/ICMPv6 use `type << 8 | code`
-//!    as the 16-bit port, so a type-only rule is one /80 block.
+//! 2. **What** (`SG_PORTS`): (policy, generation, direction, class, protocol,
+//!    port) → [`PolicyHit`]. A rule for all protocols is a /96 key (policy,
+//!    generation, direction and class only); a protocol without ports is /104;
+//!    a port range becomes ≤ 30 prefix blocks of /105–/120. ICMP/ICMPv6 use
+//!    `type << 8 | code` as the 16-bit port, so a type-only rule is one /112 block.
 //!
 //! The structs below are the key *data*; the LPM key is (prefix length, data)
 //! and the prefix length counts data bits. All data is in network byte order
 //! so prefix bits are the leading bits.
-//! The generation is part of every key: a new policy is written beside the
-//! old one and becomes live with a single update of [`IfaceConfig`].
+//! Every key starts with the policy id (policies are shared by the
+//! interfaces with the same rules, see `crate::endpoint`) and the generation:
+//! a new policy is written beside the old one and becomes live with a single
+//! update of the policy's `crate::endpoint::PolicyState`.
 
-/// Bits of (generation, direction) at the start of every policy key.
-pub const GEN_DIR_BITS: u32 = 32;
+/// Bits of (policy id, generation, direction) at the start of every policy key.
+pub const GEN_DIR_BITS: u32 = 64;
 
 /// Packs the generation (31 bits) and the direction (1 bit) into the leading
 /// key word, in network byte order.
@@ -28,18 +30,21 @@ pub const fn gen_dir(generation: u32, direction: u32) -> [u8; 4] {
 }
 
 /// Key data of `SG_ADDR_V4` (wrapped in the LPM key, whose prefix length is
-/// 32 + the CIDR's prefix length).
+/// 64 + the CIDR's prefix length).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AddrKeyV4 {
+    /// Policy id, network byte order.
+    pub policy: [u8; 4],
     pub gen_dir: [u8; 4],
     pub addr: [u8; 4],
 }
 
-/// Key data of `SG_ADDR_V6` (LPM prefix length = 32 + the CIDR's).
+/// Key data of `SG_ADDR_V6` (LPM prefix length = 64 + the CIDR's).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AddrKeyV6 {
+    pub policy: [u8; 4],
     pub gen_dir: [u8; 4],
     pub addr: [u8; 16],
 }
@@ -52,6 +57,7 @@ pub type ClassId = u32;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PortKey {
+    pub policy: [u8; 4],
     pub gen_dir: [u8; 4],
     /// [`ClassId`] in network byte order.
     pub class: [u8; 4],
@@ -63,11 +69,11 @@ pub struct PortKey {
 }
 
 /// Prefix length of a [`PortKey`] matching every protocol of a class.
-pub const PORT_KEY_ALL_PROTOCOLS: u32 = 64;
+pub const PORT_KEY_ALL_PROTOCOLS: u32 = 96;
 /// Prefix length of a [`PortKey`] matching one protocol, any port.
-pub const PORT_KEY_PROTOCOL: u32 = 72;
+pub const PORT_KEY_PROTOCOL: u32 = 104;
 /// Prefix length of a [`PortKey`] matching one exact port.
-pub const PORT_KEY_EXACT_PORT: u32 = 88;
+pub const PORT_KEY_EXACT_PORT: u32 = 120;
 
 /// Value of `SG_PORTS`: which rule allowed the packet and how.
 #[repr(C)]
@@ -79,34 +85,60 @@ pub struct PolicyHit {
     pub flags: u32,
 }
 
+/// Key of `SG_RULE_HITS`: hit counters are kept per (policy, rule), shared
+/// by the interfaces that share the policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct RuleHitKey {
+    pub policy: u32,
+    /// Stable hash of the rule id.
+    pub rule: u32,
+}
+
 /// The flow is untracked (AWS: peer 0.0.0.0/0 or ::/0 and the other direction
 /// open to everything of that protocol): pass without a conntrack entry.
 pub const HIT_UNTRACKED: u32 = 1;
 
-/// Per-interface settings, the single entry of the `SG_CONFIG` array.
-/// Updating it is the atomic switch between policy generations.
+/// Per-interface settings: the value of `SG_ENDPOINTS` (see
+/// `crate::endpoint`). The data path reads the first fields; the identity at
+/// the end is for user space (which interface this is, when it is gone).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct IfaceConfig {
-    /// Generation whose entries the programs look up.
-    pub generation: u32,
+    /// Endpoint id (1..`MAX_ENDPOINTS`): first word of its connection and
+    /// fragment keys, row of its counters.
+    pub endpoint: u32,
+    /// Policy id (index of `SG_POLICIES`); 0: none.
+    pub policy: u32,
     /// `CONFIG_*` flags.
     pub flags: u32,
-    /// Idle timeouts in nanoseconds, indexed by `conntrack::Timeout`.
-    pub timeouts_ns: [u64; crate::conntrack::TIMEOUT_SLOTS],
     /// Flow-log events allowed per second per CPU (0: no events).
     pub events_per_sec: u32,
+    /// Idle timeouts in nanoseconds, indexed by `conntrack::Timeout`.
+    pub timeouts_ns: [u64; crate::conntrack::TIMEOUT_SLOTS],
     /// The shortest of `timeouts_ns`, in whole seconds (rounded down): no
     /// connection entry can expire sooner than this after it was last
     /// touched, which lets the in-kernel reclaim skip pointless walks. 0
-    /// (older layouts) means unknown: never skip.
+    /// means unknown: never skip.
     pub shortest_timeout_s: u32,
+    /// Tracked connections this interface may hold (AWS's per-interface
+    /// limit); its new tracked flows beyond it are refused as
+    /// `conntrack_full`, other interfaces are unaffected. 0: no limit.
+    pub ct_limit: u32,
+    /// The namespace's device and inode numbers (`stat` of its nsfs file).
+    pub netns_dev: u64,
+    pub netns_ino: u64,
+    /// Interface name, NUL-padded.
+    pub ifname: [u8; 16],
+    /// The namespace's name under `/run/netns` when attached, NUL-padded
+    /// (empty: unnamed, or longer than 31 bytes).
+    pub netns_name: [u8; 32],
 }
 
 impl IfaceConfig {
-    /// Settings with `shortest_timeout_s` derived from the timeouts.
+    /// Settings with `shortest_timeout_s` derived from the timeouts (the
+    /// endpoint, policy, limit and identity fields zero).
     pub const fn new(
-        generation: u32,
         flags: u32,
         timeouts_ns: [u64; crate::conntrack::TIMEOUT_SLOTS],
         events_per_sec: u32,
@@ -121,21 +153,33 @@ impl IfaceConfig {
         }
         let secs = shortest / 1_000_000_000;
         IfaceConfig {
-            generation,
+            endpoint: 0,
+            policy: 0,
             flags,
-            timeouts_ns,
             events_per_sec,
+            timeouts_ns,
             shortest_timeout_s: if secs > u32::MAX as u64 {
                 u32::MAX
             } else {
                 secs as u32
             },
+            ct_limit: 0,
+            netns_dev: 0,
+            netns_ino: 0,
+            ifname: [0; 16],
+            netns_name: [0; 32],
         }
     }
 }
 
 /// Rules are enforced. Without it the programs only count (observe mode).
 pub const CONFIG_ENFORCE: u32 = 1;
+/// The interface is the host side of a container's veth (`side: peer`):
+/// packets entering it leave the protected workload (directions swapped).
+pub const CONFIG_SIDE_PEER: u32 = 2;
+/// The endpoint also has an XDP alias key (see
+/// `crate::endpoint::XDP_ALIAS_COOKIE`): its ingress hook is XDP.
+pub const CONFIG_XDP_ALIAS: u32 = 4;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -144,6 +188,7 @@ mod pod {
     unsafe impl aya::Pod for super::PortKey {}
     unsafe impl aya::Pod for super::PolicyHit {}
     unsafe impl aya::Pod for super::IfaceConfig {}
+    unsafe impl aya::Pod for super::RuleHitKey {}
 }
 
 #[cfg(test)]
@@ -153,13 +198,13 @@ mod tests {
 
     #[test]
     fn key_layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<AddrKeyV4>(), 4 + 4);
-        assert_eq!(size_of::<AddrKeyV6>(), 4 + 16);
-        assert_eq!(size_of::<PortKey>(), 4 + 4 + 1 + 2 + 1);
+        assert_eq!(size_of::<AddrKeyV4>(), 4 + 4 + 4);
+        assert_eq!(size_of::<AddrKeyV6>(), 4 + 4 + 16);
+        assert_eq!(size_of::<PortKey>(), 4 + 4 + 4 + 1 + 2 + 1);
         assert_eq!(size_of::<PolicyHit>(), 8);
         assert_eq!(
             size_of::<IfaceConfig>(),
-            8 + 8 * crate::conntrack::TIMEOUT_SLOTS + 8
+            16 + 8 * crate::conntrack::TIMEOUT_SLOTS + 8 + 16 + 16 + 32
         );
     }
 

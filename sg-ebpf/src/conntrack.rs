@@ -1,11 +1,14 @@
-//! Connection tracking: one lookup per packet on a key normalised to the
+//! Connection tracking: one host-wide table per family, one lookup per
+//! packet on a key that starts with the endpoint id and is normalised to the
 //! protected machine (see `sg_common::conntrack`), a small TCP state machine,
 //! UDP single/stream, ICMP echo by identifier *and* direction, other
 //! protocols by (addresses, protocol). Expired entries count as absent, and
 //! the kernel reclaims them itself when a new flow finds the table full
 //! (see [`reclaim`]): enforcement never depends on a user-space sweeper. A
 //! table full of live flows refuses new ones (the caller counts
-//! `conntrack_full`); live entries are never evicted.
+//! `conntrack_full`); live entries are never evicted. Each endpoint's entries
+//! are counted (`SG_CT_COUNT`): an interface at its limit (`ct_limit`, AWS's
+//! per-interface allowance) refuses its own new flows, others are unaffected.
 
 use core::ffi::c_void;
 
@@ -20,6 +23,7 @@ use sg_common::{
         CT_FIN_ORIGIN, CT_FIN_REPLY, CT_SEEN_REPLY, CtEntry, CtKeyV4, CtKeyV6, CtReclaim, CtState,
         RECLAIM_MIN_INTERVAL_NS, TIMEOUT_SLOTS, timeout_slot,
     },
+    endpoint::{CT_COUNT_KERNEL, CT_COUNT_SLOTS, CT_COUNT_USER, MAX_ENDPOINTS, ct_count_index},
 };
 
 use crate::parse::{
@@ -27,13 +31,21 @@ use crate::parse::{
     TCP_SYN,
 };
 
-/// Default capacity; the loader overrides it from the interface's config.
-const CT_ENTRIES: u32 = 65536;
+/// Default capacity of each host-wide table; the loader overrides it
+/// (`--conntrack-entries`).
+const CT_ENTRIES: u32 = 262144;
 
 #[map]
 static SG_CT_V4: HashMap<CtKeyV4, CtEntry> = HashMap::with_max_entries(CT_ENTRIES, 0);
 #[map]
 static SG_CT_V6: HashMap<CtKeyV6, CtEntry> = HashMap::with_max_entries(CT_ENTRIES, 0);
+/// Entries per endpoint, two slots each (see `sg_common::endpoint`).
+#[map]
+static SG_CT_COUNT: Array<u64> = Array::with_max_entries(MAX_ENDPOINTS * CT_COUNT_SLOTS, 0);
+/// Idle timeouts (ns) by endpoint id, for the reclaim walk, which meets
+/// entries of every endpoint; written by user space with the endpoint.
+#[map]
+static SG_CT_TIMEOUTS: Array<[u64; TIMEOUT_SLOTS]> = Array::with_max_entries(MAX_ENDPOINTS, 0);
 /// Slot 0: IPv4 table, slot 1: IPv6 table. When the last in-kernel reclaim
 /// ran and when the next entry can expire at the earliest.
 #[map]
@@ -104,9 +116,10 @@ fn ends(pkt: &Packet, direction: Direction) -> ([u8; 16], [u8; 16], [u8; 2], [u8
 }
 
 #[inline(always)]
-fn key_v4(pkt: &Packet, direction: Direction) -> CtKeyV4 {
+fn key_v4(pkt: &Packet, direction: Direction, endpoint: u32) -> CtKeyV4 {
     let (l, r, local_port, remote_port) = ends(pkt, direction);
     CtKeyV4 {
+        endpoint,
         local: [l[0], l[1], l[2], l[3]],
         remote: [r[0], r[1], r[2], r[3]],
         local_port,
@@ -117,9 +130,10 @@ fn key_v4(pkt: &Packet, direction: Direction) -> CtKeyV4 {
 }
 
 #[inline(always)]
-fn key_v6(pkt: &Packet, direction: Direction) -> CtKeyV6 {
+fn key_v6(pkt: &Packet, direction: Direction, endpoint: u32) -> CtKeyV6 {
     let (local, remote, local_port, remote_port) = ends(pkt, direction);
     CtKeyV6 {
+        endpoint,
         local,
         remote,
         local_port,
@@ -130,11 +144,11 @@ fn key_v6(pkt: &Packet, direction: Direction) -> CtKeyV6 {
 }
 
 #[inline(always)]
-fn entry_ptr(pkt: &Packet, direction: Direction) -> Option<*mut CtEntry> {
+fn entry_ptr(pkt: &Packet, direction: Direction, endpoint: u32) -> Option<*mut CtEntry> {
     if pkt.ipv6 {
-        SG_CT_V6.get_ptr_mut(key_v6(pkt, direction))
+        SG_CT_V6.get_ptr_mut(key_v6(pkt, direction, endpoint))
     } else {
-        SG_CT_V4.get_ptr_mut(key_v4(pkt, direction))
+        SG_CT_V4.get_ptr_mut(key_v4(pkt, direction, endpoint))
     }
 }
 
@@ -169,7 +183,7 @@ pub fn track_existing(
     if kind == Kind::IcmpOther {
         return false;
     }
-    let Some(entry) = entry_ptr(pkt, direction) else {
+    let Some(entry) = entry_ptr(pkt, direction, cfg.endpoint) else {
         return false;
     };
     // SAFETY: a valid map value pointer for the rest of this program run.
@@ -297,33 +311,101 @@ pub fn create(
     };
     entry.packets[d] = 1;
     entry.bytes[d] = bytes;
-    if insert(pkt, direction, &entry) {
-        return Ok(());
+    let ep = cfg.endpoint;
+    // The interface's own allowance first: at its limit, only what has
+    // expired can make room.
+    if cfg.ct_limit != 0
+        && in_use(ep) >= cfg.ct_limit as u64
+        && !(reclaim(pkt.ipv6, cfg, now) && in_use(ep) < cfg.ct_limit as u64)
+    {
+        return Err(CreateError::Full);
     }
-    // Full (the only way an insert fails here): free what has expired, then
-    // try once more.
-    if reclaim(pkt.ipv6, cfg, now) && insert(pkt, direction, &entry) {
+    match insert(pkt, direction, ep, &entry, BPF_NOEXIST) {
+        Ok(()) => {
+            count_add(ep, 1);
+            return Ok(());
+        }
+        // An expired entry of the same key (or a closed TCP flow reopened):
+        // replaced, the count stays.
+        Err(EEXIST) => {
+            return insert(pkt, direction, ep, &entry, BPF_EXIST).map_err(|_| CreateError::Full);
+        }
+        Err(_) => {}
+    }
+    // Full (the only other way an insert fails here): free what has
+    // expired, then try once more.
+    if reclaim(pkt.ipv6, cfg, now) && insert(pkt, direction, ep, &entry, BPF_NOEXIST).is_ok() {
+        count_add(ep, 1);
         return Ok(());
     }
     Err(CreateError::Full)
 }
 
-/// BPF_ANY: replaces an expired entry of the same key.
+const BPF_NOEXIST: u64 = 1;
+const BPF_EXIST: u64 = 2;
+const EEXIST: i32 = -17;
+
 #[inline(always)]
-fn insert(pkt: &Packet, direction: Direction, entry: &CtEntry) -> bool {
-    let result = if pkt.ipv6 {
-        SG_CT_V6.insert(key_v6(pkt, direction), entry, 0)
+fn insert(
+    pkt: &Packet,
+    direction: Direction,
+    endpoint: u32,
+    entry: &CtEntry,
+    flags: u64,
+) -> Result<(), i32> {
+    if pkt.ipv6 {
+        SG_CT_V6.insert(key_v6(pkt, direction, endpoint), entry, flags)
     } else {
-        SG_CT_V4.insert(key_v4(pkt, direction), entry, 0)
-    };
-    result.is_ok()
+        SG_CT_V4.insert(key_v4(pkt, direction, endpoint), entry, flags)
+    }
+}
+
+/// Entries `endpoint` holds: what the data path added minus what user space removed.
+#[inline(always)]
+fn in_use(endpoint: u32) -> u64 {
+    let kernel = SG_CT_COUNT
+        .get(ct_count_index(endpoint, CT_COUNT_KERNEL))
+        .copied()
+        .unwrap_or(0);
+    let user = SG_CT_COUNT
+        .get(ct_count_index(endpoint, CT_COUNT_USER))
+        .copied()
+        .unwrap_or(0);
+    kernel.wrapping_sub(user)
+}
+
+/// Adds `delta` (wrapping: `u64::MAX` subtracts one) to `endpoint`'s kernel count.
+#[inline(always)]
+fn count_add(endpoint: u32, delta: u64) {
+    if let Some(slot) = SG_CT_COUNT.get_ptr_mut(ct_count_index(endpoint, CT_COUNT_KERNEL)) {
+        atomic_add(slot, delta);
+    }
+}
+
+/// `*slot += delta` as one atomic instruction (BPF_ATOMIC | BPF_ADD): CPUs
+/// creating and reclaiming flows of one endpoint at once lose no update.
+#[inline(always)]
+fn atomic_add(slot: *mut u64, delta: u64) {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: `slot` is a valid, 8-byte aligned map value pointer.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({slot} + 0) += {delta}",
+            slot = in(reg) slot,
+            delta = in(reg) delta,
+        );
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: as above (host builds only type-check this crate).
+    unsafe {
+        *slot = (*slot).wrapping_add(delta);
+    }
 }
 
 /// State shared with [`reclaim_entry`] during one walk of a table.
 #[repr(C)]
 pub struct ReclaimWalk {
     now: u64,
-    timeouts: [u64; TIMEOUT_SLOTS],
     /// The earliest time a surviving entry can expire.
     next_expiry: u64,
     reclaimed: u64,
@@ -361,7 +443,6 @@ fn reclaim(ipv6: bool, cfg: &IfaceConfig, now: u64) -> bool {
     // SAFETY: this CPU's slot; nothing else runs on this CPU meanwhile.
     let walk = unsafe { &mut *walk };
     walk.now = now;
-    walk.timeouts = cfg.timeouts_ns;
     walk.next_expiry = u64::MAX;
     walk.reclaimed = 0;
     let map = if ipv6 {
@@ -376,7 +457,9 @@ fn reclaim(ipv6: bool, cfg: &IfaceConfig, now: u64) -> bool {
     }
     // Entries that change state after the walk (an RST shortens a 5-day
     // timeout to seconds) or arrive after it live at least the shortest
-    // timeout from now: with it the bound stays a true lower bound.
+    // timeout from now: with it the bound stays a true lower bound. (The
+    // shortest timeout, TCP closed, is not configurable: the same for every
+    // endpoint of the table.)
     let floor = now.saturating_add(cfg.shortest_timeout_s as u64 * 1_000_000_000);
     // SAFETY: plain reads of this CPU's slot, written by the callback (volatile:
     // the compiler cannot see the callback write them).
@@ -409,16 +492,27 @@ extern "C" fn reclaim_entry(
     let Some(walk) = SG_CT_WALK.get_ptr_mut(0) else {
         return 1;
     };
-    // SAFETY: the helper passes a live entry of a conntrack table; `walk` is
-    // this CPU's scratch slot, filled by `reclaim`.
-    let (entry, walk) = unsafe { (&*(value as *const CtEntry), &mut *walk) };
+    // SAFETY: the helper passes a live entry of a conntrack table, whose key
+    // starts with the endpoint id (both families); `walk` is this CPU's
+    // scratch slot, filled by `reclaim`.
+    let (entry, endpoint, walk) = unsafe {
+        (
+            &*(value as *const CtEntry),
+            *(key as *const u32),
+            &mut *walk,
+        )
+    };
+    let Some(timeouts) = SG_CT_TIMEOUTS.get(endpoint) else {
+        return 0;
+    };
     let expires = entry
         .last_seen_ns
-        .saturating_add(timeout_ns(&walk.timeouts, entry));
+        .saturating_add(timeout_ns(timeouts, entry));
     if walk.now >= expires {
         // SAFETY: deleting the element being visited is allowed for hash maps.
         if unsafe { bpf_map_delete_elem(map, key) } == 0 {
             walk.reclaimed += 1;
+            count_add(endpoint, u64::MAX);
         }
     } else if expires < walk.next_expiry {
         walk.next_expiry = expires;

@@ -7,6 +7,7 @@ use aya_ebpf::{
 };
 use sg_common::{
     Direction, Reason,
+    endpoint::MAX_ENDPOINTS,
     events::{EVENTS_RING_BYTES, FlowEvent, RateLimit},
 };
 
@@ -15,15 +16,15 @@ use crate::parse::Packet;
 #[map]
 static SG_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 #[map]
-static SG_EVENTS_RATE: PerCpuArray<RateLimit> = PerCpuArray::with_max_entries(1, 0);
+static SG_EVENTS_RATE: PerCpuArray<RateLimit> = PerCpuArray::with_max_entries(MAX_ENDPOINTS, 0);
 #[map]
-static SG_EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static SG_EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_ENDPOINTS, 0);
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
 #[inline(always)]
-fn lost() {
-    if let Some(n) = SG_EVENTS_LOST.get_ptr_mut(0) {
+fn lost(endpoint: u32) {
+    if let Some(n) = SG_EVENTS_LOST.get_ptr_mut(endpoint) {
         // SAFETY: per-CPU slot.
         unsafe { *n += 1 };
     }
@@ -31,8 +32,8 @@ fn lost() {
 
 /// Takes one token; refills `rate` tokens per second up to a burst of `rate`.
 #[inline(always)]
-fn take_token(rate: u32, now: u64) -> bool {
-    let Some(state) = SG_EVENTS_RATE.get_ptr_mut(0) else {
+fn take_token(endpoint: u32, rate: u32, now: u64) -> bool {
+    let Some(state) = SG_EVENTS_RATE.get_ptr_mut(endpoint) else {
         return false;
     };
     // SAFETY: per-CPU slot, no other writer.
@@ -67,6 +68,8 @@ pub struct Judged {
     pub tracked: bool,
     /// Hash of the admitting rule (0 for drops).
     pub rule: u32,
+    /// The interface's endpoint id.
+    pub endpoint: u32,
 }
 
 /// Reports a judged packet, if the rate allows; counts it as lost otherwise.
@@ -76,12 +79,13 @@ pub fn report(pkt: &Packet, direction: Direction, judged: Judged, bytes: u64, no
         reason,
         tracked,
         rule,
+        endpoint,
     } = judged;
     if rate == 0 {
         return;
     }
-    if !take_token(rate, now) {
-        lost();
+    if !take_token(endpoint, rate, now) {
+        lost(endpoint);
         return;
     }
     let event = FlowEvent {
@@ -103,9 +107,10 @@ pub fn report(pkt: &Packet, direction: Direction, judged: Judged, bytes: u64, no
         proto: pkt.proto,
         ipv6: pkt.ipv6 as u8,
         tracked: tracked as u8,
-        _pad: [0; 7],
+        _pad: [0; 3],
+        endpoint,
     };
     if SG_EVENTS.output::<FlowEvent>(&event, 0).is_err() {
-        lost();
+        lost(endpoint);
     }
 }

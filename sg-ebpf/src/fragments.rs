@@ -1,4 +1,4 @@
-//! IP fragments: the first fragment (the one with the L4 header) is judged
+//! IP fragments (per endpoint): the first fragment (the one with the L4 header) is judged
 //! normally and, when it passes, remembered by the datagram's reassembly key
 //! (IPv4: src, dst, proto, id; IPv6: src, dst, id); later fragments follow
 //! it. A later fragment with no remembered first fragment (lost, reordered,
@@ -18,7 +18,7 @@ use crate::parse::Packet;
 static SG_FRAGS: LruHashMap<FragKey, FragVerdict> = LruHashMap::with_max_entries(8192, 0);
 
 #[inline(always)]
-fn key(pkt: &Packet) -> FragKey {
+fn key(pkt: &Packet, endpoint: u32) -> FragKey {
     let mut key = FragKey {
         src: pkt.src,
         dst: pkt.dst,
@@ -27,6 +27,7 @@ fn key(pkt: &Packet) -> FragKey {
         // (AH or destination options after the Fragment header).
         proto: if pkt.ipv6 { 0 } else { pkt.proto },
         _pad: [0; 3],
+        endpoint,
     };
     if !pkt.ipv6 {
         // IPv4-mapped, so both families share one table.
@@ -45,18 +46,18 @@ fn mapped(v4: [u8; 4]) -> [u8; 16] {
 
 /// Remembers that the first fragment of `pkt`'s datagram passed.
 #[inline(always)]
-pub fn remember(pkt: &Packet) {
+pub fn remember(pkt: &Packet, endpoint: u32) {
     let verdict = FragVerdict {
         reason: Reason::PassFragment as u32,
         _pad: 0,
     };
-    let _ = SG_FRAGS.insert(key(pkt), verdict, 0);
+    let _ = SG_FRAGS.insert(key(pkt, endpoint), verdict, 0);
 }
 
 /// A later fragment passes when its first fragment did; otherwise it drops.
 #[inline(always)]
-pub fn follow(pkt: &Packet) -> Reason {
-    match SG_FRAGS.get_ptr(key(pkt)) {
+pub fn follow(pkt: &Packet, endpoint: u32) -> Reason {
+    match SG_FRAGS.get_ptr(key(pkt, endpoint)) {
         Some(_) => Reason::PassFragment,
         None => Reason::DropFragment,
     }

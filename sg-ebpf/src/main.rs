@@ -1,8 +1,12 @@
 //! Security-group enforcement programs.
 //!
 //! Per packet, in this order (the order never changes; later issues fill in
-//! the stages): parse → conntrack lookup → policy lookup (new flows only) →
-//! conntrack create (after allow) → count. Replies never consult policy.
+//! the stages): endpoint (which interface, by netns cookie and ifindex) →
+//! parse → conntrack lookup → policy lookup (new flows only) → conntrack
+//! create (after allow) → count. Replies never consult policy.
+//!
+//! One data plane per host: these programs are loaded once and attached to
+//! every protected interface (see `sg_common::endpoint`).
 //!
 //! The entry points are thin: each measures the frame, runs the shared
 //! decision for its hook, counts the outcome in one place and maps the
@@ -11,9 +15,13 @@
 // (clippy, `cargo check --workspace`) only type-check it.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Inline assembly for the one atomic add the data path needs (the bpfel
+// target has no atomic read-modify-write in `core`).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod conntrack;
 mod counters;
+mod endpoint;
 mod events;
 mod fragments;
 mod parse;
@@ -30,7 +38,18 @@ use verdict::{Hook, decide};
 #[xdp]
 pub fn sg_xdp_ingress(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
-    if decide(&ctx, Hook::Ingress, start, end, (end - start) as u64) {
+    // SAFETY: the context pointer is valid for this run.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let netns = endpoint::Netns::XdpAlias;
+    if decide(
+        &ctx,
+        Hook::Ingress,
+        netns,
+        ifindex,
+        start,
+        end,
+        (end - start) as u64,
+    ) {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
@@ -44,6 +63,7 @@ pub fn sg_xdp_ingress(ctx: XdpContext) -> u32 {
 pub fn sg_xdp_floor(ctx: XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
     counters::record(
+        0,
         sg_common::Direction::Inbound,
         sg_common::Reason::PassUnfiltered,
         len as u64,
@@ -74,7 +94,18 @@ fn tc(ctx: TcContext, hook: Hook) -> i32 {
         // readable. On failure the parser sees a short packet: malformed.
         let _ = ctx.pull_data(want);
     }
-    if decide(&ctx, hook, ctx.data(), ctx.data_end(), len as u64) {
+    // SAFETY: the context pointer is valid for this run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let netns = endpoint::Netns::Cookie;
+    if decide(
+        &ctx,
+        hook,
+        netns,
+        ifindex,
+        ctx.data(),
+        ctx.data_end(),
+        len as u64,
+    ) {
         TC_ACT_OK
     } else {
         TC_ACT_SHOT

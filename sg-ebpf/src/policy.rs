@@ -5,10 +5,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, lpm_trie::Key},
+    maps::{LpmTrie, lpm_trie::Key},
 };
 use sg_common::{
-    Direction, IfaceConfig,
+    Direction,
     policy::{
         AddrKeyV4, AddrKeyV6, ClassId, GEN_DIR_BITS, HIT_UNTRACKED, PORT_KEY_EXACT_PORT, PolicyHit,
         PortKey, gen_dir,
@@ -17,13 +17,11 @@ use sg_common::{
 
 use crate::parse::Packet;
 
-/// Sized for two generations of an interface at the AWS quota limits with
+/// Sized for two generations of many policies at the AWS quota limits with
 /// large prefix lists; LPM tries allocate per entry, so unused room is free.
 const ADDR_ENTRIES: u32 = 1 << 18;
 const PORT_ENTRIES: u32 = 1 << 18;
 
-#[map]
-static SG_CONFIG: Array<IfaceConfig> = Array::with_max_entries(1, 0);
 #[map]
 static SG_ADDR_V4: LpmTrie<AddrKeyV4, ClassId> = LpmTrie::with_max_entries(ADDR_ENTRIES, 0);
 #[map]
@@ -31,20 +29,21 @@ static SG_ADDR_V6: LpmTrie<AddrKeyV6, ClassId> = LpmTrie::with_max_entries(ADDR_
 #[map]
 static SG_PORTS: LpmTrie<PortKey, PolicyHit> = LpmTrie::with_max_entries(PORT_ENTRIES, 0);
 
-/// The interface's settings (always present: an array slot).
-#[inline(always)]
-pub fn config() -> Option<&'static IfaceConfig> {
-    SG_CONFIG.get(0)
+/// Which policy and generation a packet is judged by.
+#[derive(Clone, Copy)]
+pub struct Live {
+    pub policy: u32,
+    pub generation: u32,
 }
 
 /// The rule that allows `pkt` in `direction` under `generation`, if any.
 #[inline(always)]
-pub fn lookup(pkt: &Packet, direction: Direction, generation: u32) -> Option<PolicyHit> {
+pub fn lookup(pkt: &Packet, direction: Direction, live: Live) -> Option<PolicyHit> {
     let remote = match direction {
         Direction::Inbound => &pkt.src,
         Direction::Outbound => &pkt.dst,
     };
-    lookup_at(pkt, remote, direction, generation, pkt.policy_port)
+    lookup_at(pkt, remote, direction, live, pkt.policy_port)
 }
 
 /// Whether `pkt` is a response within an untracked flow: its reverse (the
@@ -52,14 +51,13 @@ pub fn lookup(pkt: &Packet, direction: Direction, generation: u32) -> Option<Pol
 /// opposite direction. Only asked for TCP non-SYN and UDP packets that a
 /// tracked rule allows (see the reference evaluator).
 #[inline(always)]
-pub fn reverse_is_untracked(pkt: &Packet, direction: Direction, generation: u32) -> bool {
+pub fn reverse_is_untracked(pkt: &Packet, direction: Direction, live: Live) -> bool {
     let (remote, opposite) = match direction {
         Direction::Inbound => (&pkt.src, Direction::Outbound),
         Direction::Outbound => (&pkt.dst, Direction::Inbound),
     };
     let port = u16::from_be_bytes(pkt.sport);
-    lookup_at(pkt, remote, opposite, generation, port)
-        .is_some_and(|hit| hit.flags & HIT_UNTRACKED != 0)
+    lookup_at(pkt, remote, opposite, live, port).is_some_and(|hit| hit.flags & HIT_UNTRACKED != 0)
 }
 
 #[inline(always)]
@@ -67,14 +65,16 @@ fn lookup_at(
     pkt: &Packet,
     remote: &[u8; 16],
     direction: Direction,
-    generation: u32,
+    live: Live,
     port: u16,
 ) -> Option<PolicyHit> {
-    let gd = gen_dir(generation, direction as u32);
+    let policy = live.policy.to_be_bytes();
+    let gd = gen_dir(live.generation, direction as u32);
     let class = if pkt.ipv6 {
         let key = Key::new(
             GEN_DIR_BITS + 128,
             AddrKeyV6 {
+                policy,
                 gen_dir: gd,
                 addr: *remote,
             },
@@ -82,12 +82,20 @@ fn lookup_at(
         *SG_ADDR_V6.get(&key)?
     } else {
         let addr = [remote[0], remote[1], remote[2], remote[3]];
-        let key = Key::new(GEN_DIR_BITS + 32, AddrKeyV4 { gen_dir: gd, addr });
+        let key = Key::new(
+            GEN_DIR_BITS + 32,
+            AddrKeyV4 {
+                policy,
+                gen_dir: gd,
+                addr,
+            },
+        );
         *SG_ADDR_V4.get(&key)?
     };
     let key = Key::new(
         PORT_KEY_EXACT_PORT,
         PortKey {
+            policy,
             gen_dir: gd,
             class: class.to_be_bytes(),
             proto: pkt.proto,

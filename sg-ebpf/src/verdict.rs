@@ -1,24 +1,21 @@
 //! The decision shared by every hook, in the fixed order:
-//! parse (and the neighbour-discovery bypass) → fragments → conntrack (replies and known flows pass here) →
-//! policy (new flows only) → conntrack create (after allow) → count.
+//! endpoint (which interface; unknown → drop) → parse (and the
+//! neighbour-discovery bypass) → fragments → conntrack (replies and known
+//! flows pass here) → policy (new flows only) → conntrack create (after
+//! allow) → count.
 
-use aya_ebpf::{EbpfContext, Global, helpers::bpf_ktime_get_coarse_ns};
+use aya_ebpf::{EbpfContext, helpers::bpf_ktime_get_coarse_ns};
 use aya_log_ebpf::trace;
 use sg_common::{
-    Direction, Reason,
-    policy::{CONFIG_ENFORCE, HIT_UNTRACKED},
+    Direction, IfaceConfig, Reason,
+    policy::{CONFIG_ENFORCE, CONFIG_SIDE_PEER, HIT_UNTRACKED},
 };
 
 use crate::{
-    conntrack, counters, events, fragments,
+    conntrack, counters, endpoint, events, fragments,
     parse::{self, NotJudged},
-    policy,
+    policy::{self, Live},
 };
-
-/// 1 when attached to the host side of a container's veth (`side: peer`):
-/// packets entering that interface leave the protected workload.
-#[unsafe(no_mangle)]
-static SG_SIDE_PEER: Global<u8> = Global::new(0);
 
 #[derive(Clone, Copy)]
 pub enum Hook {
@@ -26,54 +23,69 @@ pub enum Hook {
     Egress,
 }
 
+/// On the host side of a container's veth (`side: peer`) packets entering
+/// the interface leave the protected workload.
 #[inline(always)]
-fn direction(hook: Hook) -> Direction {
-    let peer = SG_SIDE_PEER.load() != 0;
+fn direction(hook: Hook, flags: u32) -> Direction {
+    let peer = flags & CONFIG_SIDE_PEER != 0;
     match (hook, peer) {
         (Hook::Ingress, false) | (Hook::Egress, true) => Direction::Inbound,
         (Hook::Egress, false) | (Hook::Ingress, true) => Direction::Outbound,
     }
 }
 
-/// Decides the packet between `start` and `end` and counts it. True = pass.
+/// Decides the packet between `start` and `end`, seen on interface
+/// `ifindex` of the packet's namespace, and counts it. True = pass.
 #[inline(always)]
 pub fn decide<C: EbpfContext>(
     ctx: &C,
     hook: Hook,
+    netns: endpoint::Netns,
+    ifindex: u32,
     start: usize,
     end: usize,
     frame_len: u64,
 ) -> bool {
-    let direction = direction(hook);
-    let reason = judge(start, end, direction, frame_len);
+    let Some(cfg) = endpoint::lookup(ctx, netns, ifindex) else {
+        // An interface the endpoint table does not know: fail closed
+        // (counted in row 0). User space inserts the endpoint before it
+        // attaches, so this is a leftover link or a moved interface.
+        let direction = direction(hook, 0);
+        counters::record(0, direction, Reason::DropNoPolicy, frame_len);
+        return false;
+    };
+    // SAFETY: `cfg` points into a map value that lives for this run.
+    let flags = unsafe { core::ptr::read_volatile(&cfg.flags) };
+    let direction = direction(hook, flags);
+    let reason = judge(cfg, flags, start, end, direction, frame_len);
     // Compiled out at load time unless `sgctl --bpf-log trace` (AYA_LOG_LEVEL).
     trace!(
         ctx,
         "dir={} reason={} len={}", direction as u32, reason as u32, frame_len
     );
-    counters::record(direction, reason, frame_len);
+    counters::record(cfg.endpoint, direction, reason, frame_len);
     !reason.is_drop()
 }
 
 #[inline(always)]
-fn judge(start: usize, end: usize, direction: Direction, bytes: u64) -> Reason {
-    let Some(cfg) = policy::config() else {
-        return Reason::DropNoPolicy;
-    };
-    // One read of the switch per packet: every lookup below uses the same
-    // generation, whatever an update does meanwhile (volatile, so this does
-    // not rest on what the optimiser chooses to re-load).
-    // SAFETY: `cfg` points into a map value that lives for this run.
-    let (generation, flags) = unsafe {
-        (
-            core::ptr::read_volatile(&cfg.generation),
-            core::ptr::read_volatile(&cfg.flags),
-        )
-    };
+fn judge(
+    cfg: &IfaceConfig,
+    flags: u32,
+    start: usize,
+    end: usize,
+    direction: Direction,
+    bytes: u64,
+) -> Reason {
     if flags & CONFIG_ENFORCE == 0 {
         return Reason::PassUnfiltered;
     }
-    if generation == 0 {
+    // One read of the policy's switch per packet: every lookup below uses
+    // the same generation, whatever an update does meanwhile.
+    let live = Live {
+        policy: cfg.policy,
+        generation: endpoint::generation(cfg.policy),
+    };
+    if live.generation == 0 {
         return Reason::DropNoPolicy;
     }
     let pkt = match parse::parse(start, end) {
@@ -88,7 +100,7 @@ fn judge(start: usize, end: usize, direction: Direction, bytes: u64) -> Reason {
         return Reason::PassBypass;
     }
     if pkt.fragment.fragmented && !pkt.fragment.first {
-        return fragments::follow(&pkt);
+        return fragments::follow(&pkt, cfg.endpoint);
     }
     // CLOCK_MONOTONIC_COARSE (jiffy resolution): idle timeouts are seconds
     // long, and this costs a fraction of bpf_ktime_get_ns on a VM clock.
@@ -98,21 +110,29 @@ fn judge(start: usize, end: usize, direction: Direction, bytes: u64) -> Reason {
     let reason = if conntrack::track_existing(&pkt, direction, cfg, now, bytes) {
         Reason::PassConntrack
     } else {
-        match policy::lookup(&pkt, direction, generation) {
+        match policy::lookup(&pkt, direction, live) {
             None => Reason::DropNoRule,
             Some(hit) => {
                 rule = hit.rule;
                 let untracked = hit.flags & HIT_UNTRACKED != 0
                     || (conntrack::may_respond(&pkt)
-                        && policy::reverse_is_untracked(&pkt, direction, generation));
+                        && policy::reverse_is_untracked(&pkt, direction, live));
                 tracked = !untracked;
                 if !untracked
-                    && conntrack::create(&pkt, direction, cfg, now, bytes, hit.rule, generation)
-                        .is_err()
+                    && conntrack::create(
+                        &pkt,
+                        direction,
+                        cfg,
+                        now,
+                        bytes,
+                        hit.rule,
+                        live.generation,
+                    )
+                    .is_err()
                 {
                     Reason::DropConntrackFull
                 } else {
-                    counters::rule_hit(hit.rule, bytes);
+                    counters::rule_hit(live.policy, hit.rule, bytes);
                     Reason::PassRule
                 }
             }
@@ -124,13 +144,14 @@ fn judge(start: usize, end: usize, direction: Direction, bytes: u64) -> Reason {
             reason,
             tracked,
             rule,
+            endpoint: cfg.endpoint,
         };
         events::report(&pkt, direction, judged, bytes, now, cfg.events_per_sec);
     }
     if pkt.fragment.fragmented && !reason.is_drop() {
         // Pass verdicts only: a spoofed, denied first fragment must not
         // overwrite (or flood out) the verdict of a real one.
-        fragments::remember(&pkt);
+        fragments::remember(&pkt, cfg.endpoint);
     }
     reason
 }

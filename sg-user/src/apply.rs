@@ -1,10 +1,15 @@
 //! `sgctl apply`: make the kernel enforce a validated model.
 //!
 //! Two phases, so bad input changes nothing: first everything is compiled
-//! (pure, may fail), then the kernel is changed interface by interface —
-//! new interfaces attached with their policy already in the maps, attached
-//! ones switched to a new generation atomically, interfaces that left the
-//! config (attached by an earlier apply of the same file) detached.
+//! (pure, may fail) — once per distinct rule set, since interfaces with the
+//! same rules share one policy of the host's data plane — then the kernel
+//! is changed: each policy installed (a new generation switched atomically,
+//! or a new policy id), then each interface's endpoint written (new
+//! interfaces before their hooks are linked; moving an interface to another
+//! policy is one endpoint update), interfaces that left the config
+//! (attached by an earlier apply of the same file) detached, and policies
+//! no interface uses any more freed. Interfaces still enforced by the
+//! legacy per-interface layout are moved onto the shared data plane in place.
 
 use std::{
     collections::BTreeMap,
@@ -16,12 +21,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     compile::{self, CompiledPolicy},
-    conntrack, drift,
+    conntrack,
+    dataplane::Session,
+    drift,
     loader::{self, AttachOptions, InitialPolicy},
     lock::{self, StateLock},
     model::{Interface, Model, Side},
     pins::{self, IfaceId},
-    policy_maps::PolicyMaps,
 };
 
 /// Loads a config for enforcement: like [`crate::model::load_with`], with
@@ -68,12 +74,8 @@ pub struct RuleInfo {
 }
 
 fn state_path(id: &IfaceId) -> PathBuf {
-    let scope = match &id.netns {
-        None => "host".to_string(),
-        Some(ns) => format!("netns-{ns}"),
-    };
     PathBuf::from(STATE_DIR)
-        .join(scope)
+        .join(id.state_scope())
         .join(format!("{}.json", id.iface))
 }
 
@@ -150,12 +152,15 @@ pub struct Change {
 enum Step {
     /// Not attached yet: attach with the policy.
     Attach,
-    /// Attached but it must be attached anew (other side, new device, hooks
-    /// or pins missing): detach, then attach with the policy.
+    /// Attached by the legacy per-interface layout: move it onto the shared
+    /// data plane in place.
+    Upgrade { legacy_dir: PathBuf },
+    /// Attached but not as set up (other side, `sgctl attach`, new device,
+    /// hooks or pins missing): rewrite its endpoint, link what is missing.
     Reattach { action: &'static str, why: String },
-    /// Attached: install the policy as a new generation.
+    /// Attached: enforce the (possibly new) policy and settings.
     Update,
-    /// Attached with this very policy already.
+    /// Attached with this very policy and these settings already.
     Unchanged,
     /// The interface (or its namespace) does not exist here now.
     Absent,
@@ -166,9 +171,19 @@ struct Plan<'a> {
     id: IfaceId,
     ifindex: u32,
     step: Step,
-    policy: CompiledPolicy,
+    /// Index into the apply's policies.
+    policy: usize,
     policy_hash: u64,
     timeouts_s: [u64; sg_common::conntrack::TIMEOUT_SLOTS],
+}
+
+/// One compiled rule set of this apply and the policy id that carries it.
+struct PolicyPlan {
+    fingerprint: u64,
+    id: u32,
+    compiled: CompiledPolicy,
+    /// Install it (a new policy, or a new generation of a reused one).
+    install: bool,
 }
 
 fn side_name(side: Side) -> &'static str {
@@ -178,7 +193,10 @@ fn side_name(side: Side) -> &'static str {
     }
 }
 
-fn fingerprint(model: &Model, iface: &Interface, timeouts_s: &[u64]) -> u64 {
+/// Fingerprint of the compiled rules of `iface` (what its policy depends
+/// on: its groups and their members); interfaces with equal fingerprints
+/// share a policy.
+fn rules_fingerprint(model: &Model, iface: &Interface) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for direction in [
@@ -187,6 +205,15 @@ fn fingerprint(model: &Model, iface: &Interface, timeouts_s: &[u64]) -> u64 {
     ] {
         format!("{:?}", compile::rules_from_model(model, iface, direction)).hash(&mut h);
     }
+    // Never 0: a policy slot with fingerprint 0 was installed by a test or
+    // by hand and is shared with nothing.
+    h.finish() | 1
+}
+
+fn fingerprint(rules: u64, timeouts_s: &[u64]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    rules.hash(&mut h);
     timeouts_s.hash(&mut h);
     h.finish()
 }
@@ -226,36 +253,64 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
     pins::ensure_root()?;
     lock::ensure_state_dir()?;
     let identity = model.file.as_deref().and_then(config_identity);
+    let mut session = Session::open_or_load(&opts.attach.load_options())?;
+    let legacy: BTreeMap<IfaceId, PathBuf> = pins::legacy_attachments()?.into_iter().collect();
+    let endpoints: BTreeMap<IfaceId, sg_common::IfaceConfig> = session
+        .dp
+        .endpoints()?
+        .into_iter()
+        .map(|e| (e.id, e.cfg))
+        .collect();
+    let live: BTreeMap<u32, sg_common::endpoint::PolicyState> =
+        session.dp.maps.policies()?.into_iter().collect();
     // Phase 1: decide and compile everything; nothing in the kernel changes yet.
     let mut plans = Vec::new();
+    let mut wanted: Vec<(u64, Vec<IfaceId>)> = Vec::new();
     for iface in &model.interfaces {
         let id = IfaceId::new(&iface.name, iface.netns.as_deref());
         let timeouts_s = compile::timeouts_s(&iface.conntrack);
-        let policy_hash = fingerprint(model, iface, &timeouts_s);
+        let rules = rules_fingerprint(model, iface);
+        let policy_hash = fingerprint(rules, &timeouts_s);
         let state = read_state(&id);
         let ifindex = drift::ifindex_of(&id);
-        let step = match ifindex {
-            None => Step::Absent,
-            Some(_) if id.dir().exists() => {
-                step_for_attached(&id, iface, state.as_ref(), policy_hash, opts)?
+        let ep = endpoints.get(&id);
+        let step = match (ifindex, ep) {
+            (None, _) => Step::Absent,
+            (Some(_), Some(cfg)) => {
+                let policy_live = live
+                    .get(&cfg.policy)
+                    .is_some_and(|p| p.fingerprint == rules);
+                step_for_attached(
+                    &id,
+                    iface,
+                    state.as_ref(),
+                    cfg,
+                    policy_live,
+                    &timeouts_s,
+                    opts,
+                )
             }
-            Some(_) => Step::Attach,
+            (Some(_), None) => match legacy.get(&id) {
+                Some(dir) => Step::Upgrade {
+                    legacy_dir: dir.clone(),
+                },
+                None => Step::Attach,
+            },
         };
-        let generation = match step {
-            Step::Update | Step::Unchanged => PolicyMaps::from_pins(&id.dir())
-                .and_then(|m| m.next_generation())
-                .with_context(|| {
-                    format!(
-                        "{id}: reading its pinned policy (try `{}` and apply again)",
-                        id.detach_command()
-                    )
-                })?,
-            _ => 1,
+        let policy = match wanted.iter().position(|(f, _)| *f == rules) {
+            Some(i) => i,
+            None => {
+                wanted.push((rules, Vec::new()));
+                wanted.len() - 1
+            }
         };
+        if !matches!(step, Step::Absent) {
+            wanted[policy].1.push(id.clone());
+        }
         plans.push(Plan {
             iface,
             ifindex: ifindex.unwrap_or(0),
-            policy: compile::compile_iface(model, iface, generation),
+            policy,
             policy_hash,
             timeouts_s,
             id,
@@ -268,17 +323,35 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
     {
         bail!(none_present(model, &plans));
     }
-    // Phase 2: change the kernel.
+    let policies = plan_policies(model, &plans, &wanted, &endpoints, &live)?;
+    // Phase 2: change the kernel. Policies first (the interfaces that use
+    // them switch, or are pointed at them below).
+    for p in policies.iter().filter(|p| p.install) {
+        session.dp.maps.select(p.id, None);
+        session
+            .dp
+            .maps
+            .install_policy(&p.compiled, p.fingerprint)
+            .with_context(|| format!("installing policy {}", p.id))?;
+    }
     let mut changes = Vec::new();
     for plan in &plans {
-        changes.push(carry_out(model, plan, identity.as_deref(), opts)?);
+        let policy = &policies[plan.policy];
+        changes.push(carry_out(
+            model,
+            plan,
+            policy,
+            &mut session,
+            identity.as_deref(),
+            opts,
+        )?);
     }
     // Interfaces an earlier apply of this same config attached that have
     // left it. Attachments of other configs (or `sgctl attach`) are not ours.
     for id in pins::attached_ifaces()? {
         let ours = identity.is_some() && read_state(&id).is_some_and(|s| s.config == identity);
         if ours && !plans.iter().any(|p| p.id == id) {
-            forget(&id)?;
+            forget_in(&mut session, &id)?;
             changes.push(Change {
                 iface: id.to_string(),
                 action: "detached",
@@ -288,53 +361,142 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
             });
         }
     }
+    free_unused_policies(&mut session)?;
     Ok(changes)
 }
 
-/// What to do with an interface that has a pin directory.
+/// Chooses a policy id for every rule set of this apply: the live policy
+/// with the same rules if there is one; else, when every interface using
+/// an existing policy moves to this rule set, that policy (a new generation
+/// switches them all at once, as before); else a free id. Then compiles
+/// each rule set once.
+fn plan_policies(
+    model: &Model,
+    plans: &[Plan<'_>],
+    wanted: &[(u64, Vec<IfaceId>)],
+    endpoints: &BTreeMap<IfaceId, sg_common::IfaceConfig>,
+    live: &BTreeMap<u32, sg_common::endpoint::PolicyState>,
+) -> Result<Vec<PolicyPlan>> {
+    let mut users: BTreeMap<u32, Vec<&IfaceId>> = BTreeMap::new();
+    for (id, cfg) in endpoints {
+        if cfg.policy != 0 {
+            users.entry(cfg.policy).or_default().push(id);
+        }
+    }
+    let mut claimed: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for (index, (rules, ifaces)) in wanted.iter().enumerate() {
+        let existing = live
+            .iter()
+            .find(|(id, p)| p.fingerprint == *rules && !claimed.contains(*id))
+            .map(|(id, _)| *id);
+        let (id, install) = match existing {
+            Some(id) => (id, false),
+            None => {
+                // An existing policy all of whose users move here.
+                let reusable = ifaces.iter().find_map(|iface| {
+                    let id = endpoints.get(iface)?.policy;
+                    (id != 0
+                        && !claimed.contains(&id)
+                        && live.contains_key(&id)
+                        && users
+                            .get(&id)
+                            .is_some_and(|u| u.iter().all(|user| ifaces.contains(user))))
+                    .then_some(id)
+                });
+                match reusable {
+                    Some(id) => (id, true),
+                    None => {
+                        let free = (1..sg_common::endpoint::MAX_POLICIES)
+                            .find(|i| {
+                                !live.contains_key(i)
+                                    && !users.contains_key(i)
+                                    && !claimed.contains(i)
+                            })
+                            .context("every policy slot of the data plane is in use")?;
+                        (free, true)
+                    }
+                }
+            }
+        };
+        claimed.insert(id);
+        let generation = match live.get(&id) {
+            Some(p) if install => {
+                if p.generation >= (1 << 31) - 1 {
+                    1
+                } else {
+                    p.generation + 1
+                }
+            }
+            Some(p) => p.generation,
+            None => 1,
+        };
+        let first = plans
+            .iter()
+            .find(|p| p.policy == index)
+            .expect("every rule set comes from a plan");
+        out.push(PolicyPlan {
+            fingerprint: *rules,
+            id,
+            compiled: compile::compile_iface(model, first.iface, generation),
+            install,
+        });
+    }
+    Ok(out)
+}
+
+/// Frees the policies no endpoint uses any more.
+fn free_unused_policies(session: &mut Session) -> Result<()> {
+    let used: std::collections::BTreeSet<u32> = session
+        .dp
+        .maps
+        .endpoints()?
+        .into_iter()
+        .map(|(_, cfg)| cfg.policy)
+        .collect();
+    for (id, _) in session.dp.maps.policies()? {
+        if !used.contains(&id) {
+            session.dp.maps.select(id, None);
+            session.dp.maps.free_policy()?;
+        }
+    }
+    Ok(())
+}
+
+/// What to do with an interface that has an endpoint.
 fn step_for_attached(
     id: &IfaceId,
     iface: &Interface,
     state: Option<&IfaceState>,
-    policy_hash: u64,
+    cfg: &sg_common::IfaceConfig,
+    policy_live: bool,
+    timeouts_s: &[u64; sg_common::conntrack::TIMEOUT_SLOTS],
     opts: &ApplyOptions,
-) -> Result<Step> {
+) -> Step {
     let Some(state) = state.filter(|s| s.side == side_name(iface.side)) else {
-        return Ok(Step::Reattach {
+        return Step::Reattach {
             action: "reattached",
             why: "attached by `sgctl attach` or for the other side".into(),
-        });
+        };
     };
     let drifted = drift::check(id, Some(state));
     if !drifted.is_empty() {
         let why: Vec<String> = drifted.iter().map(ToString::to_string).collect();
-        return Ok(Step::Reattach {
+        return Step::Reattach {
             action: "repaired",
             why: why.join("; "),
-        });
+        };
     }
-    // The kernel's live generation, not only the state file's: a state file
-    // written by an apply that died before installing says nothing.
-    let live = PolicyMaps::from_pins(&id.dir())
-        .and_then(|m| m.config())
-        .with_context(|| {
-            format!(
-                "{id}: reading its pinned policy (try `{}` and apply again)",
-                id.detach_command()
-            )
-        })?;
-    let enforcing = live.flags & sg_common::policy::CONFIG_ENFORCE != 0;
-    Ok(
-        if !opts.revoke
-            && enforcing
-            && live.generation == state.generation
-            && state.policy_hash == policy_hash
-        {
-            Step::Unchanged
-        } else {
-            Step::Update
-        },
-    )
+    // The kernel's endpoint and policy, not only the state file: a state
+    // file written by an apply that died before changing the kernel says
+    // nothing.
+    let enforcing = cfg.flags & sg_common::policy::CONFIG_ENFORCE != 0;
+    let same_settings = cfg.timeouts_ns == crate::policy_maps::timeouts_ns(*timeouts_s);
+    if !opts.revoke && enforcing && policy_live && same_settings {
+        Step::Unchanged
+    } else {
+        Step::Update
+    }
 }
 
 /// The error when no interface of the config exists here.
@@ -366,21 +528,23 @@ fn none_present(model: &Model, plans: &[Plan<'_>]) -> String {
 fn carry_out(
     model: &Model,
     plan: &Plan<'_>,
+    policy: &PolicyPlan,
+    session: &mut Session,
     identity: Option<&Path>,
     opts: &ApplyOptions,
 ) -> Result<Change> {
     let mut change = Change {
         iface: plan.id.to_string(),
         action: "updated",
-        generation: plan.policy.generation,
+        generation: policy.compiled.generation,
         revoked: 0,
         detail: None,
     };
     match &plan.step {
         Step::Absent => {
-            // A deleted interface takes its links with it; drop the pins.
-            if plan.id.dir().exists() {
-                forget(&plan.id)?;
+            // A deleted interface takes its links with it; drop the rest.
+            if session.dp.endpoint_of(&plan.id)?.is_some() || plan.id.dir().exists() {
+                forget_in(session, &plan.id)?;
             }
             change.action = "absent";
             change.generation = 0;
@@ -388,19 +552,22 @@ fn carry_out(
         }
         Step::Unchanged => {
             change.action = "unchanged";
-            change.generation = read_state(&plan.id).map_or(0, |s| s.generation);
+            if read_state(&plan.id).is_none_or(|s| s.generation != policy.compiled.generation) {
+                // Another interface's apply switched the shared policy.
+                write_state(&plan.id, &new_state(model, plan, policy, identity))?;
+            }
             return Ok(change);
         }
         _ => {}
     }
     let previous = std::fs::read(state_path(&plan.id)).ok();
-    write_state(&plan.id, &new_state(model, plan, identity))
+    write_state(&plan.id, &new_state(model, plan, policy, identity))
         .with_context(|| format!("{}: nothing was changed for this interface", plan.id))?;
-    let changed = change_kernel(plan, opts, &mut change);
+    let changed = change_kernel(plan, policy, session, opts, &mut change);
     if let Err(e) = changed {
         match plan.step {
-            // The old attachment is gone (or there was none): forget it.
-            Step::Attach | Step::Reattach { .. } => remove_state(&plan.id),
+            // There was no attachment: forget it.
+            Step::Attach => remove_state(&plan.id),
             _ => restore_state(&plan.id, previous.as_deref()),
         }
         return Err(e);
@@ -408,53 +575,75 @@ fn carry_out(
     Ok(change)
 }
 
-fn change_kernel(plan: &Plan<'_>, opts: &ApplyOptions, change: &mut Change) -> Result<()> {
+fn change_kernel(
+    plan: &Plan<'_>,
+    policy: &PolicyPlan,
+    session: &mut Session,
+    opts: &ApplyOptions,
+    change: &mut Change,
+) -> Result<()> {
+    let attach = AttachOptions {
+        side: plan.iface.side,
+        ..opts.attach
+    };
+    let initial = InitialPolicy::Enforce {
+        policy: policy.id,
+        timeouts_s: plan.timeouts_s,
+    };
     match &plan.step {
+        Step::Attach => {
+            change.action = "attached";
+            loader::attach_in(session, &plan.id, &attach, initial)
+                .with_context(|| format!("attaching {}", plan.id))?;
+        }
+        Step::Upgrade { legacy_dir } => {
+            change.action = "upgraded";
+            change.detail = Some(format!(
+                "moved from its own programs and maps ({}) to the host's data plane",
+                legacy_dir.display()
+            ));
+            loader::upgrade_legacy(session, &plan.id, legacy_dir, &attach, initial)
+                .with_context(|| format!("moving {} to the host's data plane", plan.id))?;
+        }
+        Step::Reattach { action, why } => {
+            if why.contains("pinned maps missing") {
+                crate::dataplane::DataPlane::repin_maps(
+                    &crate::policy_maps::POLICY_MAPS
+                        .iter()
+                        .chain(loader::STATE_MAPS.iter())
+                        .copied()
+                        .collect::<Vec<_>>(),
+                )?;
+            }
+            change.action = action;
+            change.detail = Some(why.clone());
+            loader::ensure_in(session, &plan.id, &attach, initial)
+                .with_context(|| format!("repairing {}", plan.id))?;
+        }
         Step::Update => {
-            let mut maps = PolicyMaps::from_pins(&plan.id.dir())?;
-            maps.install(&plan.policy, plan.timeouts_s)?;
+            loader::ensure_in(session, &plan.id, &attach, initial)
+                .with_context(|| format!("updating {}", plan.id))?;
             // A good moment to reclaim what idled out (the data path already
             // ignores it; this frees room in the table).
-            let cfg = maps.config()?;
+            let (cfg, _) = loader::settings(&plan.id)?;
             conntrack::reclaim_expired(&plan.id, &cfg)
                 .with_context(|| format!("{}: reclaiming expired connections", plan.id))?;
             if opts.revoke {
-                change.revoked = conntrack::revoke(&plan.id, &cfg, &plan.policy)
+                change.revoked = conntrack::revoke(&plan.id, &cfg, &policy.compiled)
                     .with_context(|| format!("{}: revoking flows", plan.id))?;
             }
-        }
-        Step::Attach | Step::Reattach { .. } => {
-            if let Step::Reattach { action, why } = &plan.step {
-                // The programs must be loaded anew; what is left goes first.
-                match loader::detach(&plan.id) {
-                    Ok(()) | Err(loader::LoaderError::NotAttached { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                change.action = action;
-                change.detail = Some(why.clone());
-            } else {
-                change.action = "attached";
-            }
-            let attach = AttachOptions {
-                side: plan.iface.side,
-                ..opts.attach
-            };
-            loader::attach(
-                &plan.id,
-                &attach,
-                InitialPolicy::Enforce {
-                    policy: &plan.policy,
-                    timeouts_s: plan.timeouts_s,
-                },
-            )
-            .with_context(|| format!("attaching {}", plan.id))?;
         }
         Step::Absent | Step::Unchanged => unreachable!("handled by the caller"),
     }
     Ok(())
 }
 
-fn new_state(model: &Model, plan: &Plan<'_>, identity: Option<&Path>) -> IfaceState {
+fn new_state(
+    model: &Model,
+    plan: &Plan<'_>,
+    policy: &PolicyPlan,
+    identity: Option<&Path>,
+) -> IfaceState {
     let rules = model
         .rules_for(plan.iface, crate::model::Direction::Ingress)
         .chain(model.rules_for(plan.iface, crate::model::Direction::Egress))
@@ -470,7 +659,7 @@ fn new_state(model: &Model, plan: &Plan<'_>, identity: Option<&Path>) -> IfaceSt
     IfaceState {
         side: side_name(plan.iface.side).into(),
         groups: plan.iface.groups.clone(),
-        generation: plan.policy.generation,
+        generation: policy.compiled.generation,
         config: identity.map(Path::to_path_buf),
         ifindex: plan.ifindex,
         policy_hash: plan.policy_hash,
@@ -494,11 +683,34 @@ pub fn detach(id: &IfaceId) -> Result<()> {
 /// # Errors
 /// The detach failed (not attached, pins unreadable).
 pub fn detach_locked(id: &IfaceId, _held: &StateLock) -> Result<()> {
-    forget(id)
+    loader::detach(id)?;
+    remove_state(id);
+    if let Some(mut dp) = crate::dataplane::DataPlane::open()? {
+        let used: std::collections::BTreeSet<u32> = dp
+            .maps
+            .endpoints()?
+            .into_iter()
+            .map(|(_, cfg)| cfg.policy)
+            .collect();
+        for (pid, _) in dp.maps.policies()? {
+            if !used.contains(&pid) {
+                dp.maps.select(pid, None);
+                dp.maps.free_policy()?;
+            }
+        }
+    }
+    Ok(())
 }
 
-fn forget(id: &IfaceId) -> Result<()> {
-    loader::detach(id)?;
+fn forget_in(session: &mut Session, id: &IfaceId) -> Result<()> {
+    let legacy = id.legacy_dir();
+    if legacy.exists() {
+        pins::remove_legacy_dir(&legacy)?;
+    }
+    match loader::detach_in(session, id) {
+        Ok(()) | Err(loader::LoaderError::NotAttached { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
     remove_state(id);
     Ok(())
 }

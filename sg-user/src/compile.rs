@@ -121,6 +121,8 @@ pub fn compile(generation: u32, inbound: &[Rule], outbound: &[Rule]) -> Compiled
                 IpNet::V4(net) => out.addr_v4.push((
                     GEN_DIR_BITS + net.prefix_len() as u32,
                     AddrKeyV4 {
+                        // Stamped with the policy id when installed.
+                        policy: [0; 4],
                         gen_dir: gd,
                         addr: net.network().octets(),
                     },
@@ -129,6 +131,7 @@ pub fn compile(generation: u32, inbound: &[Rule], outbound: &[Rule]) -> Compiled
                 IpNet::V6(net) => out.addr_v6.push((
                     GEN_DIR_BITS + net.prefix_len() as u32,
                     AddrKeyV6 {
+                        policy: [0; 4],
                         gen_dir: gd,
                         addr: net.network().octets(),
                     },
@@ -185,6 +188,7 @@ fn hit_value(set: &[&Rule], proto: Option<u8>) -> PolicyHit {
 
 fn port_key(gd: [u8; 4], class: ClassId, proto: u8, port: u16) -> PortKey {
     PortKey {
+        policy: [0; 4],
         gen_dir: gd,
         class: class.to_be_bytes(),
         proto,

@@ -1,18 +1,25 @@
-//! The connection tables of attached interfaces, from their pins: list,
-//! flush, reclaim expired entries, revoke flows a new policy no longer allows.
+//! The connection tables of attached interfaces: the host-wide tables of
+//! the data plane, whose keys start with the endpoint id. List, flush,
+//! reclaim expired entries, revoke flows a new policy no longer allows.
+//!
+//! Entries removed here are counted in the endpoint's user slot of
+//! `SG_CT_COUNT` (the data path adds and its own reclaim subtracts in the
+//! kernel slot; see `sg_common::endpoint`), so the per-interface limit keeps
+//! counting what is really in the table.
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{Array, HashMap, Map, MapData, MapError};
 use sg_common::{
     Direction, IfaceConfig,
     conntrack::{CtEntry, CtKeyV4, CtKeyV6, CtState},
+    endpoint::{CT_COUNT_KERNEL, CT_COUNT_USER, ct_count_index},
     names,
 };
 
 use crate::{
     compile::{self, CompiledPolicy},
-    pins::IfaceId,
+    pins::{self, IfaceId},
 };
 
 /// One tracked flow, for display.
@@ -53,17 +60,27 @@ pub fn monotonic_ns() -> u64 {
 
 type Table<K> = HashMap<MapData, K, CtEntry>;
 
-fn open<K: aya::Pod>(iface: &IfaceId, name: &str) -> Result<Table<K>, MapError> {
-    let data = MapData::from_pin(iface.dir().join(name))?;
+fn open<K: aya::Pod>(name: &str) -> Result<Table<K>, MapError> {
+    let data = MapData::from_pin(Path::new(pins::MAPS_DIR).join(name))?;
     HashMap::try_from(Map::HashMap(data))
+}
+
+fn open_count() -> Result<Array<MapData, u64>, MapError> {
+    let data = MapData::from_pin(Path::new(pins::MAPS_DIR).join(names::MAP_CT_COUNT))?;
+    Array::try_from(Map::Array(data))
 }
 
 /// The parts of a conntrack key that `Flow` shows.
 trait CtKey: aya::Pod {
     fn endpoints(&self) -> (IpAddr, IpAddr, [u8; 2], [u8; 2], u8);
+    fn endpoint(&self) -> u32;
 }
 
 impl CtKey for CtKeyV4 {
+    fn endpoint(&self) -> u32 {
+        self.endpoint
+    }
+
     fn endpoints(&self) -> (IpAddr, IpAddr, [u8; 2], [u8; 2], u8) {
         (
             self.local.into(),
@@ -76,6 +93,10 @@ impl CtKey for CtKeyV4 {
 }
 
 impl CtKey for CtKeyV6 {
+    fn endpoint(&self) -> u32 {
+        self.endpoint
+    }
+
     fn endpoints(&self) -> (IpAddr, IpAddr, [u8; 2], [u8; 2], u8) {
         (
             self.local.into(),
@@ -116,33 +137,39 @@ fn flow(key: &impl CtKey, e: &CtEntry, now: u64, cfg: &IfaceConfig) -> Flow {
     }
 }
 
-/// Every entry of one table, expired ones included, with its key.
+/// Every entry of endpoint `cfg.endpoint` in one table, expired ones
+/// included, with its key.
 fn entries<K: CtKey>(table: &Table<K>, cfg: &IfaceConfig) -> Result<Vec<(K, Flow)>, MapError> {
     let now = monotonic_ns();
-    table
-        .iter()
-        .map(|item| item.map(|(k, e)| (k, flow(&k, &e, now, cfg))))
-        .collect()
+    let mut out = Vec::new();
+    for item in table.iter() {
+        let (k, e) = item?;
+        if k.endpoint() == cfg.endpoint {
+            out.push((k, flow(&k, &e, now, cfg)));
+        }
+    }
+    Ok(out)
 }
 
-/// Both tables of an interface.
+/// Both host-wide tables.
 struct Tables {
     v4: Table<CtKeyV4>,
     v6: Table<CtKeyV6>,
 }
 
 impl Tables {
-    fn open(iface: &IfaceId) -> Result<Tables, MapError> {
+    fn open() -> Result<Tables, MapError> {
         Ok(Tables {
-            v4: open(iface, names::MAP_CT_V4)?,
-            v6: open(iface, names::MAP_CT_V6)?,
+            v4: open(names::MAP_CT_V4)?,
+            v6: open(names::MAP_CT_V6)?,
         })
     }
 }
 
-/// Every entry of an interface, expired ones not yet reclaimed included.
-pub fn list_all(iface: &IfaceId, cfg: &IfaceConfig) -> Result<Vec<Flow>, MapError> {
-    let t = Tables::open(iface)?;
+/// Every entry of an interface (settings `cfg`, from its endpoint),
+/// expired ones not yet reclaimed included.
+pub fn list_all(_iface: &IfaceId, cfg: &IfaceConfig) -> Result<Vec<Flow>, MapError> {
+    let t = Tables::open()?;
     let v4 = entries(&t.v4, cfg)?.into_iter().map(|(_, f)| f);
     let v6 = entries(&t.v6, cfg)?.into_iter().map(|(_, f)| f);
     Ok(v4.chain(v6).collect())
@@ -150,28 +177,58 @@ pub fn list_all(iface: &IfaceId, cfg: &IfaceConfig) -> Result<Vec<Flow>, MapErro
 
 /// Live flows of an interface (expired entries not yet reclaimed are hidden).
 pub fn list(iface: &IfaceId, cfg: &IfaceConfig) -> Result<Vec<Flow>, MapError> {
-    let t = Tables::open(iface)?;
-    let v4 = entries(&t.v4, cfg)?.into_iter().map(|(_, f)| f);
-    let v6 = entries(&t.v6, cfg)?.into_iter().map(|(_, f)| f);
-    Ok(v4.chain(v6).filter(|f| !f.expired).collect())
+    Ok(list_all(iface, cfg)?
+        .into_iter()
+        .filter(|f| !f.expired)
+        .collect())
 }
 
-/// Entries in use (live or not yet reclaimed) and the capacity of each table.
-pub fn usage(iface: &IfaceId) -> Result<(usize, u32), MapError> {
-    let capacity = MapData::from_pin(iface.dir().join(names::MAP_CT_V4))?
+/// Entries endpoint `endpoint` holds (live or not yet reclaimed), and its
+/// limit (the capacity of the host-wide table when it has none).
+pub fn usage(cfg: &IfaceConfig) -> Result<(usize, u32), MapError> {
+    let capacity = MapData::from_pin(Path::new(pins::MAPS_DIR).join(names::MAP_CT_V4))?
         .info()?
         .max_entries();
-    let t = Tables::open(iface)?;
-    Ok((t.v4.keys().count() + t.v6.keys().count(), capacity))
+    let limit = if cfg.ct_limit == 0 {
+        capacity
+    } else {
+        cfg.ct_limit.min(capacity)
+    };
+    Ok((in_use(cfg.endpoint)? as usize, limit))
+}
+
+/// Entries of `endpoint` by the counts the data path keeps.
+pub fn in_use(endpoint: u32) -> Result<u64, MapError> {
+    let counts = open_count()?;
+    let kernel = counts.get(&ct_count_index(endpoint, CT_COUNT_KERNEL), 0)?;
+    let user = counts.get(&ct_count_index(endpoint, CT_COUNT_USER), 0)?;
+    Ok(kernel.wrapping_sub(user))
+}
+
+/// Records that user space removed `n` entries of `endpoint`.
+fn add_user_count(endpoint: u32, n: u64) -> Result<(), MapError> {
+    if n == 0 {
+        return Ok(());
+    }
+    let mut counts = open_count()?;
+    let index = ct_count_index(endpoint, CT_COUNT_USER);
+    let user = counts.get(&index, 0)?;
+    counts.set(index, user.wrapping_add(n), 0)
+}
+
+/// Adds entries user space put into the tables (an upgrade copying legacy
+/// entries) to `endpoint`'s count. Only while its interface is not yet
+/// linked (the data path does not write the slot meanwhile).
+pub fn add_kernel_count(endpoint: u32, n: u64) -> Result<(), MapError> {
+    let mut counts = open_count()?;
+    let index = ct_count_index(endpoint, CT_COUNT_KERNEL);
+    let kernel = counts.get(&index, 0)?;
+    counts.set(index, kernel.wrapping_add(n), 0)
 }
 
 /// Removes the entries `doomed` selects; returns how many.
-fn remove_where(
-    iface: &IfaceId,
-    cfg: &IfaceConfig,
-    doomed: impl Fn(&Flow) -> bool,
-) -> Result<usize, MapError> {
-    let mut t = Tables::open(iface)?;
+fn remove_where(cfg: &IfaceConfig, doomed: impl Fn(&Flow) -> bool) -> Result<usize, MapError> {
+    let mut t = Tables::open()?;
     let mut n = 0;
     // An entry already gone (the data path may replace it) is not an error.
     for (k, _) in entries(&t.v4, cfg)?.iter().filter(|(_, f)| doomed(f)) {
@@ -180,18 +237,64 @@ fn remove_where(
     for (k, _) in entries(&t.v6, cfg)?.iter().filter(|(_, f)| doomed(f)) {
         n += usize::from(t.v6.remove(k).is_ok());
     }
+    add_user_count(cfg.endpoint, n as u64)?;
     Ok(n)
 }
 
-/// Deletes every entry.
-pub fn flush(iface: &IfaceId, cfg: &IfaceConfig) -> Result<usize, MapError> {
-    remove_where(iface, cfg, |_| true)
+/// Deletes every entry of an interface.
+pub fn flush(_iface: &IfaceId, cfg: &IfaceConfig) -> Result<usize, MapError> {
+    remove_where(cfg, |_| true)
 }
 
-/// Reclaims entries idle past their timeout (the data path already treats
-/// them as absent).
-pub fn reclaim_expired(iface: &IfaceId, cfg: &IfaceConfig) -> Result<usize, MapError> {
-    remove_where(iface, cfg, |f| f.expired)
+/// Reclaims an interface's entries idle past their timeout (the data path
+/// already treats them as absent).
+pub fn reclaim_expired(_iface: &IfaceId, cfg: &IfaceConfig) -> Result<usize, MapError> {
+    remove_where(cfg, |f| f.expired)
+}
+
+/// Deletes every entry of endpoint id `endpoint` (its interface is gone or
+/// being registered anew) and zeroes its counts. Nothing to do before the
+/// data plane exists.
+pub fn remove_endpoint_flows(endpoint: u32) -> Result<usize, MapError> {
+    let Ok(mut t) = Tables::open() else {
+        return Ok(0);
+    };
+    let mut n = 0;
+    let v4: Vec<CtKeyV4> =
+        t.v4.keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.endpoint == endpoint)
+            .collect();
+    for k in v4 {
+        n += usize::from(t.v4.remove(&k).is_ok());
+    }
+    let v6: Vec<CtKeyV6> =
+        t.v6.keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.endpoint == endpoint)
+            .collect();
+    for k in v6 {
+        n += usize::from(t.v6.remove(&k).is_ok());
+    }
+    let mut counts = open_count()?;
+    for slot in [CT_COUNT_KERNEL, CT_COUNT_USER] {
+        counts.set(ct_count_index(endpoint, slot), 0, 0)?;
+    }
+    Ok(n)
+}
+
+/// Entries per endpoint id across both tables (one walk; for metrics and
+/// status of many interfaces).
+pub fn entries_by_endpoint() -> Result<BTreeMap<u32, usize>, MapError> {
+    let t = Tables::open()?;
+    let mut out = BTreeMap::new();
+    for k in t.v4.keys() {
+        *out.entry(k?.endpoint).or_default() += 1;
+    }
+    for k in t.v6.keys() {
+        *out.entry(k?.endpoint).or_default() += 1;
+    }
+    Ok(out)
 }
 
 /// The policy "port" of a flow's opening packet: destination port, or the
@@ -210,11 +313,11 @@ fn opening_port(f: &Flow) -> u16 {
 /// `--revoke`: deletes tracked flows whose opening packet `policy` would no
 /// longer allow (OpenStack Neutron's behaviour; AWS keeps them).
 pub fn revoke(
-    iface: &IfaceId,
+    _iface: &IfaceId,
     cfg: &IfaceConfig,
     policy: &CompiledPolicy,
 ) -> Result<usize, MapError> {
-    remove_where(iface, cfg, |f| {
+    remove_where(cfg, |f| {
         let direction = if f.opened == "inbound" {
             Direction::Inbound
         } else {

@@ -411,9 +411,9 @@ impl Daemon {
             Err(e) => return warn!("conntrack gc skipped: {e:#}"),
         };
         for id in self.attached() {
-            let reclaimed = crate::policy_maps::PolicyMaps::from_pins(&id.dir())
+            let reclaimed = crate::loader::settings(&id)
                 .map_err(anyhow::Error::from)
-                .and_then(|m| Ok(crate::conntrack::reclaim_expired(&id, &m.config()?)?));
+                .and_then(|(cfg, _)| Ok(crate::conntrack::reclaim_expired(&id, &cfg)?));
             match reclaimed {
                 Ok(0) => {}
                 Ok(n) => info!(iface = %id, reclaimed = n, "expired connections reclaimed"),

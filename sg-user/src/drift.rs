@@ -9,7 +9,6 @@ use std::path::Path;
 use crate::{
     apply::IfaceState,
     loader::STATE_MAPS,
-    netns::{NETNS_RUN_DIR, in_netns},
     pins::{self, IfaceId},
     policy_maps::POLICY_MAPS,
 };
@@ -30,6 +29,9 @@ pub enum Drift {
     HookMissing { direction: &'static str },
     /// Pinned maps are missing: sgctl cannot update or read the policy.
     PinsMissing { names: Vec<String> },
+    /// The data plane has no endpoint for the interface: its hooks drop
+    /// everything (fail closed).
+    EndpointMissing,
 }
 
 impl std::fmt::Display for Drift {
@@ -51,6 +53,10 @@ impl std::fmt::Display for Drift {
                 )
             }
             Drift::PinsMissing { names } => write!(f, "pinned maps missing: {}", names.join(", ")),
+            Drift::EndpointMissing => write!(
+                f,
+                "the data plane has no endpoint for it: its hooks drop all its traffic"
+            ),
         }
     }
 }
@@ -67,10 +73,9 @@ impl Drift {
 pub fn ifindex_of(id: &IfaceId) -> Option<u32> {
     let name = std::ffi::CString::new(id.iface.as_str()).ok()?;
     // SAFETY: a valid C string; if_nametoindex only reads it.
-    let index = in_netns(id.netns.as_deref(), || unsafe {
-        libc::if_nametoindex(name.as_ptr())
-    })
-    .ok()?;
+    let index =
+        crate::loader::in_iface_netns(id, || unsafe { libc::if_nametoindex(name.as_ptr()) })
+            .ok()?;
     (index != 0).then_some(index)
 }
 
@@ -78,9 +83,14 @@ pub fn ifindex_of(id: &IfaceId) -> Option<u32> {
 /// is intact. `state` is what `apply` recorded (none for `sgctl attach`).
 pub fn check(id: &IfaceId, state: Option<&IfaceState>) -> Vec<Drift> {
     if let Some(ns) = &id.netns
-        && !Path::new(NETNS_RUN_DIR).join(ns).exists()
+        && crate::pins::NsIdent::named(ns).ok() != Some(id.ns)
     {
         return vec![Drift::NamespaceGone { netns: ns.clone() }];
+    }
+    if id.netns.is_none() && id.netns_path().is_err() {
+        return vec![Drift::NamespaceGone {
+            netns: format!("netns:{}", id.ns.ino),
+        }];
     }
     let Some(ifindex) = ifindex_of(id) else {
         return vec![Drift::InterfaceGone];
@@ -99,7 +109,8 @@ pub fn check(id: &IfaceId, state: Option<&IfaceState>) -> Vec<Drift> {
     found
 }
 
-/// Hooks and maps missing from the interface's pin directory.
+/// Hooks missing from the interface's pin directory, maps missing from the
+/// data plane, and a missing endpoint.
 pub fn missing_pins(id: &IfaceId) -> Vec<Drift> {
     let names: Vec<String> = std::fs::read_dir(id.dir())
         .into_iter()
@@ -117,11 +128,13 @@ pub fn missing_pins(id: &IfaceId) -> Vec<Drift> {
     let maps: Vec<String> = POLICY_MAPS
         .iter()
         .chain(STATE_MAPS.iter())
-        .filter(|m| !names.iter().any(|n| n == *m))
+        .filter(|m| !Path::new(pins::MAPS_DIR).join(m).exists())
         .map(|m| m.to_string())
         .collect();
     if !maps.is_empty() {
         found.push(Drift::PinsMissing { names: maps });
+    } else if crate::loader::endpoint(id).is_err() {
+        found.push(Drift::EndpointMissing);
     }
     found
 }

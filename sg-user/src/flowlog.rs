@@ -5,8 +5,10 @@
 //!
 //! Records are aggregated per flow and direction over a capture window from
 //! two sources: kernel events (new untracked flows' packets, drops) read from
-//! each interface's `SG_EVENTS` ring buffer, and the growth of tracked flows'
-//! counters in the connection table. When the kernel could not report some
+//! the data plane's `SG_EVENTS` ring buffer (one per host; each event names
+//! its endpoint), and the growth of tracked flows' counters in the
+//! connection table. One reader per host: two collectors at once (the
+//! daemon and `sgctl flows`) would share the events between them. When the kernel could not report some
 //! events (rate limit, full buffer), that interface's records of the window
 //! say `SKIPDATA`; an interface with no traffic gets one `NODATA` record.
 
@@ -22,7 +24,7 @@ use anyhow::{Context, Result};
 use aya::maps::{Map, MapData, RingBuf};
 use sg_common::{Direction, Reason, events::FlowEvent, names};
 
-use crate::{conntrack, pins::IfaceId, policy_maps::PolicyMaps};
+use crate::{conntrack, pins::IfaceId};
 
 /// The field names of the version 2 format, in order.
 pub const V2_FIELDS: [&str; 14] = [
@@ -131,7 +133,8 @@ struct Agg {
 /// Collects one interface's events and conntrack growth.
 struct Source {
     id: IfaceId,
-    ring: RingBuf<MapData>,
+    /// Its endpoint id (events carry it).
+    endpoint: u32,
     /// The kernel's count of unreported events at the last window.
     lost_seen: u64,
     /// Counters of tracked flows at the last window: (key, direction) → (packets, bytes).
@@ -141,6 +144,7 @@ struct Source {
 
 /// Reads flow events of attached interfaces and turns them into records.
 pub struct Collector {
+    ring: RingBuf<MapData>,
     sources: Vec<Source>,
     pub account_id: String,
     window_start: u64,
@@ -175,16 +179,20 @@ impl Collector {
     /// As [`Collector::open`].
     pub fn open_since(ifaces: &[IfaceId], account_id: &str, since_ns: u64) -> Result<Collector> {
         let mut sources = Vec::new();
+        let path = std::path::Path::new(crate::pins::MAPS_DIR).join(names::MAP_EVENTS);
+        let ring = MapData::from_pin(&path).with_context(|| {
+            format!(
+                "no event ring buffer pinned at {}; is anything attached (`sgctl status`)?",
+                path.display()
+            )
+        })?;
+        let ring = RingBuf::try_from(Map::RingBuf(ring))?;
         for id in ifaces {
-            let dir = id.dir();
-            let ring = MapData::from_pin(dir.join(names::MAP_EVENTS)).with_context(|| {
-                format!("{id}: no event ring buffer pinned; attach it again with this sgctl")
-            })?;
-            let ring = RingBuf::try_from(Map::RingBuf(ring))?;
+            let (_, ep) = crate::loader::endpoint(id)?;
             let lost_seen = crate::loader::read_events_lost(id)?;
             let mut source = Source {
                 id: id.clone(),
-                ring,
+                endpoint: ep.cfg.endpoint,
                 lost_seen,
                 ct_seen: HashMap::new(),
                 window: BTreeMap::new(),
@@ -195,6 +203,7 @@ impl Collector {
             sources.push(source);
         }
         Ok(Collector {
+            ring,
             sources,
             account_id: account_id.to_string(),
             window_start: unix_now(),
@@ -205,18 +214,23 @@ impl Collector {
 
     /// File descriptors to wait on (readable when events are pending).
     pub fn fds(&self) -> Vec<RawFd> {
-        self.sources.iter().map(|s| s.ring.as_raw_fd()).collect()
+        vec![self.ring.as_raw_fd()]
     }
 
-    /// Moves every pending event into the current window.
+    /// Moves every pending event into the current window (events of
+    /// interfaces this collector does not follow are dropped).
     pub fn drain(&mut self) {
-        for s in &mut self.sources {
-            while let Some(item) = s.ring.next() {
-                if item.len() < std::mem::size_of::<FlowEvent>() {
-                    continue;
-                }
-                // SAFETY: the kernel wrote a FlowEvent; read unaligned.
-                let e: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        while let Some(item) = self.ring.next() {
+            if item.len() < std::mem::size_of::<FlowEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a FlowEvent; read unaligned.
+            let e: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            drop(item);
+            let Some(s) = self.sources.iter_mut().find(|s| s.endpoint == e.endpoint) else {
+                continue;
+            };
+            {
                 if e.ts_ns < self.since_ns {
                     self.skipped_stale += 1;
                     continue;
@@ -303,7 +317,7 @@ impl Collector {
 impl Source {
     /// Adds the growth of tracked flows' counters since the last call.
     fn ct_growth(&mut self) {
-        let Ok(cfg) = PolicyMaps::from_pins(&self.id.dir()).and_then(|m| m.config()) else {
+        let Ok((cfg, _)) = crate::loader::settings(&self.id) else {
             return;
         };
         let Ok(flows) = conntrack::list_all(&self.id, &cfg) else {

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod compile;
 pub mod conntrack;
 pub mod daemon;
+pub mod dataplane;
 pub mod demo;
 pub mod discover;
 pub mod drift;

@@ -1,9 +1,9 @@
-//! Loads the kernel programs, attaches them to an interface, pins links and
-//! maps under [`crate::pins::ROOT`], and detaches them again.
-//!
-//! Every interface gets its own instance of the programs and maps: counters,
-//! (later) policy and connection table are per interface by construction,
-//! and one interface's update never touches another's.
+//! Attaches the host's data plane ([`crate::dataplane`]) to an interface:
+//! registers its endpoint (settings and policy) first, then links the shared
+//! programs to it and pins the links under [`crate::pins::IfaceId::dir`];
+//! detaches it again. Also moves interfaces attached in the legacy layout
+//! (their own programs and maps) to the shared data plane without opening
+//! traffic ([`upgrade_legacy`]).
 
 use std::{
     collections::BTreeMap,
@@ -12,23 +12,32 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Map, MapData, PerCpuArray},
+    maps::{HashMap as BpfHashMap, Map, MapData},
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
     },
 };
-use sg_common::{Counter, Direction, Reason, counter_index, names};
+use sg_common::{
+    Counter, IfaceConfig,
+    conntrack::{CtEntry, CtKeyV4, CtKeyV6, DEFAULT_TIMEOUTS_S},
+    endpoint::EndpointKey,
+    events::DEFAULT_EVENTS_PER_SEC,
+    names,
+    policy::{CONFIG_ENFORCE, CONFIG_SIDE_PEER, CONFIG_XDP_ALIAS},
+};
 use thiserror::Error;
 
+pub use crate::dataplane::CounterTable;
 pub use crate::model::Side;
 use crate::{
-    compile::CompiledPolicy,
+    dataplane::{self, DataPlane, DataPlaneError, LoadOptions, Session, padded},
     ifinfo,
-    netns::{NetnsError, in_netns},
+    netns::NetnsError,
     pins::{self, IfaceId},
-    policy_maps::{PolicyMapError, PolicyMaps},
+    policy_maps::{PolicyMapError, timeouts_ns},
 };
 
 /// The compiled kernel programs, embedded at build time.
@@ -90,24 +99,26 @@ pub enum BpfLog {
     Trace,
 }
 
-impl BpfLog {
-    /// The value of aya-log's `AYA_LOG_LEVEL` global (0 disables everything).
-    fn level(self) -> u8 {
-        self as u8
-    }
-}
-
 #[derive(Clone, Copy, Debug)]
 pub struct AttachOptions {
     pub side: Side,
     pub ingress_hook: IngressHook,
+    /// Kernel-side log level; takes effect when the data plane is first
+    /// loaded on the host.
     pub bpf_log: BpfLog,
-    /// Capacity of each connection table (IPv4 and IPv6).
+    /// Capacity of each host-wide connection table (IPv4 and IPv6), fixed
+    /// when the data plane is first loaded; also the interface's own limit
+    /// when that is larger.
     pub conntrack_entries: u32,
+    /// Tracked connections this interface may hold (AWS's per-interface
+    /// allowance); its new flows beyond it are refused, others unaffected.
+    pub conntrack_per_iface: u32,
 }
 
-/// Default capacity of each connection table.
-pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 65536;
+/// Default capacity of each host-wide connection table.
+pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 262_144;
+/// Default connection limit of one interface.
+pub const DEFAULT_CONNTRACK_PER_IFACE: u32 = 65_536;
 
 impl Default for AttachOptions {
     fn default() -> Self {
@@ -116,17 +127,29 @@ impl Default for AttachOptions {
             ingress_hook: IngressHook::Auto,
             bpf_log: BpfLog::Off,
             conntrack_entries: DEFAULT_CONNTRACK_ENTRIES,
+            conntrack_per_iface: DEFAULT_CONNTRACK_PER_IFACE,
+        }
+    }
+}
+
+impl AttachOptions {
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            conntrack_entries: self.conntrack_entries,
+            bpf_log: self.bpf_log,
         }
     }
 }
 
 /// What an attachment enforces from its first packet.
-pub enum InitialPolicy<'a> {
+#[derive(Clone, Copy, Debug)]
+pub enum InitialPolicy {
     /// Count everything, pass everything.
     Observe,
-    /// Enforce this compiled policy (generation 1) with these idle timeouts (s).
+    /// Enforce the installed policy `policy` (a policy id of the data
+    /// plane) with these idle timeouts (s).
     Enforce {
-        policy: &'a CompiledPolicy,
+        policy: u32,
         timeouts_s: [u64; sg_common::conntrack::TIMEOUT_SLOTS],
     },
 }
@@ -137,10 +160,8 @@ pub enum LoaderError {
     AlreadyAttached { iface: IfaceId },
     #[error("{iface} is not attached; `sgctl status` lists attached interfaces")]
     NotAttached { iface: IfaceId },
-    #[error(
-        "loading the eBPF programs failed: {0}\nhint: are you root, and does the kernel have BPF and BTF (/sys/kernel/btf/vmlinux)?"
-    )]
-    Load(#[source] Box<aya::EbpfError>),
+    #[error(transparent)]
+    DataPlane(#[from] DataPlaneError),
     #[error("program `{name}` failed: {source}")]
     Program {
         name: &'static str,
@@ -181,56 +202,166 @@ fn link_pin_name(direction: &str, hook: AttachedHook) -> String {
     format!("{}{direction}-{}", pins::LINK_PREFIX, hook.name())
 }
 
-/// Loads a fresh instance of the programs, writes its initial policy, attaches
-/// it to `iface` (ingress and egress) and pins links and maps. The policy is
-/// in place before the first packet; on any failure nothing stays attached.
+/// Runs `f` in the namespace of `iface` (a named one, a process's, or ours).
+pub fn in_iface_netns<F, R>(iface: &IfaceId, f: F) -> Result<R, LoaderError>
+where
+    F: FnOnce() -> R + Send,
+    R: Send,
+{
+    if let Some(name) = &iface.netns {
+        return Ok(crate::netns::in_netns(Some(name), f)?);
+    }
+    match iface.netns_path()? {
+        None => Ok(f()),
+        Some(path) => Ok(crate::netns::in_netns_path(&path, f)?),
+    }
+}
+
+/// What the kernel calls the interface: its namespace's cookie, its index,
+/// and whether it is a physical NIC (native XDP on ingress).
+struct KernelIface {
+    key: EndpointKey,
+    physical: bool,
+}
+
+fn kernel_iface(iface: &IfaceId) -> Result<KernelIface, LoaderError> {
+    in_iface_netns(iface, || -> Result<KernelIface, LoaderError> {
+        let name = std::ffi::CString::new(iface.iface.as_str())
+            .map_err(|_| io::Error::other(format!("{iface}: interface name with NUL")))?;
+        // SAFETY: a valid C string; if_nametoindex only reads it.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{iface}: no such interface (`ip link` lists them)"),
+            )
+            .into());
+        }
+        let physical = ifinfo::driver_info(&iface.iface)
+            .map_err(|e| io::Error::new(e.kind(), format!("{iface}: {e}")))?
+            .is_some_and(|info| info.is_physical());
+        Ok(KernelIface {
+            key: EndpointKey {
+                netns_cookie: dataplane::netns_cookie()?,
+                ifindex,
+                _pad: 0,
+            },
+            physical,
+        })
+    })?
+}
+
+/// The settings of a new endpoint.
+fn endpoint_config(
+    iface: &IfaceId,
+    endpoint: u32,
+    opts: &AttachOptions,
+    initial: InitialPolicy,
+) -> IfaceConfig {
+    let side = if opts.side == Side::Peer {
+        CONFIG_SIDE_PEER
+    } else {
+        0
+    };
+    let mut cfg = match initial {
+        InitialPolicy::Observe => IfaceConfig::new(side, timeouts_ns(DEFAULT_TIMEOUTS_S), 0),
+        InitialPolicy::Enforce { policy, timeouts_s } => {
+            let mut cfg = IfaceConfig::new(
+                side | CONFIG_ENFORCE,
+                timeouts_ns(timeouts_s),
+                DEFAULT_EVENTS_PER_SEC,
+            );
+            cfg.policy = policy;
+            cfg
+        }
+    };
+    cfg.endpoint = endpoint;
+    cfg.ct_limit = opts.conntrack_per_iface.min(opts.conntrack_entries);
+    cfg.netns_dev = iface.ns.dev;
+    cfg.netns_ino = iface.ns.ino;
+    cfg.ifname = padded(&iface.iface);
+    if let Some(name) = &iface.netns {
+        cfg.netns_name = padded(name);
+    }
+    cfg
+}
+
+/// Attaches the data plane to `iface` (ingress and egress): loads the data
+/// plane if this host has none, registers the endpoint with its settings and
+/// policy, then links and pins. The policy is in place before the first
+/// packet; on any failure nothing stays attached.
 pub fn attach(
     iface: &IfaceId,
     opts: &AttachOptions,
-    initial: InitialPolicy<'_>,
+    initial: InitialPolicy,
 ) -> Result<Attached, LoaderError> {
-    pins::ensure_root()?;
+    let mut session = Session::open_or_load(&opts.load_options())?;
+    attach_in(&mut session, iface, opts, initial)
+}
+
+/// [`attach`] within a change session (many interfaces under one lock).
+pub fn attach_in(
+    session: &mut Session,
+    iface: &IfaceId,
+    opts: &AttachOptions,
+    initial: InitialPolicy,
+) -> Result<Attached, LoaderError> {
     let dir = iface.dir();
-    if dir.exists() {
+    if dir.exists() || session.dp.endpoint_of(iface)?.is_some() {
         return Err(LoaderError::AlreadyAttached {
             iface: iface.clone(),
         });
     }
-    let side_peer: u8 = (opts.side == Side::Peer).into();
-    let log_level = opts.bpf_log.level();
-    let mut ebpf = EbpfLoader::new()
-        .override_global(names::GLOBAL_SIDE_PEER, &side_peer, true)
-        .override_global(aya_log::LEVEL, &log_level, true)
-        .map_max_entries(names::MAP_CT_V4, opts.conntrack_entries)
-        .map_max_entries(names::MAP_CT_V6, opts.conntrack_entries)
-        .load(SG_OBJECT)
-        .map_err(|e| LoaderError::Load(Box::new(e)))?;
-    // Which ingress hook: decided before loading, so only the programs that
-    // will be attached go through the verifier (it dominates attach time).
-    let physical = in_netns(iface.netns.as_deref(), || ifinfo::driver_info(&iface.iface))?
-        .map_err(|e| LoaderError::Io(io::Error::new(e.kind(), format!("{iface}: {e}"))))?
-        .is_some_and(|info| info.is_physical());
-    let ingress = match (opts.ingress_hook, physical) {
-        (IngressHook::Auto, true) | (IngressHook::Xdp, _) | (IngressHook::XdpGeneric, _) => {
-            names::PROG_XDP_INGRESS
-        }
-        (IngressHook::Auto, false) | (IngressHook::Tc, _) => names::PROG_TC_INGRESS,
+    let kernel = kernel_iface(iface)?;
+    let mut opts = *opts;
+    let wants_xdp = match opts.ingress_hook {
+        IngressHook::Auto => kernel.physical,
+        IngressHook::Tc => false,
+        IngressHook::Xdp | IngressHook::XdpGeneric => true,
     };
-    crate::private_dir::create_subdir(&dir).map_err(io::Error::other)?;
-    // Programs first (they keep references to every map), then the maps
-    // (filled and pinned), then the attachment: the policy is in place
-    // before the first packet arrives. The policy maps stay open until the
-    // end, in case a fallback must load another program.
-    let result = load_programs(&mut ebpf, &[ingress, names::PROG_TC_EGRESS])
-        .and_then(|()| prepare_maps(&mut ebpf, &dir, initial))
-        .and_then(|maps| {
-            let hook = in_netns(iface.netns.as_deref(), || {
-                attach_here(&mut ebpf, iface, opts, physical, &dir)
-            })
-            .map_err(LoaderError::from)
-            .and_then(|r| r);
-            drop(maps);
-            hook
+    // XDP finds its endpoint by ifindex alone (see `XDP_ALIAS_COOKIE`).
+    if wants_xdp
+        && session
+            .dp
+            .maps
+            .xdp_alias_owner(kernel.key.ifindex)?
+            .is_some()
+    {
+        if opts.ingress_hook != IngressHook::Auto {
+            return Err(io::Error::other(format!(
+                "{iface}: XDP ingress is taken by another namespace's interface with index {}; \
+                 use `--ingress-hook tc`",
+                kernel.key.ifindex
+            ))
+            .into());
+        }
+        log::warn!(
+            "{iface}: another namespace's interface with the same index uses XDP; using TC ingress"
+        );
+        opts.ingress_hook = IngressHook::Tc;
+    }
+    let opts = &opts;
+    let endpoint = session.allocate_endpoint()?;
+    let mut cfg = endpoint_config(iface, endpoint, opts, initial);
+    if wants_xdp && opts.ingress_hook != IngressHook::Tc {
+        cfg.flags |= CONFIG_XDP_ALIAS;
+    }
+    let result = register(session, kernel.key, &cfg)
+        .and_then(|()| {
+            crate::private_dir::create_subdir(&dir).map_err(io::Error::other)?;
+            in_iface_netns(iface, || attach_here(iface, opts, kernel.physical, &dir))?
+        })
+        .and_then(|hook| {
+            if hook == AttachedHook::Tc && cfg.flags & CONFIG_XDP_ALIAS != 0 {
+                // Native XDP failed, TC took over: no alias needed.
+                session
+                    .dp
+                    .maps
+                    .remove_endpoint(&crate::policy_maps::xdp_alias(kernel.key.ifindex))?;
+                cfg.flags &= !CONFIG_XDP_ALIAS;
+                session.dp.maps.write_endpoint(kernel.key, &cfg)?;
+            }
+            Ok(hook)
         });
     match result {
         Ok(ingress_hook) => Ok(Attached {
@@ -239,101 +370,72 @@ pub fn attach(
             side: opts.side,
         }),
         Err(e) => {
-            // Removing the pins drops the links: nothing half-attached remains.
+            // Links first (removing the pins detaches), then the endpoint.
             let _ = pins::remove_iface_dir(iface);
+            let _ = session.dp.maps.remove_endpoint(&kernel.key);
+            session.release_endpoint(endpoint);
             Err(e)
         }
     }
 }
 
+/// Writes a new endpoint: a clean counter row, then its entry.
+fn register(session: &mut Session, key: EndpointKey, cfg: &IfaceConfig) -> Result<(), LoaderError> {
+    // Connections a previous endpoint of this id left (it was removed
+    // without its tables being cleaned) must not count for this one.
+    crate::conntrack::remove_endpoint_flows(cfg.endpoint)
+        .map_err(|e| io::Error::other(format!("cleaning connection entries: {e}")))?;
+    session.dp.reset_endpoint_row(cfg.endpoint)?;
+    session.dp.maps.write_endpoint(key, cfg)?;
+    Ok(())
+}
+
 /// The attach steps proper; runs inside the interface's namespace.
 fn attach_here(
-    ebpf: &mut Ebpf,
     iface: &IfaceId,
     opts: &AttachOptions,
     physical: bool,
     dir: &Path,
 ) -> Result<AttachedHook, LoaderError> {
     let hook = match opts.ingress_hook {
-        IngressHook::Auto if physical => match attach_xdp(ebpf, iface, XdpMode::Driver, dir) {
+        IngressHook::Auto if physical => match attach_xdp(iface, XdpMode::Driver, dir) {
             Ok(()) => AttachedHook::Xdp,
             Err(e) => {
                 log::warn!("{iface}: native XDP failed ({e}); using TC ingress instead");
-                load_programs(ebpf, &[names::PROG_TC_INGRESS])?;
-                attach_tc(ebpf, iface, TcAttachType::Ingress, dir)?;
+                attach_tc(iface, TcAttachType::Ingress, dir)?;
                 AttachedHook::Tc
             }
         },
         IngressHook::Auto | IngressHook::Tc => {
-            attach_tc(ebpf, iface, TcAttachType::Ingress, dir)?;
+            attach_tc(iface, TcAttachType::Ingress, dir)?;
             AttachedHook::Tc
         }
         IngressHook::Xdp => {
-            attach_xdp(ebpf, iface, XdpMode::Driver, dir)?;
+            attach_xdp(iface, XdpMode::Driver, dir)?;
             AttachedHook::Xdp
         }
         IngressHook::XdpGeneric => {
-            attach_xdp(ebpf, iface, XdpMode::Skb, dir)?;
+            attach_xdp(iface, XdpMode::Skb, dir)?;
             AttachedHook::XdpGeneric
         }
     };
-    attach_tc(ebpf, iface, TcAttachType::Egress, dir)?;
+    attach_tc(iface, TcAttachType::Egress, dir)?;
     Ok(hook)
 }
 
-/// Maps pinned beside the policy maps: counters, connection and fragment tables.
-pub const STATE_MAPS: [&str; 7] = [
+/// Maps of the data plane beside the control maps: counters, connection
+/// and fragment tables, events.
+pub const STATE_MAPS: [&str; 9] = [
     names::MAP_COUNTERS,
     names::MAP_CT_V4,
     names::MAP_CT_V6,
+    names::MAP_CT_COUNT,
     names::MAP_CT_RECLAIM,
     names::MAP_FRAGS,
     names::MAP_EVENTS,
     names::MAP_EVENTS_LOST,
+    names::MAP_EVENTS_RATE,
 ];
-
-/// Loads (verifies) the named programs without attaching them.
-fn load_programs(ebpf: &mut Ebpf, programs: &[&'static str]) -> Result<(), LoaderError> {
-    for &name in programs {
-        let loaded = if name == names::PROG_XDP_INGRESS {
-            program::<Xdp>(ebpf, name)?.load()
-        } else {
-            program::<SchedClassifier>(ebpf, name)?.load()
-        };
-        loaded.map_err(|source| LoaderError::Program {
-            name,
-            source: Box::new(source),
-        })?;
-    }
-    Ok(())
-}
-
-/// Writes the initial policy and pins every map, before anything attaches.
-fn prepare_maps(
-    ebpf: &mut Ebpf,
-    dir: &Path,
-    initial: InitialPolicy<'_>,
-) -> Result<PolicyMaps, LoaderError> {
-    for name in STATE_MAPS {
-        let map = ebpf
-            .map(name)
-            .expect("map is in the object (checked by tests)");
-        let path = dir.join(name);
-        map.pin(&path).map_err(|e| LoaderError::Pin {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        })?;
-    }
-    let mut policy = PolicyMaps::take_from(ebpf, Some(dir))?;
-    match initial {
-        InitialPolicy::Observe => policy.observe()?,
-        InitialPolicy::Enforce {
-            policy: compiled,
-            timeouts_s,
-        } => policy.install(compiled, timeouts_s)?,
-    }
-    Ok(policy)
-}
 
 fn pin_link(link: FdLink, path: &Path) -> Result<(), LoaderError> {
     link.pin(path).map_err(|e| LoaderError::Pin {
@@ -343,14 +445,8 @@ fn pin_link(link: FdLink, path: &Path) -> Result<(), LoaderError> {
     Ok(())
 }
 
-fn attach_xdp(
-    ebpf: &mut Ebpf,
-    iface: &IfaceId,
-    mode: XdpMode,
-    dir: &Path,
-) -> Result<(), LoaderError> {
-    let name = names::PROG_XDP_INGRESS;
-    let prog: &mut Xdp = program(ebpf, name)?;
+fn attach_xdp(iface: &IfaceId, mode: XdpMode, dir: &Path) -> Result<(), LoaderError> {
+    let mut prog = dataplane::xdp_program()?;
     let attach_error = |source| LoaderError::Attach {
         source: Box::new(source),
         what: format!("XDP ({mode:?} mode) attach"),
@@ -371,17 +467,12 @@ fn attach_xdp(
     pin_link(link, &dir.join(link_pin_name("ingress", hook)))
 }
 
-fn attach_tc(
-    ebpf: &mut Ebpf,
-    iface: &IfaceId,
-    attach_type: TcAttachType,
-    dir: &Path,
-) -> Result<(), LoaderError> {
+fn attach_tc(iface: &IfaceId, attach_type: TcAttachType, dir: &Path) -> Result<(), LoaderError> {
     let (name, direction) = match attach_type {
         TcAttachType::Egress => (names::PROG_TC_EGRESS, "egress"),
         _ => (names::PROG_TC_INGRESS, "ingress"),
     };
-    let prog: &mut SchedClassifier = program(ebpf, name)?;
+    let mut prog = dataplane::tc_program(name)?;
     let attach_error = |source| LoaderError::Attach {
         source: Box::new(source),
         what: format!("TC {direction} attach"),
@@ -399,72 +490,71 @@ fn attach_tc(
     pin_link(link, &dir.join(link_pin_name(direction, AttachedHook::Tc)))
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoaderError>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    let prog = ebpf
-        .program_mut(name)
-        .unwrap_or_else(|| panic!("program {name} is in the object (checked by tests)"));
-    prog.try_into().map_err(|source| LoaderError::Program {
-        name,
-        source: Box::new(source),
-    })
-}
-
-/// Detaches `iface`: removing its pins releases the links (the programs leave
-/// the interface) and the maps.
+/// Detaches `iface`: removing its link pins takes the programs off the
+/// interface; then its endpoint and its connections are removed. An
+/// attachment in the legacy layout is removed the same way (its own
+/// programs and maps go with its directory).
 pub fn detach(iface: &IfaceId) -> Result<(), LoaderError> {
-    match pins::remove_iface_dir(iface) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(LoaderError::NotAttached {
-            iface: iface.clone(),
-        }),
-        Err(e) => Err(e.into()),
+    let legacy = iface.legacy_dir();
+    let had_legacy = legacy.exists();
+    if had_legacy {
+        pins::remove_legacy_dir(&legacy)?;
+    }
+    if !dataplane::is_loaded() {
+        return if had_legacy {
+            Ok(())
+        } else {
+            Err(LoaderError::NotAttached {
+                iface: iface.clone(),
+            })
+        };
+    }
+    let mut session = Session::open_or_load(&AttachOptions::default().load_options())?;
+    match detach_in(&mut session, iface) {
+        Err(LoaderError::NotAttached { .. }) if had_legacy => Ok(()),
+        other => other,
     }
 }
 
-/// Summed (over CPUs) counters of one attached interface.
-pub type CounterTable = BTreeMap<(Direction, Reason), Counter>;
+/// [`detach`] of the shared data plane, within a change session.
+pub fn detach_in(session: &mut Session, iface: &IfaceId) -> Result<(), LoaderError> {
+    let linked = match pins::remove_iface_dir(iface) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e.into()),
+    };
+    let Some(ep) = session.dp.endpoint_of(iface)? else {
+        return if linked {
+            Ok(())
+        } else {
+            Err(LoaderError::NotAttached {
+                iface: iface.clone(),
+            })
+        };
+    };
+    session.dp.maps.remove_endpoint(&ep.key)?;
+    crate::conntrack::remove_endpoint_flows(ep.cfg.endpoint)
+        .map_err(|e| io::Error::other(format!("{iface}: removing its connections: {e}")))?;
+    session.release_endpoint(ep.cfg.endpoint);
+    Ok(())
+}
 
-/// Opens the pinned map `name` of an attached interface as map type `T`.
-fn open_pinned<T>(
+/// The endpoint of an attached interface.
+pub fn endpoint(
     iface: &IfaceId,
-    name: &str,
-    kind: fn(MapData) -> Map,
-) -> Result<(T, PathBuf), LoaderError>
-where
-    T: TryFrom<Map, Error = aya::maps::MapError>,
-{
-    let path = iface.dir().join(name);
-    let map = MapData::from_pin(&path)
-        .map(kind)
-        .and_then(T::try_from)
-        .map_err(|e| pinned_error(&path, e))?;
-    Ok((map, path))
+) -> Result<(DataPlane, crate::dataplane::EndpointInfo), LoaderError> {
+    let not_attached = || LoaderError::NotAttached {
+        iface: iface.clone(),
+    };
+    let dp = DataPlane::open()?.ok_or_else(not_attached)?;
+    let ep = dp.endpoint_of(iface)?.ok_or_else(not_attached)?;
+    Ok((dp, ep))
 }
 
-fn pinned_error(path: &Path, detail: impl std::fmt::Display) -> LoaderError {
-    LoaderError::Pinned {
-        path: path.display().to_string(),
-        detail: detail.to_string(),
-    }
-}
-
-/// Reads `SG_COUNTERS` of an attached interface from its pin.
+/// Reads the counters of an attached interface.
 pub fn read_counters(iface: &IfaceId) -> Result<CounterTable, LoaderError> {
-    let (map, path): (PerCpuArray<MapData, Counter>, _) =
-        open_pinned(iface, names::MAP_COUNTERS, Map::PerCpuArray)?;
-    let mut table = CounterTable::new();
-    for direction in Direction::ALL {
-        for reason in Reason::ALL {
-            let per_cpu = map
-                .get(&counter_index(direction, reason), 0)
-                .map_err(|e| pinned_error(&path, e))?;
-            table.insert((direction, reason), per_cpu.iter().sum());
-        }
-    }
-    Ok(table)
+    let (dp, ep) = endpoint(iface)?;
+    Ok(dp.counters(ep.cfg.endpoint)?)
 }
 
 /// Pinned links of an attached interface: (pin name, hook, kernel program id).
@@ -478,7 +568,12 @@ pub struct PinnedHook {
 pub fn pinned_hooks(iface: &IfaceId) -> Result<Vec<PinnedHook>, LoaderError> {
     let dir = iface.dir();
     let mut hooks = Vec::new();
-    for entry in std::fs::read_dir(&dir)? {
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(hooks),
+        Err(e) => return Err(e.into()),
+    };
+    for entry in entries {
         let entry = entry?;
         let file = entry.file_name().to_string_lossy().into_owned();
         let Some(rest) = file.strip_prefix(pins::LINK_PREFIX) else {
@@ -510,8 +605,9 @@ pub fn pinned_hooks(iface: &IfaceId) -> Result<Vec<PinnedHook>, LoaderError> {
     Ok(hooks)
 }
 
-/// Starts forwarding kernel-side aya-log records of `iface` to the `log` crate.
-/// The records exist only if it was attached with `--bpf-log` above `off`.
+/// Starts forwarding kernel-side aya-log records of the data plane to the
+/// `log` crate. The records exist only if it was loaded with `--bpf-log`
+/// above `off` (the level is fixed when the data plane is first loaded).
 pub fn kernel_logger(
     iface: &IfaceId,
 ) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>, LoaderError> {
@@ -525,22 +621,337 @@ pub fn kernel_logger(
     })
 }
 
-/// Per-rule hit counters (summed over CPUs) of an attached interface, by rule hash.
+/// Per-rule hit counters (summed over CPUs) of an attached interface's
+/// policy (shared by the interfaces with the same rules), by rule hash.
 pub fn read_rule_hits(iface: &IfaceId) -> Result<BTreeMap<u32, Counter>, LoaderError> {
-    let (map, path): (aya::maps::PerCpuHashMap<MapData, u32, Counter>, _) =
-        open_pinned(iface, names::MAP_RULE_HITS, Map::PerCpuHashMap)?;
-    let mut hits = BTreeMap::new();
-    for item in map.iter() {
-        let (rule, per_cpu) = item.map_err(|e| pinned_error(&path, e))?;
-        hits.insert(rule, per_cpu.iter().sum());
+    let (mut dp, ep) = endpoint(iface)?;
+    if ep.cfg.policy == 0 {
+        return Ok(BTreeMap::new());
     }
-    Ok(hits)
+    dp.maps.select(ep.cfg.policy, Some(ep.key));
+    Ok(dp.maps.rule_hits()?)
 }
 
-/// Flow-log events the kernel could not report (rate limit, full buffer).
+/// Flow-log events the kernel could not report for `iface` (rate limit, full buffer).
 pub fn read_events_lost(iface: &IfaceId) -> Result<u64, LoaderError> {
-    let (map, path): (PerCpuArray<MapData, u64>, _) =
-        open_pinned(iface, names::MAP_EVENTS_LOST, Map::PerCpuArray)?;
-    let values = map.get(&0, 0).map_err(|e| pinned_error(&path, e))?;
-    Ok(values.iter().sum())
+    let (dp, ep) = endpoint(iface)?;
+    Ok(dp.events_lost(ep.cfg.endpoint)?)
+}
+
+/// Moves an interface attached in the legacy layout (its own programs and
+/// maps under `legacy_dir`) onto the shared data plane without a moment
+/// unenforced: the endpoint is registered with `initial` (its policy
+/// installed by the caller), the legacy connection entries are copied into
+/// the host-wide tables (established flows keep passing), then each legacy
+/// link is switched to the shared program in place (`BPF_LINK_UPDATE`: the
+/// hook never runs without a program) and pinned in the new layout; only
+/// then is the legacy directory (its programs and maps) removed.
+pub fn upgrade_legacy(
+    session: &mut Session,
+    iface: &IfaceId,
+    legacy_dir: &Path,
+    opts: &AttachOptions,
+    initial: InitialPolicy,
+) -> Result<Attached, LoaderError> {
+    if session.dp.endpoint_of(iface)?.is_some() {
+        return Err(LoaderError::AlreadyAttached {
+            iface: iface.clone(),
+        });
+    }
+    let kernel = kernel_iface(iface)?;
+    let endpoint = session.allocate_endpoint()?;
+    let mut cfg = endpoint_config(iface, endpoint, opts, initial);
+    let legacy_xdp = std::fs::read_dir(legacy_dir)?.flatten().any(|e| {
+        e.file_name()
+            .to_string_lossy()
+            .starts_with("link-ingress-xdp")
+    });
+    if legacy_xdp {
+        if session
+            .dp
+            .maps
+            .xdp_alias_owner(kernel.key.ifindex)?
+            .is_some()
+        {
+            session.release_endpoint(endpoint);
+            return Err(io::Error::other(format!(
+                "{iface}: attached with XDP, whose index another namespace's XDP interface has; \
+                 `{}` and apply again",
+                iface.detach_command()
+            ))
+            .into());
+        }
+        cfg.flags |= CONFIG_XDP_ALIAS;
+    }
+    let dir = iface.dir();
+    let result = register(session, kernel.key, &cfg).and_then(|()| {
+        copy_legacy_flows(legacy_dir, endpoint)?;
+        crate::private_dir::create_subdir(&dir).map_err(io::Error::other)?;
+        switch_legacy_links(legacy_dir, &dir)
+    });
+    match result {
+        Ok(hook) => {
+            pins::remove_legacy_dir(legacy_dir)?;
+            Ok(Attached {
+                iface: iface.clone(),
+                ingress_hook: hook,
+                side: opts.side,
+            })
+        }
+        Err(e) => {
+            // The legacy links still hold either program; nothing opened.
+            // New pins of switched links are left only when the legacy
+            // ones are gone too: keep whichever exists.
+            if legacy_dir.exists() {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Copies the connection entries of a legacy attachment into the host-wide
+/// tables under `endpoint`.
+fn copy_legacy_flows(legacy_dir: &Path, endpoint: u32) -> Result<(), LoaderError> {
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct OldV4 {
+        local: [u8; 4],
+        remote: [u8; 4],
+        local_port: [u8; 2],
+        remote_port: [u8; 2],
+        proto: u8,
+        _pad: [u8; 3],
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct OldV6 {
+        local: [u8; 16],
+        remote: [u8; 16],
+        local_port: [u8; 2],
+        remote_port: [u8; 2],
+        proto: u8,
+        _pad: [u8; 3],
+    }
+    // SAFETY: repr(C) integers, padded explicitly (the legacy key layouts).
+    unsafe impl aya::Pod for OldV4 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for OldV6 {}
+    let open = |name: &str| -> Result<MapData, LoaderError> {
+        let path = legacy_dir.join(name);
+        MapData::from_pin(&path).map_err(|e| LoaderError::Pinned {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })
+    };
+    let pinned = |name: &str, e: aya::maps::MapError| LoaderError::Pinned {
+        path: name.to_string(),
+        detail: e.to_string(),
+    };
+    let mut copied = 0u64;
+    if let Ok(old) = open(names::MAP_CT_V4) {
+        let old: BpfHashMap<MapData, OldV4, CtEntry> =
+            BpfHashMap::try_from(Map::HashMap(old)).map_err(|e| pinned(names::MAP_CT_V4, e))?;
+        let mut new: BpfHashMap<MapData, CtKeyV4, CtEntry> = BpfHashMap::try_from(Map::HashMap(
+            MapData::from_pin(Path::new(pins::MAPS_DIR).join(names::MAP_CT_V4))
+                .map_err(|e| pinned(names::MAP_CT_V4, e))?,
+        ))
+        .map_err(|e| pinned(names::MAP_CT_V4, e))?;
+        for item in old.iter() {
+            let (k, v) = item.map_err(|e| pinned(names::MAP_CT_V4, e))?;
+            let key = CtKeyV4 {
+                endpoint,
+                local: k.local,
+                remote: k.remote,
+                local_port: k.local_port,
+                remote_port: k.remote_port,
+                proto: k.proto,
+                _pad: [0; 3],
+            };
+            new.insert(key, v, 0)
+                .map_err(|e| pinned(names::MAP_CT_V4, e))?;
+            copied += 1;
+        }
+    }
+    if let Ok(old) = open(names::MAP_CT_V6) {
+        let old: BpfHashMap<MapData, OldV6, CtEntry> =
+            BpfHashMap::try_from(Map::HashMap(old)).map_err(|e| pinned(names::MAP_CT_V6, e))?;
+        let mut new: BpfHashMap<MapData, CtKeyV6, CtEntry> = BpfHashMap::try_from(Map::HashMap(
+            MapData::from_pin(Path::new(pins::MAPS_DIR).join(names::MAP_CT_V6))
+                .map_err(|e| pinned(names::MAP_CT_V6, e))?,
+        ))
+        .map_err(|e| pinned(names::MAP_CT_V6, e))?;
+        for item in old.iter() {
+            let (k, v) = item.map_err(|e| pinned(names::MAP_CT_V6, e))?;
+            let key = CtKeyV6 {
+                endpoint,
+                local: k.local,
+                remote: k.remote,
+                local_port: k.local_port,
+                remote_port: k.remote_port,
+                proto: k.proto,
+                _pad: [0; 3],
+            };
+            new.insert(key, v, 0)
+                .map_err(|e| pinned(names::MAP_CT_V6, e))?;
+            copied += 1;
+        }
+    }
+    crate::conntrack::add_kernel_count(endpoint, copied)
+        .map_err(|e| io::Error::other(format!("counting copied connections: {e}")))?;
+    Ok(())
+}
+
+/// Switches every legacy link under `legacy_dir` to the shared program and
+/// pins it under `dir` (then the legacy pin can go without detaching it).
+fn switch_legacy_links(legacy_dir: &Path, dir: &Path) -> Result<AttachedHook, LoaderError> {
+    let mut ingress = AttachedHook::Tc;
+    for entry in std::fs::read_dir(legacy_dir)? {
+        let entry = entry?;
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file.strip_prefix(pins::LINK_PREFIX) else {
+            continue;
+        };
+        let Some((direction, hook)) = rest.split_once('-') else {
+            continue;
+        };
+        let Some(hook) = AttachedHook::from_name(hook) else {
+            continue;
+        };
+        let pinned_err = |e: &dyn std::fmt::Display| LoaderError::Pinned {
+            path: entry.path().display().to_string(),
+            detail: e.to_string(),
+        };
+        let link: FdLink = PinnedLink::from_pin(entry.path())
+            .map_err(|e| pinned_err(&e))?
+            .into();
+        let program_error = |name, source| LoaderError::Program {
+            name,
+            source: Box::new(source),
+        };
+        let new_link: FdLink = match hook {
+            AttachedHook::Xdp | AttachedHook::XdpGeneric => {
+                ingress = hook;
+                let mut prog: Xdp = dataplane::xdp_program()?;
+                let link = XdpLink::try_from(link).map_err(|e| pinned_err(&e))?;
+                let id = prog
+                    .attach_to_link(link)
+                    .map_err(|e| program_error(names::PROG_XDP_INGRESS, e))?;
+                let link = prog
+                    .take_link(id)
+                    .map_err(|e| program_error(names::PROG_XDP_INGRESS, e))?;
+                link.try_into().map_err(|e: LinkError| pinned_err(&e))?
+            }
+            AttachedHook::Tc => {
+                let name = if direction == "egress" {
+                    names::PROG_TC_EGRESS
+                } else {
+                    names::PROG_TC_INGRESS
+                };
+                let mut prog: SchedClassifier = dataplane::tc_program(name)?;
+                let link = SchedClassifierLink::try_from(link).map_err(|e| pinned_err(&e))?;
+                let id = prog
+                    .attach_to_link(link)
+                    .map_err(|e| program_error(name, e))?;
+                let link = prog.take_link(id).map_err(|e| program_error(name, e))?;
+                link.try_into().map_err(|e: LinkError| pinned_err(&e))?
+            }
+        };
+        pin_link(new_link, &dir.join(link_pin_name(direction, hook)))?;
+    }
+    Ok(ingress)
+}
+
+/// Opens the pinned map `name` of the data plane as map type `T`.
+pub fn open_pinned<T>(name: &str, kind: fn(MapData) -> Map) -> Result<(T, PathBuf), LoaderError>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let path = Path::new(pins::MAPS_DIR).join(name);
+    let map = MapData::from_pin(&path)
+        .map(kind)
+        .and_then(T::try_from)
+        .map_err(|e| LoaderError::Pinned {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+    Ok((map, path))
+}
+
+/// The live settings of an attached interface and the live generation of
+/// its policy (0: observe mode or no policy).
+pub fn settings(iface: &IfaceId) -> Result<(IfaceConfig, u32), LoaderError> {
+    let (dp, ep) = endpoint(iface)?;
+    let generation = if ep.cfg.policy == 0 {
+        0
+    } else {
+        dp.maps.policy_state(ep.cfg.policy)?.generation
+    };
+    Ok((ep.cfg, generation))
+}
+
+/// Makes `iface` attached with these settings and policy, whatever its
+/// state: attaches it when it has no endpoint; otherwise rewrites its
+/// endpoint in place (one update: a new policy, side, mode or timeouts take
+/// effect at once; a re-created interface gets its new key), then links
+/// the hooks that are missing. Traffic is never let through meanwhile: the
+/// endpoint is written before any link, and links that exist stay.
+/// Returns what it had to repair (empty: only settings changed).
+pub fn ensure_in(
+    session: &mut Session,
+    iface: &IfaceId,
+    opts: &AttachOptions,
+    initial: InitialPolicy,
+) -> Result<Vec<String>, LoaderError> {
+    let Some(ep) = session.dp.endpoint_of(iface)? else {
+        attach_in(session, iface, opts, initial)?;
+        return Ok(vec!["attached".into()]);
+    };
+    let mut repaired = Vec::new();
+    let kernel = kernel_iface(iface)?;
+    let mut cfg = endpoint_config(iface, ep.cfg.endpoint, opts, initial);
+    cfg.flags |= ep.cfg.flags & CONFIG_XDP_ALIAS;
+    cfg.events_per_sec = if cfg.flags & CONFIG_ENFORCE != 0 {
+        ep.cfg.events_per_sec
+    } else {
+        0
+    };
+    let dir = iface.dir();
+    if ep.key != kernel.key {
+        // Re-created (or moved) interface: the old links went with the old
+        // device; the new one has none yet.
+        session.dp.maps.write_endpoint(kernel.key, &cfg)?;
+        session.dp.maps.remove_endpoint(&ep.key)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        repaired.push("endpoint re-keyed".into());
+    } else if cfg != ep.cfg {
+        session.dp.maps.write_endpoint(kernel.key, &cfg)?;
+    }
+    crate::private_dir::create_subdir(&dir).map_err(io::Error::other)?;
+    let present: Vec<String> = std::fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let has = |direction: &str| {
+        let prefix = format!("{}{direction}-", pins::LINK_PREFIX);
+        present.iter().any(|n| n.starts_with(&prefix))
+    };
+    if !has("ingress") {
+        // The hook the endpoint was registered for (XDP only with its alias).
+        in_iface_netns(iface, || -> Result<(), LoaderError> {
+            if cfg.flags & CONFIG_XDP_ALIAS == 0 {
+                return attach_tc(iface, TcAttachType::Ingress, &dir);
+            }
+            match opts.ingress_hook {
+                IngressHook::XdpGeneric => attach_xdp(iface, XdpMode::Skb, &dir),
+                _ => attach_xdp(iface, XdpMode::Driver, &dir),
+            }
+        })??;
+        repaired.push("ingress hook linked".into());
+    }
+    if !has("egress") {
+        in_iface_netns(iface, || attach_tc(iface, TcAttachType::Egress, &dir))??;
+        repaired.push("egress hook linked".into());
+    }
+    Ok(repaired)
 }

@@ -85,6 +85,33 @@ where
     })
 }
 
+/// Runs `f` on a thread inside the namespace that `path` refers to (a
+/// `/run/netns` name or `/proc/PID/ns/net`).
+pub fn in_netns_path<F, R>(path: &Path, f: F) -> Result<R, NetnsError>
+where
+    F: FnOnce() -> R + Send,
+    R: Send,
+{
+    let name = path.display().to_string();
+    let file = File::open(path).map_err(|_| NetnsError::NotFound { name: name.clone() })?;
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(|| {
+            // SAFETY: a valid namespace fd; affects only this thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(NetnsError::Setns {
+                    name: name.clone(),
+                    source: io::Error::last_os_error(),
+                });
+            }
+            Ok(f())
+        });
+        match worker.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
 /// Runs a command and turns a non-zero exit into an error with its stderr.
 pub fn run_checked(program: &str, args: &[&str]) -> Result<Output, NetnsError> {
     let output = Command::new(program)

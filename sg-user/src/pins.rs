@@ -1,50 +1,220 @@
 //! Where enforcement state lives in bpffs, so it outlives `sgctl` and a later
-//! `sgctl` finds it:
+//! `sgctl` finds it. One data plane per host (see [`crate::dataplane`]):
 //!
 //! ```text
-//! /sys/fs/bpf/sg/<scope>/<iface>/
-//!     link-ingress-<hook>   bpf_link of the ingress program (hook: xdp, xdp-generic, tc)
-//!     link-egress-tc        bpf_link of the egress program
-//!     SG_*                  every map, by its name in the object (counters,
-//!                           policy tries, connection tables …)
+//! /sys/fs/bpf/sg/
+//!     progs/sg_tc_ingress, sg_tc_egress, sg_xdp_ingress
+//!                           the programs, loaded and verified once per host
+//!     maps/SG_*             the host-wide maps (endpoints, policies, counters,
+//!                           connection tables …), by their name in the object
+//!     if/<dev>_<ino>/<iface>/
+//!         link-ingress-<hook>   bpf_link of the ingress program (hook: xdp, xdp-generic, tc)
+//!         link-egress-tc        bpf_link of the egress program
 //! ```
-//! `<scope>` is `host` for the namespace `sgctl` runs in, `netns-<name>` for a
-//! named namespace (`/run/netns/<name>`). Removing a link pin detaches it.
+//!
+//! An interface is identified by its network namespace's identity — the
+//! device and inode numbers of its nsfs file ([`NsIdent`]) — and its name,
+//! never by "host" or by a namespace name: two containers' `eth0` are two
+//! interfaces. Named namespaces (`/run/netns/NAME`) are shown by name, the
+//! initial namespace as the host, others as `eth0@netns:INODE`. Removing a
+//! link pin detaches it.
+//!
+//! The layout before one data plane per host (`sg/host/<iface>/`,
+//! `sg/netns-<name>/<iface>/`, every interface with its own programs and
+//! maps) is [`legacy_attachments`]; `sgctl apply` moves it to this one.
 
 use std::{
     io,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
+use crate::netns::NETNS_RUN_DIR;
+
 pub const BPFFS: &str = "/sys/fs/bpf";
 pub const ROOT: &str = "/sys/fs/bpf/sg";
+/// The programs, pinned once per host.
+pub const PROGS_DIR: &str = "/sys/fs/bpf/sg/progs";
+/// The host-wide maps.
+pub const MAPS_DIR: &str = "/sys/fs/bpf/sg/maps";
+/// Per-interface link pins, by namespace identity.
+pub const IFACES_DIR: &str = "/sys/fs/bpf/sg/if";
 pub const LINK_PREFIX: &str = "link-";
 
+/// A network namespace's identity: device and inode of its nsfs file (what
+/// `stat /proc/PID/ns/net` or `ip netns identify` compare).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize)]
+pub struct NsIdent {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl NsIdent {
+    /// The identity of a namespace that could not be resolved (a named
+    /// namespace that does not exist): matches no attachment.
+    pub const MISSING: NsIdent = NsIdent { dev: 0, ino: 0 };
+
+    /// The namespace the nsfs file (or bind mount) `path` refers to.
+    pub fn of_path(path: &Path) -> io::Result<NsIdent> {
+        let meta = std::fs::metadata(path)?;
+        Ok(NsIdent {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// The namespace of the calling thread.
+    pub fn current() -> io::Result<NsIdent> {
+        NsIdent::of_path(Path::new("/proc/thread-self/ns/net"))
+    }
+
+    /// The initial namespace (of pid 1): the only one shown as the host.
+    pub fn initial() -> Option<NsIdent> {
+        NsIdent::of_path(Path::new("/proc/1/ns/net")).ok()
+    }
+
+    /// A named namespace (`/run/netns/NAME`).
+    pub fn named(name: &str) -> io::Result<NsIdent> {
+        NsIdent::of_path(&Path::new(NETNS_RUN_DIR).join(name))
+    }
+
+    /// Directory name under [`IFACES_DIR`].
+    pub fn dir_name(&self) -> String {
+        format!("{}_{}", self.dev, self.ino)
+    }
+
+    fn from_dir_name(name: &str) -> Option<NsIdent> {
+        let (dev, ino) = name.split_once('_')?;
+        Some(NsIdent {
+            dev: dev.parse().ok()?,
+            ino: ino.parse().ok()?,
+        })
+    }
+
+    /// The name under `/run/netns` that refers to this namespace, if any.
+    pub fn find_name(&self) -> Option<String> {
+        let entries = std::fs::read_dir(NETNS_RUN_DIR).ok()?;
+        entries.flatten().find_map(|e| {
+            (NsIdent::of_path(&e.path()).ok()? == *self)
+                .then(|| e.file_name().to_string_lossy().into_owned())
+        })
+    }
+
+    /// A path that enters this namespace: a `/run/netns` name or a process in it.
+    pub fn find_path(&self) -> Option<PathBuf> {
+        if let Some(name) = self.find_name() {
+            return Some(Path::new(NETNS_RUN_DIR).join(name));
+        }
+        let procs = std::fs::read_dir("/proc").ok()?;
+        procs.flatten().find_map(|p| {
+            p.file_name().to_str()?.parse::<u32>().ok()?;
+            let path = p.path().join("ns/net");
+            (NsIdent::of_path(&path).ok()? == *self).then_some(path)
+        })
+    }
+}
+
 /// Identifies a protected interface: its name and the namespace it lives in.
+/// Equal when name, namespace identity and namespace name are.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct IfaceId {
     pub iface: String,
+    /// The namespace's name under `/run/netns`; none for the namespace `sgctl`
+    /// runs in (or, from a listing, a namespace without a name).
     pub netns: Option<String>,
+    /// The namespace's identity ([`NsIdent::MISSING`] when a named
+    /// namespace does not exist).
+    pub ns: NsIdent,
 }
 
 impl IfaceId {
+    /// `iface` in the named namespace `netns`, or in the caller's.
     pub fn new(iface: &str, netns: Option<&str>) -> IfaceId {
+        let ns = match netns {
+            Some(name) => NsIdent::named(name),
+            None => NsIdent::current(),
+        };
         IfaceId {
             iface: iface.to_string(),
             netns: netns.map(str::to_string),
+            ns: ns.unwrap_or(NsIdent::MISSING),
         }
     }
 
+    /// An attachment found in the kernel: namespace by identity, with the
+    /// name it had when attached (`recorded`) if that name still refers to
+    /// it, else the name it has now, if any. The caller's own namespace and
+    /// the initial one are unnamed.
+    pub fn found(iface: &str, ns: NsIdent, recorded: Option<&str>) -> IfaceId {
+        let here = NsIdent::current().ok() == Some(ns) || NsIdent::initial() == Some(ns);
+        let netns = if here {
+            None
+        } else {
+            // A recorded name that no longer exists keeps naming it (the
+            // namespace was deleted: status says so); one that now names
+            // another namespace does not.
+            recorded
+                .filter(|n| NsIdent::named(n).map_or(true, |now| now == ns))
+                .map(str::to_string)
+                .or_else(|| ns.find_name())
+        };
+        IfaceId {
+            iface: iface.to_string(),
+            netns,
+            ns,
+        }
+    }
+
+    /// Where `apply` keeps its state under `root`: by name for named
+    /// namespaces, `host` for the initial one, by identity otherwise.
+    pub fn state_scope(&self) -> String {
+        match &self.netns {
+            Some(ns) => format!("netns-{ns}"),
+            None if NsIdent::initial() == Some(self.ns) => "host".into(),
+            None => format!("ns-{}", self.ns.dir_name()),
+        }
+    }
+
+    /// The directory of its link pins.
     pub fn dir(&self) -> PathBuf {
+        Path::new(IFACES_DIR)
+            .join(self.ns.dir_name())
+            .join(&self.iface)
+    }
+
+    /// Its directory in the layout before one data plane per host.
+    pub fn legacy_dir(&self) -> PathBuf {
         let scope = match &self.netns {
             None => "host".to_string(),
             Some(ns) => format!("netns-{ns}"),
         };
         Path::new(ROOT).join(scope).join(&self.iface)
     }
-}
 
-impl IfaceId {
+    /// True for the initial namespace's interfaces (the host's own).
+    pub fn on_host(&self) -> bool {
+        self.netns.is_none() && NsIdent::initial() == Some(self.ns)
+    }
+
+    /// A path that enters its namespace; `None`: the caller's own.
+    ///
+    /// # Errors
+    /// The namespace does not exist (any more).
+    pub fn netns_path(&self) -> io::Result<Option<PathBuf>> {
+        if let Some(name) = &self.netns {
+            return Ok(Some(Path::new(NETNS_RUN_DIR).join(name)));
+        }
+        if NsIdent::current().ok() == Some(self.ns) {
+            return Ok(None);
+        }
+        self.ns.find_path().map(Some).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("network namespace {} no longer exists", self.ns.ino),
+            )
+        })
+    }
+
     /// `--iface NAME [--netns NS]`: how commands name this interface.
     pub fn cli_args(&self) -> String {
         match &self.netns {
@@ -55,6 +225,10 @@ impl IfaceId {
 
     /// The command that detaches this interface.
     pub fn detach_command(&self) -> String {
+        if self.netns.is_none() && NsIdent::current().ok() != Some(self.ns) {
+            // Not nameable from here: the namespace has no name.
+            return format!("sgctl detach --all-orphans  # {self}");
+        }
         format!("sgctl detach {}", self.cli_args())
     }
 }
@@ -62,22 +236,49 @@ impl IfaceId {
 impl std::fmt::Display for IfaceId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.netns {
-            None => write!(f, "{}", self.iface),
             Some(ns) => write!(f, "{}@{}", self.iface, ns),
+            None if NsIdent::initial() == Some(self.ns)
+                || NsIdent::current().ok() == Some(self.ns) =>
+            {
+                write!(f, "{}", self.iface)
+            }
+            None => write!(f, "{}@netns:{}", self.iface, self.ns.ino),
         }
     }
 }
 
-/// Removes an interface's pins (which releases its links and maps) and its
-/// scope directory once that is empty.
+/// Removes an interface's link pins (which detaches its programs) and its
+/// namespace directory once that is empty.
 pub fn remove_iface_dir(iface: &IfaceId) -> io::Result<()> {
     let dir = iface.dir();
     std::fs::remove_dir_all(&dir)?;
     if let Some(scope) = dir.parent() {
-        // Fails harmlessly while other interfaces of the scope remain.
+        // Fails harmlessly while other interfaces of the namespace remain.
         let _ = std::fs::remove_dir(scope);
     }
     Ok(())
+}
+
+/// Interfaces with link pins under [`IFACES_DIR`], by namespace identity and
+/// name (names not resolved: see [`IfaceId::found`]).
+pub fn linked_ifaces() -> io::Result<Vec<(NsIdent, String)>> {
+    let mut found = Vec::new();
+    let scopes = match std::fs::read_dir(IFACES_DIR) {
+        Ok(s) => s,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(e),
+    };
+    for scope in scopes {
+        let scope = scope?;
+        let Some(ns) = NsIdent::from_dir_name(&scope.file_name().to_string_lossy()) else {
+            continue;
+        };
+        for iface in std::fs::read_dir(scope.path())? {
+            found.push((ns, iface?.file_name().to_string_lossy().into_owned()));
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 /// Makes sure bpffs is mounted and [`ROOT`] exists root-owned 0700 (a
@@ -90,10 +291,35 @@ pub fn ensure_root() -> io::Result<()> {
     crate::private_dir::ensure(Path::new(ROOT)).map_err(io::Error::other)
 }
 
-/// Every interface with state under [`ROOT`] (after checking that [`ROOT`]
-/// can be trusted: see [`crate::private_dir`]).
+/// Every interface attached on this machine, in any namespace: the
+/// endpoints of the host's data plane (see [`crate::dataplane`]) and
+/// attachments left in the legacy layout (after checking that [`ROOT`] can
+/// be trusted: see [`crate::private_dir`]).
 pub fn attached_ifaces() -> io::Result<Vec<IfaceId>> {
     crate::private_dir::check(Path::new(ROOT)).map_err(io::Error::other)?;
+    let mut found: Vec<IfaceId> = match crate::dataplane::DataPlane::open() {
+        Ok(Some(dp)) => dp
+            .endpoints()
+            .map_err(io::Error::other)?
+            .into_iter()
+            .map(|e| e.id)
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => return Err(io::Error::other(e)),
+    };
+    for (id, _) in legacy_attachments()? {
+        if !found.contains(&id) {
+            found.push(id);
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Interfaces attached in the layout before one data plane per host, with
+/// their directory: `sg/host/<iface>/` (the namespace sgctl runs in) and
+/// `sg/netns-<name>/<iface>/`.
+pub fn legacy_attachments() -> io::Result<Vec<(IfaceId, PathBuf)>> {
     let mut found = Vec::new();
     let scopes = match std::fs::read_dir(ROOT) {
         Ok(s) => s,
@@ -112,14 +338,22 @@ pub fn attached_ifaces() -> io::Result<Vec<IfaceId>> {
         };
         for iface in std::fs::read_dir(scope.path())? {
             let iface = iface?;
-            found.push(IfaceId {
-                iface: iface.file_name().to_string_lossy().into_owned(),
-                netns: netns.clone(),
-            });
+            let id = IfaceId::new(&iface.file_name().to_string_lossy(), netns.as_deref());
+            found.push((id, iface.path()));
         }
     }
     found.sort();
     Ok(found)
+}
+
+/// Removes a legacy attachment's directory (releasing its links and its own
+/// maps) and its scope directory once that is empty.
+pub fn remove_legacy_dir(dir: &Path) -> io::Result<()> {
+    std::fs::remove_dir_all(dir)?;
+    if let Some(scope) = dir.parent() {
+        let _ = std::fs::remove_dir(scope);
+    }
+    Ok(())
 }
 
 /// True when bpffs is mounted at [`BPFFS`].
@@ -168,15 +402,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scope_directories() {
+    fn directories_by_namespace_identity() {
+        let ns = NsIdent {
+            dev: 4,
+            ino: 4026531840,
+        };
+        let id = IfaceId {
+            iface: "eth0".into(),
+            netns: Some("web".into()),
+            ns,
+        };
         assert_eq!(
-            IfaceId::new("eth0", None).dir(),
-            PathBuf::from("/sys/fs/bpf/sg/host/eth0")
+            id.dir(),
+            PathBuf::from("/sys/fs/bpf/sg/if/4_4026531840/eth0")
         );
         assert_eq!(
-            IfaceId::new("eth0", Some("web")).dir(),
+            id.legacy_dir(),
             PathBuf::from("/sys/fs/bpf/sg/netns-web/eth0")
         );
-        assert_eq!(IfaceId::new("eth0", Some("web")).to_string(), "eth0@web");
+        assert_eq!(id.to_string(), "eth0@web");
+        assert_eq!(NsIdent::from_dir_name(&ns.dir_name()), Some(ns));
+        let unnamed = IfaceId { netns: None, ..id };
+        assert_eq!(unnamed.to_string(), "eth0@netns:4026531840");
     }
 }

@@ -1,31 +1,42 @@
-//! Writes compiled policy into an interface's maps, atomically: the new
-//! generation's entries are written beside the live one, a single update of
-//! `SG_CONFIG` switches to it, and only then are the old entries removed.
-//! No packet ever sees a half-written policy.
+//! Writes compiled policies and endpoint settings into the host's data
+//! plane (see [`crate::dataplane`] and `sg_common::endpoint`).
+//!
+//! A policy is installed atomically: its new generation's entries are
+//! written beside the live one (every key starts with the policy id and the
+//! generation), a single update of the policy's `SG_POLICIES` slot switches
+//! every interface that uses it, and only then are the old entries removed.
+//! No packet ever sees a half-written policy. Moving an interface to another
+//! policy is one update of its `SG_ENDPOINTS` entry.
 
 use std::{path::Path, time::Duration};
 
 use aya::{
     Ebpf,
     maps::{
-        Array, Map, MapData, MapError, PerCpuHashMap, PerCpuValues, lpm_trie::Key,
+        Array, HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues, lpm_trie::Key,
         lpm_trie::LpmTrie,
     },
 };
 use sg_common::{
     Counter, IfaceConfig,
     conntrack::{DEFAULT_TIMEOUTS_S, TIMEOUT_SLOTS},
+    endpoint::{EndpointKey, PolicyState, XDP_ALIAS_COOKIE},
     events::DEFAULT_EVENTS_PER_SEC,
     names,
-    policy::{AddrKeyV4, AddrKeyV6, CONFIG_ENFORCE, ClassId, PolicyHit, PortKey},
+    policy::{
+        AddrKeyV4, AddrKeyV6, CONFIG_ENFORCE, CONFIG_XDP_ALIAS, ClassId, PolicyHit, PortKey,
+        RuleHitKey,
+    },
 };
 use thiserror::Error;
 
 use crate::compile::CompiledPolicy;
 
-/// Maps written by policy updates, in pin order.
-pub const POLICY_MAPS: [&str; 5] = [
-    names::MAP_CONFIG,
+/// Maps written by policy and endpoint updates.
+pub const POLICY_MAPS: [&str; 7] = [
+    names::MAP_POLICIES,
+    names::MAP_ENDPOINTS,
+    names::MAP_CT_TIMEOUTS,
     names::MAP_ADDR_V4,
     names::MAP_ADDR_V6,
     names::MAP_PORTS,
@@ -49,8 +60,12 @@ pub enum PolicyMapError {
     Pin { name: &'static str, detail: String },
     #[error("counting CPUs: {0}")]
     Cpus(#[from] std::io::Error),
-    #[error("map {name} is missing from the eBPF object or from {dir}; detach and attach again")]
+    #[error("map {name} is missing from the eBPF object or from {dir}; run `sgctl apply` again")]
     Missing { name: &'static str, dir: String },
+    #[error("no endpoint selected (internal error: select one with `PolicyMaps::select`)")]
+    NoEndpoint,
+    #[error("the interface's endpoint is gone from the data plane; run `sgctl apply` again")]
+    EndpointGone,
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> PolicyMapError {
@@ -60,18 +75,32 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> PolicyMapError {
     }
 }
 
+/// The XDP alias key of interface index `ifindex` (see `XDP_ALIAS_COOKIE`).
+pub fn xdp_alias(ifindex: u32) -> EndpointKey {
+    EndpointKey {
+        netns_cookie: XDP_ALIAS_COOKIE,
+        ifindex,
+        _pad: 0,
+    }
+}
+
 /// Idle timeouts (seconds, by `CtState`) to the config's nanoseconds.
 pub fn timeouts_ns(seconds: [u64; TIMEOUT_SLOTS]) -> [u64; TIMEOUT_SLOTS] {
     seconds.map(|s| s.saturating_mul(1_000_000_000))
 }
 
-/// The policy maps of one interface instance.
+/// The control maps of a data plane, with one policy (and optionally one
+/// endpoint) selected for the per-policy operations.
 pub struct PolicyMaps {
-    config: Array<MapData, IfaceConfig>,
+    policies: Array<MapData, PolicyState>,
+    endpoints: HashMap<MapData, EndpointKey, IfaceConfig>,
+    ct_timeouts: Array<MapData, [u64; TIMEOUT_SLOTS]>,
     addr_v4: LpmTrie<MapData, AddrKeyV4, ClassId>,
     addr_v6: LpmTrie<MapData, AddrKeyV6, ClassId>,
     ports: LpmTrie<MapData, PortKey, PolicyHit>,
-    rule_hits: PerCpuHashMap<MapData, u32, Counter>,
+    rule_hits: PerCpuHashMap<MapData, RuleHitKey, Counter>,
+    policy: u32,
+    endpoint: Option<EndpointKey>,
 }
 
 impl PolicyMaps {
@@ -79,8 +108,12 @@ impl PolicyMaps {
         mut take: impl FnMut(&'static str) -> Result<Map, PolicyMapError>,
     ) -> Result<Self, PolicyMapError> {
         Ok(PolicyMaps {
-            config: Array::try_from(take(names::MAP_CONFIG)?)
-                .map_err(map_err(names::MAP_CONFIG))?,
+            policies: Array::try_from(take(names::MAP_POLICIES)?)
+                .map_err(map_err(names::MAP_POLICIES))?,
+            endpoints: HashMap::try_from(take(names::MAP_ENDPOINTS)?)
+                .map_err(map_err(names::MAP_ENDPOINTS))?,
+            ct_timeouts: Array::try_from(take(names::MAP_CT_TIMEOUTS)?)
+                .map_err(map_err(names::MAP_CT_TIMEOUTS))?,
             addr_v4: LpmTrie::try_from(take(names::MAP_ADDR_V4)?)
                 .map_err(map_err(names::MAP_ADDR_V4))?,
             addr_v6: LpmTrie::try_from(take(names::MAP_ADDR_V6)?)
@@ -88,10 +121,12 @@ impl PolicyMaps {
             ports: LpmTrie::try_from(take(names::MAP_PORTS)?).map_err(map_err(names::MAP_PORTS))?,
             rule_hits: PerCpuHashMap::try_from(take(names::MAP_RULE_HITS)?)
                 .map_err(map_err(names::MAP_RULE_HITS))?,
+            policy: 1,
+            endpoint: None,
         })
     }
 
-    /// Takes the policy maps out of a freshly loaded object, pinning each
+    /// Takes the control maps out of a freshly loaded object, pinning each
     /// under `pin_dir` when given.
     pub fn take_from(ebpf: &mut Ebpf, pin_dir: Option<&Path>) -> Result<Self, PolicyMapError> {
         Self::from_maps(|name| {
@@ -109,7 +144,8 @@ impl PolicyMaps {
         })
     }
 
-    /// Opens the pinned policy maps of an attached interface.
+    /// Opens the pinned control maps of the host's data plane (in `dir`,
+    /// normally [`crate::pins::MAPS_DIR`]).
     pub fn from_pins(dir: &Path) -> Result<Self, PolicyMapError> {
         Self::from_maps(|name| {
             let data = MapData::from_pin(dir.join(name)).map_err(|_| PolicyMapError::Missing {
@@ -117,7 +153,8 @@ impl PolicyMaps {
                 dir: dir.display().to_string(),
             })?;
             let map = match name {
-                n if n == names::MAP_CONFIG => Map::Array(data),
+                n if n == names::MAP_POLICIES || n == names::MAP_CT_TIMEOUTS => Map::Array(data),
+                n if n == names::MAP_ENDPOINTS => Map::HashMap(data),
                 n if n == names::MAP_RULE_HITS => Map::PerCpuHashMap(data),
                 _ => Map::LpmTrie(data),
             };
@@ -125,14 +162,121 @@ impl PolicyMaps {
         })
     }
 
-    /// The live settings.
-    pub fn config(&self) -> Result<IfaceConfig, PolicyMapError> {
-        self.config.get(&0, 0).map_err(map_err(names::MAP_CONFIG))
+    /// Selects the policy (and endpoint) the per-policy operations work on.
+    pub fn select(&mut self, policy: u32, endpoint: Option<EndpointKey>) {
+        self.policy = policy;
+        self.endpoint = endpoint;
     }
 
-    /// The generation number a new policy should use.
+    /// The selected policy id.
+    pub fn policy_id(&self) -> u32 {
+        self.policy
+    }
+
+    /// The state of policy `id`.
+    pub fn policy_state(&self, id: u32) -> Result<PolicyState, PolicyMapError> {
+        self.policies
+            .get(&id, 0)
+            .map_err(map_err(names::MAP_POLICIES))
+    }
+
+    /// Every policy slot in use: (id, state).
+    pub fn policies(&self) -> Result<Vec<(u32, PolicyState)>, PolicyMapError> {
+        let mut out = Vec::new();
+        for (i, state) in self.policies.iter().enumerate() {
+            let state = state.map_err(map_err(names::MAP_POLICIES))?;
+            if i > 0 && state.generation != 0 {
+                out.push((i as u32, state));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The live generation of the selected policy (0: none).
+    pub fn generation(&self) -> Result<u32, PolicyMapError> {
+        Ok(self.policy_state(self.policy)?.generation)
+    }
+
+    /// The settings of the selected endpoint.
+    pub fn config(&self) -> Result<IfaceConfig, PolicyMapError> {
+        let key = self.endpoint.ok_or(PolicyMapError::NoEndpoint)?;
+        match self.endpoints.get(&key, 0) {
+            Ok(cfg) => Ok(cfg),
+            Err(MapError::KeyNotFound) => Err(PolicyMapError::EndpointGone),
+            Err(e) => Err(map_err(names::MAP_ENDPOINTS)(e)),
+        }
+    }
+
+    /// Every endpoint: (key, settings); XDP alias keys not included.
+    pub fn endpoints(&self) -> Result<Vec<(EndpointKey, IfaceConfig)>, PolicyMapError> {
+        let all: Vec<(EndpointKey, IfaceConfig)> = self
+            .endpoints
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(names::MAP_ENDPOINTS))?;
+        Ok(all
+            .into_iter()
+            .filter(|(k, _)| k.netns_cookie != XDP_ALIAS_COOKIE)
+            .collect())
+    }
+
+    /// The endpoint id holding the XDP alias of `ifindex`, if any.
+    pub fn xdp_alias_owner(&self, ifindex: u32) -> Result<Option<u32>, PolicyMapError> {
+        match self.endpoints.get(&xdp_alias(ifindex), 0) {
+            Ok(cfg) => Ok(Some(cfg.endpoint)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::MAP_ENDPOINTS)(e)),
+        }
+    }
+
+    /// Writes an endpoint's settings (and its timeouts for the in-kernel
+    /// reclaim): one update of its entry, which packets see whole — two for
+    /// an endpoint with an XDP alias (the alias first: the ingress hook).
+    pub fn write_endpoint(
+        &mut self,
+        key: EndpointKey,
+        cfg: &IfaceConfig,
+    ) -> Result<(), PolicyMapError> {
+        self.ct_timeouts
+            .set(cfg.endpoint, cfg.timeouts_ns, 0)
+            .map_err(map_err(names::MAP_CT_TIMEOUTS))?;
+        if cfg.flags & CONFIG_XDP_ALIAS != 0 {
+            self.endpoints
+                .insert(xdp_alias(key.ifindex), cfg, 0)
+                .map_err(map_err(names::MAP_ENDPOINTS))?;
+        }
+        self.endpoints
+            .insert(key, cfg, 0)
+            .map_err(map_err(names::MAP_ENDPOINTS))
+    }
+
+    /// Removes an endpoint and its XDP alias (its interface's packets then
+    /// drop as `no_policy`).
+    pub fn remove_endpoint(&mut self, key: &EndpointKey) -> Result<(), PolicyMapError> {
+        let endpoint = match self.endpoints.get(key, 0) {
+            Ok(cfg) => Some(cfg.endpoint),
+            Err(_) => None,
+        };
+        let alias = xdp_alias(key.ifindex);
+        if endpoint.is_some() && self.xdp_alias_owner(key.ifindex)? == endpoint {
+            let _ = self.endpoints.remove(&alias);
+        }
+        match self.endpoints.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(names::MAP_ENDPOINTS)(e)),
+        }
+    }
+
+    fn update_endpoint(&mut self, f: impl FnOnce(&mut IfaceConfig)) -> Result<(), PolicyMapError> {
+        let key = self.endpoint.ok_or(PolicyMapError::NoEndpoint)?;
+        let mut cfg = self.config()?;
+        f(&mut cfg);
+        self.write_endpoint(key, &cfg)
+    }
+
+    /// The generation number a new version of the selected policy should use.
     pub fn next_generation(&self) -> Result<u32, PolicyMapError> {
-        let current = self.config()?.generation;
+        let current = self.generation()?;
         // 31 bits are keyed; wrap to 1 (0 means "no policy").
         Ok(if current >= (1 << 31) - 1 {
             1
@@ -141,31 +285,58 @@ impl PolicyMaps {
         })
     }
 
-    /// Makes `policy` the live policy with these idle timeouts (seconds).
+    /// Makes `policy` the selected policy's live version and, when an
+    /// endpoint is selected, has it enforce the policy with these idle
+    /// timeouts (seconds).
+    pub fn install(
+        &mut self,
+        policy: &CompiledPolicy,
+        timeouts_s: [u64; TIMEOUT_SLOTS],
+    ) -> Result<(), PolicyMapError> {
+        self.install_policy(policy, 0)?;
+        if self.endpoint.is_some() {
+            let id = self.policy;
+            self.update_endpoint(|cfg| {
+                let fresh = IfaceConfig::new(
+                    CONFIG_ENFORCE | (cfg.flags & !CONFIG_ENFORCE),
+                    timeouts_ns(timeouts_s),
+                    DEFAULT_EVENTS_PER_SEC,
+                );
+                cfg.policy = id;
+                cfg.flags = fresh.flags;
+                cfg.timeouts_ns = fresh.timeouts_ns;
+                cfg.shortest_timeout_s = fresh.shortest_timeout_s;
+                cfg.events_per_sec = fresh.events_per_sec;
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Makes `policy` the selected policy's live version (every interface
+    /// using the policy switches at once), recording `fingerprint`.
     ///
     /// Entries of any generation other than the live one are removed first:
     /// an install that stopped part-way (a full map, ENOMEM, `kill -9`) may
     /// have left some under the number this one reuses, and class ids are
     /// renumbered per policy, so a leftover prefix would grant the new
     /// policy's ports to an address the new policy never names.
-    pub fn install(
+    pub fn install_policy(
         &mut self,
         policy: &CompiledPolicy,
-        timeouts_s: [u64; TIMEOUT_SLOTS],
+        fingerprint: u64,
     ) -> Result<(), PolicyMapError> {
-        let old = self.config()?;
+        let old = self.policy_state(self.policy)?;
         self.remove_generations_except(old.generation)?;
         self.stage(policy)?;
-        let config = IfaceConfig::new(
-            policy.generation,
-            CONFIG_ENFORCE,
-            timeouts_ns(timeouts_s),
-            DEFAULT_EVENTS_PER_SEC,
-        );
+        let state = PolicyState {
+            generation: policy.generation,
+            _pad: 0,
+            fingerprint,
+        };
         // The switch: one update of one array slot.
-        self.config
-            .set(0, config, 0)
-            .map_err(map_err(names::MAP_CONFIG))?;
+        self.policies
+            .set(self.policy, state, 0)
+            .map_err(map_err(names::MAP_POLICIES))?;
         if old.generation != 0 && old.generation != policy.generation {
             std::thread::sleep(OLD_GENERATION_GRACE);
             self.remove_generations_except(policy.generation)?;
@@ -173,27 +344,48 @@ impl PolicyMaps {
         self.prune_rule_hits(policy)
     }
 
+    /// Removes the selected policy: its entries, hit counters and slot.
+    /// Only for a policy no endpoint uses.
+    pub fn free_policy(&mut self) -> Result<(), PolicyMapError> {
+        self.policies
+            .set(self.policy, PolicyState::default(), 0)
+            .map_err(map_err(names::MAP_POLICIES))?;
+        self.remove_generations_except(0)?;
+        self.prune_rule_hits(&CompiledPolicy::default())
+    }
+
     /// Writes `policy`'s entries under its generation, without switching to
     /// it: the first half of [`PolicyMaps::install`]. Public so tests can
     /// stop an install exactly where a crash would.
     pub fn stage(&mut self, policy: &CompiledPolicy) -> Result<(), PolicyMapError> {
+        let id = self.policy.to_be_bytes();
         self.add_rule_hits(policy)?;
         for (len, key, class) in &policy.addr_v4 {
+            let key = AddrKeyV4 { policy: id, ..*key };
             self.addr_v4
-                .insert(&Key::new(*len, *key), class, 0)
+                .insert(&Key::new(*len, key), class, 0)
                 .map_err(map_err(names::MAP_ADDR_V4))?;
         }
         for (len, key, class) in &policy.addr_v6 {
+            let key = AddrKeyV6 { policy: id, ..*key };
             self.addr_v6
-                .insert(&Key::new(*len, *key), class, 0)
+                .insert(&Key::new(*len, key), class, 0)
                 .map_err(map_err(names::MAP_ADDR_V6))?;
         }
         for (len, key, hit) in &policy.ports {
+            let key = PortKey { policy: id, ..*key };
             self.ports
-                .insert(&Key::new(*len, *key), hit, 0)
+                .insert(&Key::new(*len, key), hit, 0)
                 .map_err(map_err(names::MAP_PORTS))?;
         }
         Ok(())
+    }
+
+    fn hit_key(&self, rule: u32) -> RuleHitKey {
+        RuleHitKey {
+            policy: self.policy,
+            rule,
+        }
     }
 
     /// A zeroed hit counter for each of `policy`'s rules that has none. When
@@ -203,11 +395,12 @@ impl PolicyMaps {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         let mut pruned = false;
         for &rule in policy.rule_hashes.keys() {
-            if self.rule_hits.get(&rule, 0).is_ok() {
+            let key = self.hit_key(rule);
+            if self.rule_hits.get(&key, 0).is_ok() {
                 continue;
             }
             let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus])?;
-            match self.rule_hits.insert(rule, zeros, 0) {
+            match self.rule_hits.insert(key, zeros, 0) {
                 Err(MapError::SyscallError(e))
                     if !pruned && e.io_error.raw_os_error() == Some(libc::E2BIG) =>
                 {
@@ -215,7 +408,7 @@ impl PolicyMaps {
                     pruned = true;
                     let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus])?;
                     self.rule_hits
-                        .insert(rule, zeros, 0)
+                        .insert(key, zeros, 0)
                         .map_err(map_err(names::MAP_RULE_HITS))?;
                 }
                 other => other.map_err(map_err(names::MAP_RULE_HITS))?,
@@ -224,18 +417,19 @@ impl PolicyMaps {
         Ok(())
     }
 
-    /// Removes the hit counters of rules that are not in `policy`. Rule ids
-    /// come from rule content, so every edit makes new ones: without this the
-    /// map fills over an attachment's life and installs start to fail.
+    /// Removes the selected policy's hit counters of rules that are not in
+    /// `policy`. Rule ids come from rule content, so every edit makes new
+    /// ones: without this the map fills over a policy's life and installs
+    /// start to fail.
     fn prune_rule_hits(&mut self, policy: &CompiledPolicy) -> Result<(), PolicyMapError> {
-        let stale: Vec<u32> = self
+        let stale: Vec<RuleHitKey> = self
             .rule_hits
             .keys()
             .filter_map(Result::ok)
-            .filter(|rule| !policy.rule_hashes.contains_key(rule))
+            .filter(|k| k.policy == self.policy && !policy.rule_hashes.contains_key(&k.rule))
             .collect();
-        for rule in stale {
-            match self.rule_hits.remove(&rule) {
+        for key in stale {
+            match self.rule_hits.remove(&key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_err(names::MAP_RULE_HITS)(e)),
             }
@@ -243,72 +437,105 @@ impl PolicyMaps {
         Ok(())
     }
 
-    /// Rule ids that have a hit counter (live rules, after an install).
+    /// Rule ids of the selected policy that have a hit counter (live rules,
+    /// after an install).
     pub fn rule_hit_ids(&self) -> Vec<u32> {
-        self.rule_hits.keys().filter_map(Result::ok).collect()
+        self.rule_hits
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.policy == self.policy)
+            .map(|k| k.rule)
+            .collect()
     }
 
-    /// Sets the flow-log event rate (events per second per CPU; 0: none).
+    /// Hit counters (summed over CPUs) of the selected policy's rules.
+    pub fn rule_hits(&self) -> Result<std::collections::BTreeMap<u32, Counter>, PolicyMapError> {
+        let mut hits = std::collections::BTreeMap::new();
+        for item in self.rule_hits.iter() {
+            let (key, per_cpu) = item.map_err(map_err(names::MAP_RULE_HITS))?;
+            if key.policy == self.policy {
+                hits.insert(key.rule, per_cpu.iter().sum());
+            }
+        }
+        Ok(hits)
+    }
+
+    /// Sets the selected endpoint's flow-log event rate (events per second
+    /// per CPU; 0: none).
     pub fn set_events_per_sec(&mut self, rate: u32) -> Result<(), PolicyMapError> {
-        let mut config = self.config()?;
-        config.events_per_sec = rate;
-        self.config
-            .set(0, config, 0)
-            .map_err(map_err(names::MAP_CONFIG))
+        self.update_endpoint(|cfg| cfg.events_per_sec = rate)
     }
 
-    /// Switches to observe mode (count, pass everything) and drops all rules.
+    /// Switches the selected endpoint to observe mode (count, pass everything).
     pub fn observe(&mut self) -> Result<(), PolicyMapError> {
-        let config = IfaceConfig::new(0, 0, timeouts_ns(DEFAULT_TIMEOUTS_S), 0);
-        self.config
-            .set(0, config, 0)
-            .map_err(map_err(names::MAP_CONFIG))?;
-        std::thread::sleep(OLD_GENERATION_GRACE);
-        self.remove_generations_except(0)
+        self.update_endpoint(|cfg| {
+            let fresh = IfaceConfig::new(0, timeouts_ns(DEFAULT_TIMEOUTS_S), 0);
+            cfg.flags &= !CONFIG_ENFORCE;
+            cfg.timeouts_ns = fresh.timeouts_ns;
+            cfg.shortest_timeout_s = fresh.shortest_timeout_s;
+            cfg.events_per_sec = 0;
+        })
     }
 
     fn remove_generations_except(&mut self, keep: u32) -> Result<(), PolicyMapError> {
-        let live = |gen_dir: [u8; 4]| u32::from_be_bytes(gen_dir) >> 1 == keep;
-        let stale: Vec<_> = self
+        let id = self.policy.to_be_bytes();
+        let stale = |policy: [u8; 4], gen_dir: [u8; 4]| {
+            policy == id && u32::from_be_bytes(gen_dir) >> 1 != keep
+        };
+        let keys: Vec<_> = self
             .addr_v4
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| !live(k.data().gen_dir))
+            .filter(|k| stale(k.data().policy, k.data().gen_dir))
             .collect();
-        for key in stale {
+        for key in keys {
             self.addr_v4
                 .remove(&key)
                 .map_err(map_err(names::MAP_ADDR_V4))?;
         }
-        let stale: Vec<_> = self
+        let keys: Vec<_> = self
             .addr_v6
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| !live(k.data().gen_dir))
+            .filter(|k| stale(k.data().policy, k.data().gen_dir))
             .collect();
-        for key in stale {
+        for key in keys {
             self.addr_v6
                 .remove(&key)
                 .map_err(map_err(names::MAP_ADDR_V6))?;
         }
-        let stale: Vec<_> = self
+        let keys: Vec<_> = self
             .ports
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| !live(k.data().gen_dir))
+            .filter(|k| stale(k.data().policy, k.data().gen_dir))
             .collect();
-        for key in stale {
+        for key in keys {
             self.ports.remove(&key).map_err(map_err(names::MAP_PORTS))?;
         }
         Ok(())
     }
 
-    /// Entries per map (v4 prefixes, v6 prefixes, port blocks) — for status.
+    /// Entries of the selected policy per map (v4 prefixes, v6 prefixes,
+    /// port blocks) — for status.
     pub fn sizes(&self) -> (usize, usize, usize) {
+        let id = self.policy.to_be_bytes();
         (
-            self.addr_v4.keys().count(),
-            self.addr_v6.keys().count(),
-            self.ports.keys().count(),
+            self.addr_v4
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.data().policy == id)
+                .count(),
+            self.addr_v6
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.data().policy == id)
+                .count(),
+            self.ports
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.data().policy == id)
+                .count(),
         )
     }
 }

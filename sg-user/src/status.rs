@@ -9,12 +9,16 @@ use crate::{
     drift::{self, Drift},
     loader,
     pins::IfaceId,
-    policy_maps::PolicyMaps,
 };
 
 #[derive(serde::Serialize)]
 pub struct IfaceStatus {
     pub iface: IfaceId,
+    /// The interface's endpoint id in the host's data plane, and its policy
+    /// (shared by the interfaces with the same rules; rule hits are the
+    /// policy's).
+    pub endpoint: u32,
+    pub policy: u32,
     pub mode: &'static str,
     pub generation: u32,
     /// The config that attached it, by its identity (absolute path); none
@@ -53,7 +57,16 @@ pub struct RuleHitRow {
 }
 
 pub fn iface_status(id: IfaceId) -> Result<IfaceStatus> {
-    let cfg = PolicyMaps::from_pins(&id.dir())?.config()?;
+    if !id.dir().exists() && id.legacy_dir().exists() {
+        anyhow::bail!(
+            "{id} is enforced by an older sgctl (its own programs and maps under {}); \
+             `sgctl apply` of its config moves it to the shared data plane without opening it, \
+             or `{}` removes it",
+            id.legacy_dir().display(),
+            id.detach_command()
+        );
+    }
+    let (cfg, generation) = loader::settings(&id)?;
     let state = crate::apply::read_state(&id);
     let drift = drift::check(&id, state.as_ref());
     let fix = (!drift.is_empty()).then(|| drift::fix_command(&id, state.as_ref(), &drift));
@@ -69,7 +82,7 @@ pub fn iface_status(id: IfaceId) -> Result<IfaceStatus> {
             bytes: c.bytes,
         })
         .collect();
-    let (conntrack_entries, conntrack_capacity) = crate::conntrack::usage(&id)?;
+    let (conntrack_entries, conntrack_capacity) = crate::conntrack::usage(&cfg)?;
     let mut rule_hits: Vec<RuleHitRow> = loader::read_rule_hits(&id)?
         .into_iter()
         .filter_map(|(hash, c)| {
@@ -88,12 +101,14 @@ pub fn iface_status(id: IfaceId) -> Result<IfaceStatus> {
     let events_lost = loader::read_events_lost(&id)?;
     Ok(IfaceStatus {
         iface: id,
+        endpoint: cfg.endpoint,
+        policy: cfg.policy,
         mode: if cfg.flags & sg_common::policy::CONFIG_ENFORCE != 0 {
             "enforce"
         } else {
             "observe"
         },
-        generation: cfg.generation,
+        generation,
         config: state.config,
         drift,
         fix,
@@ -118,10 +133,12 @@ pub fn render(s: &IfaceStatus) -> String {
     let gone = s.drift.iter().any(Drift::is_gone);
     let _ = writeln!(
         out,
-        "{}  {} generation {}  groups [{}]  hooks: {}",
+        "{}  {} generation {} (policy {}, endpoint {})  groups [{}]  hooks: {}",
         s.iface,
         if gone { "NOT ENFORCED" } else { s.mode },
         s.generation,
+        s.policy,
+        s.endpoint,
         s.groups.join(", "),
         if hooks.is_empty() {
             "none".to_string()
@@ -145,7 +162,7 @@ pub fn render(s: &IfaceStatus) -> String {
     }
     let _ = writeln!(
         out,
-        "  conntrack: {} entries in use, capacity {} per family",
+        "  conntrack: {} entries in use, limit {} for this interface",
         s.conntrack_entries, s.conntrack_capacity
     );
     for c in s.counters.iter().filter(|c| c.packets > 0) {

@@ -1,14 +1,36 @@
 //! Running the real programs on crafted frames (BPF_PROG_TEST_RUN), for the
 //! kernel tests and the per-packet benchmark. Needs root.
+//!
+//! Each [`Instance`] is a private data plane (its own maps, not pinned) with
+//! one endpoint: under BPF_PROG_TEST_RUN the kernel runs XDP and tc programs
+//! on the loopback device of the caller's namespace, so the endpoint is
+//! registered for (that namespace's cookie, ifindex 1), endpoint id
+//! [`TEST_ENDPOINT`], policy id [`TEST_POLICY`].
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use sg_common::{Counter, Direction, Reason, counter_index, names};
+use sg_common::{
+    Counter, Direction, IfaceConfig, Reason,
+    conntrack::DEFAULT_TIMEOUTS_S,
+    endpoint::EndpointKey,
+    endpoint_counter_index, names,
+    policy::{CONFIG_SIDE_PEER, CONFIG_XDP_ALIAS},
+};
 
-use crate::{loader::SG_OBJECT, policy_maps::PolicyMaps};
+use crate::{
+    loader::SG_OBJECT,
+    policy_maps::{PolicyMaps, timeouts_ns},
+};
+
+/// Endpoint id of an instance's one interface.
+pub const TEST_ENDPOINT: u32 = 1;
+/// Policy id an instance installs into.
+pub const TEST_POLICY: u32 = 1;
+/// The interface BPF_PROG_TEST_RUN runs on: loopback.
+pub const TEST_IFINDEX: u32 = 1;
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -49,12 +71,9 @@ impl Instance {
     /// [`Instance::load`] with these maps resized (map name, max entries):
     /// small tables make "full" reachable in a test.
     pub fn load_sized(side_peer: bool, sizes: &[(&str, u32)]) -> anyhow::Result<Instance> {
-        let peer: u8 = side_peer.into();
         let off: u8 = 0;
         let mut loader = EbpfLoader::new();
-        loader
-            .override_global(names::GLOBAL_SIDE_PEER, &peer, true)
-            .override_global(aya_log::LEVEL, &off, true);
+        loader.override_global(aya_log::LEVEL, &off, true);
         for &(name, entries) in sizes {
             loader.map_max_entries(name, entries);
         }
@@ -67,7 +86,21 @@ impl Instance {
             let tc: &mut SchedClassifier = ebpf.program_mut(name).expect("in object").try_into()?;
             tc.load()?;
         }
-        let policy = PolicyMaps::take_from(&mut ebpf, None)?;
+        let mut policy = PolicyMaps::take_from(&mut ebpf, None)?;
+        // The endpoint test runs are judged as (observe mode until a policy
+        // is installed, as a freshly attached interface).
+        let key = EndpointKey {
+            netns_cookie: crate::dataplane::netns_cookie()?,
+            ifindex: TEST_IFINDEX,
+            _pad: 0,
+        };
+        // Also under the XDP alias key: `sg_xdp_ingress` runs here too.
+        let flags = CONFIG_XDP_ALIAS | if side_peer { CONFIG_SIDE_PEER } else { 0 };
+        let mut cfg = IfaceConfig::new(flags, timeouts_ns(DEFAULT_TIMEOUTS_S), 0);
+        cfg.endpoint = TEST_ENDPOINT;
+        cfg.ifname = crate::dataplane::padded("lo");
+        policy.write_endpoint(key, &cfg)?;
+        policy.select(TEST_POLICY, Some(key));
         Ok(Instance { ebpf, policy })
     }
 
@@ -145,7 +178,8 @@ impl Instance {
             .collect();
         assert!(
             moved.len() == 1 && moved[0].2 == 1,
-            "exactly one reason counted once, got {moved:?}"
+            "exactly one reason counted once for the test endpoint, got {moved:?} \
+             (nothing: the endpoint lookup missed — is the test running in another namespace?)"
         );
         let reason = moved[0].1;
         assert_eq!(pass, !reason.is_drop(), "verdict matches reason {reason:?}");
@@ -177,7 +211,7 @@ impl Instance {
             PerCpuArray::try_from(self.ebpf.map(names::MAP_COUNTERS).expect("in object"))
                 .expect("per-CPU array");
         let values = map
-            .get(&counter_index(direction, reason), 0)
+            .get(&endpoint_counter_index(TEST_ENDPOINT, direction, reason), 0)
             .expect("slot readable");
         values.iter().sum()
     }

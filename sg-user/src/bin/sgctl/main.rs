@@ -16,7 +16,6 @@ use sg_user::{
     loader::{self, AttachOptions, BpfLog, IngressHook, InitialPolicy, Side},
     lock::{self, StateLock},
     pins::{self, IfaceId},
-    policy_maps::PolicyMaps,
 };
 
 #[derive(Parser)]
@@ -515,11 +514,9 @@ fn conntrack(args: ConntrackArgs) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     let mut all = Vec::new();
     for id in target.targets()? {
-        let cfg = PolicyMaps::from_pins(&id.dir())
-            .and_then(|m| m.config())
-            .with_context(|| {
-                format!("{id} is not attached; `sgctl status` lists attached interfaces")
-            })?;
+        let (cfg, _) = loader::settings(&id).with_context(|| {
+            format!("{id} is not attached; `sgctl status` lists attached interfaces")
+        })?;
         match action {
             "flush" => {
                 let n = sg_user::conntrack::flush(&id, &cfg)?;

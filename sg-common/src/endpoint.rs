@@ -1,0 +1,90 @@
+//! The endpoint table: one data plane per host.
+//!
+//! The programs are loaded and verified once per host and attached to any
+//! number of interfaces, in any network namespace. A packet finds the
+//! interface it belongs to in `SG_ENDPOINTS`, keyed by (`bpf_get_netns_cookie`,
+//! ifindex) — the interface's identity as the kernel sees it, whatever its
+//! name or namespace name. The value ([`crate::IfaceConfig`]) holds the
+//! endpoint id (the first word of every connection and fragment key, and the
+//! row of its counters), the policy it enforces, its side, mode, idle
+//! timeouts, flow-log rate and connection limit. A packet on an interface the
+//! table does not know is dropped as `no_policy` (fail closed): user space
+//! inserts the endpoint before it attaches, and detaches before it removes it.
+//!
+//! Policies (`SG_POLICIES`, an array indexed by policy id) are shared by the
+//! interfaces with the same compiled rules; every policy key starts with the
+//! policy id, then the generation. A policy's [`PolicyState`] is its atomic
+//! switch; moving an interface to another policy is one update of its endpoint.
+
+/// Key of `SG_ENDPOINTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct EndpointKey {
+    /// `bpf_get_netns_cookie()` of the interface's namespace (user space:
+    /// `getsockopt(SO_NETNS_COOKIE)` on a socket made in that namespace).
+    pub netns_cookie: u64,
+    /// Interface index in that namespace (XDP: `ingress_ifindex`; tc: `skb->ifindex`).
+    pub ifindex: u32,
+    pub _pad: u32,
+}
+
+/// `netns_cookie` of the second key an XDP-attached endpoint has: XDP
+/// programs cannot call `bpf_get_netns_cookie` (the 6.18 verifier: "program
+/// of this type cannot use helper bpf_get_netns_cookie#122", whatever
+/// `bpftool feature probe` lists), so `sg_xdp_ingress` looks its endpoint up
+/// by (this, ifindex). User space keeps these ifindexes unique across
+/// namespaces: an interface whose index another namespace's XDP endpoint
+/// already has gets tc ingress instead.
+pub const XDP_ALIAS_COOKIE: u64 = u64::MAX;
+
+/// Value of `SG_POLICIES` (indexed by policy id; id 0 is never used, so an
+/// endpoint with policy 0 has no policy).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PolicyState {
+    /// Generation whose entries the programs look up; 0: slot free.
+    pub generation: u32,
+    pub _pad: u32,
+    /// Fingerprint of the compiled rules (user space only: interfaces whose
+    /// rules have this fingerprint share the policy).
+    pub fingerprint: u64,
+}
+
+/// Endpoints (attached interfaces) per host; endpoint ids are 1..MAX_ENDPOINTS
+/// (0 counts packets on interfaces the table does not know).
+pub const MAX_ENDPOINTS: u32 = 4096;
+/// Policies per host (ids 1..MAX_POLICIES).
+pub const MAX_POLICIES: u32 = 4096;
+
+/// Slots of `SG_CT_COUNT` per endpoint: [`CT_COUNT_KERNEL`] is added to by
+/// the data path (atomically: +1 per new entry, −1 per entry its reclaim
+/// deletes); [`CT_COUNT_USER`] counts entries user space deleted (written only
+/// by user space, under its state lock). Entries in use = kernel − user.
+pub const CT_COUNT_SLOTS: u32 = 2;
+pub const CT_COUNT_KERNEL: u32 = 0;
+pub const CT_COUNT_USER: u32 = 1;
+
+/// Index of an endpoint's slot in `SG_CT_COUNT`.
+#[inline(always)]
+pub const fn ct_count_index(endpoint: u32, slot: u32) -> u32 {
+    endpoint * CT_COUNT_SLOTS + slot
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C), explicitly padded (see the size test), plain integers.
+    unsafe impl aya::Pod for super::EndpointKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PolicyState {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts() {
+        assert_eq!(core::mem::size_of::<EndpointKey>(), 16);
+        assert_eq!(core::mem::size_of::<PolicyState>(), 16);
+    }
+}
