@@ -168,6 +168,11 @@ impl PolicyMaps {
         self.endpoint = endpoint;
     }
 
+    /// The selected endpoint's key.
+    pub fn endpoint_key(&self) -> Option<EndpointKey> {
+        self.endpoint
+    }
+
     /// The selected policy id.
     pub fn policy_id(&self) -> u32 {
         self.policy

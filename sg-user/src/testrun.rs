@@ -205,6 +205,40 @@ impl Instance {
         map.get(&u32::from(ipv6), 0).expect("slot readable")
     }
 
+    /// Rewrites the test endpoint's settings (endpoint id, limit …) in place.
+    pub fn set_endpoint(&mut self, f: impl FnOnce(&mut IfaceConfig)) -> anyhow::Result<()> {
+        let key = self
+            .policy
+            .endpoint_key()
+            .expect("an instance has its endpoint");
+        let mut cfg = self.policy.config()?;
+        f(&mut cfg);
+        self.policy.write_endpoint(key, &cfg)?;
+        Ok(())
+    }
+
+    /// Removes the test endpoint (packets then meet an unknown interface).
+    pub fn remove_endpoint(&mut self) -> anyhow::Result<()> {
+        let key = self
+            .policy
+            .endpoint_key()
+            .expect("an instance has its endpoint");
+        self.policy.remove_endpoint(&key)?;
+        Ok(())
+    }
+
+    /// Sum over CPUs of one (direction, reason) counter of endpoint `endpoint`
+    /// (0: packets on interfaces the endpoint table does not know).
+    pub fn counter_of(&self, endpoint: u32, direction: Direction, reason: Reason) -> Counter {
+        let map: PerCpuArray<&MapData, Counter> =
+            PerCpuArray::try_from(self.ebpf.map(names::MAP_COUNTERS).expect("in object"))
+                .expect("per-CPU array");
+        let values = map
+            .get(&endpoint_counter_index(endpoint, direction, reason), 0)
+            .expect("slot readable");
+        values.iter().sum()
+    }
+
     /// Sum over CPUs of one (direction, reason) counter.
     pub fn counter(&self, direction: Direction, reason: Reason) -> Counter {
         let map: PerCpuArray<&MapData, Counter> =
