@@ -28,14 +28,25 @@ pub struct EndpointKey {
     pub _pad: u32,
 }
 
-/// `netns_cookie` of the second key an XDP-attached endpoint has: XDP
-/// programs cannot call `bpf_get_netns_cookie` (the 6.18 verifier: "program
-/// of this type cannot use helper bpf_get_netns_cookie#122", whatever
-/// `bpftool feature probe` lists), so `sg_xdp_ingress` looks its endpoint up
-/// by (this, ifindex). User space keeps these ifindexes unique across
-/// namespaces: an interface whose index another namespace's XDP endpoint
-/// already has gets tc ingress instead.
-pub const XDP_ALIAS_COOKIE: u64 = u64::MAX;
+/// Names of the read-only globals that tell the programs where, in this
+/// kernel's structures, the packet's device and its namespace cookie are
+/// (byte offsets from `/sys/kernel/btf/vmlinux`, set by the loader).
+///
+/// `bpf_get_netns_cookie` cannot give the interface's namespace: XDP may not
+/// call it ("program of this type cannot use helper bpf_get_netns_cookie#122"
+/// on 6.18, whatever `bpftool feature probe` lists), and for tc it returns
+/// the namespace of the packet's *socket* — the initial namespace for every
+/// received packet. So the programs read `dev->nd_net.net->net_cookie` (the
+/// value `SO_NETNS_COOKIE` reports) with `bpf_probe_read_kernel`.
+pub const GLOBAL_OFF_SKB_DEV: &str = "SG_OFF_SKB_DEV";
+/// `xdp_buff.rxq`.
+pub const GLOBAL_OFF_XDP_RXQ: &str = "SG_OFF_XDP_RXQ";
+/// `xdp_rxq_info.dev`.
+pub const GLOBAL_OFF_RXQ_DEV: &str = "SG_OFF_RXQ_DEV";
+/// `net_device.nd_net` (a `possible_net_t`: the `struct net *` first).
+pub const GLOBAL_OFF_DEV_NET: &str = "SG_OFF_DEV_NET";
+/// `net.net_cookie`.
+pub const GLOBAL_OFF_NET_COOKIE: &str = "SG_OFF_NET_COOKIE";
 
 /// Value of `SG_POLICIES` (indexed by policy id; id 0 is never used, so an
 /// endpoint with policy 0 has no policy).

@@ -177,9 +177,6 @@ pub const CONFIG_ENFORCE: u32 = 1;
 /// The interface is the host side of a container's veth (`side: peer`):
 /// packets entering it leave the protected workload (directions swapped).
 pub const CONFIG_SIDE_PEER: u32 = 2;
-/// The endpoint also has an XDP alias key (see
-/// `crate::endpoint::XDP_ALIAS_COOKIE`): its ingress hook is XDP.
-pub const CONFIG_XDP_ALIAS: u32 = 4;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -3,16 +3,29 @@
 //! then the endpoint's policy generation (an array slot).
 
 use aya_ebpf::{
-    EbpfContext,
+    EbpfContext, Global,
     bindings::BPF_F_NO_PREALLOC,
-    helpers::generated::bpf_get_netns_cookie,
+    helpers::bpf_probe_read_kernel,
     macros::map,
     maps::{Array, HashMap},
 };
 use sg_common::{
     IfaceConfig,
-    endpoint::{EndpointKey, MAX_ENDPOINTS, MAX_POLICIES, PolicyState, XDP_ALIAS_COOKIE},
+    endpoint::{EndpointKey, MAX_ENDPOINTS, MAX_POLICIES, PolicyState},
 };
+
+// Where the device and its namespace cookie are (see
+// `sg_common::endpoint::GLOBAL_OFF_SKB_DEV`); read-only, set at load.
+#[unsafe(no_mangle)]
+static SG_OFF_SKB_DEV: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static SG_OFF_XDP_RXQ: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static SG_OFF_RXQ_DEV: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static SG_OFF_DEV_NET: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static SG_OFF_NET_COOKIE: Global<u32> = Global::new(0);
 
 /// Not preallocated: an update replaces the element under RCU, so a packet
 /// that holds the old value never sees it reused half-way; and only the
@@ -23,24 +36,52 @@ static SG_ENDPOINTS: HashMap<EndpointKey, IfaceConfig> =
 #[map]
 static SG_POLICIES: Array<PolicyState> = Array::with_max_entries(MAX_POLICIES, 0);
 
-/// How an entry point finds its namespace.
+/// What the program's context is at run time.
 #[derive(Clone, Copy)]
 pub enum Netns {
-    /// `bpf_get_netns_cookie(ctx)` (tc).
-    Cookie,
-    /// XDP cannot call it: the endpoint's XDP alias key.
-    XdpAlias,
+    /// A `struct sk_buff *` (tc).
+    Skb,
+    /// A `struct xdp_buff *` (XDP).
+    Xdp,
+}
+
+/// `*(u64 *)(base + off)` in kernel memory; 0 when unreadable.
+#[inline(always)]
+fn read_u64(base: u64, off: u32) -> u64 {
+    // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const u64) }.unwrap_or(0)
+}
+
+/// The namespace cookie of the device the packet is on
+/// (`dev->nd_net.net->net_cookie`); 0 when a pointer is unreadable (no
+/// endpoint has cookie 0, so the packet then fails closed).
+#[inline(always)]
+fn device_netns_cookie<C: EbpfContext>(ctx: &C, netns: Netns) -> u64 {
+    let base = ctx.as_ptr() as u64;
+    let dev = match netns {
+        Netns::Skb => read_u64(base, SG_OFF_SKB_DEV.load()),
+        Netns::Xdp => {
+            let rxq = read_u64(base, SG_OFF_XDP_RXQ.load());
+            if rxq == 0 {
+                return 0;
+            }
+            read_u64(rxq, SG_OFF_RXQ_DEV.load())
+        }
+    };
+    if dev == 0 {
+        return 0;
+    }
+    let net = read_u64(dev, SG_OFF_DEV_NET.load());
+    if net == 0 {
+        return 0;
+    }
+    read_u64(net, SG_OFF_NET_COOKIE.load())
 }
 
 /// The endpoint of the interface `ifindex` in the packet's namespace.
 #[inline(always)]
 pub fn lookup<C: EbpfContext>(ctx: &C, netns: Netns, ifindex: u32) -> Option<&'static IfaceConfig> {
-    let cookie = match netns {
-        // SAFETY: the helper takes the program's context and returns the
-        // cookie of the skb's device's namespace.
-        Netns::Cookie => unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
-        Netns::XdpAlias => XDP_ALIAS_COOKIE,
-    };
+    let cookie = device_netns_cookie(ctx, netns);
     let key = EndpointKey {
         netns_cookie: cookie,
         ifindex,

@@ -40,7 +40,7 @@ pub fn sg_xdp_ingress(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
     // SAFETY: the context pointer is valid for this run.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let netns = endpoint::Netns::XdpAlias;
+    let netns = endpoint::Netns::Xdp;
     if decide(
         &ctx,
         Hook::Ingress,
@@ -96,7 +96,7 @@ fn tc(ctx: TcContext, hook: Hook) -> i32 {
     }
     // SAFETY: the context pointer is valid for this run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let netns = endpoint::Netns::Cookie;
+    let netns = endpoint::Netns::Skb;
     if decide(
         &ctx,
         hook,

@@ -149,6 +149,15 @@ where
         .map_err(|e| pinned_error(&path, e))
 }
 
+/// Marks which object the pinned data plane was loaded from: an empty
+/// directory `object-<hash>` under [`pins::PROGS_DIR`].
+fn object_marker() -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    SG_OBJECT.hash(&mut h);
+    Path::new(pins::PROGS_DIR).join(format!("object-{:016x}", h.finish()))
+}
+
 /// True when the programs of this host's data plane are pinned.
 pub fn is_loaded() -> bool {
     PROGRAMS
@@ -384,6 +393,25 @@ impl Session {
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(io::Error::last_os_error().into());
         }
+        let stale = is_loaded() && !object_marker().exists();
+        if stale {
+            let empty = DataPlane::open()?.is_none_or(|dp| {
+                dp.maps.endpoints().is_ok_and(|e| e.is_empty())
+                    && pins::linked_ifaces().is_ok_and(|l| l.is_empty())
+            });
+            if !empty {
+                return Err(io::Error::other(format!(
+                    "the data plane pinned under {} was loaded by another version of sgctl and \
+                     still has interfaces attached; detach them with that version (`sgctl detach \
+                     --all`), then apply again",
+                    pins::ROOT
+                ))
+                .into());
+            }
+            // Nothing uses it: load this version's instead.
+            let _ = std::fs::remove_dir_all(pins::PROGS_DIR);
+            let _ = std::fs::remove_dir_all(pins::MAPS_DIR);
+        }
         let dp = match DataPlane::open()? {
             Some(dp) => dp,
             None => {
@@ -427,15 +455,22 @@ fn load(opts: &LoadOptions) -> Result<(), DataPlaneError> {
     let _ = std::fs::remove_dir_all(pins::PROGS_DIR);
     let _ = std::fs::remove_dir_all(pins::MAPS_DIR);
     let log_level = opts.bpf_log as u8;
-    let mut ebpf = EbpfLoader::new()
+    let offsets = crate::kernel_offsets::offsets()?;
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global(aya_log::LEVEL, &log_level, true)
         .map_max_entries(names::MAP_CT_V4, opts.conntrack_entries)
-        .map_max_entries(names::MAP_CT_V6, opts.conntrack_entries)
+        .map_max_entries(names::MAP_CT_V6, opts.conntrack_entries);
+    for (name, off) in &offsets {
+        loader.override_global(*name, off, true);
+    }
+    let mut ebpf = loader
         .load(SG_OBJECT)
         .map_err(|e| DataPlaneError::Load(Box::new(e)))?;
     for dir in [pins::MAPS_DIR, pins::PROGS_DIR] {
         crate::private_dir::create_subdir(Path::new(dir)).map_err(io::Error::other)?;
     }
+    std::fs::create_dir(object_marker())?;
     let result = (|| {
         // Maps first, programs last: pinned programs mean a complete data plane.
         let names: Vec<String> = ebpf

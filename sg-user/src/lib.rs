@@ -18,6 +18,7 @@ pub mod discover;
 pub mod drift;
 pub mod flowlog;
 pub mod ifinfo;
+pub mod kernel_offsets;
 pub mod lab;
 pub mod loader;
 pub mod lock;

@@ -26,7 +26,7 @@ use sg_common::{
     endpoint::EndpointKey,
     events::DEFAULT_EVENTS_PER_SEC,
     names,
-    policy::{CONFIG_ENFORCE, CONFIG_SIDE_PEER, CONFIG_XDP_ALIAS},
+    policy::{CONFIG_ENFORCE, CONFIG_SIDE_PEER},
 };
 use thiserror::Error;
 
@@ -313,56 +313,12 @@ pub fn attach_in(
         });
     }
     let kernel = kernel_iface(iface)?;
-    let mut opts = *opts;
-    let wants_xdp = match opts.ingress_hook {
-        IngressHook::Auto => kernel.physical,
-        IngressHook::Tc => false,
-        IngressHook::Xdp | IngressHook::XdpGeneric => true,
-    };
-    // XDP finds its endpoint by ifindex alone (see `XDP_ALIAS_COOKIE`).
-    if wants_xdp
-        && session
-            .dp
-            .maps
-            .xdp_alias_owner(kernel.key.ifindex)?
-            .is_some()
-    {
-        if opts.ingress_hook != IngressHook::Auto {
-            return Err(io::Error::other(format!(
-                "{iface}: XDP ingress is taken by another namespace's interface with index {}; \
-                 use `--ingress-hook tc`",
-                kernel.key.ifindex
-            ))
-            .into());
-        }
-        log::warn!(
-            "{iface}: another namespace's interface with the same index uses XDP; using TC ingress"
-        );
-        opts.ingress_hook = IngressHook::Tc;
-    }
-    let opts = &opts;
     let endpoint = session.allocate_endpoint()?;
-    let mut cfg = endpoint_config(iface, endpoint, opts, initial);
-    if wants_xdp && opts.ingress_hook != IngressHook::Tc {
-        cfg.flags |= CONFIG_XDP_ALIAS;
-    }
-    let result = register(session, kernel.key, &cfg)
-        .and_then(|()| {
-            crate::private_dir::create_subdir(&dir).map_err(io::Error::other)?;
-            in_iface_netns(iface, || attach_here(iface, opts, kernel.physical, &dir))?
-        })
-        .and_then(|hook| {
-            if hook == AttachedHook::Tc && cfg.flags & CONFIG_XDP_ALIAS != 0 {
-                // Native XDP failed, TC took over: no alias needed.
-                session
-                    .dp
-                    .maps
-                    .remove_endpoint(&crate::policy_maps::xdp_alias(kernel.key.ifindex))?;
-                cfg.flags &= !CONFIG_XDP_ALIAS;
-                session.dp.maps.write_endpoint(kernel.key, &cfg)?;
-            }
-            Ok(hook)
-        });
+    let cfg = endpoint_config(iface, endpoint, opts, initial);
+    let result = register(session, kernel.key, &cfg).and_then(|()| {
+        crate::private_dir::create_subdir(&dir).map_err(io::Error::other)?;
+        in_iface_netns(iface, || attach_here(iface, opts, kernel.physical, &dir))?
+    });
     match result {
         Ok(ingress_hook) => Ok(Attached {
             iface: iface.clone(),
@@ -518,12 +474,16 @@ pub fn detach(iface: &IfaceId) -> Result<(), LoaderError> {
 
 /// [`detach`] of the shared data plane, within a change session.
 pub fn detach_in(session: &mut Session, iface: &IfaceId) -> Result<(), LoaderError> {
-    let linked = match pins::remove_iface_dir(iface) {
+    let ep = session.dp.endpoint_of(iface)?;
+    // The links by the namespace the endpoint recorded (a deleted named
+    // namespace is found by its name).
+    let target = ep.as_ref().map_or(iface, |e| &e.id);
+    let linked = match pins::remove_iface_dir(target) {
         Ok(()) => true,
         Err(e) if e.kind() == io::ErrorKind::NotFound => false,
         Err(e) => return Err(e.into()),
     };
-    let Some(ep) = session.dp.endpoint_of(iface)? else {
+    let Some(ep) = ep else {
         return if linked {
             Ok(())
         } else {
@@ -660,29 +620,7 @@ pub fn upgrade_legacy(
     }
     let kernel = kernel_iface(iface)?;
     let endpoint = session.allocate_endpoint()?;
-    let mut cfg = endpoint_config(iface, endpoint, opts, initial);
-    let legacy_xdp = std::fs::read_dir(legacy_dir)?.flatten().any(|e| {
-        e.file_name()
-            .to_string_lossy()
-            .starts_with("link-ingress-xdp")
-    });
-    if legacy_xdp {
-        if session
-            .dp
-            .maps
-            .xdp_alias_owner(kernel.key.ifindex)?
-            .is_some()
-        {
-            session.release_endpoint(endpoint);
-            return Err(io::Error::other(format!(
-                "{iface}: attached with XDP, whose index another namespace's XDP interface has; \
-                 `{}` and apply again",
-                iface.detach_command()
-            ))
-            .into());
-        }
-        cfg.flags |= CONFIG_XDP_ALIAS;
-    }
+    let cfg = endpoint_config(iface, endpoint, opts, initial);
     let dir = iface.dir();
     let result = register(session, kernel.key, &cfg).and_then(|()| {
         copy_legacy_flows(legacy_dir, endpoint)?;
@@ -910,7 +848,6 @@ pub fn ensure_in(
     let mut repaired = Vec::new();
     let kernel = kernel_iface(iface)?;
     let mut cfg = endpoint_config(iface, ep.cfg.endpoint, opts, initial);
-    cfg.flags |= ep.cfg.flags & CONFIG_XDP_ALIAS;
     cfg.events_per_sec = if cfg.flags & CONFIG_ENFORCE != 0 {
         ep.cfg.events_per_sec
     } else {
@@ -937,14 +874,15 @@ pub fn ensure_in(
         present.iter().any(|n| n.starts_with(&prefix))
     };
     if !has("ingress") {
-        // The hook the endpoint was registered for (XDP only with its alias).
         in_iface_netns(iface, || -> Result<(), LoaderError> {
-            if cfg.flags & CONFIG_XDP_ALIAS == 0 {
-                return attach_tc(iface, TcAttachType::Ingress, &dir);
-            }
             match opts.ingress_hook {
+                IngressHook::Auto if kernel.physical => attach_xdp(iface, XdpMode::Driver, &dir)
+                    .or_else(|_| attach_tc(iface, TcAttachType::Ingress, &dir)),
+                IngressHook::Auto | IngressHook::Tc => {
+                    attach_tc(iface, TcAttachType::Ingress, &dir)
+                }
+                IngressHook::Xdp => attach_xdp(iface, XdpMode::Driver, &dir),
                 IngressHook::XdpGeneric => attach_xdp(iface, XdpMode::Skb, &dir),
-                _ => attach_xdp(iface, XdpMode::Driver, &dir),
             }
         })??;
         repaired.push("ingress hook linked".into());
@@ -954,4 +892,13 @@ pub fn ensure_in(
         repaired.push("egress hook linked".into());
     }
     Ok(repaired)
+}
+
+/// The data plane's control maps with `iface`'s endpoint and policy
+/// selected (for tests and tools that install by hand).
+pub fn policy_maps_of(iface: &IfaceId) -> Result<crate::policy_maps::PolicyMaps, LoaderError> {
+    let (dp, ep) = endpoint(iface)?;
+    let mut maps = dp.maps;
+    maps.select(ep.cfg.policy, Some(ep.key));
+    Ok(maps)
 }

@@ -20,13 +20,10 @@ use aya::{
 use sg_common::{
     Counter, IfaceConfig,
     conntrack::{DEFAULT_TIMEOUTS_S, TIMEOUT_SLOTS},
-    endpoint::{EndpointKey, PolicyState, XDP_ALIAS_COOKIE},
+    endpoint::{EndpointKey, PolicyState},
     events::DEFAULT_EVENTS_PER_SEC,
     names,
-    policy::{
-        AddrKeyV4, AddrKeyV6, CONFIG_ENFORCE, CONFIG_XDP_ALIAS, ClassId, PolicyHit, PortKey,
-        RuleHitKey,
-    },
+    policy::{AddrKeyV4, AddrKeyV6, CONFIG_ENFORCE, ClassId, PolicyHit, PortKey, RuleHitKey},
 };
 use thiserror::Error;
 
@@ -72,15 +69,6 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> PolicyMapError {
     move |source| PolicyMapError::Map {
         name,
         source: Box::new(source),
-    }
-}
-
-/// The XDP alias key of interface index `ifindex` (see `XDP_ALIAS_COOKIE`).
-pub fn xdp_alias(ifindex: u32) -> EndpointKey {
-    EndpointKey {
-        netns_cookie: XDP_ALIAS_COOKIE,
-        ifindex,
-        _pad: 0,
     }
 }
 
@@ -212,31 +200,16 @@ impl PolicyMaps {
         }
     }
 
-    /// Every endpoint: (key, settings); XDP alias keys not included.
+    /// Every endpoint: (key, settings).
     pub fn endpoints(&self) -> Result<Vec<(EndpointKey, IfaceConfig)>, PolicyMapError> {
-        let all: Vec<(EndpointKey, IfaceConfig)> = self
-            .endpoints
+        self.endpoints
             .iter()
             .collect::<Result<_, _>>()
-            .map_err(map_err(names::MAP_ENDPOINTS))?;
-        Ok(all
-            .into_iter()
-            .filter(|(k, _)| k.netns_cookie != XDP_ALIAS_COOKIE)
-            .collect())
-    }
-
-    /// The endpoint id holding the XDP alias of `ifindex`, if any.
-    pub fn xdp_alias_owner(&self, ifindex: u32) -> Result<Option<u32>, PolicyMapError> {
-        match self.endpoints.get(&xdp_alias(ifindex), 0) {
-            Ok(cfg) => Ok(Some(cfg.endpoint)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err(names::MAP_ENDPOINTS)(e)),
-        }
+            .map_err(map_err(names::MAP_ENDPOINTS))
     }
 
     /// Writes an endpoint's settings (and its timeouts for the in-kernel
-    /// reclaim): one update of its entry, which packets see whole — two for
-    /// an endpoint with an XDP alias (the alias first: the ingress hook).
+    /// reclaim): one update of its entry, which packets see whole.
     pub fn write_endpoint(
         &mut self,
         key: EndpointKey,
@@ -245,27 +218,13 @@ impl PolicyMaps {
         self.ct_timeouts
             .set(cfg.endpoint, cfg.timeouts_ns, 0)
             .map_err(map_err(names::MAP_CT_TIMEOUTS))?;
-        if cfg.flags & CONFIG_XDP_ALIAS != 0 {
-            self.endpoints
-                .insert(xdp_alias(key.ifindex), cfg, 0)
-                .map_err(map_err(names::MAP_ENDPOINTS))?;
-        }
         self.endpoints
             .insert(key, cfg, 0)
             .map_err(map_err(names::MAP_ENDPOINTS))
     }
 
-    /// Removes an endpoint and its XDP alias (its interface's packets then
-    /// drop as `no_policy`).
+    /// Removes an endpoint (its interface's packets then drop as `no_policy`).
     pub fn remove_endpoint(&mut self, key: &EndpointKey) -> Result<(), PolicyMapError> {
-        let endpoint = match self.endpoints.get(key, 0) {
-            Ok(cfg) => Some(cfg.endpoint),
-            Err(_) => None,
-        };
-        let alias = xdp_alias(key.ifindex);
-        if endpoint.is_some() && self.xdp_alias_owner(key.ifindex)? == endpoint {
-            let _ = self.endpoints.remove(&alias);
-        }
         match self.endpoints.remove(key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err(names::MAP_ENDPOINTS)(e)),

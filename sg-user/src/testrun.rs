@@ -13,11 +13,8 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use sg_common::{
-    Counter, Direction, IfaceConfig, Reason,
-    conntrack::DEFAULT_TIMEOUTS_S,
-    endpoint::EndpointKey,
-    endpoint_counter_index, names,
-    policy::{CONFIG_SIDE_PEER, CONFIG_XDP_ALIAS},
+    Counter, Direction, IfaceConfig, Reason, conntrack::DEFAULT_TIMEOUTS_S, endpoint::EndpointKey,
+    endpoint_counter_index, names, policy::CONFIG_SIDE_PEER,
 };
 
 use crate::{
@@ -72,8 +69,12 @@ impl Instance {
     /// small tables make "full" reachable in a test.
     pub fn load_sized(side_peer: bool, sizes: &[(&str, u32)]) -> anyhow::Result<Instance> {
         let off: u8 = 0;
+        let offsets = crate::kernel_offsets::offsets()?;
         let mut loader = EbpfLoader::new();
         loader.override_global(aya_log::LEVEL, &off, true);
+        for (name, off) in &offsets {
+            loader.override_global(*name, off, true);
+        }
         for &(name, entries) in sizes {
             loader.map_max_entries(name, entries);
         }
@@ -94,8 +95,7 @@ impl Instance {
             ifindex: TEST_IFINDEX,
             _pad: 0,
         };
-        // Also under the XDP alias key: `sg_xdp_ingress` runs here too.
-        let flags = CONFIG_XDP_ALIAS | if side_peer { CONFIG_SIDE_PEER } else { 0 };
+        let flags = if side_peer { CONFIG_SIDE_PEER } else { 0 };
         let mut cfg = IfaceConfig::new(flags, timeouts_ns(DEFAULT_TIMEOUTS_S), 0);
         cfg.endpoint = TEST_ENDPOINT;
         cfg.ifname = crate::dataplane::padded("lo");

@@ -351,8 +351,9 @@ fn hook_removed_out_of_band_is_reported_and_repaired_by_apply() {
             .is_empty()
     );
 
-    // A map pin removed: sgctl could no longer update the policy.
-    std::fs::remove_file(id.dir().join(sg_common::names::MAP_PORTS)).unwrap();
+    // A map pin of the host's data plane removed: sgctl could no longer
+    // update the policy; apply pins it again from the programs using it.
+    std::fs::remove_file(Path::new(pins::MAPS_DIR).join(sg_common::names::MAP_PORTS)).unwrap();
     let repaired = apply_out();
     assert!(
         repaired.contains("repaired") && repaired.contains("SG_"),

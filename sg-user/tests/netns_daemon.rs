@@ -321,7 +321,7 @@ fn restarts_lose_nothing_and_adopt_the_pinned_state() {
             "counters continue (round {round}): {counted} → {now}"
         );
         counted = now;
-        let cfg = sg_user::policy_maps::PolicyMaps::from_pins(&iface.dir())
+        let cfg = sg_user::loader::policy_maps_of(&iface)
             .unwrap()
             .config()
             .unwrap();

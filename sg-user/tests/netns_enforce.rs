@@ -14,7 +14,6 @@ use sg_user::{
     compile, model,
     netns::Netns,
     pins::IfaceId,
-    policy_maps::PolicyMaps,
     probe::{self, Reach, TcpEcho, TcpServer, TcpSession, UdpEcho, UdpPeer},
     require_root,
 };
@@ -237,7 +236,10 @@ fn untracked_flow_stops_at_once_when_its_rule_goes() {
     let mut session = TcpSession::connect(lab.ns("b"), lab.addr("a", false, 8080), T).unwrap();
     assert!(session.roundtrip());
     let id = IfaceId::new("eth0", Some(lab.ns("a").name()));
-    let cfg = PolicyMaps::from_pins(&id.dir()).unwrap().config().unwrap();
+    let cfg = sg_user::loader::policy_maps_of(&id)
+        .unwrap()
+        .config()
+        .unwrap();
     assert!(
         sg_user::conntrack::list(&id, &cfg)
             .unwrap()
@@ -261,7 +263,7 @@ fn idle_udp_flow_times_out() {
     // Test-only: a 1 s UDP timeout written straight into the maps (configs
     // only accept AWS's 30–60 s).
     let id = IfaceId::new("eth0", Some(lab.ns("a").name()));
-    let mut maps = PolicyMaps::from_pins(&id.dir()).unwrap();
+    let mut maps = sg_user::loader::policy_maps_of(&id).unwrap();
     let generation = maps.next_generation().unwrap();
     let mut timeouts = compile::timeouts_s(&model.interfaces[0].conntrack);
     timeouts[sg_common::conntrack::CtState::Udp as usize] = 1;
