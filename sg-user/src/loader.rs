@@ -478,6 +478,10 @@ pub fn detach_in(session: &mut Session, iface: &IfaceId) -> Result<(), LoaderErr
     // The links by the namespace the endpoint recorded (a deleted named
     // namespace is found by its name).
     let target = ep.as_ref().map_or(iface, |e| &e.id);
+    // Detached now, not when the kernel gets round to releasing the
+    // unpinned links (a workqueue): only then may the endpoint go, or the
+    // hooks would drop the interface's packets meanwhile (fail closed).
+    detach_links(&target.dir());
     let linked = match pins::remove_iface_dir(target) {
         Ok(()) => true,
         Err(e) if e.kind() == io::ErrorKind::NotFound => false,
@@ -496,6 +500,70 @@ pub fn detach_in(session: &mut Session, iface: &IfaceId) -> Result<(), LoaderErr
     crate::conntrack::remove_endpoint_flows(ep.cfg.endpoint)
         .map_err(|e| io::Error::other(format!("{iface}: removing its connections: {e}")))?;
     session.release_endpoint(ep.cfg.endpoint);
+    Ok(())
+}
+
+/// Detaches every link pinned in `dir` at once (`BPF_LINK_DETACH`); the pins
+/// stay. Links that are gone already (their device deleted) are skipped.
+pub fn detach_links(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(pins::LINK_PREFIX)
+        {
+            continue;
+        }
+        if let Err(e) = link_detach(&entry.path()) {
+            log::debug!("{}: BPF_LINK_DETACH: {e}", entry.path().display());
+        }
+    }
+}
+
+/// `BPF_OBJ_GET` of the pinned link at `path`, then `BPF_LINK_DETACH` (aya
+/// 0.14 has no call for it, nor gives the fd of a pinned link).
+fn link_detach(path: &Path) -> io::Result<()> {
+    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::other("path with NUL"))?;
+    // union bpf_attr, `obj_get`: pathname (u64), bpf_fd, file_flags, path_fd.
+    let mut attr = [0u8; 64];
+    attr[..8].copy_from_slice(&(cpath.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: bpf(2) reads `attr.len()` bytes of a valid buffer; the path
+    // pointer stays valid for the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_ptr(),
+            attr.len() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd the kernel just gave us.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    // `link_detach`: the link's fd first, the rest zero.
+    let mut attr = [0u8; 64];
+    attr[..4].copy_from_slice(&(std::os::fd::AsRawFd::as_raw_fd(&fd) as u32).to_ne_bytes());
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            attr.as_ptr(),
+            attr.len() as libc::c_uint,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(())
 }
 
@@ -858,8 +926,9 @@ pub fn ensure_in(
         // Re-created (or moved) interface: the old links went with the old
         // device; the new one has none yet.
         session.dp.maps.write_endpoint(kernel.key, &cfg)?;
-        session.dp.maps.remove_endpoint(&ep.key)?;
+        detach_links(&dir);
         let _ = std::fs::remove_dir_all(&dir);
+        session.dp.maps.remove_endpoint(&ep.key)?;
         repaired.push("endpoint re-keyed".into());
     } else if cfg != ep.cfg {
         session.dp.maps.write_endpoint(kernel.key, &cfg)?;
