@@ -276,6 +276,13 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
         let ep = endpoints.get(&id);
         let step = match (ifindex, ep) {
             (None, _) => Step::Absent,
+            (Some(_), Some(_)) if !session.repinned.is_empty() => Step::Reattach {
+                action: "repaired",
+                why: format!(
+                    "pinned maps missing: {} (pinned again from the programs)",
+                    session.repinned.join(", ")
+                ),
+            },
             (Some(_), Some(cfg)) => {
                 let policy_live = live
                     .get(&cfg.policy)
@@ -385,51 +392,52 @@ fn plan_policies(
     }
     let mut claimed: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
     let mut out = Vec::new();
+    // Generations are numbered host-wide (one sequence over all policies),
+    // so "generation N" names one policy version on this host.
+    let mut last_generation = live.values().map(|p| p.generation).max().unwrap_or(0);
     for (index, (rules, ifaces)) in wanted.iter().enumerate() {
+        // 1. The policy the interfaces already share, when all of its users
+        //    move here: a new generation switches them at once (what an
+        //    edited group does). 2. A live policy with these very rules
+        //    (sharing). 3. A free slot.
+        let current = ifaces.iter().find_map(|iface| {
+            let id = endpoints.get(iface)?.policy;
+            (id != 0
+                && !claimed.contains(&id)
+                && live.contains_key(&id)
+                && users
+                    .get(&id)
+                    .is_some_and(|u| u.iter().all(|user| ifaces.contains(user))))
+            .then_some(id)
+        });
         let existing = live
             .iter()
             .find(|(id, p)| p.fingerprint == *rules && !claimed.contains(*id))
             .map(|(id, _)| *id);
-        let (id, install) = match existing {
-            Some(id) => (id, false),
-            None => {
-                // An existing policy all of whose users move here.
-                let reusable = ifaces.iter().find_map(|iface| {
-                    let id = endpoints.get(iface)?.policy;
-                    (id != 0
-                        && !claimed.contains(&id)
-                        && live.contains_key(&id)
-                        && users
-                            .get(&id)
-                            .is_some_and(|u| u.iter().all(|user| ifaces.contains(user))))
-                    .then_some(id)
-                });
-                match reusable {
-                    Some(id) => (id, true),
-                    None => {
-                        let free = (1..sg_common::endpoint::MAX_POLICIES)
-                            .find(|i| {
-                                !live.contains_key(i)
-                                    && !users.contains_key(i)
-                                    && !claimed.contains(i)
-                            })
-                            .context("every policy slot of the data plane is in use")?;
-                        (free, true)
-                    }
-                }
+        let (id, install) = match (current, existing) {
+            (Some(id), _) => (id, live.get(&id).is_none_or(|p| p.fingerprint != *rules)),
+            (None, Some(id)) => (id, false),
+            (None, None) => {
+                let free = (1..sg_common::endpoint::MAX_POLICIES)
+                    .find(|i| {
+                        !live.contains_key(i) && !users.contains_key(i) && !claimed.contains(i)
+                    })
+                    .context("every policy slot of the data plane is in use")?;
+                (free, true)
             }
         };
         claimed.insert(id);
         let generation = match live.get(&id) {
-            Some(p) if install => {
-                if p.generation >= (1 << 31) - 1 {
+            Some(p) if !install => p.generation,
+            _ => {
+                // 31 bits are keyed; wrap to 1 (0 means "no policy").
+                last_generation = if last_generation >= (1 << 31) - 1 {
                     1
                 } else {
-                    p.generation + 1
-                }
+                    last_generation + 1
+                };
+                last_generation
             }
-            Some(p) => p.generation,
-            None => 1,
         };
         let first = plans
             .iter()
@@ -606,15 +614,6 @@ fn change_kernel(
                 .with_context(|| format!("moving {} to the host's data plane", plan.id))?;
         }
         Step::Reattach { action, why } => {
-            if why.contains("pinned maps missing") {
-                crate::dataplane::DataPlane::repin_maps(
-                    &crate::policy_maps::POLICY_MAPS
-                        .iter()
-                        .chain(loader::STATE_MAPS.iter())
-                        .copied()
-                        .collect::<Vec<_>>(),
-                )?;
-            }
             change.action = action;
             change.detail = Some(why.clone());
             loader::ensure_in(session, &plan.id, &attach, initial)

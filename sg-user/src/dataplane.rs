@@ -371,6 +371,9 @@ pub fn netns_cookie() -> io::Result<u64> {
 /// first use) and the endpoint ids in use.
 pub struct Session {
     pub dp: DataPlane,
+    /// Map pins that were missing (removed out of band) and were pinned
+    /// again from the programs when the session opened.
+    pub repinned: Vec<String>,
     used: BTreeSet<u32>,
     _lock: std::fs::File,
 }
@@ -412,6 +415,13 @@ impl Session {
             let _ = std::fs::remove_dir_all(pins::PROGS_DIR);
             let _ = std::fs::remove_dir_all(pins::MAPS_DIR);
         }
+        let repinned = if is_loaded() {
+            let mut all: Vec<&str> = crate::policy_maps::POLICY_MAPS.to_vec();
+            all.extend(crate::loader::STATE_MAPS);
+            DataPlane::repin_maps(&all)?
+        } else {
+            Vec::new()
+        };
         let dp = match DataPlane::open()? {
             Some(dp) => dp,
             None => {
@@ -429,6 +439,7 @@ impl Session {
             .collect();
         Ok(Session {
             dp,
+            repinned,
             used,
             _lock: lock,
         })
