@@ -208,7 +208,9 @@ impl DataPlane {
     /// longer exists is found by the name it had when attached.
     pub fn endpoint_of(&self, id: &IfaceId) -> Result<Option<EndpointInfo>, DataPlaneError> {
         let name = id.iface.as_bytes();
-        let by_name = id.ns == NsIdent::MISSING;
+        // A named namespace by its name (recorded at attach; a deleted one
+        // is found so), any other by identity.
+        let by_name = id.netns.is_some();
         Ok(self
             .maps
             .endpoints()?

@@ -487,6 +487,18 @@ pub fn detach_in(session: &mut Session, iface: &IfaceId) -> Result<(), LoaderErr
         Err(e) if e.kind() == io::ErrorKind::NotFound => false,
         Err(e) => return Err(e.into()),
     };
+    if let Some(ep) = &ep {
+        // Pinned under the name it had, which now names another namespace.
+        let recorded = crate::dataplane::c_str(&ep.cfg.netns_name);
+        if !recorded.is_empty() && ep.id.netns.as_deref() != Some(recorded.as_str()) {
+            let old = IfaceId {
+                netns: Some(recorded),
+                ..ep.id.clone()
+            };
+            detach_links(&old.dir());
+            let _ = pins::remove_iface_dir(&old);
+        }
+    }
     let Some(ep) = ep else {
         return if linked {
             Ok(())

@@ -114,9 +114,10 @@ impl NsIdent {
     }
 }
 
-/// Identifies a protected interface: its name and the namespace it lives in.
-/// Equal when name, namespace identity and namespace name are.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+/// Identifies a protected interface: its name and the namespace it lives in
+/// — a named namespace by its name (unique at any moment, and what a
+/// deleted one is still called), any other by its identity.
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct IfaceId {
     pub iface: String,
     /// The namespace's name under `/run/netns`; none for the namespace `sgctl`
@@ -125,6 +126,45 @@ pub struct IfaceId {
     /// The namespace's identity ([`NsIdent::MISSING`] when a named
     /// namespace does not exist).
     pub ns: NsIdent,
+}
+
+impl IfaceId {
+    /// What equality, order and hashing compare.
+    fn key(&self) -> (&str, Result<&str, NsIdent>) {
+        (
+            &self.iface,
+            match &self.netns {
+                Some(name) => Ok(name),
+                None => Err(self.ns),
+            },
+        )
+    }
+}
+
+impl PartialEq for IfaceId {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for IfaceId {}
+
+impl PartialOrd for IfaceId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for IfaceId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+impl std::hash::Hash for IfaceId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
 }
 
 impl IfaceId {
@@ -175,11 +215,14 @@ impl IfaceId {
         }
     }
 
-    /// The directory of its link pins.
+    /// The directory of its link pins: by name for a named namespace, by
+    /// identity for any other.
     pub fn dir(&self) -> PathBuf {
-        Path::new(IFACES_DIR)
-            .join(self.ns.dir_name())
-            .join(&self.iface)
+        let scope = match &self.netns {
+            Some(name) => format!("netns-{name}"),
+            None => self.ns.dir_name(),
+        };
+        Path::new(IFACES_DIR).join(scope).join(&self.iface)
     }
 
     /// Its directory in the layout before one data plane per host.
@@ -259,9 +302,9 @@ pub fn remove_iface_dir(iface: &IfaceId) -> io::Result<()> {
     Ok(())
 }
 
-/// Interfaces with link pins under [`IFACES_DIR`], by namespace identity and
-/// name (names not resolved: see [`IfaceId::found`]).
-pub fn linked_ifaces() -> io::Result<Vec<(NsIdent, String)>> {
+/// Interfaces with link pins under [`IFACES_DIR`]: (namespace directory,
+/// interface name).
+pub fn linked_ifaces() -> io::Result<Vec<(String, String)>> {
     let mut found = Vec::new();
     let scopes = match std::fs::read_dir(IFACES_DIR) {
         Ok(s) => s,
@@ -270,11 +313,12 @@ pub fn linked_ifaces() -> io::Result<Vec<(NsIdent, String)>> {
     };
     for scope in scopes {
         let scope = scope?;
-        let Some(ns) = NsIdent::from_dir_name(&scope.file_name().to_string_lossy()) else {
-            continue;
-        };
+        let ns = scope.file_name().to_string_lossy().into_owned();
         for iface in std::fs::read_dir(scope.path())? {
-            found.push((ns, iface?.file_name().to_string_lossy().into_owned()));
+            found.push((
+                ns.clone(),
+                iface?.file_name().to_string_lossy().into_owned(),
+            ));
         }
     }
     found.sort();
@@ -424,5 +468,9 @@ mod tests {
         assert_eq!(NsIdent::from_dir_name(&ns.dir_name()), Some(ns));
         let unnamed = IfaceId { netns: None, ..id };
         assert_eq!(unnamed.to_string(), "eth0@netns:4026531840");
+        assert_eq!(
+            unnamed.dir(),
+            PathBuf::from("/sys/fs/bpf/sg/if/4_4026531840/eth0")
+        );
     }
 }
