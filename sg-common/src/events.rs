@@ -46,6 +46,26 @@ pub struct RateLimit {
 
 /// Ring buffer size (bytes, a power of two ≥ page size).
 pub const EVENTS_RING_BYTES: u32 = 1 << 18;
+/// Ring buffers per host: ring 0 (`SG_EVENTS`) takes the events of
+/// interfaces no reader follows; each reader (a daemon's flow log, `sgctl
+/// flows`) claims one of the others (`SG_EVENTS_1` …) and points the
+/// endpoints it follows at it (`IfaceConfig::event_ring`), so readers do not
+/// take each other's events out of a shared ring.
+pub const EVENT_RINGS: u32 = 8;
+
+/// Name of event ring `ring` in the object.
+pub const fn event_ring_name(ring: u32) -> &'static str {
+    match ring {
+        1 => "SG_EVENTS_1",
+        2 => "SG_EVENTS_2",
+        3 => "SG_EVENTS_3",
+        4 => "SG_EVENTS_4",
+        5 => "SG_EVENTS_5",
+        6 => "SG_EVENTS_6",
+        7 => "SG_EVENTS_7",
+        _ => "SG_EVENTS",
+    }
+}
 /// Default events per second per CPU (and burst).
 pub const DEFAULT_EVENTS_PER_SEC: u32 = 2000;
 

@@ -125,6 +125,9 @@ pub struct IfaceConfig {
     /// limit); its new tracked flows beyond it are refused as
     /// `conntrack_full`, other interfaces are unaffected. 0: no limit.
     pub ct_limit: u32,
+    /// The ring buffer its flow-log events go to (`crate::events::EVENT_RINGS`).
+    pub event_ring: u32,
+    pub _pad: u32,
     /// The namespace's device and inode numbers (`stat` of its nsfs file).
     pub netns_dev: u64,
     pub netns_ino: u64,
@@ -164,6 +167,8 @@ impl IfaceConfig {
                 secs as u32
             },
             ct_limit: 0,
+            event_ring: 0,
+            _pad: 0,
             netns_dev: 0,
             netns_ino: 0,
             ifname: [0; 16],
@@ -201,7 +206,7 @@ mod tests {
         assert_eq!(size_of::<PolicyHit>(), 8);
         assert_eq!(
             size_of::<IfaceConfig>(),
-            16 + 8 * crate::conntrack::TIMEOUT_SLOTS + 8 + 16 + 16 + 32
+            16 + 8 * crate::conntrack::TIMEOUT_SLOTS + 8 + 8 + 16 + 16 + 32
         );
     }
 

@@ -16,6 +16,35 @@ use crate::parse::Packet;
 #[map]
 static SG_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 #[map]
+static SG_EVENTS_1: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+#[map]
+static SG_EVENTS_2: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+#[map]
+static SG_EVENTS_3: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+#[map]
+static SG_EVENTS_4: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+#[map]
+static SG_EVENTS_5: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+#[map]
+static SG_EVENTS_6: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+#[map]
+static SG_EVENTS_7: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+/// The ring buffer a reader claimed for the endpoint (see `sg_common::events::EVENT_RINGS`).
+#[inline(always)]
+fn ring(index: u32) -> &'static RingBuf {
+    match index {
+        1 => &SG_EVENTS_1,
+        2 => &SG_EVENTS_2,
+        3 => &SG_EVENTS_3,
+        4 => &SG_EVENTS_4,
+        5 => &SG_EVENTS_5,
+        6 => &SG_EVENTS_6,
+        7 => &SG_EVENTS_7,
+        _ => &SG_EVENTS,
+    }
+}
+#[map]
 static SG_EVENTS_RATE: PerCpuArray<RateLimit> = PerCpuArray::with_max_entries(MAX_ENDPOINTS, 0);
 #[map]
 static SG_EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_ENDPOINTS, 0);
@@ -70,6 +99,8 @@ pub struct Judged {
     pub rule: u32,
     /// The interface's endpoint id.
     pub endpoint: u32,
+    /// The ring buffer its events go to.
+    pub ring: u32,
 }
 
 /// Reports a judged packet, if the rate allows; counts it as lost otherwise.
@@ -80,6 +111,7 @@ pub fn report(pkt: &Packet, direction: Direction, judged: Judged, bytes: u64, no
         tracked,
         rule,
         endpoint,
+        ring: ring_index,
     } = judged;
     if rate == 0 {
         return;
@@ -110,7 +142,7 @@ pub fn report(pkt: &Packet, direction: Direction, judged: Judged, bytes: u64, no
         _pad: [0; 3],
         endpoint,
     };
-    if SG_EVENTS.output::<FlowEvent>(&event, 0).is_err() {
+    if ring(ring_index).output::<FlowEvent>(&event, 0).is_err() {
         lost(endpoint);
     }
 }

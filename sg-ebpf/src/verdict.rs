@@ -145,6 +145,7 @@ fn judge(
             tracked,
             rule,
             endpoint: cfg.endpoint,
+            ring: cfg.event_ring,
         };
         events::report(&pkt, direction, judged, bytes, now, cfg.events_per_sec);
     }

@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{Map, MapData, RingBuf};
-use sg_common::{Direction, Reason, events::FlowEvent, names};
+use sg_common::{Direction, Reason, events::FlowEvent};
 
 use crate::{conntrack, pins::IfaceId};
 
@@ -145,6 +145,8 @@ struct Source {
 /// Reads flow events of attached interfaces and turns them into records.
 pub struct Collector {
     ring: RingBuf<MapData>,
+    /// The lock that keeps the ring this collector's (none: ring 0, shared).
+    _claim: Option<std::fs::File>,
     sources: Vec<Source>,
     pub account_id: String,
     window_start: u64,
@@ -154,6 +156,48 @@ pub struct Collector {
     since_ns: u64,
     /// Events skipped for being older than `since_ns`.
     pub skipped_stale: u64,
+}
+
+/// Claims a free event ring (a lock file per ring under the state
+/// directory, held while the collector lives); ring 0 when all are taken.
+fn claim_ring() -> (u32, Option<std::fs::File>) {
+    use std::os::fd::AsRawFd;
+    let _ = crate::lock::ensure_state_dir();
+    for ring in 1..sg_common::events::EVENT_RINGS {
+        let path = std::path::Path::new(crate::lock::STATE_DIR).join(format!("events-{ring}.lock"));
+        let Ok(file) = crate::private_dir::open_with_mode(
+            &path,
+            crate::private_dir::STATE_FILE_MODE,
+            std::fs::OpenOptions::new().write(true).truncate(false),
+        ) else {
+            continue;
+        };
+        // SAFETY: a valid fd; flock(2) has no memory preconditions.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return (ring, Some(file));
+        }
+    }
+    log::warn!("every flow-log event ring is taken; sharing ring 0 with other readers");
+    (0, None)
+}
+
+/// Points the endpoints of `ifaces` at event ring `ring`.
+fn point_at_ring(ifaces: &[IfaceId], ring: u32) -> Result<()> {
+    let mut session = crate::dataplane::Session::open_or_load(
+        &crate::loader::AttachOptions::default().load_options(),
+    )?;
+    for id in ifaces {
+        if let Some(ep) = session.dp.endpoint_of(id)?
+            && ep.cfg.event_ring != ring
+        {
+            let cfg = sg_common::IfaceConfig {
+                event_ring: ring,
+                ..ep.cfg
+            };
+            session.dp.maps.write_endpoint(ep.key, &cfg)?;
+        }
+    }
+    Ok(())
 }
 
 fn unix_now() -> u64 {
@@ -179,7 +223,9 @@ impl Collector {
     /// As [`Collector::open`].
     pub fn open_since(ifaces: &[IfaceId], account_id: &str, since_ns: u64) -> Result<Collector> {
         let mut sources = Vec::new();
-        let path = std::path::Path::new(crate::pins::MAPS_DIR).join(names::MAP_EVENTS);
+        let (ring_index, claim) = claim_ring();
+        let path = std::path::Path::new(crate::pins::MAPS_DIR)
+            .join(sg_common::events::event_ring_name(ring_index));
         let ring = MapData::from_pin(&path).with_context(|| {
             format!(
                 "no event ring buffer pinned at {}; is anything attached (`sgctl status`)?",
@@ -202,8 +248,10 @@ impl Collector {
             source.window.clear();
             sources.push(source);
         }
+        point_at_ring(ifaces, ring_index)?;
         Ok(Collector {
             ring,
+            _claim: claim,
             sources,
             account_id: account_id.to_string(),
             window_start: unix_now(),

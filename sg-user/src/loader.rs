@@ -928,6 +928,8 @@ pub fn ensure_in(
     let mut repaired = Vec::new();
     let kernel = kernel_iface(iface)?;
     let mut cfg = endpoint_config(iface, ep.cfg.endpoint, opts, initial);
+    // A flow-log reader's claim stays.
+    cfg.event_ring = ep.cfg.event_ring;
     cfg.events_per_sec = if cfg.flags & CONFIG_ENFORCE != 0 {
         ep.cfg.events_per_sec
     } else {

@@ -83,6 +83,7 @@ impl NsIdent {
         format!("{}_{}", self.dev, self.ino)
     }
 
+    #[cfg(test)]
     fn from_dir_name(name: &str) -> Option<NsIdent> {
         let (dev, ino) = name.split_once('_')?;
         Some(NsIdent {

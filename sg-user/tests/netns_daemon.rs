@@ -570,13 +570,12 @@ fn interfaces_that_appear_later_are_enforced_and_cleaned_up_when_gone() {
     drop(servers);
 
     ip(&["netns", "del", &ctr]);
+    // The pins go inside the daemon's apply, its state file after it.
     wait_until(10, "the deleted interface's state to go", || {
         !id.dir().exists()
+            && daemon::read_state_for(&path)
+                .is_some_and(|s| s.generations.get(&id.to_string()) == Some(&0))
     });
-    assert!(
-        daemon::read_state_for(&path)
-            .is_some_and(|s| s.generations.get(&id.to_string()) == Some(&0))
-    );
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
 }
