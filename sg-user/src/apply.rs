@@ -487,7 +487,7 @@ fn step_for_attached(
             why: "attached by `sgctl attach` or for the other side".into(),
         };
     };
-    let drifted = drift::check(id, Some(state));
+    let drifted = drift::check_with(id, Some(state), Some(true));
     if !drifted.is_empty() {
         let why: Vec<String> = drifted.iter().map(ToString::to_string).collect();
         return Step::Reattach {

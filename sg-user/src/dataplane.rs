@@ -216,11 +216,19 @@ impl DataPlane {
             .endpoints()?
             .into_iter()
             .find(|(_, cfg)| {
+                let recorded = NsIdent {
+                    dev: cfg.netns_dev,
+                    ino: cfg.netns_ino,
+                };
                 c_str(&cfg.ifname).as_bytes() == name
                     && if by_name {
+                        // The name it was attached under, unless that name
+                        // now stands for another namespace (then this is a
+                        // leftover of the deleted one, see `IfaceId::found`).
                         id.netns.as_deref() == Some(c_str(&cfg.netns_name).as_str())
+                            && (id.ns == NsIdent::MISSING || id.ns == recorded)
                     } else {
-                        cfg.netns_dev == id.ns.dev && cfg.netns_ino == id.ns.ino
+                        recorded == id.ns
                     }
             })
             .map(|(key, cfg)| EndpointInfo {
@@ -423,7 +431,7 @@ impl Session {
         } else {
             Vec::new()
         };
-        let dp = match DataPlane::open()? {
+        let mut dp = match DataPlane::open()? {
             Some(dp) => dp,
             None => {
                 load(opts)?;
@@ -432,6 +440,7 @@ impl Session {
                 })?
             }
         };
+        dp.maps.cache_endpoints()?;
         let used = dp
             .maps
             .endpoints()?

@@ -82,6 +82,15 @@ pub fn ifindex_of(id: &IfaceId) -> Option<u32> {
 /// How the pinned interface `id` differs from what was set up; empty when it
 /// is intact. `state` is what `apply` recorded (none for `sgctl attach`).
 pub fn check(id: &IfaceId, state: Option<&IfaceState>) -> Vec<Drift> {
+    check_with(id, state, None)
+}
+
+/// [`check`], told whether the interface has an endpoint (`None`: look it up).
+pub fn check_with(
+    id: &IfaceId,
+    state: Option<&IfaceState>,
+    has_endpoint: Option<bool>,
+) -> Vec<Drift> {
     if let Some(ns) = &id.netns
         && crate::pins::NsIdent::named(ns).ok() != Some(id.ns)
     {
@@ -105,13 +114,17 @@ pub fn check(id: &IfaceId, state: Option<&IfaceState>) -> Vec<Drift> {
             ifindex,
         });
     }
-    found.extend(missing_pins(id));
+    found.extend(missing_pins_with(id, has_endpoint));
     found
 }
 
 /// Hooks missing from the interface's pin directory, maps missing from the
 /// data plane, and a missing endpoint.
 pub fn missing_pins(id: &IfaceId) -> Vec<Drift> {
+    missing_pins_with(id, None)
+}
+
+fn missing_pins_with(id: &IfaceId, has_endpoint: Option<bool>) -> Vec<Drift> {
     let names: Vec<String> = std::fs::read_dir(id.dir())
         .into_iter()
         .flatten()
@@ -133,7 +146,7 @@ pub fn missing_pins(id: &IfaceId) -> Vec<Drift> {
         .collect();
     if !maps.is_empty() {
         found.push(Drift::PinsMissing { names: maps });
-    } else if crate::loader::endpoint(id).is_err() {
+    } else if !has_endpoint.unwrap_or_else(|| crate::loader::endpoint(id).is_ok()) {
         found.push(Drift::EndpointMissing);
     }
     found

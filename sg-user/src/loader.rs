@@ -307,10 +307,16 @@ pub fn attach_in(
     initial: InitialPolicy,
 ) -> Result<Attached, LoaderError> {
     let dir = iface.dir();
-    if dir.exists() || session.dp.endpoint_of(iface)?.is_some() {
+    if session.dp.endpoint_of(iface)?.is_some() {
         return Err(LoaderError::AlreadyAttached {
             iface: iface.clone(),
         });
+    }
+    if dir.exists() {
+        // Links without an endpoint: a leftover of an interface that is
+        // gone (its namespace deleted and the name given to a new one).
+        detach_links(&dir);
+        let _ = pins::remove_iface_dir(iface);
     }
     let kernel = kernel_iface(iface)?;
     let endpoint = session.allocate_endpoint()?;
@@ -338,9 +344,12 @@ pub fn attach_in(
 /// Writes a new endpoint: a clean counter row, then its entry.
 fn register(session: &mut Session, key: EndpointKey, cfg: &IfaceConfig) -> Result<(), LoaderError> {
     // Connections a previous endpoint of this id left (it was removed
-    // without its tables being cleaned) must not count for this one.
-    crate::conntrack::remove_endpoint_flows(cfg.endpoint)
-        .map_err(|e| io::Error::other(format!("cleaning connection entries: {e}")))?;
+    // without its tables being cleaned) must not count for this one; its
+    // count says whether there are any (a walk of the tables otherwise).
+    if crate::conntrack::in_use(cfg.endpoint).map_or(true, |n| n != 0) {
+        crate::conntrack::remove_endpoint_flows(cfg.endpoint)
+            .map_err(|e| io::Error::other(format!("cleaning connection entries: {e}")))?;
+    }
     session.dp.reset_endpoint_row(cfg.endpoint)?;
     session.dp.maps.write_endpoint(key, cfg)?;
     Ok(())

@@ -89,6 +89,9 @@ pub struct PolicyMaps {
     rule_hits: PerCpuHashMap<MapData, RuleHitKey, Counter>,
     policy: u32,
     endpoint: Option<EndpointKey>,
+    /// The endpoint table as last read or written, while the caller holds
+    /// the data plane's lock (see [`PolicyMaps::cache_endpoints`]).
+    cache: Option<Vec<(EndpointKey, IfaceConfig)>>,
 }
 
 impl PolicyMaps {
@@ -111,6 +114,7 @@ impl PolicyMaps {
                 .map_err(map_err(names::MAP_RULE_HITS))?,
             policy: 1,
             endpoint: None,
+            cache: None,
         })
     }
 
@@ -202,10 +206,22 @@ impl PolicyMaps {
 
     /// Every endpoint: (key, settings).
     pub fn endpoints(&self) -> Result<Vec<(EndpointKey, IfaceConfig)>, PolicyMapError> {
+        if let Some(cache) = &self.cache {
+            return Ok(cache.clone());
+        }
         self.endpoints
             .iter()
             .collect::<Result<_, _>>()
             .map_err(map_err(names::MAP_ENDPOINTS))
+    }
+
+    /// Keeps the endpoint table in memory from now on (reads served from it,
+    /// writes through it): only while no one else can change it (a
+    /// `dataplane::Session` holds the data plane's lock).
+    pub fn cache_endpoints(&mut self) -> Result<(), PolicyMapError> {
+        self.cache = None;
+        self.cache = Some(self.endpoints()?);
+        Ok(())
     }
 
     /// Writes an endpoint's settings (and its timeouts for the in-kernel
@@ -220,11 +236,21 @@ impl PolicyMaps {
             .map_err(map_err(names::MAP_CT_TIMEOUTS))?;
         self.endpoints
             .insert(key, cfg, 0)
-            .map_err(map_err(names::MAP_ENDPOINTS))
+            .map_err(map_err(names::MAP_ENDPOINTS))?;
+        if let Some(cache) = &mut self.cache {
+            match cache.iter_mut().find(|(k, _)| *k == key) {
+                Some(entry) => entry.1 = *cfg,
+                None => cache.push((key, *cfg)),
+            }
+        }
+        Ok(())
     }
 
     /// Removes an endpoint (its interface's packets then drop as `no_policy`).
     pub fn remove_endpoint(&mut self, key: &EndpointKey) -> Result<(), PolicyMapError> {
+        if let Some(cache) = &mut self.cache {
+            cache.retain(|(k, _)| k != key);
+        }
         match self.endpoints.remove(key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err(names::MAP_ENDPOINTS)(e)),

@@ -188,10 +188,11 @@ pub fn write_state_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
         STATE_FILE_MODE,
         OpenOptions::new().write(true).truncate(true),
     )
-    .and_then(|mut f| {
-        f.write_all(bytes)?;
-        f.sync_data()
-    })
+    // No fsync: the state describes pins in bpffs, which a power loss
+    // takes too; a crashed sgctl loses nothing the page cache holds. (An
+    // fsync per interface was most of the time of a 200-interface apply on
+    // a disk-backed /run.)
+    .and_then(|mut f| f.write_all(bytes))
     .and_then(|()| fs::rename(&tmp, path));
     written.map_err(|e| {
         let _ = fs::remove_file(&tmp);
