@@ -162,6 +162,147 @@ fn memlock(path: &Path) -> Result<u64> {
         .context("memlock value")
 }
 
+/// Kernel memory of every map of the host's data plane, bytes (0 before it
+/// is loaded).
+fn dataplane_memlock() -> Result<u64> {
+    let mut total = 0;
+    let Ok(entries) = std::fs::read_dir(pins::MAPS_DIR) else {
+        return Ok(0);
+    };
+    for e in entries {
+        total += memlock(&e?.path())?;
+    }
+    Ok(total)
+}
+
+/// `n` interfaces (veth pairs, both ends in one namespace) in 3 group sets.
+fn scale_config(netns: &str, n: u32) -> String {
+    let mut y = String::from("security_groups:\n");
+    for g in 0..3 {
+        writeln!(
+            y,
+            "  - id: sg-{g}\n    ingress:\n      - {{ protocol: tcp, ports: {}, cidr: 198.18.0.0/15 }}\n      - {{ protocol: udp, ports: 53, group: sg-{g} }}",
+            80 + g
+        )
+        .unwrap();
+    }
+    y.push_str("interfaces:\n");
+    for i in 0..n {
+        writeln!(
+            y,
+            "  - {{ name: v{i}, netns: \"{netns}\", security_groups: [sg-{}], addresses: [198.18.{}.{}] }}",
+            i % 3,
+            100 + i / 250,
+            i % 250 + 1
+        )
+        .unwrap();
+    }
+    y
+}
+
+/// Applies `path` in-process with the state lock already taken: the apply's
+/// own work, without waiting for other sgctl processes.
+fn timed_apply_locked(path: &Path) -> Result<(f64, usize)> {
+    let model = crate::apply::load(path, &[])
+        .map_err(|p| anyhow::anyhow!("scale config invalid: {p:?}"))?;
+    let held = crate::lock::state_lock("bench: host scale", crate::lock::Wait::Block, |_| {})?;
+    let t = Instant::now();
+    let changes =
+        crate::apply::apply_locked(&model, &crate::apply::ApplyOptions::default(), &held)?;
+    Ok((t.elapsed().as_secs_f64() * 1e3, changes.len()))
+}
+
+fn add_veths(ns: &Netns, range: std::ops::Range<u32>, dir: &Path) -> Result<()> {
+    let mut batch = String::new();
+    for i in range {
+        writeln!(
+            batch,
+            "link add v{i} type veth peer name p{i}\nlink set v{i} up"
+        )
+        .unwrap();
+    }
+    let path = dir.join("scale.batch");
+    std::fs::write(&path, batch)?;
+    run_checked(
+        "ip",
+        &["-n", ns.name(), "-batch", path.to_str().expect("utf-8")],
+    )?;
+    Ok(())
+}
+
+/// One data plane per host: apply of `sizes` interfaces (in-process, state
+/// lock held, so other sgctl processes' work is not counted), kernel memory
+/// per added interface, programs the interfaces run, and one interface added
+/// to the largest running set.
+pub fn host_scale(dir: &Path, sizes: &[u32]) -> Result<Vec<ControlRow>> {
+    let mut rows = Vec::new();
+    for (k, &n) in sizes.iter().enumerate() {
+        let ns = Netns::create(&format!("hs{n}"))?;
+        add_veths(&ns, 0..n, dir)?;
+        let path = dir.join(format!("scale{n}.yaml"));
+        std::fs::write(&path, scale_config(ns.name(), n))?;
+        let cold = !crate::dataplane::is_loaded();
+        let before = dataplane_memlock()?;
+        let (ms, changes) = timed_apply_locked(&path)?;
+        let after = dataplane_memlock()?;
+        let mut programs = std::collections::BTreeSet::new();
+        let mut policies = std::collections::BTreeSet::new();
+        for i in 0..n {
+            let id = IfaceId::new(&format!("v{i}"), Some(ns.name()));
+            programs.extend(
+                crate::loader::pinned_hooks(&id)?
+                    .iter()
+                    .map(|h| h.program_id),
+            );
+            policies.insert(crate::loader::settings(&id)?.0.policy);
+        }
+        let per_iface = if cold {
+            "n/a (data plane loaded by this apply)".to_string()
+        } else {
+            format!(
+                "{:.1} KiB",
+                (after.saturating_sub(before)) as f64 / 1024.0 / n as f64
+            )
+        };
+        rows.push(ControlRow {
+            what: format!("host scale: apply {n} interfaces (3 group sets){}", if cold { ", cold" } else { "" }),
+            wall_ms: ms,
+            peak_rss_mib: 0.0,
+            detail: format!(
+                "{changes} changes; maps {:.1} MiB → {:.1} MiB, per interface {per_iface}; {} programs run by the {n} interfaces; {} policies",
+                before as f64 / 1048576.0,
+                after as f64 / 1048576.0,
+                programs.len(),
+                policies.len()
+            ),
+        });
+        if k + 1 == sizes.len() {
+            // One more interface on the running host.
+            add_veths(&ns, n..n + 1, dir)?;
+            std::fs::write(&path, scale_config(ns.name(), n + 1))?;
+            let before = dataplane_memlock()?;
+            let (ms, _) = timed_apply_locked(&path)?;
+            let after = dataplane_memlock()?;
+            rows.push(ControlRow {
+                what: format!("host scale: one interface added to {n} running"),
+                wall_ms: ms,
+                peak_rss_mib: 0.0,
+                detail: format!(
+                    "whole apply of the {}-interface config; +{:.1} KiB of maps",
+                    n + 1,
+                    after.saturating_sub(before) as f64 / 1024.0
+                ),
+            });
+        }
+        for id in pins::attached_ifaces()? {
+            if id.netns.as_deref() == Some(ns.name()) {
+                crate::apply::detach(&id)?;
+            }
+        }
+    }
+    Ok(rows)
+}
+
 /// Runs the control-plane measurements with the `sgctl` binary at `sgctl`;
 /// `host_ifaces` interfaces for the host case.
 pub fn measure(sgctl: &Path, members: u32, host_ifaces: u32) -> Result<Vec<ControlRow>> {
@@ -273,8 +414,7 @@ fn measure_in(sgctl: &Path, dir: &Path, members: u32, host_ifaces: u32) -> Resul
         what: format!("apply, whole host ({host_ifaces} interfaces, 2,500 groups)"),
         wall_ms: wall,
         peak_rss_mib: rss,
-        detail: "each interface gets its own programs and maps (verifier runs per interface)"
-            .into(),
+        detail: "one data plane per host: programs verified once, interfaces share policies".into(),
     });
     for id in pins::attached_ifaces()? {
         if id.netns.as_deref() == Some(host.name()) {

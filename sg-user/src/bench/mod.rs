@@ -33,8 +33,19 @@ pub struct BenchConfig {
     pub conn_rules: Vec<usize>,
     pub control_members: u32,
     pub host_ifaces: u32,
+    /// Interface counts of the one-data-plane-per-host section.
+    pub scale_ifaces: Vec<u32>,
     pub flood: u32,
     pub ct_capacity: u32,
+    /// Sections to run (`per-packet`, `traffic`, `control`, `scale`,
+    /// `pressure`); empty: all.
+    pub only: Vec<String>,
+}
+
+impl BenchConfig {
+    fn runs(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
 }
 
 impl BenchConfig {
@@ -52,8 +63,10 @@ impl BenchConfig {
             conn_rules: vec![10, 100, 1000],
             control_members: 10_000,
             host_ifaces: 100,
+            scale_ifaces: vec![1, 100, 1000],
             flood: 100_000,
             ct_capacity: 65_536,
+            only: Vec::new(),
         }
     }
 
@@ -71,8 +84,10 @@ impl BenchConfig {
             conn_rules: vec![1000],
             control_members: 10_000,
             host_ifaces: 20,
+            scale_ifaces: vec![1, 100, 1000],
             flood: 20_000,
             ct_capacity: 8_192,
+            only: Vec::new(),
         }
     }
 
@@ -90,8 +105,10 @@ impl BenchConfig {
             conn_rules: vec![10],
             control_members: 100,
             host_ifaces: 3,
+            scale_ifaces: vec![1, 3],
             flood: 300,
             ct_capacity: 256,
+            only: Vec::new(),
         }
     }
 }
@@ -127,6 +144,9 @@ pub fn run(
         ..Results::default()
     };
     for v6 in [false, true] {
+        if !cfg.runs("per-packet") {
+            break;
+        }
         let mut sets = per_packet::rule_sets(v6, &cfg.sizes);
         sets.push(per_packet::members_set(v6, cfg.members));
         for set in &sets {
@@ -144,6 +164,42 @@ pub fn run(
             )?);
         }
     }
+    if cfg.runs("traffic") {
+        traffic_sections(cfg, &mut r, progress)?;
+    }
+    if cfg.runs("control") {
+        progress("control plane");
+        r.control = control::measure(sgctl, cfg.control_members, cfg.host_ifaces)?;
+        r.host_ifaces = cfg.host_ifaces;
+    }
+    if cfg.runs("scale") {
+        progress("host scale (one data plane per host)");
+        let dir = std::env::temp_dir().join(format!("sg-bench-scale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let scale = control::host_scale(&dir, &cfg.scale_ifaces);
+        let _ = std::fs::remove_dir_all(&dir);
+        r.control.extend(scale?);
+    }
+    if cfg.runs("pressure") {
+        progress("conntrack under pressure");
+        for untracked in [false, true] {
+            r.pressure.push(pressure::flood(
+                cfg.ct_capacity,
+                100.min(cfg.ct_capacity / 4),
+                cfg.flood,
+                untracked,
+            )?);
+        }
+    }
+    r.seconds = t.elapsed().as_secs_f64();
+    Ok(r)
+}
+
+fn traffic_sections(
+    cfg: &BenchConfig,
+    r: &mut Results,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
     let bed = traffic::Testbed::new()?;
     for peer in traffic::Peer::ALL {
         progress(&format!("traffic: {}", peer.name()));
@@ -190,18 +246,5 @@ pub fn run(
         }
     }
     drop(bed);
-    progress("control plane");
-    r.control = control::measure(sgctl, cfg.control_members, cfg.host_ifaces)?;
-    r.host_ifaces = cfg.host_ifaces;
-    progress("conntrack under pressure");
-    for untracked in [false, true] {
-        r.pressure.push(pressure::flood(
-            cfg.ct_capacity,
-            100.min(cfg.ct_capacity / 4),
-            cfg.flood,
-            untracked,
-        )?);
-    }
-    r.seconds = t.elapsed().as_secs_f64();
-    Ok(r)
+    Ok(())
 }

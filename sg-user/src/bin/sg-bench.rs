@@ -19,6 +19,10 @@ struct Args {
     /// Directory for BENCHMARKS.md and the charts
     #[arg(long, default_value = ".")]
     out: PathBuf,
+    /// Run only these sections (repeatable): per-packet, traffic, control,
+    /// scale, pressure
+    #[arg(long)]
+    only: Vec<String>,
     /// The command to print as the one that produced the numbers
     #[arg(long, default_value = "cargo xtask bench")]
     command: String,
@@ -29,11 +33,12 @@ fn main() -> Result<()> {
     if !sg_user::netns::is_root() {
         bail!("the benchmark loads eBPF programs and creates namespaces: run it as root");
     }
-    let cfg = if args.quick {
+    let mut cfg = if args.quick {
         BenchConfig::quick()
     } else {
         BenchConfig::full()
     };
+    cfg.only = args.only;
     let sgctl = bench::control::sibling_sgctl()?;
     let results = bench::run(&cfg, &sgctl, &mut |step| eprintln!("bench: {step}"))?;
     let charts = report::charts(&results, &args.out)?;
