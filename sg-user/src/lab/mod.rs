@@ -12,7 +12,7 @@
 //! - `down`: stop the listeners, detach, delete the namespaces and state.
 //!
 //! Everything a lab makes carries its name: namespaces `sgl-<lab>-*`, pins
-//! `/sys/fs/bpf/sg/netns-sgl-<lab>-*`, state `/run/sgctl/netns-sgl-<lab>-*`
+//! `/sys/fs/bpf/sg/if/netns-sgl-<lab>-*`, state `/run/sgctl/netns-sgl-<lab>-*`
 //! and `/run/sgctl/lab/<lab>/`. Cleaning up removes exactly those, so it
 //! never touches what the lab did not create, and `up` first removes what a
 //! crashed lab of the same name left behind.
@@ -410,7 +410,11 @@ pub fn down(lab: &str) -> Result<DownReport> {
         }
     }
     let scoped = format!("netns-{prefix}");
-    for root in [Path::new(pins::ROOT), Path::new(apply::STATE_DIR)] {
+    for root in [
+        Path::new(pins::ROOT),
+        Path::new(pins::IFACES_DIR),
+        Path::new(apply::STATE_DIR),
+    ] {
         for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
             if entry.file_name().to_string_lossy().starts_with(&scoped) {
                 std::fs::remove_dir_all(entry.path())
@@ -445,7 +449,11 @@ pub fn leftovers(lab: &str) -> Vec<String> {
         .map(|n| format!("namespace {n}"))
         .collect();
     let scoped = format!("netns-{prefix}");
-    for root in [Path::new(pins::ROOT), Path::new(apply::STATE_DIR)] {
+    for root in [
+        Path::new(pins::ROOT),
+        Path::new(pins::IFACES_DIR),
+        Path::new(apply::STATE_DIR),
+    ] {
         for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
             if entry.file_name().to_string_lossy().starts_with(&scoped) {
                 left.push(entry.path().display().to_string());
