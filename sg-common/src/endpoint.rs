@@ -2,9 +2,9 @@
 //!
 //! The programs are loaded and verified once per host and attached to any
 //! number of interfaces, in any network namespace. A packet finds the
-//! interface it belongs to in `SG_ENDPOINTS`, keyed by (`bpf_get_netns_cookie`,
-//! ifindex) — the interface's identity as the kernel sees it, whatever its
-//! name or namespace name. The value ([`crate::IfaceConfig`]) holds the
+//! interface it belongs to in `SG_ENDPOINTS`, keyed by (its device's
+//! namespace cookie, ifindex) — the interface's identity as the kernel sees
+//! it, whatever its name or namespace name. The value ([`crate::IfaceConfig`]) holds the
 //! endpoint id (the first word of every connection and fragment key, and the
 //! row of its counters), the policy it enforces, its side, mode, idle
 //! timeouts, flow-log rate and connection limit. A packet on an interface the
@@ -20,7 +20,7 @@
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct EndpointKey {
-    /// `bpf_get_netns_cookie()` of the interface's namespace (user space:
+    /// Cookie of the interface's namespace (`net->net_cookie`; user space:
     /// `getsockopt(SO_NETNS_COOKIE)` on a socket made in that namespace).
     pub netns_cookie: u64,
     /// Interface index in that namespace (XDP: `ingress_ifindex`; tc: `skb->ifindex`).

@@ -6,9 +6,10 @@
 //!
 //! Every attached interface runs the same three programs (`sg_xdp_ingress` or
 //! `sg_tc_ingress`, and `sg_tc_egress`). A packet finds its interface — its
-//! *endpoint* — in `SG_ENDPOINTS`, a hash keyed by (`bpf_get_netns_cookie`,
-//! ifindex); the value ([`IfaceConfig`]) carries the endpoint id, side,
-//! policy id, idle timeouts, flow-log rate, mode and connection limit. So:
+//! *endpoint* — in `SG_ENDPOINTS`, a hash keyed by (namespace cookie,
+//! ifindex) of the device it is on; the value ([`IfaceConfig`]) carries the
+//! endpoint id, side, policy id, idle timeouts, flow-log rate, mode and
+//! connection limit. So:
 //!
 //! - the verifier runs three times per host, not twice per interface;
 //! - an interface costs one endpoint entry and two link pins (its counters
@@ -19,16 +20,23 @@
 //!   its atomic switch); moving an interface to another policy is one
 //!   update of its endpoint.
 //!
+//! The namespace cookie is the device's (`dev->nd_net.net->net_cookie`, read
+//! with `bpf_probe_read_kernel` at offsets taken from the kernel's BTF,
+//! [`crate::kernel_offsets`]): `bpf_get_netns_cookie` is refused to XDP
+//! programs by this kernel's verifier, and on tc it answers with the
+//! *socket's* namespace — the initial one for every received packet. User
+//! space gets the same value from `SO_NETNS_COOKIE` inside the namespace.
+//!
 //! The endpoint is written before the links are attached and removed after
-//! they are gone; a packet on an interface the table does not know (a
-//! leftover link, an interface moved to another namespace) is dropped as
-//! `no_policy` (fail closed) and counted in row 0.
+//! they are detached (synchronously, `BPF_LINK_DETACH`); a packet on an
+//! interface the table does not know (a leftover link, an interface moved to
+//! another namespace) is dropped as `no_policy` (fail closed) and counted in
+//! row 0.
 //!
 //! The alternative — a per-interface preamble program with the settings as
-//! read-only globals, tail-calling shared programs (Calico's design) — still
-//! loads one program per interface, so the number of verified programs
-//! would grow with interfaces; the hash lookup costs less than the tail call
-//! (see BENCHMARKS.md: TestRun rows).
+//! read-only globals, tail-calling shared programs (Calico's design) — loads
+//! and verifies one program per interface, so the number of programs would
+//! grow with interfaces; it was not chosen.
 //!
 //! Under `BPF_PROG_TEST_RUN` the kernel runs XDP and tc programs on the
 //! loopback device of the caller's namespace: the endpoint key is (cookie of

@@ -66,13 +66,21 @@ pub fn iface_status(id: IfaceId) -> Result<IfaceStatus> {
             id.detach_command()
         );
     }
-    let (cfg, generation) = loader::settings(&id)?;
+    // One look at the data plane for everything below.
+    let (mut dp, ep) = loader::endpoint(&id)?;
+    let cfg = ep.cfg;
+    let generation = if cfg.policy == 0 {
+        0
+    } else {
+        dp.maps.policy_state(cfg.policy)?.generation
+    };
     let state = crate::apply::read_state(&id);
-    let drift = drift::check(&id, state.as_ref());
+    let drift = drift::check_with(&id, state.as_ref(), Some(true));
     let fix = (!drift.is_empty()).then(|| drift::fix_command(&id, state.as_ref(), &drift));
     let state = state.unwrap_or_default();
     let hooks = loader::pinned_hooks(&id)?;
-    let counters = loader::read_counters(&id)?
+    let counters = dp
+        .counters(cfg.endpoint)?
         .into_iter()
         .map(|((d, r), c)| CounterRow {
             direction: d.name(),
@@ -83,7 +91,13 @@ pub fn iface_status(id: IfaceId) -> Result<IfaceStatus> {
         })
         .collect();
     let (conntrack_entries, conntrack_capacity) = crate::conntrack::usage(&cfg)?;
-    let mut rule_hits: Vec<RuleHitRow> = loader::read_rule_hits(&id)?
+    let hits = if cfg.policy == 0 {
+        Default::default()
+    } else {
+        dp.maps.select(cfg.policy, Some(ep.key));
+        dp.maps.rule_hits()?
+    };
+    let mut rule_hits: Vec<RuleHitRow> = hits
         .into_iter()
         .filter_map(|(hash, c)| {
             // Counters of rules that left the config are not shown.
@@ -98,7 +112,7 @@ pub fn iface_status(id: IfaceId) -> Result<IfaceStatus> {
         })
         .collect();
     rule_hits.sort_by(|a, b| a.rule.cmp(&b.rule));
-    let events_lost = loader::read_events_lost(&id)?;
+    let events_lost = dp.events_lost(cfg.endpoint)?;
     Ok(IfaceStatus {
         iface: id,
         endpoint: cfg.endpoint,

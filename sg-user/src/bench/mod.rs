@@ -4,6 +4,7 @@
 //! suite runs [`BenchConfig::smoke`] only to keep this code working.
 
 pub mod control;
+pub mod legacy;
 pub mod per_packet;
 pub mod pressure;
 pub mod report;

@@ -44,6 +44,11 @@ pub struct Row {
     pub observe_ns: f64,
     pub compile_ms: f64,
     pub install_ms: f64,
+    /// The previous release's programs on the same frames, same run (IPv4
+    /// rule sets only; 0 when not measured): established, new flow, denied.
+    pub legacy_ct_hit_ns: f64,
+    pub legacy_new_flow_ns: f64,
+    pub legacy_denied_ns: f64,
 }
 
 fn v4_from(i: u32) -> Ipv4Addr {
@@ -248,6 +253,11 @@ pub fn measure(set: &RuleSet, v6: bool, repeat: u32, new_flows: u32, runs: usize
         set.name
     );
     let n = f64::from(new_flows.max(1));
+    let (legacy_ct_hit_ns, legacy_new_flow_ns, legacy_denied_ns) = if v6 {
+        (0.0, 0.0, 0.0)
+    } else {
+        legacy_rows(set, repeat, new_flows, runs, client)?
+    };
     inst.policy.observe()?;
     let observe_ns = best(&mut || Ok(inst.xdp(&ack, repeat)?.1 as f64))?;
     Ok(Row {
@@ -264,5 +274,48 @@ pub fn measure(set: &RuleSet, v6: bool, repeat: u32, new_flows: u32, runs: usize
         observe_ns,
         compile_ms,
         install_ms,
+        legacy_ct_hit_ns,
+        legacy_new_flow_ns,
+        legacy_denied_ns,
     })
+}
+
+/// The same three rows through the previous release's programs.
+fn legacy_rows(
+    set: &RuleSet,
+    repeat: u32,
+    new_flows: u32,
+    runs: usize,
+    client: IpAddr,
+) -> Result<(f64, f64, f64)> {
+    let policy = compile(1, &set.rules, &[]);
+    let mut old = super::legacy::Legacy::load(&policy, new_flows * 2 + 1024, u32::MAX)?;
+    let best = |f: &mut dyn FnMut() -> Result<f64>| -> Result<f64> {
+        let mut best = f64::MAX;
+        for _ in 0..runs {
+            best = best.min(f()?);
+        }
+        Ok(best)
+    };
+    let open = syn(client, 40000, 443, TCP_SYN);
+    anyhow::ensure!(old.xdp(&open, 1)?.0 == XDP_PASS, "legacy: flow not allowed");
+    let ack = syn(client, 40000, 443, TCP_ACK);
+    let ct_hit = best(&mut || Ok(old.xdp(&ack, repeat)?.1 as f64))?;
+    let denied = syn(client, 40001, 9, TCP_SYN);
+    let denied_ns = best(&mut || Ok(old.xdp(&denied, repeat)?.1 as f64))?;
+    let mut total = 0u64;
+    for i in 0..new_flows {
+        if i % 512 == 0 {
+            old.drain_events()?;
+        }
+        let frame = syn(client, 1024 + (i % 60000) as u16, 443, TCP_SYN);
+        let (verdict, ns) = old.xdp(&frame, 1)?;
+        anyhow::ensure!(verdict == XDP_PASS, "legacy: new flow {i} refused");
+        total += ns;
+    }
+    Ok((
+        ct_hit,
+        total as f64 / f64::from(new_flows.max(1)),
+        denied_ns,
+    ))
 }

@@ -305,6 +305,27 @@ pub fn markdown(r: &Results, command: &str, charts: &[(&str, &str)]) -> String {
     }
     let _ = writeln!(
         s,
+        "\nOne data plane per host against the previous release's per-interface programs (`tests/fixtures/sg-legacy-57b6b46.bpf.o`), same frames, same run (IPv4): the endpoint lookup (device → namespace cookie, endpoint hash, policy generation) is the difference.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| rule set | conntrack hit (previous → now) | new flow (previous → now) | denied (previous → now) |\n|---|---|---|---|"
+    );
+    for row in r.per_packet.iter().filter(|x| x.legacy_ct_hit_ns > 0.0) {
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} → {:.0} ns | {:.0} → {:.0} ns | {:.0} → {:.0} ns |",
+            row.set,
+            row.legacy_ct_hit_ns,
+            row.ct_hit_ns,
+            row.legacy_new_flow_ns,
+            row.new_flow_ns,
+            row.legacy_denied_ns,
+            row.denied_ns
+        );
+    }
+    let _ = writeln!(
+        s,
         "\nThe policy lookup is two kernel LPM tries; their cost grows with trie depth (prefix count and key length), which is what the denied column shows. Established flows never reach them.\n"
     );
     let _ = writeln!(
