@@ -48,6 +48,13 @@ pub const GLOBAL_OFF_DEV_NET: &str = "SG_OFF_DEV_NET";
 /// `net.net_cookie`.
 pub const GLOBAL_OFF_NET_COOKIE: &str = "SG_OFF_NET_COOKIE";
 
+/// `netns_cookie` of an endpoint's second key (cookie 0, ifindex) while no
+/// other attached interface on the host has its ifindex: the programs run
+/// only on interfaces they are attached to, so such an index alone says
+/// which interface a packet is on, and the lookup skips reading the
+/// device's namespace (three kernel reads). Namespace cookies start at 1.
+pub const UNIQUE_IFINDEX_COOKIE: u64 = 0;
+
 /// Value of `SG_POLICIES` (indexed by policy id; id 0 is never used, so an
 /// endpoint with policy 0 has no policy).
 #[repr(C)]

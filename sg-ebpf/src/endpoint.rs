@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use sg_common::{
     IfaceConfig,
-    endpoint::{EndpointKey, MAX_ENDPOINTS, MAX_POLICIES, PolicyState},
+    endpoint::{EndpointKey, MAX_ENDPOINTS, MAX_POLICIES, PolicyState, UNIQUE_IFINDEX_COOKIE},
 };
 
 // Where the device and its namespace cookie are (see
@@ -81,6 +81,19 @@ fn device_netns_cookie<C: EbpfContext>(ctx: &C, netns: Netns) -> u64 {
 /// The endpoint of the interface `ifindex` in the packet's namespace.
 #[inline(always)]
 pub fn lookup<C: EbpfContext>(ctx: &C, netns: Netns, ifindex: u32) -> Option<&'static IfaceConfig> {
+    // Fast path: an ifindex that only one attached interface has (on this
+    // host) is that interface — these programs run only where they are
+    // attached. User space keeps this alias (cookie 0) exactly while the
+    // index is unique.
+    let alias = EndpointKey {
+        netns_cookie: UNIQUE_IFINDEX_COOKIE,
+        ifindex,
+        _pad: 0,
+    };
+    // SAFETY: the value stays valid for this run (RCU).
+    if let Some(cfg) = unsafe { SG_ENDPOINTS.get(&alias) } {
+        return Some(cfg);
+    }
     let cookie = device_netns_cookie(ctx, netns);
     let key = EndpointKey {
         netns_cookie: cookie,

@@ -20,7 +20,7 @@ use aya::{
 use sg_common::{
     Counter, IfaceConfig,
     conntrack::{DEFAULT_TIMEOUTS_S, TIMEOUT_SLOTS},
-    endpoint::{EndpointKey, PolicyState},
+    endpoint::{EndpointKey, PolicyState, UNIQUE_IFINDEX_COOKIE},
     events::DEFAULT_EVENTS_PER_SEC,
     names,
     policy::{AddrKeyV4, AddrKeyV6, CONFIG_ENFORCE, ClassId, PolicyHit, PortKey, RuleHitKey},
@@ -204,15 +204,46 @@ impl PolicyMaps {
         }
     }
 
-    /// Every endpoint: (key, settings).
+    /// Every endpoint: (key, settings); unique-ifindex aliases not included.
     pub fn endpoints(&self) -> Result<Vec<(EndpointKey, IfaceConfig)>, PolicyMapError> {
         if let Some(cache) = &self.cache {
             return Ok(cache.clone());
         }
-        self.endpoints
+        let all: Vec<(EndpointKey, IfaceConfig)> = self
+            .endpoints
             .iter()
             .collect::<Result<_, _>>()
-            .map_err(map_err(names::MAP_ENDPOINTS))
+            .map_err(map_err(names::MAP_ENDPOINTS))?;
+        Ok(all
+            .into_iter()
+            .filter(|(k, _)| k.netns_cookie != UNIQUE_IFINDEX_COOKIE)
+            .collect())
+    }
+
+    /// Keeps the alias (cookie 0, `ifindex`) exactly while one endpoint has
+    /// `ifindex` (see `UNIQUE_IFINDEX_COOKIE`), with that endpoint's settings.
+    fn sync_alias(&mut self, ifindex: u32) -> Result<(), PolicyMapError> {
+        let alias = EndpointKey {
+            netns_cookie: UNIQUE_IFINDEX_COOKIE,
+            ifindex,
+            _pad: 0,
+        };
+        let same: Vec<IfaceConfig> = self
+            .endpoints()?
+            .into_iter()
+            .filter(|(k, _)| k.ifindex == ifindex)
+            .map(|(_, cfg)| cfg)
+            .collect();
+        match same.as_slice() {
+            [only] => self
+                .endpoints
+                .insert(alias, only, 0)
+                .map_err(map_err(names::MAP_ENDPOINTS)),
+            _ => match self.endpoints.remove(&alias) {
+                Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+                Err(e) => Err(map_err(names::MAP_ENDPOINTS)(e)),
+            },
+        }
     }
 
     /// Keeps the endpoint table in memory from now on (reads served from it,
@@ -243,7 +274,7 @@ impl PolicyMaps {
                 None => cache.push((key, *cfg)),
             }
         }
-        Ok(())
+        self.sync_alias(key.ifindex)
     }
 
     /// Removes an endpoint (its interface's packets then drop as `no_policy`).
@@ -252,9 +283,10 @@ impl PolicyMaps {
             cache.retain(|(k, _)| k != key);
         }
         match self.endpoints.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(names::MAP_ENDPOINTS)(e)),
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(names::MAP_ENDPOINTS)(e)),
         }
+        self.sync_alias(key.ifindex)
     }
 
     fn update_endpoint(&mut self, f: impl FnOnce(&mut IfaceConfig)) -> Result<(), PolicyMapError> {

@@ -167,3 +167,47 @@ fn interfaces_enforce_the_policy_their_endpoint_names() {
         "back on policy 1: 22 is not allowed"
     );
 }
+
+#[test]
+fn an_ifindex_two_namespaces_share_is_told_apart_by_the_namespace() {
+    require_root!();
+    let mut inst = https_instance();
+    let denied = syn(40020, 9);
+    assert_eq!(inst.xdp(&denied, 1).unwrap().0, XDP_DROP, "enforced");
+    // Another namespace's interface with the same index, in observe mode:
+    // from now on the index alone does not say which interface it is.
+    let mine = inst.policy.endpoint_key().unwrap();
+    let other_key = sg_common::endpoint::EndpointKey {
+        netns_cookie: mine.netns_cookie + 1_000_000,
+        ..mine
+    };
+    let mut other = inst.policy.config().unwrap();
+    other.endpoint = TEST_ENDPOINT + 1;
+    other.flags = 0;
+    inst.policy.write_endpoint(other_key, &other).unwrap();
+    for hook in ["xdp", "tc"] {
+        let verdict = if hook == "xdp" {
+            inst.xdp(&denied, 1).unwrap().0 == XDP_PASS
+        } else {
+            inst.tc(false, &denied).unwrap() == sg_user::testrun::TC_ACT_OK
+        };
+        assert!(
+            !verdict,
+            "{hook}: still this interface's policy, not the other's"
+        );
+    }
+    assert_eq!(
+        inst.counter_of(
+            TEST_ENDPOINT + 1,
+            Direction::Inbound,
+            Reason::PassUnfiltered
+        )
+        .packets,
+        0,
+        "nothing counted for the other interface"
+    );
+    // The other goes: the index is unique again.
+    inst.policy.remove_endpoint(&other_key).unwrap();
+    assert_eq!(inst.xdp(&denied, 1).unwrap().0, XDP_DROP);
+    assert_eq!(inst.xdp(&syn(40021, 443), 1).unwrap().0, XDP_PASS);
+}
