@@ -341,21 +341,74 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
             .install_policy(&p.compiled, p.fingerprint)
             .with_context(|| format!("installing policy {}", p.id))?;
     }
+    // New interfaces together (their links are created in parallel), each
+    // with its state written first; then everything else in order.
+    let mut done: Vec<Option<Change>> = plans.iter().map(|_| None).collect();
+    let new: Vec<usize> = (0..plans.len())
+        .filter(|&i| matches!(plans[i].step, Step::Attach))
+        .collect();
+    for &i in &new {
+        let plan = &plans[i];
+        write_state(
+            &plan.id,
+            &new_state(model, plan, &policies[plan.policy], identity.as_deref()),
+        )
+        .with_context(|| format!("{}: nothing was changed for this interface", plan.id))?;
+    }
+    let items: Vec<loader::AttachItem> = new
+        .iter()
+        .map(|&i| {
+            let plan = &plans[i];
+            loader::AttachItem {
+                iface: plan.id.clone(),
+                opts: AttachOptions {
+                    side: plan.iface.side,
+                    ..opts.attach
+                },
+                initial: InitialPolicy::Enforce {
+                    policy: policies[plan.policy].id,
+                    timeouts_s: plan.timeouts_s,
+                },
+            }
+        })
+        .collect();
+    let mut failed = None;
+    for (&i, result) in new.iter().zip(loader::attach_many(&mut session, &items)) {
+        let plan = &plans[i];
+        match result {
+            Ok(_) => {
+                done[i] = Some(Change {
+                    iface: plan.id.to_string(),
+                    action: "attached",
+                    generation: policies[plan.policy].compiled.generation,
+                    revoked: 0,
+                    detail: None,
+                });
+            }
+            Err(e) => {
+                remove_state(&plan.id);
+                failed.get_or_insert(
+                    anyhow::Error::from(e).context(format!("attaching {}", plan.id)),
+                );
+            }
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
     let mut changes = Vec::new();
-    for plan in &plans {
+    for (plan, done) in plans.iter().zip(done) {
         let policy = &policies[plan.policy];
-        changes.push(carry_out(
-            model,
-            plan,
-            policy,
-            &mut session,
-            identity.as_deref(),
-            opts,
-        )?);
+        changes.push(match done {
+            Some(change) => change,
+            None => carry_out(model, plan, policy, &mut session, identity.as_deref(), opts)?,
+        });
     }
     // Interfaces an earlier apply of this same config attached that have
     // left it. Attachments of other configs (or `sgctl attach`) are not ours.
-    for id in pins::attached_ifaces()? {
+    let mut attached: Vec<IfaceId> = session.dp.endpoints()?.into_iter().map(|e| e.id).collect();
+    attached.extend(legacy.keys().cloned());
+    for id in attached {
         let ours = identity.is_some() && read_state(&id).is_some_and(|s| s.config == identity);
         if ours && !plans.iter().any(|p| p.id == id) {
             forget_in(&mut session, &id)?;
@@ -624,7 +677,11 @@ fn change_kernel(
                 .with_context(|| format!("updating {}", plan.id))?;
             // A good moment to reclaim what idled out (the data path already
             // ignores it; this frees room in the table).
-            let (cfg, _) = loader::settings(&plan.id)?;
+            let cfg = session
+                .dp
+                .endpoint_of(&plan.id)?
+                .map(|e| e.cfg)
+                .context("the interface's endpoint vanished")?;
             conntrack::reclaim_expired(&plan.id, &cfg)
                 .with_context(|| format!("{}: reclaiming expired connections", plan.id))?;
             if opts.revoke {

@@ -341,6 +341,118 @@ pub fn attach_in(
     }
 }
 
+/// One interface of [`attach_many`].
+#[derive(Clone, Debug)]
+pub struct AttachItem {
+    pub iface: IfaceId,
+    pub opts: AttachOptions,
+    pub initial: InitialPolicy,
+}
+
+/// An interface whose endpoint is registered, waiting for its links.
+struct Prepared {
+    key: EndpointKey,
+    endpoint: u32,
+    physical: bool,
+}
+
+/// [`attach_in`] for many interfaces at once: endpoints are registered one
+/// by one, then the links are created by up to 32 threads. Creating a tcx
+/// link waits for an RCU grace period (several milliseconds, more on a busy
+/// machine); in parallel the waits overlap. Results in `items` order; a
+/// failed interface is left with nothing attached.
+pub fn attach_many(
+    session: &mut Session,
+    items: &[AttachItem],
+) -> Vec<Result<Attached, LoaderError>> {
+    let mut prepared: Vec<Result<Prepared, LoaderError>> = Vec::with_capacity(items.len());
+    for item in items {
+        prepared.push(prepare(session, item));
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let linked: Vec<std::sync::Mutex<Option<Result<AttachedHook, LoaderError>>>> =
+        items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let workers = items.len().clamp(1, 32);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let Ok(p) = &prepared[i] else { continue };
+                    let dir = item.iface.dir();
+                    let result = in_iface_netns(&item.iface, || {
+                        attach_here(&item.iface, &item.opts, p.physical, &dir)
+                    })
+                    .and_then(|r| r);
+                    *linked[i].lock().expect("not poisoned") = Some(result);
+                }
+            });
+        }
+    });
+    let mut out = Vec::with_capacity(items.len());
+    for ((item, prepared), linked) in items.iter().zip(prepared).zip(linked) {
+        let prepared = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                out.push(Err(e));
+                continue;
+            }
+        };
+        match linked.into_inner().expect("not poisoned") {
+            Some(Ok(ingress_hook)) => out.push(Ok(Attached {
+                iface: item.iface.clone(),
+                ingress_hook,
+                side: item.opts.side,
+            })),
+            other => {
+                // Links first (removing the pins detaches), then the endpoint.
+                detach_links(&item.iface.dir());
+                let _ = pins::remove_iface_dir(&item.iface);
+                let _ = session.dp.maps.remove_endpoint(&prepared.key);
+                session.release_endpoint(prepared.endpoint);
+                out.push(Err(other
+                    .unwrap_or_else(|| Err(io::Error::other("linking did not run").into()))
+                    .err()
+                    .expect("an error")));
+            }
+        }
+    }
+    out
+}
+
+/// Registers an interface's endpoint and makes its link directory.
+fn prepare(session: &mut Session, item: &AttachItem) -> Result<Prepared, LoaderError> {
+    let iface = &item.iface;
+    let dir = iface.dir();
+    if session.dp.endpoint_of(iface)?.is_some() {
+        return Err(LoaderError::AlreadyAttached {
+            iface: iface.clone(),
+        });
+    }
+    if dir.exists() {
+        detach_links(&dir);
+        let _ = pins::remove_iface_dir(iface);
+    }
+    let kernel = kernel_iface(iface)?;
+    let endpoint = session.allocate_endpoint()?;
+    let cfg = endpoint_config(iface, endpoint, &item.opts, item.initial);
+    let result = register(session, kernel.key, &cfg)
+        .and_then(|()| Ok(crate::private_dir::create_subdir(&dir).map_err(io::Error::other)?));
+    match result {
+        Ok(()) => Ok(Prepared {
+            key: kernel.key,
+            endpoint,
+            physical: kernel.physical,
+        }),
+        Err(e) => {
+            let _ = session.dp.maps.remove_endpoint(&kernel.key);
+            session.release_endpoint(endpoint);
+            Err(e)
+        }
+    }
+}
+
 /// Writes a new endpoint: a clean counter row, then its entry.
 fn register(session: &mut Session, key: EndpointKey, cfg: &IfaceConfig) -> Result<(), LoaderError> {
     // Connections a previous endpoint of this id left (it was removed

@@ -65,6 +65,15 @@ pub enum PolicyMapError {
     EndpointGone,
 }
 
+/// A delete of a key that is not there (aya reports it as the syscall's ENOENT).
+fn not_found(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 fn map_err(name: &'static str) -> impl Fn(MapError) -> PolicyMapError {
     move |source| PolicyMapError::Map {
         name,
@@ -240,8 +249,8 @@ impl PolicyMaps {
                 .insert(alias, only, 0)
                 .map_err(map_err(names::MAP_ENDPOINTS)),
             _ => match self.endpoints.remove(&alias) {
-                Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-                Err(e) => Err(map_err(names::MAP_ENDPOINTS)(e)),
+                Err(e) if !not_found(&e) => Err(map_err(names::MAP_ENDPOINTS)(e)),
+                _ => Ok(()),
             },
         }
     }
@@ -283,8 +292,8 @@ impl PolicyMaps {
             cache.retain(|(k, _)| k != key);
         }
         match self.endpoints.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err(names::MAP_ENDPOINTS)(e)),
+            Err(e) if !not_found(&e) => return Err(map_err(names::MAP_ENDPOINTS)(e)),
+            _ => {}
         }
         self.sync_alias(key.ifindex)
     }
@@ -452,8 +461,8 @@ impl PolicyMaps {
             .collect();
         for key in stale {
             match self.rule_hits.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(names::MAP_RULE_HITS)(e)),
+                Err(e) if !not_found(&e) => return Err(map_err(names::MAP_RULE_HITS)(e)),
+                _ => {}
             }
         }
         Ok(())
