@@ -266,13 +266,18 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
     // Phase 1: decide and compile everything; nothing in the kernel changes yet.
     let mut plans = Vec::new();
     let mut wanted: Vec<(u64, Vec<IfaceId>)> = Vec::new();
-    for iface in &model.interfaces {
-        let id = IfaceId::new(&iface.name, iface.netns.as_deref());
+    let ids: Vec<IfaceId> = model
+        .interfaces
+        .iter()
+        .map(|i| IfaceId::new(&i.name, i.netns.as_deref()))
+        .collect();
+    let ifindexes = drift::ifindexes(&ids);
+    let maps_pinned = drift::missing_maps().is_empty();
+    for ((iface, id), ifindex) in model.interfaces.iter().zip(ids).zip(ifindexes) {
         let timeouts_s = compile::timeouts_s(&iface.conntrack);
         let rules = rules_fingerprint(model, iface);
         let policy_hash = fingerprint(rules, &timeouts_s);
         let state = read_state(&id);
-        let ifindex = drift::ifindex_of(&id);
         let ep = endpoints.get(&id);
         let step = match (ifindex, ep) {
             (None, _) => Step::Absent,
@@ -287,6 +292,11 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
                 let policy_live = live
                     .get(&cfg.policy)
                     .is_some_and(|p| p.fingerprint == rules);
+                let known = drift::Known {
+                    ifindex,
+                    has_endpoint: true,
+                    maps_pinned,
+                };
                 step_for_attached(
                     &id,
                     iface,
@@ -295,6 +305,7 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
                     policy_live,
                     &timeouts_s,
                     opts,
+                    known,
                 )
             }
             (Some(_), None) => match legacy.get(&id) {
@@ -533,6 +544,7 @@ fn step_for_attached(
     policy_live: bool,
     timeouts_s: &[u64; sg_common::conntrack::TIMEOUT_SLOTS],
     opts: &ApplyOptions,
+    known: drift::Known,
 ) -> Step {
     let Some(state) = state.filter(|s| s.side == side_name(iface.side)) else {
         return Step::Reattach {
@@ -540,7 +552,7 @@ fn step_for_attached(
             why: "attached by `sgctl attach` or for the other side".into(),
         };
     };
-    let drifted = drift::check_with(id, Some(state), Some(true));
+    let drifted = drift::check_known(id, Some(state), known);
     if !drifted.is_empty() {
         let why: Vec<String> = drifted.iter().map(ToString::to_string).collect();
         return Step::Reattach {

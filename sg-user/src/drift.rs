@@ -85,6 +85,124 @@ pub fn check(id: &IfaceId, state: Option<&IfaceState>) -> Vec<Drift> {
     check_with(id, state, None)
 }
 
+/// What a caller checking many interfaces already knows (`sgctl apply`).
+#[derive(Clone, Copy, Debug)]
+pub struct Known {
+    /// The interface's index now (`None`: it or its namespace is gone).
+    pub ifindex: Option<u32>,
+    pub has_endpoint: bool,
+    /// Every map pin of the data plane is in place.
+    pub maps_pinned: bool,
+}
+
+/// [`check`] with what the caller knows: no namespace entered, no map pin
+/// looked at.
+pub fn check_known(id: &IfaceId, state: Option<&IfaceState>, known: Known) -> Vec<Drift> {
+    if let Some(ns) = &id.netns
+        && known.ifindex.is_none()
+        && crate::pins::NsIdent::named(ns).ok() != Some(id.ns)
+    {
+        return vec![Drift::NamespaceGone { netns: ns.clone() }];
+    }
+    let Some(ifindex) = known.ifindex else {
+        return vec![Drift::InterfaceGone];
+    };
+    let mut found = Vec::new();
+    if let Some(s) = state
+        && s.ifindex != 0
+        && s.ifindex != ifindex
+    {
+        found.push(Drift::Recreated {
+            attached_ifindex: s.ifindex,
+            ifindex,
+        });
+    }
+    found.extend(hooks_missing(id));
+    if !known.maps_pinned {
+        found.push(Drift::PinsMissing {
+            names: missing_maps(),
+        });
+    } else if !known.has_endpoint {
+        found.push(Drift::EndpointMissing);
+    }
+    found
+}
+
+/// Map pins of the data plane that are missing.
+pub fn missing_maps() -> Vec<String> {
+    POLICY_MAPS
+        .iter()
+        .chain(STATE_MAPS.iter())
+        .filter(|m| !Path::new(pins::MAPS_DIR).join(m).exists())
+        .map(|m| m.to_string())
+        .collect()
+}
+
+/// Hooks missing from the interface's link directory.
+fn hooks_missing(id: &IfaceId) -> Vec<Drift> {
+    let names: Vec<String> = std::fs::read_dir(id.dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    ["ingress", "egress"]
+        .into_iter()
+        .filter(|direction| {
+            let prefix = format!("{}{direction}-", pins::LINK_PREFIX);
+            !names.iter().any(|n| n.starts_with(&prefix))
+        })
+        .map(|direction| Drift::HookMissing { direction })
+        .collect()
+}
+
+/// Every interface of the calling thread's namespace: name → index.
+fn all_ifindexes() -> Option<std::collections::HashMap<String, u32>> {
+    // SAFETY: if_nameindex returns an array ended by a zero entry, freed
+    // below with if_freenameindex; names are valid C strings until then.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return None;
+        }
+        let mut out = std::collections::HashMap::new();
+        let mut p = list;
+        while (*p).if_index != 0 && !(*p).if_name.is_null() {
+            let name = std::ffi::CStr::from_ptr((*p).if_name)
+                .to_string_lossy()
+                .into_owned();
+            out.insert(name, (*p).if_index);
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+        Some(out)
+    }
+}
+
+/// The indexes of `ids` now: one visit per namespace.
+pub fn ifindexes(ids: &[IfaceId]) -> Vec<Option<u32>> {
+    let mut out = vec![None; ids.len()];
+    let mut by_ns: std::collections::BTreeMap<(Option<&str>, crate::pins::NsIdent), Vec<usize>> =
+        std::collections::BTreeMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        by_ns
+            .entry((id.netns.as_deref(), id.ns))
+            .or_default()
+            .push(i);
+    }
+    for (_, members) in by_ns {
+        // One if_nameindex(3) per namespace (a netlink dump), not one
+        // ioctl per interface.
+        let found = crate::loader::in_iface_netns(&ids[members[0]], all_ifindexes);
+        if let Ok(Some(found)) = found {
+            for &i in &members {
+                out[i] = found.get(ids[i].iface.as_str()).copied();
+            }
+        }
+    }
+    out
+}
+
 /// [`check`], told whether the interface has an endpoint (`None`: look it up).
 pub fn check_with(
     id: &IfaceId,

@@ -369,7 +369,9 @@ pub fn attach_many(
     for item in items {
         prepared.push(prepare(session, item));
     }
-    let _expedited = (items.len() >= EXPEDITE_FROM).then(ExpeditedRcu::start).flatten();
+    let _expedited = (items.len() >= EXPEDITE_FROM)
+        .then(ExpeditedRcu::start)
+        .flatten();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let linked: Vec<std::sync::Mutex<Option<Result<AttachedHook, LoaderError>>>> =
         items.iter().map(|_| std::sync::Mutex::new(None)).collect();
@@ -422,8 +424,10 @@ pub fn attach_many(
     out
 }
 
-/// From this many new interfaces on, [`attach_many`] expedites RCU.
-const EXPEDITE_FROM: usize = 8;
+/// From this many new interfaces on, [`attach_many`] expedites RCU (even
+/// one: its two links wait two grace periods, tens of milliseconds on a busy
+/// machine).
+const EXPEDITE_FROM: usize = 1;
 const RCU_EXPEDITED: &str = "/sys/kernel/rcu_expedited";
 
 /// `/sys/kernel/rcu_expedited` set to 1 while it lives, then put back.

@@ -283,6 +283,41 @@ pub fn host_scale(dir: &Path, sizes: &[u32]) -> Result<Vec<ControlRow>> {
             let before = dataplane_memlock()?;
             let (ms, _) = timed_apply_locked(&path)?;
             let after = dataplane_memlock()?;
+            // The interface alone: what attaching it costs the data plane
+            // (session, endpoint, links), without re-applying the others.
+            add_veths(&ns, n + 1..n + 2, dir)?;
+            let id = IfaceId::new(&format!("v{}", n + 1), Some(ns.name()));
+            let held =
+                crate::lock::state_lock("bench: one attach", crate::lock::Wait::Block, |_| {})?;
+            let t = Instant::now();
+            let mut session = crate::dataplane::Session::open_or_load(
+                &crate::loader::AttachOptions::default().load_options(),
+            )?;
+            let policy = crate::loader::settings(&IfaceId::new("v0", Some(ns.name())))?
+                .0
+                .policy;
+            crate::loader::attach_many(
+                &mut session,
+                &[crate::loader::AttachItem {
+                    iface: id.clone(),
+                    opts: crate::loader::AttachOptions::default(),
+                    initial: crate::loader::InitialPolicy::Enforce {
+                        policy,
+                        timeouts_s: sg_common::conntrack::DEFAULT_TIMEOUTS_S,
+                    },
+                }],
+            )
+            .pop()
+            .expect("one result")?;
+            let attach_ms = t.elapsed().as_secs_f64() * 1e3;
+            drop(session);
+            drop(held);
+            rows.push(ControlRow {
+                what: format!("host scale: one interface attached beside {} (data plane only)", n + 1),
+                wall_ms: attach_ms,
+                peak_rss_mib: 0.0,
+                detail: "open the data plane, register the endpoint (its policy shared), link both hooks".into(),
+            });
             rows.push(ControlRow {
                 what: format!("host scale: one interface added to {n} running"),
                 wall_ms: ms,
