@@ -91,7 +91,7 @@ pub fn lookup<C: EbpfContext>(ctx: &C, netns: Netns, ifindex: u32) -> Option<&'s
         _pad: 0,
     };
     // SAFETY: the value stays valid for this run (RCU).
-    if let Some(cfg) = unsafe { SG_ENDPOINTS.get(&alias) } {
+    if let Some(cfg) = unsafe { SG_ENDPOINTS.get(alias) } {
         return Some(cfg);
     }
     let cookie = device_netns_cookie(ctx, netns);
@@ -101,7 +101,7 @@ pub fn lookup<C: EbpfContext>(ctx: &C, netns: Netns, ifindex: u32) -> Option<&'s
         _pad: 0,
     };
     // SAFETY: the value stays valid for this run (RCU).
-    unsafe { SG_ENDPOINTS.get(&key) }
+    unsafe { SG_ENDPOINTS.get(key) }
 }
 
 /// The live generation of `policy` (0: none). One volatile read: every

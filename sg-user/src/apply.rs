@@ -297,16 +297,12 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
                     has_endpoint: true,
                     maps_pinned,
                 };
-                step_for_attached(
-                    &id,
-                    iface,
-                    state.as_ref(),
+                let seen = Seen {
                     cfg,
                     policy_live,
-                    &timeouts_s,
-                    opts,
                     known,
-                )
+                };
+                step_for_attached(&id, iface, state.as_ref(), &seen, &timeouts_s, opts)
             }
             (Some(_), None) => match legacy.get(&id) {
                 Some(dir) => Step::Upgrade {
@@ -535,17 +531,29 @@ fn free_unused_policies(session: &mut Session) -> Result<()> {
     Ok(())
 }
 
+/// What phase 1 found in the kernel for an attached interface.
+struct Seen<'a> {
+    /// Its endpoint's settings.
+    cfg: &'a sg_common::IfaceConfig,
+    /// Its policy is live and has the rules the config now compiles to.
+    policy_live: bool,
+    known: drift::Known,
+}
+
 /// What to do with an interface that has an endpoint.
 fn step_for_attached(
     id: &IfaceId,
     iface: &Interface,
     state: Option<&IfaceState>,
-    cfg: &sg_common::IfaceConfig,
-    policy_live: bool,
+    seen: &Seen<'_>,
     timeouts_s: &[u64; sg_common::conntrack::TIMEOUT_SLOTS],
     opts: &ApplyOptions,
-    known: drift::Known,
 ) -> Step {
+    let Seen {
+        cfg,
+        policy_live,
+        known,
+    } = *seen;
     let Some(state) = state.filter(|s| s.side == side_name(iface.side)) else {
         return Step::Reattach {
             action: "reattached",

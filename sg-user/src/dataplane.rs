@@ -491,7 +491,7 @@ fn load(opts: &LoadOptions) -> Result<(), DataPlaneError> {
         .map_max_entries(names::MAP_CT_V4, opts.conntrack_entries)
         .map_max_entries(names::MAP_CT_V6, opts.conntrack_entries);
     for (name, off) in &offsets {
-        loader.override_global(*name, off, true);
+        loader.override_global(name, off, true);
     }
     let mut ebpf = loader
         .load(SG_OBJECT)

@@ -414,10 +414,10 @@ pub fn attach_many(
                 let _ = pins::remove_iface_dir(&item.iface);
                 let _ = session.dp.maps.remove_endpoint(&prepared.key);
                 session.release_endpoint(prepared.endpoint);
-                out.push(Err(other
-                    .unwrap_or_else(|| Err(io::Error::other("linking did not run").into()))
-                    .err()
-                    .expect("an error")));
+                out.push(Err(match other {
+                    Some(Err(e)) => e,
+                    _ => io::Error::other("linking did not run").into(),
+                }));
             }
         }
     }

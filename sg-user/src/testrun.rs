@@ -73,7 +73,7 @@ impl Instance {
         let mut loader = EbpfLoader::new();
         loader.override_global(aya_log::LEVEL, &off, true);
         for (name, off) in &offsets {
-            loader.override_global(*name, off, true);
+            loader.override_global(name, off, true);
         }
         for &(name, entries) in sizes {
             loader.map_max_entries(name, entries);
