@@ -249,7 +249,7 @@ impl Collector {
             sources.push(source);
         }
         point_at_ring(ifaces, ring_index)?;
-        Ok(Collector {
+        let mut collector = Collector {
             ring,
             _claim: claim,
             sources,
@@ -257,7 +257,11 @@ impl Collector {
             window_start: unix_now(),
             since_ns,
             skipped_stale: 0,
-        })
+        };
+        if ring_index != 0 {
+            collector.drain_shared();
+        }
+        Ok(collector)
     }
 
     /// File descriptors to wait on (readable when events are pending).
@@ -268,39 +272,68 @@ impl Collector {
     /// Moves every pending event into the current window (events of
     /// interfaces this collector does not follow are dropped).
     pub fn drain(&mut self) {
-        while let Some(item) = self.ring.next() {
+        loop {
+            let e: FlowEvent = {
+                let Some(item) = self.ring.next() else { break };
+                if item.len() < std::mem::size_of::<FlowEvent>() {
+                    continue;
+                }
+                // SAFETY: the kernel wrote a FlowEvent; read unaligned.
+                unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) }
+            };
+            self.take(&e);
+        }
+    }
+
+    /// Events of the shared ring 0 (where the interfaces' events went before
+    /// this collector claimed its own ring): those of followed interfaces
+    /// are taken like the rest (older ones skipped as stale); ring 0 has no
+    /// other reader.
+    fn drain_shared(&mut self) {
+        let path =
+            std::path::Path::new(crate::pins::MAPS_DIR).join(sg_common::events::event_ring_name(0));
+        let Ok(map) = MapData::from_pin(&path) else {
+            return;
+        };
+        let Ok(mut ring) = RingBuf::try_from(Map::RingBuf(map)) else {
+            return;
+        };
+        while let Some(item) = ring.next() {
             if item.len() < std::mem::size_of::<FlowEvent>() {
                 continue;
             }
             // SAFETY: the kernel wrote a FlowEvent; read unaligned.
             let e: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             drop(item);
-            let Some(s) = self.sources.iter_mut().find(|s| s.endpoint == e.endpoint) else {
-                continue;
-            };
-            {
-                if e.ts_ns < self.since_ns {
-                    self.skipped_stale += 1;
-                    continue;
-                }
-                let Some(reason) = Reason::from_code(e.reason as u32) else {
-                    continue;
-                };
-                // Tracked flows are counted from the connection table.
-                if !reason.is_drop() && e.tracked != 0 {
-                    continue;
-                }
-                let key = event_key(&e);
-                let action = if reason.is_drop() {
-                    Action::Reject
-                } else {
-                    Action::Accept
-                };
-                let agg = s.window.entry((key, action)).or_default();
-                agg.packets += 1;
-                agg.bytes += u64::from(e.bytes);
-            }
+            self.take(&e);
         }
+    }
+
+    /// Puts one event into the current window (if its interface is followed).
+    fn take(&mut self, e: &FlowEvent) {
+        let Some(s) = self.sources.iter_mut().find(|s| s.endpoint == e.endpoint) else {
+            return;
+        };
+        if e.ts_ns < self.since_ns {
+            self.skipped_stale += 1;
+            return;
+        }
+        let Some(reason) = Reason::from_code(e.reason as u32) else {
+            return;
+        };
+        // Tracked flows are counted from the connection table.
+        if !reason.is_drop() && e.tracked != 0 {
+            return;
+        }
+        let key = event_key(e);
+        let action = if reason.is_drop() {
+            Action::Reject
+        } else {
+            Action::Accept
+        };
+        let agg = s.window.entry((key, action)).or_default();
+        agg.packets += 1;
+        agg.bytes += u64::from(e.bytes);
     }
 
     /// Ends the current window: records of every interface, in order.

@@ -448,19 +448,17 @@ mod tests {
 
     #[test]
     fn directories_by_namespace_identity() {
+        // Not the initial namespace (4026531840 on most systems).
         let ns = NsIdent {
             dev: 4,
-            ino: 4026531840,
+            ino: 4026999999,
         };
         let id = IfaceId {
             iface: "eth0".into(),
             netns: Some("web".into()),
             ns,
         };
-        assert_eq!(
-            id.dir(),
-            PathBuf::from("/sys/fs/bpf/sg/if/4_4026531840/eth0")
-        );
+        assert_eq!(id.dir(), PathBuf::from("/sys/fs/bpf/sg/if/netns-web/eth0"));
         assert_eq!(
             id.legacy_dir(),
             PathBuf::from("/sys/fs/bpf/sg/netns-web/eth0")
@@ -468,10 +466,10 @@ mod tests {
         assert_eq!(id.to_string(), "eth0@web");
         assert_eq!(NsIdent::from_dir_name(&ns.dir_name()), Some(ns));
         let unnamed = IfaceId { netns: None, ..id };
-        assert_eq!(unnamed.to_string(), "eth0@netns:4026531840");
+        assert_eq!(unnamed.to_string(), "eth0@netns:4026999999");
         assert_eq!(
             unnamed.dir(),
-            PathBuf::from("/sys/fs/bpf/sg/if/4_4026531840/eth0")
+            PathBuf::from("/sys/fs/bpf/sg/if/4_4026999999/eth0")
         );
     }
 }
