@@ -33,6 +33,13 @@ use crate::parse::{
 
 /// Default capacity of each host-wide table; the loader overrides it
 /// (`--conntrack-entries`).
+///
+/// Preallocated: measured with TestRun (quick bench, same machine, best of
+/// two runs), a new flow cost 444–548 ns preallocated and 500–686 ns with
+/// `BPF_F_NO_PREALLOC` (an allocation per insert); the tables are per host
+/// now, so their memory (82 MiB for 262,144 entries per family) no longer
+/// grows with interfaces, and an insert never fails for want of memory in
+/// softirq context.
 const CT_ENTRIES: u32 = 262144;
 
 #[map]
