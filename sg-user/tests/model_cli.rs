@@ -434,3 +434,46 @@ fn import_aws_prints_yaml_that_validates_and_matches() {
     assert_eq!(std::fs::read_to_string(&out).unwrap(), yaml);
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn check_answers_what_the_kernel_does_with_neighbour_discovery() {
+    let dir = scratch("check-nd");
+    let cfg = write(
+        &dir,
+        "c.yaml",
+        "security_groups:\n  - id: a\n    ingress:\n      - { protocol: tcp, ports: 443, cidr: \"::/0\" }\ninterfaces:\n  - { name: eth0, security_groups: [a] }\n",
+    );
+    let check = |dir: &str, peer: &str, icmp_type: &str, hop: &str| {
+        let o = sgctl(&[
+            "check",
+            "-c",
+            &cfg,
+            "--iface",
+            "eth0",
+            dir,
+            "--proto",
+            "icmpv6",
+            "--peer",
+            peer,
+            "--icmp-type",
+            icmp_type,
+            "--hop-limit",
+            hop,
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&o), stderr(&o)));
+        (
+            v["allowed"].as_bool().unwrap(),
+            v["bypass"].as_bool().unwrap(),
+        )
+    };
+    // Inbound solicitation with hop limit 255: infrastructure.
+    assert_eq!(check("--in", "fe80::1", "135", "255"), (true, true));
+    // A router advertisement that crossed a router: judged, and no rule allows it.
+    assert_eq!(check("--in", "2001:db8::1", "134", "64"), (false, false));
+    // Outbound: only to link-local or link-scope multicast.
+    assert_eq!(check("--out", "ff02::1", "136", "255"), (true, true));
+    assert_eq!(check("--out", "2001:db8::1", "136", "255").1, false);
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -840,4 +840,23 @@ mod tests {
         assert!(e.is_echo());
         assert!(!Packet::icmp(0, Direction::Ingress, a, b, 3, 4, 0).is_echo());
     }
+
+    #[test]
+    fn an_echo_with_identifier_0_does_not_admit_other_icmp() {
+        let m = crate::model::from_str(
+            "security_groups:\n  - id: a\n    ingress: []\ninterfaces:\n  - { name: e0, security_groups: [a] }\n",
+            &[],
+        )
+        .unwrap();
+        let i = m.interface("e0").unwrap();
+        let (local, remote): (IpAddr, IpAddr) =
+            ("198.18.0.1".parse().unwrap(), "198.18.0.9".parse().unwrap());
+        let mut ct = Conntrack::for_interface(i);
+        let ping = Packet::icmp(0, Direction::Egress, local, remote, 8, 0, 0);
+        assert_eq!(ct.step(&m, i, &ping).outcome, Outcome::NewFlow);
+        let unreachable = Packet::icmp(1, Direction::Ingress, remote, local, 3, 1, 0);
+        assert_eq!(ct.step(&m, i, &unreachable).outcome, Outcome::Denied);
+        let pong = Packet::icmp(2, Direction::Ingress, remote, local, 0, 0, 0);
+        assert_eq!(ct.step(&m, i, &pong).outcome, Outcome::Reply);
+    }
 }
