@@ -495,40 +495,130 @@ impl Attachment {
 // ---- loading ---------------------------------------------------------------
 
 fn read(path: &Path) -> Result<String, Vec<Problem>> {
-    read_one(path).map_err(|p| vec![*p])
+    read_text(path).map_err(|p| vec![*p])
 }
 
-fn read_one(path: &Path) -> Result<String, Box<Problem>> {
+/// The path that stands for standard input (`-c -`).
+pub const STDIN: &str = "-";
+
+/// Whether `path` means standard input.
+pub fn is_stdin(path: &Path) -> bool {
+    path.as_os_str() == STDIN
+}
+
+/// How a config is named in messages and problem locations: `<stdin>` for
+/// `-`, else the path as given.
+pub fn source_label(path: &Path) -> &Path {
+    if is_stdin(path) {
+        Path::new("<stdin>")
+    } else {
+        path
+    }
+}
+
+/// Why [`read_bounded`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum BoundedReadError {
+    /// More than the limit arrived.
+    #[error("more than {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// Reading failed.
+    #[error("reading failed")]
+    Io(#[source] std::io::Error),
+}
+
+/// Reads everything from `r`, but never more than `limit` bytes: the
+/// `limit + 1`-th byte ends the read with [`BoundedReadError::TooLarge`].
+/// Memory stays below `limit` whatever `r` is (a file, a pipe, `/dev/zero`).
+///
+/// # Errors
+/// Too much input, or an I/O error.
+pub fn read_bounded(r: impl std::io::Read, limit: u64) -> Result<Vec<u8>, BoundedReadError> {
+    use std::io::Read as _;
+    let mut buf = Vec::new();
+    r.take(limit.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(BoundedReadError::Io)?;
+    if buf.len() as u64 > limit {
+        return Err(BoundedReadError::TooLarge { limit });
+    }
+    Ok(buf)
+}
+
+/// `16 MiB` for 16 << 20 and so on.
+fn human_bytes(n: u64) -> String {
+    if n >= 1 << 20 && n % (1 << 20) == 0 {
+        format!("{} MiB", n >> 20)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
+/// Reads a config (or an imported file) as UTF-8 text: a file of any kind
+/// (regular, pipe, device) or standard input for `-`, never more than
+/// [`MAX_CONFIG_BYTES`].
+///
+/// # Errors
+/// One problem naming the path: unreadable, too large, not UTF-8.
+pub fn read_text(path: &Path) -> Result<String, Box<Problem>> {
+    let label = source_label(path);
+    let name = label.display();
     let fix =
         "check the path (relative paths in `import:` start at the importing file's directory)";
-    let meta = std::fs::metadata(path).map_err(|e| {
-        Problem::error(format!("cannot read {}: {e}", path.display()), fix).in_file(Some(path))
-    })?;
-    if meta.len() > MAX_CONFIG_BYTES {
-        return Err(Problem::error(
-            format!(
-                "{} is {} bytes, more than the {MAX_CONFIG_BYTES} a config may have",
-                path.display(),
-                meta.len()
-            ),
-            "split it or check that this is the right file",
+    let io_problem = |e: std::io::Error| {
+        Box::new(
+            Problem::error(format!("cannot read {name}: {e}"), fix).in_file(Some(label)),
         )
-        .in_file(Some(path))
-        .into());
-    }
-    let bytes = std::fs::read(path).map_err(|e| {
-        Problem::error(format!("cannot read {}: {e}", path.display()), fix).in_file(Some(path))
+    };
+    let bytes = if is_stdin(path) {
+        read_bounded(std::io::stdin().lock(), MAX_CONFIG_BYTES)
+    } else {
+        let file = std::fs::File::open(path).map_err(io_problem)?;
+        // A regular file says its size up front: refuse it without reading.
+        if let Ok(meta) = file.metadata()
+            && meta.is_file()
+            && meta.len() > MAX_CONFIG_BYTES
+        {
+            return Err(Box::new(
+                Problem::error(
+                    format!(
+                        "{name} is {} bytes, more than the {} a config may have",
+                        meta.len(),
+                        human_bytes(MAX_CONFIG_BYTES)
+                    ),
+                    "check that this is the right file; a larger policy can be split into AWS JSON files listed under `import:` (each may have up to the limit)",
+                )
+                .in_file(Some(label)),
+            ));
+        }
+        read_bounded(file, MAX_CONFIG_BYTES)
+    };
+    let bytes = bytes.map_err(|e| match e {
+        BoundedReadError::Io(e) => io_problem(e),
+        BoundedReadError::TooLarge { limit } => Box::new(
+            Problem::error(
+                format!(
+                    "{name}: more than {} arrived, the most a config may have; reading stopped there",
+                    human_bytes(limit)
+                ),
+                "give a config file (a device or a stream that does not end is not one); a larger policy can be split into AWS JSON files listed under `import:` (each may have up to the limit)",
+            )
+            .in_file(Some(label)),
+        ),
     })?;
     String::from_utf8(bytes).map_err(|e| {
         Box::new(
             Problem::error(
                 format!(
-                    "the file is not UTF-8 text (invalid byte at offset {})",
+                    "{name} is not UTF-8 text (invalid byte at offset {})",
                     e.utf8_error().valid_up_to()
                 ),
                 "save it as UTF-8",
             )
-            .in_file(Some(path)),
+            .in_file(Some(label)),
         )
     })
 }
@@ -552,9 +642,13 @@ pub fn parse_text(text: &str, file: Option<&Path>) -> Result<(Doc, Vec<String>),
 /// bad import).
 pub fn load_doc(path: &Path, attach: &[Attachment]) -> Result<Doc, Vec<Problem>> {
     let text = read(path)?;
-    let (mut doc, imports) = parse_text(&text, Some(path))?;
+    let (mut doc, imports) = parse_text(&text, Some(source_label(path)))?;
     let mut problems = vec![];
-    let base = path.parent().unwrap_or(Path::new("."));
+    // Imports of a config read from standard input start at the current directory.
+    let base = match path.parent() {
+        Some(dir) if !is_stdin(path) => dir,
+        _ => Path::new("."),
+    };
     for imp in imports {
         let ipath = base.join(&imp);
         match read(&ipath) {
@@ -564,7 +658,7 @@ pub fn load_doc(path: &Path, attach: &[Attachment]) -> Result<Doc, Vec<Problem>>
                     format!("import `{imp}` is not AWS JSON (no top-level \"SecurityGroups\")"),
                     "import only files printed by `aws ec2 describe-security-groups`; put native groups in this file",
                 )
-                .in_file(Some(path)),
+                .in_file(Some(source_label(path))),
             ),
             Ok(t) => match super::aws::parse(&t, Some(&ipath)) {
                 Err(p) => problems.extend(p),
