@@ -550,7 +550,7 @@ pub fn read_bounded(r: impl std::io::Read, limit: u64) -> Result<Vec<u8>, Bounde
 
 /// `16 MiB` for 16 << 20 and so on.
 fn human_bytes(n: u64) -> String {
-    if n >= 1 << 20 && n % (1 << 20) == 0 {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
         format!("{} MiB", n >> 20)
     } else {
         format!("{n} bytes")
@@ -569,9 +569,7 @@ pub fn read_text(path: &Path) -> Result<String, Box<Problem>> {
     let fix =
         "check the path (relative paths in `import:` start at the importing file's directory)";
     let io_problem = |e: std::io::Error| {
-        Box::new(
-            Problem::error(format!("cannot read {name}: {e}"), fix).in_file(Some(label)),
-        )
+        Box::new(Problem::error(format!("cannot read {name}: {e}"), fix).in_file(Some(label)))
     };
     let bytes = if is_stdin(path) {
         read_bounded(std::io::stdin().lock(), MAX_CONFIG_BYTES)
