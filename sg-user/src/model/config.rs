@@ -119,6 +119,49 @@ impl<'de> Deserialize<'de> for Scalar {
     }
 }
 
+/// Where a text value was written in native YAML: its start, and how long
+/// it is in the source (to find the column of a character in it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TextAt {
+    /// 1-based line of the value's first character (its quote, if quoted).
+    pub line: u64,
+    /// 1-based column of the same.
+    pub column: u64,
+    /// Length of the value in the source, in characters (quotes included).
+    pub source_len: u64,
+}
+
+/// A free-text value (a description, a name) and where it was written,
+/// when known (native YAML; not AWS JSON).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawText {
+    /// The value.
+    pub value: Scalar,
+    /// Where it was written.
+    pub at: Option<TextAt>,
+}
+
+impl From<Scalar> for RawText {
+    fn from(value: Scalar) -> Self {
+        Self { value, at: None }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = Spanned::<Scalar>::deserialize(d)?;
+        let l = s.referenced;
+        Ok(Self {
+            value: s.value,
+            at: (l.line() > 0).then(|| TextAt {
+                line: l.line(),
+                column: l.column(),
+                source_len: l.span().len(),
+            }),
+        })
+    }
+}
+
 /// A rule as written. Native YAML fields; AWS permissions are converted to
 /// one of these per peer.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -141,7 +184,7 @@ pub struct RawRule {
     /// Group peer.
     pub group: Option<Scalar>,
     /// Description.
-    pub description: Option<Scalar>,
+    pub description: Option<RawText>,
     /// Where it was written.
     #[serde(skip)]
     pub origin: Origin,
@@ -165,9 +208,9 @@ pub struct RawGroup {
     /// Group id.
     pub id: Option<Scalar>,
     /// Name.
-    pub name: Option<Scalar>,
+    pub name: Option<RawText>,
     /// Description.
-    pub description: Option<Scalar>,
+    pub description: Option<RawText>,
     /// Inbound rules.
     pub ingress: RawRules,
     /// Outbound rules.
@@ -257,6 +300,10 @@ pub struct Doc {
     pub members: BTreeMap<String, Vec<Scalar>>,
     /// Quotas.
     pub quotas: RawQuotas,
+    /// Problems found while reading that only the format can see (AWS: a
+    /// CIDR under the other family's key, TCP ports of -1); validation
+    /// reports them with its own.
+    pub problems: Vec<Problem>,
 }
 
 /// The two config formats.
@@ -292,8 +339,8 @@ enum OneOrMany {
 #[serde(deny_unknown_fields)]
 struct NativeGroup {
     id: Option<Scalar>,
-    name: Option<Scalar>,
-    description: Option<Scalar>,
+    name: Option<RawText>,
+    description: Option<RawText>,
     #[serde(default, deserialize_with = "present")]
     ingress: Option<Option<Vec<Spanned<RawRule>>>>,
     #[serde(default, deserialize_with = "present")]
@@ -347,6 +394,76 @@ fn rules(list: Option<Option<Vec<Spanned<RawRule>>>>, file: Option<&Path>) -> Ra
     }
 }
 
+/// What a YAML parser error means to a user, and what to do about it, in
+/// words that do not name the parser's options or counters.
+fn yaml_error(e: &serde_saphyr::Error) -> (String, &'static str) {
+    use serde_saphyr::{
+        Budget, Error, MessageFormatter as _, UserMessageFormatter, budget::BudgetBreach,
+    };
+    let e = e.without_snippet();
+    let too_big_fix = "check that this is the right file; a policy that large can be split: groups can also come from AWS JSON files listed under `import:`";
+    let limits = Budget::default();
+    let user = UserMessageFormatter.format_message(e);
+    match e {
+        Error::DuplicateMappingKey { key, .. } => (
+            match key {
+                Some(k) => format!("the key `{k}` appears twice in one mapping"),
+                None => "a key appears twice in one mapping".to_owned(),
+            },
+            "keep one of them (YAML allows a key once per mapping; for several rules or groups, write several list items)",
+        ),
+        Error::Budget { breach, .. } => {
+            let what = match breach {
+                BudgetBreach::Depth { .. } => {
+                    format!("it is nested deeper than {} levels", limits.max_depth)
+                }
+                BudgetBreach::Nodes { .. } | BudgetBreach::Events { .. } => format!(
+                    "it has more than {} values, lists and mappings",
+                    limits.max_nodes
+                ),
+                BudgetBreach::ScalarBytes { .. } => format!(
+                    "its values hold more than {} MiB of text",
+                    limits.max_total_scalar_bytes >> 20
+                ),
+                BudgetBreach::Documents { .. } => "it has too many YAML documents".to_owned(),
+                _ => "it has too many anchors and aliases (`&name`, `*name`)".to_owned(),
+            };
+            (
+                format!("the YAML is too large or too complex to be a config: {what}"),
+                too_big_fix,
+            )
+        }
+        _ if user.starts_with("YAML document too large or too complex") => (
+            "the YAML is too large or too complex to be a config: its aliases (`*name`) expand to too much".to_owned(),
+            too_big_fix,
+        ),
+        _ => (
+            format!(
+                "cannot read the YAML: {}",
+                parser_words(user.lines().next().unwrap_or("invalid YAML"))
+            ),
+            "fix the syntax or the value's type at this spot (keys and shapes are in README.md)",
+        ),
+    }
+}
+
+/// The parser's terms in a user's: what was expected at this spot.
+fn parser_words(msg: &str) -> String {
+    [
+        (
+            "expected mapping start",
+            "expected a mapping (`key: value` lines) here",
+        ),
+        (
+            "expected sequence start",
+            "expected a list (`- item` lines or `[...]`) here",
+        ),
+        ("recursion limit exceeded", "it is nested too deeply"),
+    ]
+    .iter()
+    .fold(msg.to_owned(), |m, (from, to)| m.replace(from, to))
+}
+
 /// A native document plus the AWS files it imports (paths as written).
 pub struct NativeDoc {
     /// The document.
@@ -372,13 +489,8 @@ pub fn parse_native(text: &str, file: Option<&Path>) -> Result<NativeDoc, Vec<Pr
     }
     let cfg: NativeConfig = serde_saphyr::from_str(text).map_err(|e| {
         let line = e.location().map(|l| l.line());
-        let msg = e.without_snippet().to_string();
-        let msg = msg.lines().next().unwrap_or("invalid YAML").to_owned();
-        let mut p = Problem::error(
-            format!("cannot read the YAML: {msg}"),
-            "fix the syntax or the value's type at this spot (keys and shapes are in README.md)",
-        )
-        .in_file(file);
+        let (msg, fix) = yaml_error(&e);
+        let mut p = Problem::error(msg, fix).in_file(file);
         p.origin.line = line.filter(|l| *l > 0);
         vec![p]
     })?;
