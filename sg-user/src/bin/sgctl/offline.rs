@@ -16,6 +16,7 @@ use sg_user::model::{
     config::source_label,
     eval::{self, PacketDesc},
     lint::{self, LintOptions, LintSeverity},
+    text::{escape, escape_lines},
 };
 
 /// The config file and extra attachments, shared by the offline commands.
@@ -123,8 +124,10 @@ pub fn invalid(message: impl Into<String>) -> anyhow::Error {
     InvalidInput(message.into()).into()
 }
 
-/// Writes to stdout; a closed pipe ends quietly.
+/// Writes to stdout, control characters escaped (line breaks kept); a closed
+/// pipe ends quietly.
 pub fn emit(text: &str) -> Result<()> {
+    let text = escape_lines(text);
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
@@ -134,10 +137,12 @@ pub fn emit(text: &str) -> Result<()> {
     }
 }
 
+/// One problem per line, each escaped as a whole (a value quoted in a
+/// message cannot start a line of its own).
 pub fn problems_text(problems: &[Problem]) -> String {
     let mut s = String::new();
     for p in problems {
-        s.push_str(&p.to_string());
+        s.push_str(&escape(&p.to_string()));
         s.push('\n');
     }
     s
@@ -173,7 +178,7 @@ pub fn load_valid_with(cfg: &ConfigArgs, discovery: &dyn model::AddressSource) -
     match model::load_with(&cfg.config, &opts) {
         Ok(m) => {
             for w in &m.warnings {
-                eprintln!("{w}");
+                eprintln!("{}", escape(&w.to_string()));
             }
             Ok(m)
         }
@@ -389,9 +394,9 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
             ", untracked (no connection state)\n"
         });
         for r in rules {
-            s.push_str(&format!("  {}", r.id));
+            s.push_str(&format!("  {}", escape(r.id.as_str())));
             if let Some(desc) = &r.description {
-                s.push_str(&format!("  ({desc})"));
+                s.push_str(&format!("  ({})", escape(desc)));
             }
             s.push('\n');
         }
@@ -427,7 +432,7 @@ pub fn lint(args: LintArgs) -> Result<ExitCode> {
         LintFormat::Text => {
             let mut s = String::new();
             for f in &findings {
-                s.push_str(&format!("{f}\n"));
+                s.push_str(&format!("{}\n", escape(&f.to_string())));
             }
             let count = |l| findings.iter().filter(|f| f.severity == l).count();
             s.push_str(&format!(
@@ -481,7 +486,7 @@ pub fn import_aws(args: ImportAwsArgs) -> Result<ExitCode> {
         }
     };
     for w in &m.warnings {
-        eprintln!("{w}");
+        eprintln!("{}", escape(&w.to_string()));
     }
     let yaml = model::aws::to_native_yaml(&m).context("writing YAML")?;
     let yaml = format!(
