@@ -81,10 +81,13 @@ pub fn read_state(id: &IfaceId) -> Option<IfaceState> {
 
 fn write_state(id: &IfaceId, state: &IfaceState) -> Result<()> {
     let path = state_path(id);
-    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+    let dir = path.parent().expect("has a parent");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)?;
-    std::fs::rename(&tmp, &path)?;
+    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 

@@ -116,7 +116,7 @@ struct Daemon {
 /// Runs until SIGTERM/SIGINT.
 pub async fn run(opts: DaemonOptions) -> Result<()> {
     pins::ensure_bpffs()?;
-    std::fs::create_dir_all(STATE_DIR)?;
+    std::fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let state = Arc::new(Mutex::new(DaemonState {
         pid: std::process::id(),
@@ -448,7 +448,7 @@ fn spawn_config_watch(tx: &mpsc::UnboundedSender<Event>, config: &Path) -> Resul
 /// inotify on /run/netns: namespaces created or deleted.
 fn spawn_netns_watch(tx: &mpsc::UnboundedSender<Event>) -> Result<()> {
     use inotify::{Inotify, WatchMask};
-    std::fs::create_dir_all(NETNS_RUN_DIR)?;
+    std::fs::create_dir_all(NETNS_RUN_DIR).with_context(|| format!("creating {NETNS_RUN_DIR}"))?;
     let inotify = Inotify::init().context("inotify")?;
     inotify
         .watches()

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use sg_user::{
     demo,
     loader::{self, AttachOptions, BpfLog, IngressHook, InitialPolicy, Side},
+    model::text::{escape, escape_lines},
     pins::{self, IfaceId},
     policy_maps::PolicyMaps,
 };
@@ -261,7 +262,7 @@ impl ConntrackTarget {
     fn targets(&self) -> Result<Vec<IfaceId>> {
         Ok(match &self.iface {
             Some(i) => vec![IfaceId::new(i, self.netns.as_deref())],
-            None => pins::attached_ifaces()?,
+            None => attached_ifaces()?,
         })
     }
 }
@@ -358,7 +359,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", escape_lines(&format!("{e:#}")));
             let invalid = e.chain().any(|c| c.is::<offline::InvalidInput>());
             ExitCode::from(if invalid { exit::INVALID } else { exit::FAILED })
         }
@@ -386,6 +387,11 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Lint(args) => offline::lint(args),
         Command::ImportAws(args) => offline::import_aws(args),
     }
+}
+
+/// The interfaces sgctl has attached (their pins), or an error naming the directory.
+fn attached_ifaces() -> Result<Vec<IfaceId>> {
+    pins::attached_ifaces().with_context(|| format!("listing {}", pins::ROOT))
 }
 
 pub(crate) fn require_root(what: &str) -> Result<()> {
@@ -419,7 +425,7 @@ fn attach(args: AttachArgs) -> Result<ExitCode> {
 fn detach(args: DetachArgs) -> Result<ExitCode> {
     require_root("sgctl detach")?;
     let targets = if args.all {
-        pins::attached_ifaces()?
+        attached_ifaces()?
     } else {
         let iface = args.iface.expect("clap requires --iface without --all");
         vec![IfaceId::new(&iface, args.netns.as_deref())]
@@ -461,7 +467,7 @@ fn apply(args: ApplyArgs) -> Result<ExitCode> {
         }
     };
     for w in &model.warnings {
-        eprintln!("{w}");
+        eprintln!("{}", escape(&w.to_string()));
     }
     let opts = sg_user::apply::ApplyOptions {
         attach: AttachOptions {
@@ -589,7 +595,7 @@ fn flows(args: FlowsArgs) -> Result<ExitCode> {
     require_root("sgctl flows")?;
     let ifaces = match &args.iface {
         Some(i) => vec![IfaceId::new(i, args.netns.as_deref())],
-        None => pins::attached_ifaces()?,
+        None => attached_ifaces()?,
     };
     if ifaces.is_empty() {
         anyhow::bail!("no interface attached; enforce a config with `sgctl apply -c FILE` first");
@@ -642,7 +648,7 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
     // not hide the others.
     let mut all = Vec::new();
     let mut unreadable = Vec::new();
-    for id in pins::attached_ifaces()? {
+    for id in attached_ifaces()? {
         match sg_user::status::iface_status(id.clone()) {
             Ok(s) => all.push(s),
             Err(e) => unreadable.push((id, format!("{e:#}"))),
@@ -669,9 +675,10 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
         };
         writeln!(
             out,
-            "daemon: pid {} on {} — {last} ({} ok, {} failed)",
+            "daemon: pid {} on {} — {} ({} ok, {} failed)",
             d.pid,
-            d.config.display(),
+            escape(&d.config.display().to_string()),
+            escape(&last),
             d.reloads_ok,
             d.reloads_failed
         )?;
@@ -679,8 +686,14 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
     for (id, e) in &unreadable {
         writeln!(
             out,
-            "{id}: cannot read its pinned state ({e}); it may be from another sgctl version: `sgctl detach --iface {}` and apply again",
-            id.iface
+            "{}: cannot read its pinned state ({}); it may be from another sgctl version: `sgctl detach --iface {}{}` and apply again",
+            escape(&id.to_string()),
+            escape(e),
+            escape(&id.iface),
+            id.netns
+                .as_deref()
+                .map(|ns| format!(" --netns {}", escape(ns)))
+                .unwrap_or_default(),
         )?;
     }
     if all.is_empty() && unreadable.is_empty() {
