@@ -272,7 +272,8 @@ fn attach_here(
         IngressHook::Auto if physical => match attach_xdp(ebpf, iface, XdpMode::Driver, dir) {
             Ok(()) => AttachedHook::Xdp,
             Err(e) => {
-                log::warn!("{iface}: native XDP failed ({e}); using TC ingress instead");
+                let e = anyhow::Error::from(e);
+                log::warn!("{iface}: native XDP failed ({e:#}); using TC ingress instead");
                 load_programs(ebpf, &[names::PROG_TC_INGRESS])?;
                 attach_tc(ebpf, iface, TcAttachType::Ingress, dir)?;
                 AttachedHook::Tc
