@@ -732,6 +732,20 @@ fn exit_codes_agree_across_subcommands() {
     }
     let o = sgctl(&["validate", "-c", &cfg]);
     assert_eq!(o.status.code(), Some(0));
+    // 3 = the system failed (here: the output cannot be written), with the path.
+    let aws = examples().join("aws-describe-security-groups.json");
+    let o = sgctl(&[
+        "import-aws",
+        aws.to_str().unwrap(),
+        "-o",
+        "/nonexistent-dir/out.yaml",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/nonexistent-dir/out.yaml"),
+        "{}",
+        stderr(&o)
+    );
     // Documented where a user looks.
     let help = stdout(&sgctl(&["--help"]));
     for needle in [
