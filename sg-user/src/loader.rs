@@ -138,16 +138,16 @@ pub enum LoaderError {
     #[error("{iface} is not attached; `sgctl status` lists attached interfaces")]
     NotAttached { iface: IfaceId },
     #[error(
-        "loading the eBPF programs failed: {0}\nhint: are you root, and does the kernel have BPF and BTF (/sys/kernel/btf/vmlinux)?"
+        "loading the eBPF programs failed (are you root, and does the kernel have BPF and BTF: /sys/kernel/btf/vmlinux?)"
     )]
     Load(#[source] Box<aya::EbpfError>),
-    #[error("program `{name}` failed: {source}")]
+    #[error("program `{name}` failed")]
     Program {
         name: &'static str,
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
-    #[error("{what} failed for {iface}: {source}{hint}")]
+    #[error("{what} failed for {iface}{hint}")]
     Attach {
         what: String,
         iface: IfaceId,
@@ -165,8 +165,13 @@ pub enum LoaderError {
     Netns(#[from] NetnsError),
     #[error(transparent)]
     Policy(#[from] PolicyMapError),
-    #[error("{0}")]
-    Io(#[from] io::Error),
+    /// An I/O error, with what was done to which path.
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// What `attach` did.
@@ -189,7 +194,10 @@ pub fn attach(
     opts: &AttachOptions,
     initial: InitialPolicy<'_>,
 ) -> Result<Attached, LoaderError> {
-    pins::ensure_root()?;
+    pins::ensure_root().map_err(|source| LoaderError::Io {
+        what: format!("preparing {}", pins::ROOT),
+        source,
+    })?;
     let dir = iface.dir();
     if dir.exists() {
         return Err(LoaderError::AlreadyAttached {
@@ -208,7 +216,10 @@ pub fn attach(
     // Which ingress hook: decided before loading, so only the programs that
     // will be attached go through the verifier (it dominates attach time).
     let physical = in_netns(iface.netns.as_deref(), || ifinfo::driver_info(&iface.iface))?
-        .map_err(|e| LoaderError::Io(io::Error::new(e.kind(), format!("{iface}: {e}"))))?
+        .map_err(|source| LoaderError::Io {
+            what: format!("{iface}: reading its driver information"),
+            source,
+        })?
         .is_some_and(|info| info.is_physical());
     let ingress = match (opts.ingress_hook, physical) {
         (IngressHook::Auto, true) | (IngressHook::Xdp, _) | (IngressHook::XdpGeneric, _) => {
@@ -216,7 +227,10 @@ pub fn attach(
         }
         (IngressHook::Auto, false) | (IngressHook::Tc, _) => names::PROG_TC_INGRESS,
     };
-    crate::private_dir::create_subdir(&dir).map_err(io::Error::other)?;
+    crate::private_dir::create_subdir(&dir).map_err(|e| LoaderError::Io {
+        what: format!("creating {}", dir.display()),
+        source: io::Error::other(e),
+    })?;
     // Programs first (they keep references to every map), then the maps
     // (filled and pinned), then the attachment: the policy is in place
     // before the first packet arrives. The policy maps stay open until the
@@ -258,7 +272,8 @@ fn attach_here(
         IngressHook::Auto if physical => match attach_xdp(ebpf, iface, XdpMode::Driver, dir) {
             Ok(()) => AttachedHook::Xdp,
             Err(e) => {
-                log::warn!("{iface}: native XDP failed ({e}); using TC ingress instead");
+                let e = anyhow::Error::from(e);
+                log::warn!("{iface}: native XDP failed ({e:#}); using TC ingress instead");
                 load_programs(ebpf, &[names::PROG_TC_INGRESS])?;
                 attach_tc(ebpf, iface, TcAttachType::Ingress, dir)?;
                 AttachedHook::Tc
@@ -355,7 +370,7 @@ fn attach_xdp(
         source: Box::new(source),
         what: format!("XDP ({mode:?} mode) attach"),
         iface: iface.clone(),
-        hint: "\nhint: the driver may not support native XDP; try `--ingress-hook tc` or `--ingress-hook xdp-generic`",
+        hint: " (the driver may not support native XDP; try `--ingress-hook tc` or `--ingress-hook xdp-generic`)",
     };
     let link_id = prog.attach(&iface.iface, mode).map_err(attach_error)?;
     let link = prog.take_link(link_id).map_err(attach_error)?;
@@ -386,7 +401,7 @@ fn attach_tc(
         source: Box::new(source),
         what: format!("TC {direction} attach"),
         iface: iface.clone(),
-        hint: "\nhint: tcx needs Linux 6.6 or newer; check the interface exists with `ip link`",
+        hint: " (tcx needs Linux 6.6 or newer; check the interface exists with `ip link`)",
     };
     let link_id = prog
         .attach(&iface.iface, attach_type)
@@ -420,7 +435,10 @@ pub fn detach(iface: &IfaceId) -> Result<(), LoaderError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Err(LoaderError::NotAttached {
             iface: iface.clone(),
         }),
-        Err(e) => Err(e.into()),
+        Err(source) => Err(LoaderError::Io {
+            what: format!("removing {}", iface.dir().display()),
+            source,
+        }),
     }
 }
 
@@ -478,8 +496,12 @@ pub struct PinnedHook {
 pub fn pinned_hooks(iface: &IfaceId) -> Result<Vec<PinnedHook>, LoaderError> {
     let dir = iface.dir();
     let mut hooks = Vec::new();
-    for entry in std::fs::read_dir(&dir)? {
-        let entry = entry?;
+    let listing = |source| LoaderError::Io {
+        what: format!("listing {}", dir.display()),
+        source,
+    };
+    for entry in std::fs::read_dir(&dir).map_err(listing)? {
+        let entry = entry.map_err(listing)?;
         let file = entry.file_name().to_string_lossy().into_owned();
         let Some(rest) = file.strip_prefix(pins::LINK_PREFIX) else {
             continue;
@@ -543,4 +565,25 @@ pub fn read_events_lost(iface: &IfaceId) -> Result<u64, LoaderError> {
         open_pinned(iface, names::MAP_EVENTS_LOST, Map::PerCpuArray)?;
     let values = map.get(&0, 0).map_err(|e| pinned_error(&path, e))?;
     Ok(values.iter().sum())
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    #[test]
+    fn an_io_error_names_its_path_and_says_its_cause_once() {
+        let e = anyhow::Error::from(LoaderError::Io {
+            what: "creating /sys/fs/bpf/sg/host/eth0".into(),
+            source: io::Error::from_raw_os_error(libc::EROFS),
+        })
+        .context("attaching eth0");
+        let text = format!("{e:#}");
+        assert!(text.contains("/sys/fs/bpf/sg/host/eth0"), "{text}");
+        assert_eq!(text.matches("os error 30").count(), 1, "{text}");
+        let e = anyhow::Error::from(PolicyMapError::Cpus(io::Error::from_raw_os_error(
+            libc::ENOENT,
+        )));
+        assert_eq!(format!("{e:#}").matches("os error 2").count(), 1, "{e:#}");
+    }
 }

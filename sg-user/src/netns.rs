@@ -32,9 +32,7 @@ pub enum NetnsError {
         "network namespace `{name}` not found under {NETNS_RUN_DIR}; create it with `ip netns add {name}` or fix the name"
     )]
     NotFound { name: String },
-    #[error(
-        "entering network namespace `{name}` failed (setns): {source}; this needs root (CAP_SYS_ADMIN)"
-    )]
+    #[error("entering network namespace `{name}` failed (setns; this needs root, CAP_SYS_ADMIN)")]
     Setns {
         name: String,
         #[source]

@@ -237,7 +237,8 @@ fn build(
         "# Written by `sgctl lab up` from {}: interfaces point at the lab's namespaces.\n",
         config.display()
     );
-    std::fs::write(&lab_config, header + &text)?;
+    std::fs::write(&lab_config, header + &text)
+        .with_context(|| format!("writing {}", lab_config.display()))?;
     let enforced = state.lab_model()?;
     let applied = apply::apply(&enforced, &ApplyOptions::default())
         .context("enforcing the lab config (the same code as `sgctl apply`)")?;
@@ -255,7 +256,8 @@ fn start_server(lab: &str, opts: &UpOptions) -> Result<u32> {
         None => std::env::current_exe().context("finding the sgctl executable")?,
     };
     let log_path = state_dir(lab).join("server.log");
-    let log = std::fs::File::create(&log_path)?;
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
     let mut child = {
         use std::os::unix::process::CommandExt as _;
         Command::new(&exe)
@@ -484,7 +486,8 @@ pub fn reapply(state: &mut LabState, config: &Path, attach: &[Attachment]) -> Re
         );
     }
     let lab_model = plan.lab_model(&user, Some(state.lab_config.clone()));
-    std::fs::write(&state.lab_config, model::aws::to_native_yaml(&lab_model)?)?;
+    std::fs::write(&state.lab_config, model::aws::to_native_yaml(&lab_model)?)
+        .with_context(|| format!("writing {}", state.lab_config.display()))?;
     apply::apply(&state.lab_model()?, &ApplyOptions::default())
         .context("enforcing the changed config in the lab")?;
     state.plan = plan;

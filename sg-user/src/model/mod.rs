@@ -22,6 +22,7 @@ pub mod aws;
 pub mod config;
 pub mod eval;
 pub mod lint;
+pub mod text;
 pub mod types;
 pub mod validate;
 
