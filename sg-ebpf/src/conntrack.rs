@@ -258,7 +258,6 @@ pub enum CreateError {
 pub fn create(
     pkt: &Packet,
     direction: Direction,
-    cfg: &IfaceConfig,
     now: u64,
     bytes: u64,
     rule: u32,

@@ -104,8 +104,7 @@ fn judge(start: usize, end: usize, direction: Direction, bytes: u64) -> Reason {
                         && policy::reverse_is_untracked(&pkt, direction, generation));
                 tracked = !untracked;
                 if !untracked
-                    && conntrack::create(&pkt, direction, cfg, now, bytes, hit.rule, generation)
-                        .is_err()
+                    && conntrack::create(&pkt, direction, now, bytes, hit.rule, generation).is_err()
                 {
                     Reason::DropConntrackFull
                 } else {
