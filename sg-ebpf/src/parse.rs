@@ -102,9 +102,9 @@ fn be16(b: [u8; 2]) -> u16 {
 ///
 /// IPv6 neighbour discovery is [`NotJudged::Bypass`] only as RFC 4861 sends
 /// it — ICMPv6 133–137, code 0, hop limit 255 (so it cannot have crossed a
-/// router), not fragmented — and, outbound, only to a link-local or
-/// link-scope multicast address, the only places it goes that cannot carry
-/// data off the link. Anything else shaped like it is judged by the rules.
+/// router), not fragmented — and, outbound, only to a destination on the
+/// link (see [`on_link`]), so that it cannot carry data off the link.
+/// Anything else shaped like it is judged by the rules.
 #[inline(always)]
 pub fn parse(start: usize, end: usize, outbound: bool) -> Result<Packet, NotJudged> {
     let mut ethertype = be16(load::<[u8; 2]>(start, end, 12)?);
@@ -261,7 +261,7 @@ fn parse_ipv6(
                     && pkt.policy_port & 0xff == 0
                     && ip.hop_limit == ND_HOP_LIMIT
                     && !pkt.fragment.fragmented
-                    && (!outbound || on_link(&pkt.dst))
+                    && (!outbound || on_link(&pkt.src, &pkt.dst))
                 {
                     return Err(NotJudged::Bypass);
                 }
@@ -272,10 +272,16 @@ fn parse_ipv6(
     Err(NotJudged::ExtHeaderLimit)
 }
 
-/// Link-local unicast (`fe80::/10`) or link-scope multicast (`ff02::/16`).
+/// A destination neighbour discovery may be sent to from `src`: link-local
+/// unicast (`fe80::/10`), link-scope multicast (`ff02::/16`), or an address
+/// in the source's /64 (a neighbour on the link: Linux answers a solicitation
+/// from a global address, and probes a cached neighbour, at that address).
+/// Never a destination off the link, so the bypass carries nothing away.
 #[inline(always)]
-fn on_link(dst: &[u8; 16]) -> bool {
-    (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80) || (dst[0] == 0xff && dst[1] == 0x02)
+fn on_link(src: &[u8; 16], dst: &[u8; 16]) -> bool {
+    (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80)
+        || (dst[0] == 0xff && dst[1] == 0x02)
+        || src[..8] == dst[..8]
 }
 
 #[inline(always)]

@@ -474,7 +474,8 @@ fn check_answers_what_the_kernel_does_with_neighbour_discovery() {
     assert_eq!(check("--in", "fe80::1", "135", "255"), (true, true));
     // A router advertisement that crossed a router: judged, and no rule allows it.
     assert_eq!(check("--in", "2001:db8::1", "134", "64"), (false, false));
-    // Outbound: only to link-local or link-scope multicast.
+    // Outbound: only to a destination on the link (this interface lists no
+    // address, so only link-local and link-scope multicast are known to be).
     assert_eq!(check("--out", "ff02::1", "136", "255"), (true, true));
     assert!(!check("--out", "2001:db8::1", "136", "255").1);
     std::fs::remove_dir_all(dir).ok();

@@ -218,6 +218,7 @@ fn build(
     let switch = Netns::create_persistent(&format!("{prefix}{}", plan::SWITCH_ROLE))?;
     switch.ip(&["link", "add", "br0", "type", "bridge"])?;
     switch.ip(&["link", "set", "br0", "up"])?;
+    let mut namespaces = Vec::with_capacity(plan.hosts.len());
     for (i, host) in plan.hosts.iter().enumerate() {
         let ns = Netns::create_persistent(&host.netns)?;
         let port = format!("p{i}");
@@ -229,7 +230,16 @@ fn build(
         if let Some(a) = host.ipv6 {
             ns.add_addr(&host.iface, &format!("{a}/32"))?;
         }
+        namespaces.push(ns);
     }
+    // The segment is one flat 2001:db8::/32 link; see pin_ipv6_neighbours.
+    let v6: Vec<(&Netns, &str, std::net::Ipv6Addr)> = plan
+        .hosts
+        .iter()
+        .zip(&namespaces)
+        .filter_map(|(h, ns)| h.ipv6.map(|a| (ns, h.iface.as_str(), a)))
+        .collect();
+    crate::netns::pin_ipv6_neighbours(&v6)?;
 
     let lab_model = plan.lab_model(user, Some(lab_config.clone()));
     let text = model::aws::to_native_yaml(&lab_model)?;

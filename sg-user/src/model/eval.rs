@@ -35,9 +35,10 @@
 //! Packets no rule judges, decided before anything else (as the kernel does):
 //! - IPv6 neighbour discovery as RFC 4861 sends it (ICMPv6 133–137, code 0,
 //!   hop limit 255, not fragmented) passes ([`Outcome::Bypass`]) inbound, and
-//!   outbound when sent to a link-local or `ff02::/16` address. Anything else
-//!   shaped like it — IPv4 protocol 58, another hop limit or code, a global
-//!   destination outbound — is judged by the rules.
+//!   outbound when sent to a link-local or `ff02::/16` address or one in the
+//!   source's /64. Anything else shaped like it — IPv4 protocol 58, another
+//!   hop limit or code, a destination off the link outbound — is judged by
+//!   the rules.
 //! - TCP with SYN together with FIN or RST is dropped ([`Outcome::Invalid`]).
 //!
 //! Fragments: the first fragment is judged like any packet; a later fragment
@@ -201,16 +202,19 @@ pub const ND_HOP_LIMIT: u8 = 255;
 
 /// Whether a packet is IPv6 neighbour discovery that bypasses the rules:
 /// ICMPv6 (protocol 58 over IPv6) type 133–137, code 0, hop limit 255, not
-/// fragmented; outbound only to a link-local or `ff02::/16` destination.
+/// fragmented; outbound only to a destination on the link: link-local,
+/// `ff02::/16`, or in the source's /64 (never off the link, so the bypass
+/// cannot carry data away).
 pub fn neighbour_discovery_bypasses(
     direction: Direction,
+    src: IpAddr,
     dst: IpAddr,
     proto: u8,
     icmp: Option<(u8, u8)>,
     hop_limit: u8,
     fragmented: bool,
 ) -> bool {
-    let IpAddr::V6(dst) = dst else {
+    let (IpAddr::V6(src), IpAddr::V6(dst)) = (src, dst) else {
         return false;
     };
     let well_formed = proto == proto::ICMPV6
@@ -218,8 +222,8 @@ pub fn neighbour_discovery_bypasses(
         && hop_limit == ND_HOP_LIMIT
         && !fragmented;
     let on_link = || {
-        let o = dst.octets();
-        (o[0] == 0xfe && o[1] & 0xc0 == 0x80) || (o[0] == 0xff && o[1] == 0x02)
+        let (s, d) = (src.octets(), dst.octets());
+        (d[0] == 0xfe && d[1] & 0xc0 == 0x80) || (d[0] == 0xff && d[1] == 0x02) || s[..8] == d[..8]
     };
     well_formed && (direction == Direction::Ingress || on_link())
 }
@@ -315,6 +319,7 @@ impl Packet {
     pub fn bypasses(&self) -> bool {
         neighbour_discovery_bypasses(
             self.direction,
+            self.src,
             self.dst,
             self.proto,
             self.icmp,

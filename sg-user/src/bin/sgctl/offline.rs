@@ -353,10 +353,27 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
         Direction::Egress
     };
     // The kernel lets neighbour discovery through before any rule; so does
-    // this answer. Outbound, the peer is the destination it checks.
+    // this answer. Outbound, the peer is the destination it checks, against
+    // the interface's own address in the same /64 when the config lists one.
+    let local = iface
+        .addresses
+        .iter()
+        .flatten()
+        .copied()
+        .find(|a| match (a, args.peer) {
+            (IpAddr::V6(a), IpAddr::V6(p)) => a.octets()[..8] == p.octets()[..8],
+            _ => false,
+        })
+        .unwrap_or(std::net::Ipv6Addr::UNSPECIFIED.into());
+    let (src, dst) = if direction == Direction::Ingress {
+        (args.peer, local)
+    } else {
+        (local, args.peer)
+    };
     let bypass = eval::neighbour_discovery_bypasses(
         direction,
-        args.peer,
+        src,
+        dst,
         proto,
         pkt.icmp,
         args.hop_limit,
