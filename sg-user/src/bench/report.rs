@@ -400,10 +400,14 @@ pub fn markdown(r: &Results, command: &str, charts: &[(&str, &str)]) -> String {
             row.freed
         );
     }
-    let _ = writeln!(
-        s,
-        "\nWorst case for a flood against a full table of live flows: one walk per second per table, i.e. the walk time above per second of one CPU (0.7% of a CPU at 65,536 entries). A walk holds its CPU for its whole duration, so very large tables should also run `sgctl run` (its periodic `conntrack gc` frees expired entries before any table fills).\n"
-    );
+    if let Some(first) = r.reclaim.first() {
+        let _ = writeln!(
+            s,
+            "\nWorst case for a flood against a full table of live flows: one walk per second per table, i.e. the walk time above per second of one CPU ({:.1}% of a CPU at {} entries). A walk holds its CPU for its whole duration, so very large tables should also run `sgctl run` (its periodic `conntrack gc` frees expired entries before any table fills).\n",
+            first.walk_nothing_expired_ns as f64 / 1e7,
+            first.table_capacity
+        );
+    }
     if !charts.is_empty() {
         let _ = writeln!(s, "## Charts\n");
         for (file, title) in charts {
