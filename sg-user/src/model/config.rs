@@ -15,7 +15,7 @@ use std::{
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
-use super::{types::Origin, validate::Problem};
+use super::{diag::Problem, types::Origin};
 
 /// Largest config file accepted (bytes).
 pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
@@ -606,7 +606,7 @@ impl Attachment {
 
 // ---- loading ---------------------------------------------------------------
 
-fn read(path: &Path) -> Result<String, Vec<Problem>> {
+pub(super) fn read(path: &Path) -> Result<String, Vec<Problem>> {
     read_text(path).map_err(|p| vec![*p])
 }
 
@@ -731,73 +731,6 @@ pub fn read_text(path: &Path) -> Result<String, Box<Problem>> {
             .in_file(Some(label)),
         )
     })
-}
-
-/// Parses text of either format into a raw document (no `import:` handling).
-///
-/// # Errors
-/// The parse problem, with file and line.
-pub fn parse_text(text: &str, file: Option<&Path>) -> Result<(Doc, Vec<String>), Vec<Problem>> {
-    match detect_format(text) {
-        Format::AwsJson => super::aws::parse(text, file).map(|d| (d, vec![])),
-        Format::Native => parse_native(text, file).map(|n| (n.doc, n.imports)),
-    }
-}
-
-/// Reads a config file of either format, follows `import:` (AWS JSON files,
-/// relative to the importing file) and adds `attach` as interfaces.
-///
-/// # Errors
-/// Every problem found while reading (unreadable files, syntax errors, a
-/// bad import).
-pub fn load_doc(path: &Path, attach: &[Attachment]) -> Result<Doc, Vec<Problem>> {
-    let text = read(path)?;
-    let (mut doc, imports) = parse_text(&text, Some(source_label(path)))?;
-    let mut problems = vec![];
-    // Imports of a config read from standard input start at the current directory.
-    let base = match path.parent() {
-        Some(dir) if !is_stdin(path) => dir,
-        _ => Path::new("."),
-    };
-    for imp in imports {
-        let ipath = base.join(&imp);
-        match read(&ipath) {
-            Err(p) => problems.extend(p),
-            Ok(t) if detect_format(&t) != Format::AwsJson => problems.push(
-                Problem::error(
-                    format!("import `{imp}` is not AWS JSON (no top-level \"SecurityGroups\")"),
-                    "import only files printed by `aws ec2 describe-security-groups`; put native groups in this file",
-                )
-                .in_file(Some(source_label(path))),
-            ),
-            Ok(t) => match super::aws::parse(&t, Some(&ipath)) {
-                Err(p) => problems.extend(p),
-                Ok(d) => merge_import(&mut doc, d),
-            },
-        }
-    }
-    doc.interfaces.extend(attach.iter().map(Attachment::to_raw));
-    if problems.is_empty() {
-        Ok(doc)
-    } else {
-        Err(problems)
-    }
-}
-
-/// Adds an imported AWS document's groups and prefix lists. Prefix lists the
-/// importing file defines win over the importer's placeholders.
-fn merge_import(doc: &mut Doc, imported: Doc) {
-    doc.groups.extend(imported.groups);
-    for pl in imported.prefix_lists {
-        let id = pl.id.as_ref().map(Scalar::text);
-        let defined = doc
-            .prefix_lists
-            .iter()
-            .any(|p| p.id.as_ref().map(Scalar::text) == id);
-        if !(pl.placeholder && defined) {
-            doc.prefix_lists.push(pl);
-        }
-    }
 }
 
 #[cfg(test)]
