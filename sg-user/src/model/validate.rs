@@ -904,8 +904,32 @@ pub fn build(doc: &Doc, discovery: &dyn AddressSource) -> Result<Model, Vec<Prob
         file: doc.file.as_deref(),
     };
     let q = quotas(&mut cx, &doc.quotas);
+    let pls = prefix_lists(&mut cx, doc);
+    let groups = unique_groups(&mut cx, doc, &q);
+    let group_ids: BTreeSet<String> = groups.iter().map(|g| g.id.clone()).collect();
+    check_group_rules(&mut cx, &groups, &group_ids, &pls, &q);
+    let interfaces = unique_interfaces(&mut cx, doc, &groups, &group_ids, &pls, &q);
+    let members = members(&mut cx, doc, &group_ids);
+    if cx.problems.iter().any(Problem::is_error) {
+        return Err(cx.problems);
+    }
+    let mut model = Model {
+        file: doc.file.clone(),
+        groups,
+        prefix_lists: pls.into_values().collect(),
+        interfaces,
+        members,
+        quotas: q,
+        warnings: cx.problems,
+        discovered: BTreeMap::new(),
+        resolved: BTreeMap::new(),
+    };
+    model.rediscover(discovery);
+    Ok(model)
+}
 
-    // Prefix lists.
+/// The prefix lists, each checked; ids must be unique.
+fn prefix_lists(cx: &mut Ctx<'_>, doc: &Doc) -> BTreeMap<String, PrefixList> {
     let mut pls: BTreeMap<String, PrefixList> = BTreeMap::new();
     for (i, raw) in doc.prefix_lists.iter().enumerate() {
         let o = &raw.origin;
@@ -1021,11 +1045,16 @@ pub fn build(doc: &Doc, discovery: &dyn AddressSource) -> Result<Model, Vec<Prob
         );
     }
 
-    // Groups.
+    pls
+}
+
+/// The groups, each checked; ids must be unique, and their number within
+/// the quota.
+fn unique_groups(cx: &mut Ctx<'_>, doc: &Doc, q: &Quotas) -> Vec<Group> {
     let mut groups: Vec<Group> = vec![];
     let mut seen_groups: HashMap<String, Origin> = HashMap::new();
     for (i, raw) in doc.groups.iter().enumerate() {
-        let Some(g) = parse_group(&mut cx, raw, i) else {
+        let Some(g) = parse_group(cx, raw, i) else {
             continue;
         };
         if let Some(first) = seen_groups.get(&g.id) {
@@ -1056,11 +1085,21 @@ pub fn build(doc: &Doc, discovery: &dyn AddressSource) -> Result<Model, Vec<Prob
             .in_file(cx.file),
         );
     }
-    let group_ids: BTreeSet<String> = groups.iter().map(|g| g.id.clone()).collect();
 
-    // Rule references, duplicates, per-group quotas.
+    groups
+}
+
+/// Across groups: references resolve, no rule is written twice, rule ids
+/// are unique, and each group's rules fit the per-group quota.
+fn check_group_rules(
+    cx: &mut Ctx<'_>,
+    groups: &[Group],
+    group_ids: &BTreeSet<String>,
+    pls: &BTreeMap<String, PrefixList>,
+    q: &Quotas,
+) {
     let mut rule_ids: HashMap<RuleId, Origin> = HashMap::new();
-    for g in &groups {
+    for g in groups {
         for dir in [Direction::Ingress, Direction::Egress] {
             let mut seen: Vec<(Protocol, L4Match, Peer, usize)> = vec![];
             let (mut v4, mut v6) = (0u64, 0u64);
@@ -1112,7 +1151,7 @@ pub fn build(doc: &Doc, discovery: &dyn AddressSource) -> Result<Model, Vec<Prob
                 } else {
                     rule_ids.insert(r.id.clone(), r.origin.clone());
                 }
-                let (a, b) = rule_weight(r, &pls);
+                let (a, b) = rule_weight(r, pls);
                 v4 += a;
                 v6 += b;
             }
@@ -1134,11 +1173,21 @@ pub fn build(doc: &Doc, discovery: &dyn AddressSource) -> Result<Model, Vec<Prob
             }
         }
     }
+}
 
-    // Interfaces.
+/// The interfaces, each checked; listed once each, and the rules of their
+/// groups within the per-interface quota.
+fn unique_interfaces(
+    cx: &mut Ctx<'_>,
+    doc: &Doc,
+    groups: &[Group],
+    group_ids: &BTreeSet<String>,
+    pls: &BTreeMap<String, PrefixList>,
+    q: &Quotas,
+) -> Vec<Interface> {
     let mut interfaces: Vec<Interface> = vec![];
     for raw in &doc.interfaces {
-        let Some(i) = parse_interface(&mut cx, raw, &group_ids, &q) else {
+        let Some(i) = parse_interface(cx, raw, group_ids, q) else {
             continue;
         };
         if let Some(prev) = interfaces
@@ -1163,7 +1212,7 @@ pub fn build(doc: &Doc, discovery: &dyn AddressSource) -> Result<Model, Vec<Prob
             let (mut v4, mut v6) = (0u64, 0u64);
             for g in groups.iter().filter(|g| i.groups.contains(&g.id)) {
                 for r in g.rules(dir) {
-                    let (a, b) = rule_weight(r, &pls);
+                    let (a, b) = rule_weight(r, pls);
                     v4 += a;
                     v6 += b;
                 }
@@ -1187,7 +1236,15 @@ pub fn build(doc: &Doc, discovery: &dyn AddressSource) -> Result<Model, Vec<Prob
         interfaces.push(i);
     }
 
-    // Members.
+    interfaces
+}
+
+/// `members:`: each names a defined group and lists valid addresses.
+fn members(
+    cx: &mut Ctx<'_>,
+    doc: &Doc,
+    group_ids: &BTreeSet<String>,
+) -> BTreeMap<String, Vec<IpAddr>> {
     let mut members = BTreeMap::new();
     let morigin = Origin {
         file: cx.file.map(Path::to_path_buf),
@@ -1221,22 +1278,7 @@ pub fn build(doc: &Doc, discovery: &dyn AddressSource) -> Result<Model, Vec<Prob
         members.insert(g.clone(), v);
     }
 
-    if cx.problems.iter().any(Problem::is_error) {
-        return Err(cx.problems);
-    }
-    let mut model = Model {
-        file: doc.file.clone(),
-        groups,
-        prefix_lists: pls.into_values().collect(),
-        interfaces,
-        members,
-        quotas: q,
-        warnings: cx.problems,
-        discovered: BTreeMap::new(),
-        resolved: BTreeMap::new(),
-    };
-    model.rediscover(discovery);
-    Ok(model)
+    members
 }
 
 #[cfg(test)]
