@@ -8,7 +8,8 @@ use core::mem::size_of;
 /// Parser outcome that is not a packet to judge.
 #[derive(Clone, Copy)]
 pub enum NotJudged {
-    /// Non-IP frames (ARP, LLDP …): never filtered.
+    /// Non-IP frames (ARP, LLDP …) and IPv6 neighbour discovery as RFC 4861
+    /// sends it (see [`parse`]): never filtered.
     Bypass,
     /// More VLAN tags than [`MAX_VLAN_TAGS`]: the payload is unknown.
     VlanDepth,
@@ -73,11 +74,6 @@ pub struct Packet {
     pub icmp_type: u8,
     pub tcp_flags: u8,
     pub fragment: Fragment,
-    /// IPv6 neighbour discovery as RFC 4861 requires it: ICMPv6 133–137,
-    /// code 0, hop limit 255 (so it cannot have crossed a router), not
-    /// fragmented. Whether it bypasses the rules also depends on the
-    /// direction (see `verdict`).
-    pub neighbour_discovery: bool,
 }
 
 /// ICMPv6 router solicitation … redirect (RFC 4861).
@@ -101,9 +97,16 @@ fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 
-/// Parses the frame between `start` and `end` (packet pointers).
+/// Parses the frame between `start` and `end` (packet pointers), seen in
+/// this direction: `outbound` when it leaves the protected machine.
+///
+/// IPv6 neighbour discovery is [`NotJudged::Bypass`] only as RFC 4861 sends
+/// it — ICMPv6 133–137, code 0, hop limit 255 (so it cannot have crossed a
+/// router), not fragmented — and, outbound, only to a destination on the
+/// link (see [`on_link`]), so that it cannot carry data off the link.
+/// Anything else shaped like it is judged by the rules.
 #[inline(always)]
-pub fn parse(start: usize, end: usize) -> Result<Packet, NotJudged> {
+pub fn parse(start: usize, end: usize, outbound: bool) -> Result<Packet, NotJudged> {
     let mut ethertype = be16(load::<[u8; 2]>(start, end, 12)?);
     let mut offset = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
@@ -115,7 +118,7 @@ pub fn parse(start: usize, end: usize) -> Result<Packet, NotJudged> {
     }
     match ethertype {
         ETH_P_IP => parse_ipv4(start, end, offset),
-        ETH_P_IPV6 => parse_ipv6(start, end, offset),
+        ETH_P_IPV6 => parse_ipv6(start, end, offset, outbound),
         // A third tag could hide IP: never let it pass unjudged.
         t if is_vlan(t) => Err(NotJudged::VlanDepth),
         // ARP, LLDP, …: not IP.
@@ -168,7 +171,6 @@ fn parse_ipv4(start: usize, end: usize, offset: usize) -> Result<Packet, NotJudg
             first: frag_offset == 0,
             id: be16(ip.id) as u32,
         },
-        neighbour_discovery: false,
     };
     pkt.src[..4].copy_from_slice(&ip.src);
     pkt.dst[..4].copy_from_slice(&ip.dst);
@@ -194,7 +196,12 @@ struct Ipv6Fixed {
 }
 
 #[inline(always)]
-fn parse_ipv6(start: usize, end: usize, offset: usize) -> Result<Packet, NotJudged> {
+fn parse_ipv6(
+    start: usize,
+    end: usize,
+    offset: usize,
+    outbound: bool,
+) -> Result<Packet, NotJudged> {
     let ip: Ipv6Fixed = load(start, end, offset)?;
     if ip.vtc_flow[0] >> 4 != 6 {
         return Err(NotJudged::Malformed);
@@ -214,9 +221,7 @@ fn parse_ipv6(start: usize, end: usize, offset: usize) -> Result<Packet, NotJudg
             first: true,
             id: 0,
         },
-        neighbour_discovery: false,
     };
-    let hop_limit = ip.hop_limit;
     let mut offset = offset + 40;
     let mut next = ip.next;
     // One iteration per extension header, plus one for the upper layer.
@@ -250,17 +255,33 @@ fn parse_ipv6(start: usize, end: usize, offset: usize) -> Result<Packet, NotJudg
             }
             _ => {
                 pkt.proto = next;
-                let mut pkt = parse_l4(start, end, offset, pkt)?;
-                pkt.neighbour_discovery = pkt.proto == IPPROTO_ICMPV6
+                let pkt = parse_l4(start, end, offset, pkt)?;
+                if pkt.proto == IPPROTO_ICMPV6
                     && ND_TYPES.contains(&pkt.icmp_type)
                     && pkt.policy_port & 0xff == 0
-                    && hop_limit == ND_HOP_LIMIT
-                    && !pkt.fragment.fragmented;
+                    && ip.hop_limit == ND_HOP_LIMIT
+                    && !pkt.fragment.fragmented
+                    && (!outbound || on_link(&pkt.src, &pkt.dst))
+                {
+                    return Err(NotJudged::Bypass);
+                }
                 return Ok(pkt);
             }
         }
     }
     Err(NotJudged::ExtHeaderLimit)
+}
+
+/// A destination neighbour discovery may be sent to from `src`: link-local
+/// unicast (`fe80::/10`), link-scope multicast (`ff02::/16`), or an address
+/// in the source's /64 (a neighbour on the link: Linux answers a solicitation
+/// from a global address, and probes a cached neighbour, at that address).
+/// Never a destination off the link, so the bypass carries nothing away.
+#[inline(always)]
+fn on_link(src: &[u8; 16], dst: &[u8; 16]) -> bool {
+    (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80)
+        || (dst[0] == 0xff && dst[1] == 0x02)
+        || src[..8] == dst[..8]
 }
 
 #[inline(always)]

@@ -1,6 +1,6 @@
 //! The decision shared by every hook, in the fixed order:
-//! endpoint (which interface; unknown → drop) → parse (and the
-//! neighbour-discovery bypass) → fragments → conntrack (replies and known
+//! endpoint (which interface; unknown → drop) → parse (non-IP and
+//! neighbour-discovery bypass here) → fragments → conntrack (replies and known
 //! flows pass here) → policy (new flows only) → conntrack create (after
 //! allow) → count.
 
@@ -88,7 +88,7 @@ fn judge(
     if live.generation == 0 {
         return Reason::DropNoPolicy;
     }
-    let pkt = match parse::parse(start, end) {
+    let pkt = match parse::parse(start, end, direction == Direction::Outbound) {
         Ok(pkt) => pkt,
         Err(NotJudged::Bypass) => return Reason::PassBypass,
         Err(NotJudged::Malformed) => return Reason::DropMalformed,
@@ -96,9 +96,6 @@ fn judge(
         Err(NotJudged::VlanDepth) => return Reason::DropVlanDepth,
         Err(NotJudged::TcpFlags) => return Reason::DropTcpFlags,
     };
-    if pkt.neighbour_discovery && nd_bypasses(&pkt, direction) {
-        return Reason::PassBypass;
-    }
     if pkt.fragment.fragmented && !pkt.fragment.first {
         return fragments::follow(&pkt, cfg.endpoint);
     }
@@ -155,22 +152,4 @@ fn judge(
         fragments::remember(&pkt, cfg.endpoint);
     }
     reason
-}
-
-/// Neighbour discovery (already checked to be well-formed: ICMPv6 133–137,
-/// code 0, hop limit 255) is infrastructure, like ARP: inbound always, and
-/// outbound when sent to a link-local or link-scope multicast address — the
-/// only places the protocol sends to that cannot carry data off the link.
-/// Anything else is judged by the rules.
-#[inline(always)]
-fn nd_bypasses(pkt: &parse::Packet, direction: Direction) -> bool {
-    match direction {
-        Direction::Inbound => true,
-        Direction::Outbound => {
-            let d = &pkt.dst;
-            let link_local = d[0] == 0xfe && d[1] & 0xc0 == 0x80;
-            let link_multicast = d[0] == 0xff && d[1] == 0x02;
-            link_local || link_multicast
-        }
-    }
 }

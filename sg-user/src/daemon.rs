@@ -540,7 +540,7 @@ fn spawn_config_watch(tx: &mpsc::UnboundedSender<Event>, config: &Path) -> Resul
 /// inotify on /run/netns: namespaces created or deleted.
 fn spawn_netns_watch(tx: &mpsc::UnboundedSender<Event>) -> Result<()> {
     use inotify::{Inotify, WatchMask};
-    std::fs::create_dir_all(NETNS_RUN_DIR)?;
+    std::fs::create_dir_all(NETNS_RUN_DIR).with_context(|| format!("creating {NETNS_RUN_DIR}"))?;
     let inotify = Inotify::init().context("inotify")?;
     inotify
         .watches()

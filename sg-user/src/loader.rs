@@ -168,7 +168,7 @@ pub enum LoaderError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
-    #[error("{what} failed for {iface}: {source}{hint}")]
+    #[error("{what} failed for {iface}{hint}")]
     Attach {
         what: String,
         iface: IfaceId,
@@ -186,8 +186,16 @@ pub enum LoaderError {
     Netns(#[from] NetnsError),
     #[error(transparent)]
     Policy(#[from] PolicyMapError),
-    #[error("{0}")]
-    Io(#[from] io::Error),
+    /// An I/O error, with what was done to which path.
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    /// An I/O error whose message already says what and where.
+    #[error(transparent)]
+    Os(#[from] io::Error),
 }
 
 /// What `attach` did.
@@ -567,7 +575,7 @@ fn attach_xdp(iface: &IfaceId, mode: XdpMode, dir: &Path) -> Result<(), LoaderEr
         source: Box::new(source),
         what: format!("XDP ({mode:?} mode) attach"),
         iface: iface.clone(),
-        hint: "\nhint: the driver may not support native XDP; try `--ingress-hook tc` or `--ingress-hook xdp-generic`",
+        hint: " (the driver may not support native XDP; try `--ingress-hook tc` or `--ingress-hook xdp-generic`)",
     };
     let link_id = prog.attach(&iface.iface, mode).map_err(attach_error)?;
     let link = prog.take_link(link_id).map_err(attach_error)?;
@@ -593,7 +601,7 @@ fn attach_tc(iface: &IfaceId, attach_type: TcAttachType, dir: &Path) -> Result<(
         source: Box::new(source),
         what: format!("TC {direction} attach"),
         iface: iface.clone(),
-        hint: "\nhint: tcx needs Linux 6.6 or newer; check the interface exists with `ip link`",
+        hint: " (tcx needs Linux 6.6 or newer; check the interface exists with `ip link`)",
     };
     let link_id = prog
         .attach(&iface.iface, attach_type)
@@ -1144,4 +1152,25 @@ pub fn policy_maps_of(iface: &IfaceId) -> Result<crate::policy_maps::PolicyMaps,
     let mut maps = dp.maps;
     maps.select(ep.cfg.policy, Some(ep.key));
     Ok(maps)
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    #[test]
+    fn an_io_error_names_its_path_and_says_its_cause_once() {
+        let e = anyhow::Error::from(LoaderError::Io {
+            what: "creating /sys/fs/bpf/sg/host/eth0".into(),
+            source: io::Error::from_raw_os_error(libc::EROFS),
+        })
+        .context("attaching eth0");
+        let text = format!("{e:#}");
+        assert!(text.contains("/sys/fs/bpf/sg/host/eth0"), "{text}");
+        assert_eq!(text.matches("os error 30").count(), 1, "{text}");
+        let e = anyhow::Error::from(PolicyMapError::Cpus(io::Error::from_raw_os_error(
+            libc::ENOENT,
+        )));
+        assert_eq!(format!("{e:#}").matches("os error 2").count(), 1, "{e:#}");
+    }
 }

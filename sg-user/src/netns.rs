@@ -32,9 +32,7 @@ pub enum NetnsError {
         "network namespace `{name}` not found under {NETNS_RUN_DIR}; create it with `ip netns add {name}` or fix the name"
     )]
     NotFound { name: String },
-    #[error(
-        "entering network namespace `{name}` failed (setns): {source}; this needs root (CAP_SYS_ADMIN)"
-    )]
+    #[error("entering network namespace `{name}` failed (setns; this needs root, CAP_SYS_ADMIN)")]
     Setns {
         name: String,
         #[source]
@@ -247,6 +245,37 @@ impl Netns {
     }
 }
 
+/// Makes every host in `hosts` (namespace, interface, IPv6 address) a
+/// permanent IPv6 neighbour of every other: the test segments and the lab put
+/// all of 2001:db8::/32 on one link, while the data plane lets neighbour
+/// discovery out only within the sender's /64 (or to link-local and
+/// link-scope multicast), as real IPv6 links are. Pinned neighbours keep
+/// such a flat segment from depending on solicitations the rules judge.
+pub fn pin_ipv6_neighbours(hosts: &[(&Netns, &str, std::net::Ipv6Addr)]) -> Result<(), NetnsError> {
+    let macs = hosts
+        .iter()
+        .map(|(ns, iface, _)| {
+            let out = ns.ip(&["-br", "link", "show", "dev", iface])?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            Ok(text
+                .split_whitespace()
+                .nth(2)
+                .unwrap_or_default()
+                .to_owned())
+        })
+        .collect::<Result<Vec<String>, NetnsError>>()?;
+    for (i, (ns, iface, _)) in hosts.iter().enumerate() {
+        for (j, (_, _, addr)) in hosts.iter().enumerate() {
+            if i != j && !macs[j].is_empty() {
+                let addr = addr.to_string();
+                let args = ["-6", "neigh", "replace", &addr, "lladdr", &macs[j]];
+                ns.ip(&[&args[..], &["nud", "permanent", "dev", iface]].concat())?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         if self.owned {
@@ -367,6 +396,12 @@ impl Segment {
             ipv4,
             ipv6,
         });
+        let all: Vec<(&Netns, &str, std::net::Ipv6Addr)> = self
+            .hosts
+            .iter()
+            .map(|h| (&h.netns, Host::IFACE, h.ipv6))
+            .collect();
+        pin_ipv6_neighbours(&all)?;
         Ok(self.hosts.last().expect("just pushed"))
     }
 

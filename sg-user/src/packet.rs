@@ -169,27 +169,22 @@ pub fn ipv4_fragment(frame: &[u8], id: u16, offset: u16, more: bool) -> Vec<u8> 
 
 /// Sets the IPv6 hop limit (or IPv4 TTL) of an untagged frame.
 pub fn with_hop_limit(frame: &[u8], hop_limit: u8) -> Vec<u8> {
-    let mut out = frame.to_vec();
-    let at = if u16::from_be_bytes([out[12], out[13]]) == ETH_P_IPV6 {
-        14 + 7
-    } else {
-        14 + 8
-    };
-    out[at] = hop_limit;
-    out
+    with_ip_byte(frame, (7, 8), hop_limit)
 }
 
 /// Rewrites the protocol (IPv4) or next header (IPv6, no extension
 /// headers) of an untagged frame, keeping its bytes: e.g. an ICMP-shaped
 /// payload under protocol 58 in IPv4.
 pub fn with_ip_proto(frame: &[u8], proto: u8) -> Vec<u8> {
+    with_ip_byte(frame, (6, 9), proto)
+}
+
+/// Sets one byte of the IP header: at `offsets.0` for IPv6, `offsets.1`
+/// for IPv4 (from the start of the IP header, after an untagged Ethernet one).
+fn with_ip_byte(frame: &[u8], offsets: (usize, usize), value: u8) -> Vec<u8> {
     let mut out = frame.to_vec();
-    let at = if u16::from_be_bytes([out[12], out[13]]) == ETH_P_IPV6 {
-        14 + 6
-    } else {
-        14 + 9
-    };
-    out[at] = proto;
+    let ipv6 = u16::from_be_bytes([out[12], out[13]]) == ETH_P_IPV6;
+    out[14 + if ipv6 { offsets.0 } else { offsets.1 }] = value;
     out
 }
 

@@ -47,7 +47,7 @@ const OLD_GENERATION_GRACE: Duration = Duration::from_millis(5);
 
 #[derive(Debug, Error)]
 pub enum PolicyMapError {
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map {
         name: &'static str,
         #[source]
@@ -55,7 +55,7 @@ pub enum PolicyMapError {
     },
     #[error("pinning map {name}: {detail}")]
     Pin { name: &'static str, detail: String },
-    #[error("counting CPUs: {0}")]
+    #[error("counting CPUs (/sys/devices/system/cpu/possible)")]
     Cpus(#[from] std::io::Error),
     #[error("map {name} is missing from the eBPF object or from {dir}; run `sgctl apply` again")]
     Missing { name: &'static str, dir: String },

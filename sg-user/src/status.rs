@@ -8,6 +8,7 @@ use anyhow::Result;
 use crate::{
     drift::{self, Drift},
     loader,
+    model::text::escape,
     pins::IfaceId,
 };
 
@@ -142,18 +143,27 @@ pub fn render(s: &IfaceStatus) -> String {
     let hooks: Vec<String> = s
         .hooks
         .iter()
-        .map(|h| format!("{} {} (prog {})", h.direction, h.hook.name(), h.program_id))
+        .map(|h| {
+            format!(
+                "{} {} (prog {})",
+                escape(&h.direction),
+                h.hook.name(),
+                h.program_id
+            )
+        })
         .collect();
+    // Names come from pins and state files: escaped, so that they cannot
+    // move the cursor or forge lines.
     let gone = s.drift.iter().any(Drift::is_gone);
     let _ = writeln!(
         out,
         "{}  {} generation {} (policy {}, endpoint {})  groups [{}]  hooks: {}",
-        s.iface,
+        escape(&s.iface.to_string()),
         if gone { "NOT ENFORCED" } else { s.mode },
         s.generation,
         s.policy,
         s.endpoint,
-        s.groups.join(", "),
+        escape(&s.groups.join(", ")),
         if hooks.is_empty() {
             "none".to_string()
         } else {
@@ -161,10 +171,10 @@ pub fn render(s: &IfaceStatus) -> String {
         }
     );
     if let Some(config) = &s.config {
-        let _ = writeln!(out, "  config: {}", config.display());
+        let _ = writeln!(out, "  config: {}", escape(&config.display().to_string()));
     }
     for d in &s.drift {
-        let _ = writeln!(out, "  WARNING: {d}");
+        let _ = writeln!(out, "  WARNING: {}", escape(&d.to_string()));
     }
     if let Some(fix) = &s.fix {
         let what = if gone {
@@ -172,7 +182,7 @@ pub fn render(s: &IfaceStatus) -> String {
         } else {
             "repair"
         };
-        let _ = writeln!(out, "  to {what}: {fix}");
+        let _ = writeln!(out, "  to {what}: {}", escape(fix));
     }
     let _ = writeln!(
         out,
@@ -190,11 +200,54 @@ pub fn render(s: &IfaceStatus) -> String {
         let _ = writeln!(
             out,
             "  rule {:<44} {:>10} pkts {:>12} bytes  {}",
-            h.rule,
+            escape(&h.rule),
             h.packets,
             h.bytes,
-            h.description.as_deref().unwrap_or("")
+            escape(h.description.as_deref().unwrap_or(""))
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_pins_and_state_files_cannot_forge_output() {
+        let s = IfaceStatus {
+            iface: IfaceId::new("eth0\u{1b}[2J", Some("ns\nfake")),
+            mode: "enforce",
+            generation: 1,
+            groups: vec!["sg-a\rsg-b".into()],
+            hooks: vec![],
+            counters: vec![],
+            conntrack_entries: 0,
+            conntrack_capacity: 1,
+            rule_hits: vec![RuleHitRow {
+                rule: "r\u{202e}1".into(),
+                group: "g".into(),
+                description: Some("x\u{1b}[31m\nforged: 0 drops".into()),
+                packets: 1,
+                bytes: 2,
+            }],
+            events_lost: 0,
+            config: None,
+            drift: vec![],
+            fix: None,
+            policy: 1,
+            endpoint: 1,
+        };
+        let text = render(&s);
+        assert_eq!(text.lines().count(), 3, "one line per item:\n{text}");
+        assert!(
+            !text
+                .chars()
+                .any(|c| c != '\n' && crate::model::text::is_unsafe(c)),
+            "{text:?}"
+        );
+        for shown in ["\\u{1b}[2J", "\\n", "\\r", "\\u{202e}", "\\u{1b}[31m"] {
+            assert!(text.contains(shown), "{shown} in {text:?}");
+        }
+    }
 }

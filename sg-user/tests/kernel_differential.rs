@@ -16,9 +16,9 @@ use sg_user::{
     compile::compile_iface,
     model::{
         self, Direction,
-        eval::{Conntrack, Packet, tcp_flags},
+        eval::{Conntrack, Fragment, ND_HOP_LIMIT, Packet, tcp_flags},
     },
-    packet::{Frame, L4},
+    packet::{Ext, Frame, L4, ipv4_fragment, ipv6_with_ext, with_hop_limit, with_ip_proto},
     require_root,
     testrun::{Instance, TC_ACT_OK, XDP_PASS},
 };
@@ -189,16 +189,21 @@ fn config(rng: &mut Rng) -> String {
     y
 }
 
-/// Packets of a few flows, interleaved, in both directions.
+/// A flow of the generated sequence, seen from the protected machine.
+struct Flow {
+    remote: IpAddr,
+    local: IpAddr,
+    proto: u8,
+    lport: u16,
+    rport: u16,
+    /// ICMP echo identifier; 0 is common and must not meet other ICMP.
+    ident: u16,
+    opened_inbound: bool,
+}
+
+/// Packets of a few flows, interleaved, in both directions, with fragments
+/// and packets shaped like neighbour discovery mixed in.
 fn sequence(rng: &mut Rng, len: usize) -> Vec<Packet> {
-    struct Flow {
-        remote: IpAddr,
-        local: IpAddr,
-        proto: u8,
-        lport: u16,
-        rport: u16,
-        opened_inbound: bool,
-    }
     let new_flows = |rng: &mut Rng| -> Vec<Flow> {
         (0..4)
             .map(|_| {
@@ -226,19 +231,108 @@ fn sequence(rng: &mut Rng, len: usize) -> Vec<Packet> {
                     proto,
                     lport: *rng.pick(&PORTS),
                     rport: 30000 + rng.below(4) as u16,
+                    ident: *rng.pick(&[0u16, 0, 7, 443]),
                     opened_inbound: rng.chance(50),
                 }
             })
             .collect()
     };
     let mut flows = new_flows(rng);
-    (0..len)
-        .map(|i| {
-            // Fresh flows now and then, on the same connection table.
-            if i % 40 == 39 {
-                flows = new_flows(rng);
+    let mut out = Vec::with_capacity(len);
+    let mut next_frag_id = 1u32;
+    let mut frag_ids: Vec<(Packet, u32)> = vec![];
+    for i in 0..len {
+        if rng.chance(3) {
+            out.push(nd_shaped(rng));
+            continue;
+        }
+        // Fresh flows now and then, on the same connection table.
+        if i % 40 == 39 {
+            flows = new_flows(rng);
+        }
+        let p = flow_packet(rng, &flows);
+        match rng.below(100) {
+            // A datagram in fragments: the first judged, a later one follows.
+            0..=3 => {
+                let id = next_frag_id;
+                next_frag_id += 1;
+                let first = Packet {
+                    fragment: Some(Fragment { id, first: true }),
+                    ..p
+                };
+                frag_ids.push((p, id));
+                out.push(first);
             }
-            let f = rng.pick(&flows);
+            // A later fragment: of a datagram seen before, or of none.
+            4..=6 => {
+                let (base, id) = if rng.chance(70) && !frag_ids.is_empty() {
+                    *rng.pick(&frag_ids)
+                } else {
+                    next_frag_id += 1;
+                    (p, next_frag_id)
+                };
+                out.push(Packet {
+                    fragment: Some(Fragment { id, first: false }),
+                    ..base
+                });
+            }
+            _ => out.push(p),
+        }
+    }
+    out
+}
+
+/// Shaped like neighbour discovery, or nearly: IPv6 ICMPv6 133–137 (or an
+/// echo) with code 0 or 1 and hop limit 255 or 64, to a global, link-local
+/// or multicast address either way; or IPv4 protocol 58 with type 135.
+fn nd_shaped(rng: &mut Rng) -> Packet {
+    let inbound = rng.chance(50);
+    let direction = if inbound {
+        Direction::Ingress
+    } else {
+        Direction::Egress
+    };
+    let hop_limit = if rng.chance(70) { ND_HOP_LIMIT } else { 64 };
+    let code = if rng.chance(80) { 0 } else { 1 };
+    if rng.chance(15) {
+        let remote = IpAddr::V4(remote_v4(rng));
+        let local = IpAddr::V4(LOCAL_V4);
+        let (src, dst) = if inbound {
+            (remote, local)
+        } else {
+            (local, remote)
+        };
+        return Packet {
+            proto: 58,
+            hop_limit,
+            ..Packet::icmp(0, direction, src, dst, 135, code, 0)
+        };
+    }
+    let remote: IpAddr = match rng.below(3) {
+        0 => "fe80::9".parse().unwrap(),
+        1 => (*rng.pick(&["ff02::1", "ff02::1:ff00:10", "ff05::2"]))
+            .parse()
+            .unwrap(),
+        _ => IpAddr::V6(remote_v6(rng)),
+    };
+    let local = IpAddr::V6(LOCAL_V6);
+    let (src, dst) = if inbound {
+        (remote, local)
+    } else {
+        (local, remote)
+    };
+    let kind = *rng.pick(&[133u8, 134, 135, 136, 137, 128]);
+    Packet {
+        hop_limit,
+        ..Packet::icmp(0, direction, src, dst, kind, code, 0)
+    }
+}
+
+/// One packet of one of `flows`.
+fn flow_packet(rng: &mut Rng, flows: &[Flow]) -> Packet {
+    {
+        {
+            let f = rng.pick(flows);
             // Mostly the opener's direction first, replies later.
             let forward = rng.chance(60);
             let inbound = f.opened_inbound == forward;
@@ -270,8 +364,12 @@ fn sequence(rng: &mut Rng, len: usize) -> Vec<Packet> {
                         tcp_flags::SYN | tcp_flags::ACK,
                         tcp_flags::ACK,
                         tcp_flags::ACK,
+                        tcp_flags::ACK,
                         tcp_flags::FIN | tcp_flags::ACK,
                         tcp_flags::RST,
+                        // Never opens a connection: dropped as invalid.
+                        tcp_flags::SYN | tcp_flags::FIN,
+                        tcp_flags::SYN | tcp_flags::RST,
                     ]);
                     Packet::tcp(0, direction, src, sport, dst, dport, flags)
                 }
@@ -287,15 +385,15 @@ fn sequence(rng: &mut Rng, len: usize) -> Vec<Packet> {
                         rep
                     };
                     let code = if rng.chance(20) { 4 } else { 0 };
-                    Packet::icmp(0, direction, src, dst, kind, code, f.lport)
+                    Packet::icmp(0, direction, src, dst, kind, code, f.ident)
                 }
                 p => Packet {
                     proto: p,
                     ..Packet::udp(0, direction, src, 0, dst, 0)
                 },
             }
-        })
-        .collect()
+        }
+    }
 }
 
 fn frame(p: &Packet) -> Vec<u8> {
@@ -319,13 +417,41 @@ fn frame(p: &Packet) -> Vec<u8> {
         }
         proto => L4::Other { proto },
     };
-    Frame {
+    let mut bytes = Frame {
         src: p.src,
         dst: p.dst,
         l4,
         payload: 4,
     }
-    .build()
+    .build();
+    if p.proto == 58 && p.src.is_ipv4() {
+        // ICMPv6-shaped bytes under IPv4 (the builder picks ICMP by family).
+        bytes = with_ip_proto(&bytes, 58);
+    }
+    bytes = with_hop_limit(&bytes, p.hop_limit);
+    match p.fragment {
+        None => bytes,
+        Some(f) => {
+            let (offset, more) = if f.first { (0, true) } else { (185, false) };
+            if p.src.is_ipv4() {
+                ipv4_fragment(&bytes, f.id as u16, offset, more)
+            } else {
+                // Headers that may follow the Fragment header, by datagram.
+                let after: &[Ext] = match f.id % 3 {
+                    0 => &[],
+                    1 => &[Ext::DestOpts],
+                    _ => &[Ext::Auth, Ext::DestOpts],
+                };
+                let mut chain = vec![Ext::Fragment {
+                    offset,
+                    more,
+                    id: f.id,
+                }];
+                chain.extend_from_slice(after);
+                ipv6_with_ext(&bytes, &chain)
+            }
+        }
+    }
 }
 
 /// Timeouts long enough that nothing expires during the test, in both.
@@ -418,6 +544,10 @@ fn kernel_agrees_with_the_reference_evaluator() {
         "Established",
         "Reply",
         "Denied",
+        "Bypass",
+        "Invalid",
+        "FragmentFollows",
+        "FragmentOrphan",
     ] {
         let n = seen.get(outcome).copied().unwrap_or(0);
         assert!(

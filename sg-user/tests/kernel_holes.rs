@@ -182,7 +182,7 @@ fn neighbour_discovery_bypasses_only_as_rfc_4861_sends_it() {
             }),
             false,
         ),
-        // Outbound: only to link-local or link-scope multicast.
+        // Outbound: only to link-local, link-scope multicast or the same /64.
         (
             Hook::TcEgress,
             nd(LOCAL6, "fe80::9", 136, 0, 255),
@@ -202,10 +202,26 @@ fn neighbour_discovery_bypasses_only_as_rfc_4861_sends_it() {
             )),
             true,
         ),
+        // A neighbour in the same /64 (Linux answers a solicitation from a
+        // global address there, and probes cached neighbours there).
         (
             Hook::TcEgress,
             nd(LOCAL6, REMOTE6, 136, 0, 255),
             Some(eval_icmp(Direction::Egress, LOCAL6, REMOTE6, 136, 0, 255)),
+            true,
+        ),
+        // Off the link: judged.
+        (
+            Hook::TcEgress,
+            nd(LOCAL6, "2001:db8:1::9", 136, 0, 255),
+            Some(eval_icmp(
+                Direction::Egress,
+                LOCAL6,
+                "2001:db8:1::9",
+                136,
+                0,
+                255,
+            )),
             false,
         ),
         (

@@ -5,8 +5,10 @@
 mod model_scenarios;
 
 use std::{
+    io::{Read as _, Write as _},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Command, Output, Stdio},
 };
 
 use model_scenarios::{CONFIG, SCENARIOS, What};
@@ -72,13 +74,9 @@ fn aws_scenarios_through_sgctl_check() {
             }
         }
         let text = sgctl(&args);
-        assert_eq!(
-            text.status.code(),
-            Some(0),
-            "{}: {}",
-            sc.name,
-            stderr(&text)
-        );
+        // check answers like grep: 0 allowed, 1 denied.
+        let code = Some(if sc.allowed { 0 } else { 1 });
+        assert_eq!(text.status.code(), code, "{}: {}", sc.name, stderr(&text));
         let first = stdout(&text)
             .split_whitespace()
             .next()
@@ -100,7 +98,7 @@ fn aws_scenarios_through_sgctl_check() {
         }
         args.push("--json");
         let out = sgctl(&args);
-        assert_eq!(out.status.code(), Some(0), "{}: {}", sc.name, stderr(&out));
+        assert_eq!(out.status.code(), code, "{}: {}", sc.name, stderr(&out));
         let j: serde_json::Value =
             serde_json::from_slice(&out.stdout).expect("check --json prints JSON");
         assert_eq!(j["allowed"], sc.allowed, "{}", sc.name);
@@ -288,7 +286,11 @@ fn validate_exit_codes_and_output() {
         "security_groups:\n  - id: g\n    ingress:\n      - { protocol: tcp, ports: 70000, cidr: 198.18.1.7/24 }\n      - { protocol: icmp, icmp_code: 3, cidr: 198.18.0.0/15 }\ninterfaces:\n  - { name: e0 }\n",
     );
     let o = sgctl(&["validate", "-c", &bad]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "an invalid config is invalid input"
+    );
     let out = stdout(&o);
     for needle in [
         "bad.yaml:4: error: group g, ingress rule 0",
@@ -433,4 +435,390 @@ fn import_aws_prints_yaml_that_validates_and_matches() {
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(std::fs::read_to_string(&out).unwrap(), yaml);
     std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn check_answers_what_the_kernel_does_with_neighbour_discovery() {
+    let dir = scratch("check-nd");
+    let cfg = write(
+        &dir,
+        "c.yaml",
+        "security_groups:\n  - id: a\n    ingress:\n      - { protocol: tcp, ports: 443, cidr: \"::/0\" }\ninterfaces:\n  - { name: eth0, security_groups: [a] }\n",
+    );
+    let check = |dir: &str, peer: &str, icmp_type: &str, hop: &str| {
+        let o = sgctl(&[
+            "check",
+            "-c",
+            &cfg,
+            "--iface",
+            "eth0",
+            dir,
+            "--proto",
+            "icmpv6",
+            "--peer",
+            peer,
+            "--icmp-type",
+            icmp_type,
+            "--hop-limit",
+            hop,
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&o), stderr(&o)));
+        (
+            v["allowed"].as_bool().unwrap(),
+            v["bypass"].as_bool().unwrap(),
+        )
+    };
+    // Inbound solicitation with hop limit 255: infrastructure.
+    assert_eq!(check("--in", "fe80::1", "135", "255"), (true, true));
+    // A router advertisement that crossed a router: judged, and no rule allows it.
+    assert_eq!(check("--in", "2001:db8::1", "134", "64"), (false, false));
+    // Outbound: only to a destination on the link (this interface lists no
+    // address, so only link-local and link-scope multicast are known to be).
+    assert_eq!(check("--out", "ff02::1", "136", "255"), (true, true));
+    assert!(!check("--out", "2001:db8::1", "136", "255").1);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// Standard input for [`sgctl_bounded`]: this byte, this many times.
+type Feed = (u8, usize);
+
+/// How a child run under [`sgctl_bounded`] ended.
+struct Bounded {
+    code: Option<i32>,
+    signal: Option<i32>,
+    /// Standard output and standard error.
+    output: String,
+    /// Peak resident memory of the child, KiB (getrusage via wait4).
+    max_rss_kib: i64,
+}
+
+/// Runs sgctl with its address space capped at 1 GiB (a runaway read aborts
+/// instead of eating the machine), feeding `input` (if any) to its standard
+/// input, and measures its peak memory.
+#[expect(
+    clippy::zombie_processes,
+    reason = "reaped with wait4, which also gives its resource usage"
+)]
+fn sgctl_bounded(args: &[&str], input: Option<Feed>) -> Bounded {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sgctl"));
+    cmd.args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let cap = libc::rlimit {
+                rlim_cur: 1 << 30,
+                rlim_max: 1 << 30,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &cap) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("running sgctl");
+    let feeder = input.map(|(byte, len)| {
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        std::thread::spawn(move || {
+            let chunk = vec![byte; 1 << 20];
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                // sgctl stops reading at the limit: a broken pipe is expected.
+                if stdin.write_all(&chunk[..n]).is_err() {
+                    break;
+                }
+                left -= n;
+            }
+        })
+    });
+    let mut out = child.stdout.take().expect("piped stdout");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        out.read_to_string(&mut s).map(|_| s)
+    });
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut err)
+        .expect("reading stderr");
+    let out = out.join().expect("stdout reader").expect("reading stdout");
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: waits for our own child, with valid pointers.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+    if let Some(f) = feeder {
+        f.join().expect("feeder thread");
+    }
+    Bounded {
+        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+        signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
+        output: out + &err,
+        max_rss_kib: usage.ru_maxrss,
+    }
+}
+
+#[test]
+fn endless_and_oversized_input_is_refused_with_bounded_memory() {
+    let dir = scratch("bounded");
+    let imports = write(
+        &dir,
+        "imports.yaml",
+        "import: /dev/zero\nsecurity_groups: []\n",
+    );
+    let cases: [(&str, Vec<&str>, Option<Feed>); 5] = [
+        ("a device", vec!["validate", "-c", "/dev/zero"], None),
+        (
+            "50 MB through a pipe",
+            vec!["validate", "-c", "-"],
+            Some((b' ', 50_000_000)),
+        ),
+        ("an import", vec!["validate", "-c", &imports], None),
+        ("import-aws", vec!["import-aws", "/dev/zero"], None),
+        (
+            "lint through a pipe",
+            vec!["lint", "-c", "-"],
+            Some((b'#', 50_000_000)),
+        ),
+    ];
+    for (what, args, input) in cases {
+        let b = sgctl_bounded(&args, input);
+        assert_eq!(
+            (b.code, b.signal),
+            (Some(2), None),
+            "{what}: refused as invalid input (exit 2), not crashed: {}",
+            b.output
+        );
+        assert!(
+            b.output.contains("more than 16 MiB"),
+            "{what}: the message names the limit: {}",
+            b.output
+        );
+        assert!(
+            b.output.contains("split") && b.output.contains("import:"),
+            "{what}: the message says how to proceed: {}",
+            b.output
+        );
+        // The limit is 16 MiB: reading stops there (a 50 MB buffer, or an
+        // endless one, would show here).
+        assert!(
+            b.max_rss_kib < 200 * 1024,
+            "{what}: peak memory {} KiB",
+            b.max_rss_kib
+        );
+    }
+    // A config under the limit still reads from standard input.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sgctl"))
+        .args(["validate", "-c", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running sgctl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            std::fs::read(examples().join("web-tier.yaml"))
+                .unwrap()
+                .as_slice(),
+        )
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).starts_with("<stdin>: valid"), "{}", stdout(&o));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// Runs sgctl with its standard output a pipe whose reader is already gone.
+fn sgctl_into_closed_pipe(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let o = Command::new(env!("CARGO_BIN_EXE_sgctl"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("running sgctl");
+    (o.status, stderr(&o))
+}
+
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let web = examples().join("web-tier.yaml");
+    let web = web.to_str().unwrap();
+    let mut commands = vec![
+        vec!["validate", "-c", web],
+        vec!["lint", "-c", web, "--format", "json"],
+        vec![
+            "import-aws",
+            "../examples/aws-describe-security-groups.json",
+        ],
+        vec![
+            "check",
+            "-c",
+            web,
+            "--iface",
+            "eth0@web1",
+            "--in",
+            "--proto",
+            "tcp",
+            "--peer",
+            "198.18.7.1",
+            "--port",
+            "443",
+        ],
+        vec!["--help"],
+    ];
+    if sg_user::netns::is_root() {
+        commands.push(vec!["status", "--json"]);
+        commands.push(vec!["status"]);
+    } else {
+        eprintln!("skipping `status` into a closed pipe - needs root");
+    }
+    for args in commands {
+        let (status, err) = sgctl_into_closed_pipe(&args);
+        assert!(
+            !err.contains("panicked") && status.code() != Some(101),
+            "{args:?}: panicked on a closed pipe ({status}): {err}"
+        );
+        // Quiet: no message, and either a clean exit or SIGPIPE like any Unix tool.
+        assert!(
+            err.trim().is_empty() || err.contains("warning:"),
+            "{args:?}: not quiet: {err}"
+        );
+        assert!(
+            status.code() == Some(0) || status.signal() == Some(libc::SIGPIPE),
+            "{args:?}: {status}: {err}"
+        );
+    }
+}
+
+#[test]
+fn exit_codes_agree_across_subcommands() {
+    let dir = scratch("exit-codes");
+    let cfg = write(&dir, "ok.yaml", CONFIG);
+    let bad = write(
+        &dir,
+        "bad.yaml",
+        "security_groups:\n  - id: g\n    ingress: [{ protocol: tcp, cidr: 198.18.0.1/15 }]\ninterfaces: [{ name: e0, security_groups: [g] }]\n",
+    );
+    let check = |cfg: &str, port: &str| {
+        sgctl(&[
+            "check",
+            "-c",
+            cfg,
+            "--iface",
+            "eth0@web1",
+            "--in",
+            "--proto",
+            "tcp",
+            "--peer",
+            "198.18.1.1",
+            "--port",
+            port,
+        ])
+    };
+    // 0 = yes, 1 = no.
+    assert_eq!(check(&cfg, "443").status.code(), Some(0), "allowed");
+    let denied = check(&cfg, "7");
+    assert_eq!(denied.status.code(), Some(1), "denied: {}", stdout(&denied));
+    assert!(stdout(&denied).starts_with("deny"), "{}", stdout(&denied));
+    // 2 = invalid input, whichever command reads the config.
+    for args in [
+        vec!["validate", "-c", &bad],
+        vec!["lint", "-c", &bad],
+        vec!["lab", "diff", "-c", &bad, "-c2", &cfg],
+        vec!["lab", "diff", "-c", &cfg, "-c2", &bad],
+        vec![
+            "check",
+            "-c",
+            &bad,
+            "--iface",
+            "e0",
+            "--in",
+            "--proto",
+            "tcp",
+            "--peer",
+            "198.18.1.1",
+            "--port",
+            "1",
+        ],
+        vec!["import-aws", &bad],
+        vec!["validate", "-c", "/nonexistent/sg.yaml"],
+        vec!["validate"],
+        vec!["apply", "-c", "-"],
+    ] {
+        let o = sgctl(&args);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{args:?}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+    }
+    let o = sgctl(&["validate", "-c", &cfg]);
+    assert_eq!(o.status.code(), Some(0));
+    // 3 = the system failed (here: the output cannot be written), with the path.
+    let aws = examples().join("aws-describe-security-groups.json");
+    let o = sgctl(&[
+        "import-aws",
+        aws.to_str().unwrap(),
+        "-o",
+        "/nonexistent-dir/out.yaml",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/nonexistent-dir/out.yaml"),
+        "{}",
+        stderr(&o)
+    );
+    // Documented where a user looks.
+    let help = stdout(&sgctl(&["--help"]));
+    for needle in [
+        "Exit codes",
+        "0  success",
+        "1  the answer is",
+        "2  invalid input",
+        "3  the system failed",
+    ] {
+        assert!(
+            help.contains(needle),
+            "{needle:?} missing from --help:\n{help}"
+        );
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn metrics_takes_a_host_name() {
+    // Standard input is refused after the flags are parsed and before
+    // anything needs root: the answer shows whether --metrics parsed.
+    let o = sgctl(&["run", "-c", "-", "--metrics", "localhost:9977"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("needs a config file, not standard input"),
+        "localhost:9977 is accepted: {}",
+        stderr(&o)
+    );
+    let o = sgctl(&["run", "-c", "-", "--metrics", "localhost"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("HOST:PORT"), "{}", stderr(&o));
 }

@@ -812,3 +812,225 @@ fn the_aws_cli_documentation_example_imports_and_validates() {
     );
     assert!(d.allowed && d.tracked);
 }
+
+#[test]
+fn descriptions_are_checked_as_aws_checks_them() {
+    // Everything AWS allows loads.
+    let m = valid(&group_with(&[
+        "{ protocol: tcp, ports: 22, cidr: 198.18.0.0/15, description: \"ssh a-z A-Z 0-9 ._-:/()#,@[]+=&;{}!$*\" }",
+    ]));
+    assert!(m.groups[0].ingress[0].description.is_some());
+    // A character AWS does not allow: named, with line and column.
+    let p = one_error(
+        "security_groups:\n  - id: g\n    ingress:\n      - protocol: tcp\n        cidr: 198.18.0.0/15\n        description: ab%cd\n",
+        &[
+            "`description`",
+            "character 3",
+            "`%`",
+            "U+0025",
+            "line 6, column 24",
+        ],
+    );
+    assert_eq!(p.origin.line, Some(6), "the description's own line");
+    // An escape sequence written with YAML escapes: the value's start.
+    one_error(
+        &group_with(&[
+            "{ protocol: tcp, cidr: 198.18.0.0/15, description: \"x\\e[2Jy\\nforged line\" }",
+        ]),
+        &["character 2", "\\u{1b}", "starts at line 4"],
+    );
+    // Non-ASCII, and AWS JSON (no line: the JSON path instead).
+    one_error(
+        &group_with(&["{ protocol: tcp, cidr: 198.18.0.0/15, description: 'ssh → office' }"]),
+        &["character 5", "`→`", "U+2192"],
+    );
+    let aws = r#"{"SecurityGroups":[{"GroupId":"sg-1","Description":"tab\there","IpPermissions":[{"IpProtocol":"tcp","FromPort":22,"ToPort":22,"IpRanges":[{"CidrIp":"198.18.0.0/15","Description":"bell\u0007"}]}]}]}"#;
+    let e = errors(aws);
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(
+        e.iter()
+            .any(|p| p.to_string().contains("SecurityGroups[0]:")
+                && p.field == Some("description")
+                && p.message.contains("\\t")),
+        "{e:#?}"
+    );
+    assert!(
+        e.iter()
+            .any(|p| p.to_string().contains("IpRanges[0]") && p.message.contains("\\u{7}")),
+        "{e:#?}"
+    );
+    // Length: 255 characters load, 256 do not; group names too.
+    let long = |n: usize| {
+        group_with(&[&format!(
+            "{{ protocol: tcp, cidr: 198.18.0.0/15, description: {} }}",
+            "d".repeat(n)
+        )])
+    };
+    valid(&long(255));
+    one_error(&long(256), &["256 characters", "255"]);
+    one_error(
+        &format!(
+            "security_groups:\n  - id: g\n    name: {}\n",
+            "n".repeat(100_000)
+        ),
+        &["`name`", "100000 characters"],
+    );
+}
+
+#[test]
+fn ipv4_octets_with_leading_zeros_are_ambiguous_everywhere() {
+    for (text, needle) in [
+        (
+            group_with(&["{ protocol: tcp, cidr: 198.18.010.0/24 }"]),
+            "198.18.010.0/24: octet 010",
+        ),
+        (
+            group_with(&["{ protocol: tcp, cidr: \"::ffff:1.02.3.0/120\" }"]),
+            "octet 02",
+        ),
+        (
+            "prefix_lists: [{ id: pl, cidrs: [010.0.0.0/8] }]\nsecurity_groups: []\n".to_owned(),
+            "octet 010",
+        ),
+        (
+            "security_groups: [{ id: g }]\ninterfaces: [{ name: e0, security_groups: [g], addresses: [198.18.0.010] }]\n".to_owned(),
+            "octet 010",
+        ),
+        (
+            "security_groups: [{ id: g }]\nmembers: { g: [198.018.0.1] }\n".to_owned(),
+            "octet 018",
+        ),
+        (
+            r#"{"SecurityGroups":[{"GroupId":"sg-1","IpPermissions":[{"IpProtocol":"-1","IpRanges":[{"CidrIp":"198.18.010.0/24"}]}]}]}"#.to_owned(),
+            "octet 010",
+        ),
+    ] {
+        let p = one_error(&text, &[needle, "octal"]);
+        assert!(p.fix.contains("write the octet as"), "{p}");
+    }
+    let p = one_error(
+        &group_with(&["{ protocol: tcp, cidr: 198.18.010.0/24 }"]),
+        &[],
+    );
+    assert!(p.fix.contains("10, or 8"), "{p}");
+    // Zero itself is fine.
+    valid(&group_with(&[
+        "{ protocol: tcp, cidr: 0.0.0.0/0 }",
+        "{ protocol: udp, cidr: 10.0.0.0/8 }",
+    ]));
+}
+
+#[test]
+fn ipv4_mapped_ipv6_is_rejected_in_both_formats() {
+    let p = one_error(
+        &group_with(&["{ protocol: tcp, cidr: \"::ffff:198.18.0.0/112\" }"]),
+        &["IPv4-mapped", "198.18.0.0/16"],
+    );
+    assert_eq!(p.field, Some("cidr"));
+    one_error(
+        r#"{"SecurityGroups":[{"GroupId":"sg-1","IpPermissions":[{"IpProtocol":"-1","Ipv6Ranges":[{"CidrIpv6":"::ffff:10.0.0.1/128"}]}]}]}"#,
+        &["IPv4-mapped", "10.0.0.1/32"],
+    );
+    one_error(
+        "security_groups: [{ id: g }]\ninterfaces: [{ name: e0, security_groups: [g], addresses: [\"::ffff:198.18.0.1\"] }]\n",
+        &["IPv4-mapped", "198.18.0.1"],
+    );
+    // Ordinary IPv6 networks around it still load.
+    valid(&group_with(&[
+        "{ protocol: tcp, cidr: \"::/0\" }",
+        "{ protocol: udp, cidr: \"::/96\" }",
+        "{ protocol: icmpv6, cidr: \"64:ff9b::/96\" }",
+    ]));
+}
+
+#[test]
+fn aws_json_inconsistencies_are_rejected_with_aws_wording() {
+    let perm =
+        |p: &str| format!(r#"{{"SecurityGroups":[{{"GroupId":"sg-1","IpPermissions":[{p}]}}]}}"#);
+    for ports in [
+        r#""FromPort": -1, "ToPort": -1"#,
+        r#""FromPort": -1, "ToPort": 80"#,
+        r#""FromPort": 80"#,
+        "",
+    ] {
+        for proto in ["tcp", "udp", "6"] {
+            let text = perm(&format!(
+                r#"{{"IpProtocol":"{proto}",{ports}{}"IpRanges":[{{"CidrIp":"198.18.0.0/15"}}]}}"#,
+                if ports.is_empty() { "" } else { "," }
+            ));
+            let p = one_error(
+                &text,
+                &[
+                    "Must specify both from and to ports with TCP/UDP",
+                    "portRange",
+                    "IpPermissions[0]",
+                ],
+            );
+            assert_eq!(p.group.as_deref(), Some("sg-1"), "{p}");
+            assert!(p.fix.contains("0-65535"), "{p}");
+        }
+    }
+    // -1 means "any" for ICMP and is ignored for all protocols: still fine.
+    valid(&perm(
+        r#"{"IpProtocol":"icmp","FromPort":-1,"ToPort":-1,"IpRanges":[{"CidrIp":"198.18.0.0/15"}]},{"IpProtocol":"-1","FromPort":-1,"ToPort":-1,"IpRanges":[{"CidrIp":"198.18.0.0/15"}]}"#,
+    ));
+    // A CIDR under the other family's key.
+    one_error(
+        &perm(r#"{"IpProtocol":"-1","IpRanges":[{"CidrIp":"2001:db8::/32"}]}"#),
+        &[
+            "CIDR block 2001:db8::/32 is malformed",
+            "CidrIp",
+            "IpRanges[0]",
+            "Ipv6Ranges",
+        ],
+    );
+    one_error(
+        &perm(r#"{"IpProtocol":"-1","Ipv6Ranges":[{"CidrIpv6":"198.18.0.0/15"}]}"#),
+        &[
+            "CIDR block 198.18.0.0/15 is malformed",
+            "CidrIpv6",
+            "Ipv6Ranges[0]",
+            "IpRanges",
+        ],
+    );
+}
+
+#[test]
+fn yaml_errors_speak_the_users_language() {
+    for (text, needle, fix) in [
+        (
+            "security_groups:\n  - id: a\n    id: b\n".to_owned(),
+            "the key `id` appears twice",
+            "keep one",
+        ),
+        (
+            format!(
+                "security_groups:\n  - id: a\n    ingress:\n{}",
+                "      - {protocol: tcp, ports: 1, cidr: 198.18.0.0/15}\n".repeat(40_000)
+            ),
+            "too large or too complex",
+            "import:",
+        ),
+        (
+            format!("security_groups: {}{}", "[".repeat(5000), "]".repeat(5000)),
+            "nested too deeply",
+            "",
+        ),
+        ("- a\n- b\n".to_owned(), "expected a mapping", ""),
+    ] {
+        let e = errors(&text);
+        let all: String = e.iter().map(|p| format!("{p}\n")).collect();
+        assert!(all.contains(needle), "{needle:?} missing: {all}");
+        assert!(e.iter().all(|p| p.fix.contains(fix)), "{fix:?}: {all}");
+        for internal in [
+            "budget",
+            "Budget",
+            "DuplicateKeyPolicy",
+            "Options",
+            "Nodes {",
+            "mapping start",
+        ] {
+            assert!(!all.contains(internal), "{internal:?} leaks: {all}");
+        }
+    }
+}

@@ -123,6 +123,7 @@ pub struct Results {
     pub conn_rate: Vec<report::ConnRow>,
     pub control: Vec<control::ControlRow>,
     pub pressure: Vec<pressure::PressureRow>,
+    pub reclaim: Vec<pressure::ReclaimRow>,
     pub host_ifaces: u32,
     pub seconds: f64,
 }
@@ -190,6 +191,10 @@ pub fn run(
                 cfg.flood,
                 untracked,
             )?);
+        }
+        progress("in-kernel reclaim of expired connections");
+        for capacity in [cfg.ct_capacity, cfg.ct_capacity * 4] {
+            r.reclaim.push(pressure::reclaim(capacity)?);
         }
     }
     r.seconds = t.elapsed().as_secs_f64();

@@ -5,7 +5,10 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Result, ensure};
-use sg_common::{Direction, Reason, conntrack::DEFAULT_TIMEOUTS_S};
+use sg_common::{
+    Direction, Reason,
+    conntrack::{CtState, DEFAULT_TIMEOUTS_S},
+};
 
 use crate::{
     compile::{Rule, compile},
@@ -99,5 +102,71 @@ pub fn flood(capacity: u32, established: u32, flood: u32, untracked: bool) -> Re
         dropped_conntrack_full: full,
         table_entries: table.keys().count(),
         established_ok: format!("{ok}/{established}"),
+    })
+}
+
+/// What one new flow costs when it finds the table full: the in-kernel
+/// reclaim walk (over every slot of the table) and the refusal after it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReclaimRow {
+    pub table_capacity: u32,
+    /// One new flow that walks a table of live flows, frees nothing and is
+    /// refused (happens at most once per second per table).
+    pub walk_nothing_expired_ns: u64,
+    /// A refused new flow when the walk is skipped (nothing can have
+    /// expired since the last one): the cost of every other flood packet.
+    pub refused_no_walk_ns: u64,
+    /// One new flow that walks a table whose flows have all expired, frees
+    /// them and is admitted.
+    pub walk_frees_all_ns: u64,
+    /// Entries the kernel freed in that walk.
+    pub freed: u64,
+}
+
+/// Fills a table of `capacity` with SYNs, then times the flow that finds it
+/// full: with every entry live, and (with a 1 s handshake timeout, after
+/// waiting it out) with every entry expired.
+pub fn reclaim(capacity: u32) -> Result<ReclaimRow> {
+    let mut timeouts = DEFAULT_TIMEOUTS_S;
+    timeouts[CtState::TcpSynSent as usize] = 1;
+    let fill = |timeouts| -> Result<Instance> {
+        let mut inst = Instance::load_with(false, capacity)?;
+        let rule = Rule::tracked("https", Some(6), (443, 443), vec!["0.0.0.0/0".parse()?]);
+        inst.policy.install(
+            &compile(inst.policy.next_generation()?, &[rule], &[]),
+            timeouts,
+        )?;
+        for i in 0..capacity {
+            // src() repeats every 2^17 flows: the port keeps them apart.
+            let sport = 40000 + (i >> 17) as u16;
+            ensure!(
+                inst.xdp(&frame(i, sport, TCP_SYN), 1)?.0 == XDP_PASS,
+                "flow {i} of {capacity} refused while filling"
+            );
+        }
+        Ok(inst)
+    };
+    let inst = fill(DEFAULT_TIMEOUTS_S)?;
+    let (verdict, walk_nothing_expired_ns) = inst.xdp(&frame(capacity, 39999, TCP_SYN), 1)?;
+    ensure!(
+        verdict != XDP_PASS,
+        "a full table of live flows admitted one more"
+    );
+    let (_, refused_no_walk_ns) = inst.xdp(&frame(capacity + 1, 39999, TCP_SYN), 1000)?;
+    ensure!(
+        inst.reclaim_state(false).runs == 1,
+        "the refused flood walked the table more than once"
+    );
+    drop(inst);
+    let inst = fill(timeouts)?;
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (verdict, walk_frees_all_ns) = inst.xdp(&frame(capacity, 39999, TCP_SYN), 1)?;
+    ensure!(verdict == XDP_PASS, "expired flows were not reclaimed");
+    Ok(ReclaimRow {
+        table_capacity: capacity,
+        walk_nothing_expired_ns,
+        refused_no_walk_ns,
+        walk_frees_all_ns,
+        freed: inst.reclaim_state(false).reclaimed,
     })
 }

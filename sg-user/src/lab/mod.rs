@@ -218,6 +218,7 @@ fn build(
     let switch = Netns::create_persistent(&format!("{prefix}{}", plan::SWITCH_ROLE))?;
     switch.ip(&["link", "add", "br0", "type", "bridge"])?;
     switch.ip(&["link", "set", "br0", "up"])?;
+    let mut namespaces = Vec::with_capacity(plan.hosts.len());
     for (i, host) in plan.hosts.iter().enumerate() {
         let ns = Netns::create_persistent(&host.netns)?;
         let port = format!("p{i}");
@@ -229,7 +230,16 @@ fn build(
         if let Some(a) = host.ipv6 {
             ns.add_addr(&host.iface, &format!("{a}/32"))?;
         }
+        namespaces.push(ns);
     }
+    // The segment is one flat 2001:db8::/32 link; see pin_ipv6_neighbours.
+    let v6: Vec<(&Netns, &str, std::net::Ipv6Addr)> = plan
+        .hosts
+        .iter()
+        .zip(&namespaces)
+        .filter_map(|(h, ns)| h.ipv6.map(|a| (ns, h.iface.as_str(), a)))
+        .collect();
+    crate::netns::pin_ipv6_neighbours(&v6)?;
 
     let lab_model = plan.lab_model(user, Some(lab_config.clone()));
     let text = model::aws::to_native_yaml(&lab_model)?;
@@ -237,7 +247,8 @@ fn build(
         "# Written by `sgctl lab up` from {}: interfaces point at the lab's namespaces.\n",
         config.display()
     );
-    std::fs::write(&lab_config, header + &text)?;
+    std::fs::write(&lab_config, header + &text)
+        .with_context(|| format!("writing {}", lab_config.display()))?;
     let enforced = state.lab_model()?;
     let applied = apply::apply(&enforced, &ApplyOptions::default())
         .context("enforcing the lab config (the same code as `sgctl apply`)")?;
@@ -255,7 +266,8 @@ fn start_server(lab: &str, opts: &UpOptions) -> Result<u32> {
         None => std::env::current_exe().context("finding the sgctl executable")?,
     };
     let log_path = state_dir(lab).join("server.log");
-    let log = std::fs::File::create(&log_path)?;
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
     let mut child = {
         use std::os::unix::process::CommandExt as _;
         Command::new(&exe)
@@ -492,7 +504,8 @@ pub fn reapply(state: &mut LabState, config: &Path, attach: &[Attachment]) -> Re
         );
     }
     let lab_model = plan.lab_model(&user, Some(state.lab_config.clone()));
-    std::fs::write(&state.lab_config, model::aws::to_native_yaml(&lab_model)?)?;
+    std::fs::write(&state.lab_config, model::aws::to_native_yaml(&lab_model)?)
+        .with_context(|| format!("writing {}", state.lab_config.display()))?;
     apply::apply(&state.lab_model()?, &ApplyOptions::default())
         .context("enforcing the changed config in the lab")?;
     state.plan = plan;

@@ -8,13 +8,14 @@
 
 use std::{collections::BTreeMap, path::Path};
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::{
     Model,
-    config::{Doc, RawGroup, RawPrefixList, RawRule, RawRules, Scalar},
-    types::{L4Match, Origin, Peer, PortRange, Protocol},
-    validate::{Problem, default_egress},
+    config::{Doc, RawGroup, RawPrefixList, RawRule, RawRules, RawText, Scalar},
+    types::{Direction, L4Match, Origin, Peer, PortRange, Protocol},
+    validate::{Problem, default_egress, parse_cidr},
 };
 
 /// `aws ec2 describe-security-groups` output (the parts the model uses).
@@ -107,10 +108,47 @@ pub struct AwsGroupPair {
     pub description: Option<Scalar>,
 }
 
+/// Where a permission is and what [`perm_rules`] reports into.
+struct PermCtx<'a> {
+    path: &'a str,
+    file: Option<&'a Path>,
+    group: Option<&'a str>,
+    direction: Direction,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl PermCtx<'_> {
+    fn origin(&self, sub: Option<String>) -> Origin {
+        Origin {
+            file: self.file.map(Path::to_path_buf),
+            line: None,
+            path: Some(match sub {
+                Some(sub) => format!("{}.{sub}", self.path),
+                None => self.path.to_owned(),
+            }),
+        }
+    }
+
+    fn error(&mut self, sub: Option<String>, field: &'static str, message: String, fix: &str) {
+        let mut p = Problem::error(message, fix)
+            .at(&self.origin(sub))
+            .field(field);
+        p.direction = Some(self.direction);
+        if let Some(g) = self.group {
+            p = p.group(g);
+        }
+        self.problems.push(p);
+    }
+}
+
+/// AWS's own words when TCP/UDP ports are missing or -1 (EC2 API,
+/// InvalidParameterValue).
+const AWS_TCP_UDP_PORTS: &str =
+    "Invalid value 'Must specify both from and to ports with TCP/UDP.' for portRange";
+
 fn perm_rules(
     p: &AwsPermission,
-    path: &str,
-    file: Option<&Path>,
+    cx: &mut PermCtx,
     pls: &mut BTreeMap<String, Origin>,
 ) -> Vec<RawRule> {
     let proto_text = p.ip_protocol.as_ref().map(Scalar::text).unwrap_or_default();
@@ -123,15 +161,29 @@ fn perm_rules(
     match protocol {
         Some(pr) if pr.has_ports() => {
             ports = match (from, to) {
-                (None, None) if p.from_port.is_none() && p.to_port.is_none() => None,
                 // A value that is not a number: pass it on for validation to report.
-                (None, _) if p.from_port.is_some() => p.from_port.clone(),
-                (_, None) if p.to_port.is_some() => p.to_port.clone(),
-                (Some(-1), Some(-1)) => None,
-                (Some(a), Some(b)) if a == b => Some(Scalar::Int(a)),
-                (Some(a), Some(b)) => Some(Scalar::Str(format!("{a}-{b}"))),
-                (Some(a), None) | (None, Some(a)) => Some(Scalar::Int(a)),
-                (None, None) => None,
+                (None, _) if p.from_port.as_ref().is_some_and(|v| *v != Scalar::Null) => {
+                    p.from_port.clone()
+                }
+                (_, None) if p.to_port.as_ref().is_some_and(|v| *v != Scalar::Null) => {
+                    p.to_port.clone()
+                }
+                (Some(a), Some(b)) if a >= 0 && b >= 0 && a == b => Some(Scalar::Int(a)),
+                (Some(a), Some(b)) if a >= 0 && b >= 0 => Some(Scalar::Str(format!("{a}-{b}"))),
+                // Missing, or -1 (which means "any" only for ICMP): AWS refuses it.
+                _ => {
+                    cx.error(
+                        None,
+                        "FromPort",
+                        format!(
+                            "{pr} with FromPort {} and ToPort {}: {AWS_TCP_UDP_PORTS}",
+                            p.from_port.as_ref().map_or("(none)".into(), Scalar::text),
+                            p.to_port.as_ref().map_or("(none)".into(), Scalar::text)
+                        ),
+                        "give FromPort and ToPort from 0-65535 (0 and 65535 for every port), or IpProtocol \"-1\" for every protocol",
+                    );
+                    None
+                }
             };
         }
         Some(pr) if pr.is_icmp() => {
@@ -148,36 +200,54 @@ fn perm_rules(
         icmp_code,
         ..RawRule::default()
     };
-    let origin = |sub: String| Origin {
-        file: file.map(Path::to_path_buf),
-        line: None,
-        path: Some(format!("{path}.{sub}")),
-    };
     let mut out = vec![];
+    // CidrIp holds IPv4 only, CidrIpv6 IPv6 only; AWS refuses the other family.
+    let family =
+        |cx: &mut PermCtx, sub: String, key: &'static str, cidr: &Option<Scalar>, v6: bool| {
+            if let Some(Ok(n)) = cidr.as_ref().and_then(Scalar::as_str).map(parse_cidr)
+                && matches!(n, IpNet::V6(_)) != v6
+            {
+                let (want, other) = if v6 {
+                    ("IPv6", "IpRanges[].CidrIp")
+                } else {
+                    ("IPv4", "Ipv6Ranges[].CidrIpv6")
+                };
+                cx.error(
+                    Some(sub),
+                    key,
+                    format!("CIDR block {n} is malformed: {key} takes an {want} CIDR"),
+                    &format!("move it to {other}"),
+                );
+            }
+        };
     for (i, r) in p.ip_ranges.iter().enumerate() {
+        let sub = format!("IpRanges[{i}]");
+        family(cx, sub.clone(), "CidrIp", &r.cidr_ip, false);
         out.push(RawRule {
             cidr: r.cidr_ip.clone().or(Some(Scalar::Null)),
-            description: r.description.clone(),
-            origin: origin(format!("IpRanges[{i}]")),
+            description: r.description.clone().map(RawText::from),
+            origin: cx.origin(Some(sub)),
             ..base.clone()
         });
     }
     for (i, r) in p.ipv6_ranges.iter().enumerate() {
+        let sub = format!("Ipv6Ranges[{i}]");
+        family(cx, sub.clone(), "CidrIpv6", &r.cidr_ipv6, true);
         out.push(RawRule {
             cidr: r.cidr_ipv6.clone().or(Some(Scalar::Null)),
-            description: r.description.clone(),
-            origin: origin(format!("Ipv6Ranges[{i}]")),
+            description: r.description.clone().map(RawText::from),
+            origin: cx.origin(Some(sub)),
             ..base.clone()
         });
     }
     for (i, r) in p.prefix_list_ids.iter().enumerate() {
-        let o = origin(format!("PrefixListIds[{i}]"));
+        let o = cx.origin(Some(format!("PrefixListIds[{i}]")));
         if let Some(id) = &r.prefix_list_id {
             pls.entry(id.text()).or_insert_with(|| o.clone());
         }
         out.push(RawRule {
             prefix_list: r.prefix_list_id.clone(),
-            description: r.description.clone(),
+            description: r.description.clone().map(RawText::from),
             origin: o,
             ..base.clone()
         });
@@ -185,8 +255,8 @@ fn perm_rules(
     for (i, r) in p.user_id_group_pairs.iter().enumerate() {
         out.push(RawRule {
             group: r.group_id.clone(),
-            description: r.description.clone(),
-            origin: origin(format!("UserIdGroupPairs[{i}]")),
+            description: r.description.clone().map(RawText::from),
+            origin: cx.origin(Some(format!("UserIdGroupPairs[{i}]"))),
             ..base.clone()
         });
     }
@@ -245,23 +315,38 @@ pub fn parse(text: &str, file: Option<&Path>) -> Result<Doc, Vec<Problem>> {
         ..Doc::default()
     };
     let mut pls: BTreeMap<String, Origin> = BTreeMap::new();
+    let mut problems = vec![];
     for (gi, g) in d.security_groups.iter().enumerate() {
         let path = format!("SecurityGroups[{gi}]");
-        let list = |v: &[AwsPermission], key: &str, pls: &mut BTreeMap<String, Origin>| {
-            v.iter()
-                .enumerate()
-                .flat_map(|(pi, p)| perm_rules(p, &format!("{path}.{key}[{pi}]"), file, pls))
-                .collect::<Vec<_>>()
-        };
-        let ingress = RawRules::List(list(&g.ip_permissions, "IpPermissions", &mut pls));
+        let mut list =
+            |v: &[AwsPermission], key: &str, direction, pls: &mut BTreeMap<String, Origin>| {
+                let mut out = vec![];
+                for (pi, p) in v.iter().enumerate() {
+                    let mut cx = PermCtx {
+                        path: &format!("{path}.{key}[{pi}]"),
+                        file,
+                        group: g.group_id.as_deref(),
+                        direction,
+                        problems: &mut problems,
+                    };
+                    out.extend(perm_rules(p, &mut cx, pls));
+                }
+                out
+            };
+        let ingress = RawRules::List(list(
+            &g.ip_permissions,
+            "IpPermissions",
+            Direction::Ingress,
+            &mut pls,
+        ));
         let egress = match &g.ip_permissions_egress {
             None => RawRules::Omitted,
-            Some(v) => RawRules::List(list(v, "IpPermissionsEgress", &mut pls)),
+            Some(v) => RawRules::List(list(v, "IpPermissionsEgress", Direction::Egress, &mut pls)),
         };
         doc.groups.push(RawGroup {
             id: g.group_id.clone().map(Scalar::Str),
-            name: g.group_name.clone().map(Scalar::Str),
-            description: g.description.clone().map(Scalar::Str),
+            name: g.group_name.clone().map(|n| Scalar::Str(n).into()),
+            description: g.description.clone().map(|d| Scalar::Str(d).into()),
             ingress,
             egress,
             origin: Origin {
@@ -279,6 +364,7 @@ pub fn parse(text: &str, file: Option<&Path>) -> Result<Doc, Vec<Problem>> {
             ..RawPrefixList::default()
         });
     }
+    doc.problems = problems;
     Ok(doc)
 }
 

@@ -15,7 +15,7 @@ use std::{
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
-use super::{types::Origin, validate::Problem};
+use super::{diag::Problem, types::Origin};
 
 /// Largest config file accepted (bytes).
 pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
@@ -119,6 +119,49 @@ impl<'de> Deserialize<'de> for Scalar {
     }
 }
 
+/// Where a text value was written in native YAML: its start, and how long
+/// it is in the source (to find the column of a character in it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TextAt {
+    /// 1-based line of the value's first character (its quote, if quoted).
+    pub line: u64,
+    /// 1-based column of the same.
+    pub column: u64,
+    /// Length of the value in the source, in characters (quotes included).
+    pub source_len: u64,
+}
+
+/// A free-text value (a description, a name) and where it was written,
+/// when known (native YAML; not AWS JSON).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawText {
+    /// The value.
+    pub value: Scalar,
+    /// Where it was written.
+    pub at: Option<TextAt>,
+}
+
+impl From<Scalar> for RawText {
+    fn from(value: Scalar) -> Self {
+        Self { value, at: None }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = Spanned::<Scalar>::deserialize(d)?;
+        let l = s.referenced;
+        Ok(Self {
+            value: s.value,
+            at: (l.line() > 0).then(|| TextAt {
+                line: l.line(),
+                column: l.column(),
+                source_len: l.span().len(),
+            }),
+        })
+    }
+}
+
 /// A rule as written. Native YAML fields; AWS permissions are converted to
 /// one of these per peer.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -141,7 +184,7 @@ pub struct RawRule {
     /// Group peer.
     pub group: Option<Scalar>,
     /// Description.
-    pub description: Option<Scalar>,
+    pub description: Option<RawText>,
     /// Where it was written.
     #[serde(skip)]
     pub origin: Origin,
@@ -165,9 +208,9 @@ pub struct RawGroup {
     /// Group id.
     pub id: Option<Scalar>,
     /// Name.
-    pub name: Option<Scalar>,
+    pub name: Option<RawText>,
     /// Description.
-    pub description: Option<Scalar>,
+    pub description: Option<RawText>,
     /// Inbound rules.
     pub ingress: RawRules,
     /// Outbound rules.
@@ -257,6 +300,10 @@ pub struct Doc {
     pub members: BTreeMap<String, Vec<Scalar>>,
     /// Quotas.
     pub quotas: RawQuotas,
+    /// Problems found while reading that only the format can see (AWS: a
+    /// CIDR under the other family's key, TCP ports of -1); validation
+    /// reports them with its own.
+    pub problems: Vec<Problem>,
 }
 
 /// The two config formats.
@@ -292,8 +339,8 @@ enum OneOrMany {
 #[serde(deny_unknown_fields)]
 struct NativeGroup {
     id: Option<Scalar>,
-    name: Option<Scalar>,
-    description: Option<Scalar>,
+    name: Option<RawText>,
+    description: Option<RawText>,
     #[serde(default, deserialize_with = "present")]
     ingress: Option<Option<Vec<Spanned<RawRule>>>>,
     #[serde(default, deserialize_with = "present")]
@@ -347,6 +394,76 @@ fn rules(list: Option<Option<Vec<Spanned<RawRule>>>>, file: Option<&Path>) -> Ra
     }
 }
 
+/// What a YAML parser error means to a user, and what to do about it, in
+/// words that do not name the parser's options or counters.
+fn yaml_error(e: &serde_saphyr::Error) -> (String, &'static str) {
+    use serde_saphyr::{
+        Budget, Error, MessageFormatter as _, UserMessageFormatter, budget::BudgetBreach,
+    };
+    let e = e.without_snippet();
+    let too_big_fix = "check that this is the right file; a policy that large can be split: groups can also come from AWS JSON files listed under `import:`";
+    let limits = Budget::default();
+    let user = UserMessageFormatter.format_message(e);
+    match e {
+        Error::DuplicateMappingKey { key, .. } => (
+            match key {
+                Some(k) => format!("the key `{k}` appears twice in one mapping"),
+                None => "a key appears twice in one mapping".to_owned(),
+            },
+            "keep one of them (YAML allows a key once per mapping; for several rules or groups, write several list items)",
+        ),
+        Error::Budget { breach, .. } => {
+            let what = match breach {
+                BudgetBreach::Depth { .. } => {
+                    format!("it is nested deeper than {} levels", limits.max_depth)
+                }
+                BudgetBreach::Nodes { .. } | BudgetBreach::Events { .. } => format!(
+                    "it has more than {} values, lists and mappings",
+                    limits.max_nodes
+                ),
+                BudgetBreach::ScalarBytes { .. } => format!(
+                    "its values hold more than {} MiB of text",
+                    limits.max_total_scalar_bytes >> 20
+                ),
+                BudgetBreach::Documents { .. } => "it has too many YAML documents".to_owned(),
+                _ => "it has too many anchors and aliases (`&name`, `*name`)".to_owned(),
+            };
+            (
+                format!("the YAML is too large or too complex to be a config: {what}"),
+                too_big_fix,
+            )
+        }
+        _ if user.starts_with("YAML document too large or too complex") => (
+            "the YAML is too large or too complex to be a config: its aliases (`*name`) expand to too much".to_owned(),
+            too_big_fix,
+        ),
+        _ => (
+            format!(
+                "cannot read the YAML: {}",
+                parser_words(user.lines().next().unwrap_or("invalid YAML"))
+            ),
+            "fix the syntax or the value's type at this spot (keys and shapes are in README.md)",
+        ),
+    }
+}
+
+/// The parser's terms in a user's: what was expected at this spot.
+fn parser_words(msg: &str) -> String {
+    [
+        (
+            "expected mapping start",
+            "expected a mapping (`key: value` lines) here",
+        ),
+        (
+            "expected sequence start",
+            "expected a list (`- item` lines or `[...]`) here",
+        ),
+        ("recursion limit exceeded", "it is nested too deeply"),
+    ]
+    .iter()
+    .fold(msg.to_owned(), |m, (from, to)| m.replace(from, to))
+}
+
 /// A native document plus the AWS files it imports (paths as written).
 pub struct NativeDoc {
     /// The document.
@@ -372,13 +489,8 @@ pub fn parse_native(text: &str, file: Option<&Path>) -> Result<NativeDoc, Vec<Pr
     }
     let cfg: NativeConfig = serde_saphyr::from_str(text).map_err(|e| {
         let line = e.location().map(|l| l.line());
-        let msg = e.without_snippet().to_string();
-        let msg = msg.lines().next().unwrap_or("invalid YAML").to_owned();
-        let mut p = Problem::error(
-            format!("cannot read the YAML: {msg}"),
-            "fix the syntax or the value's type at this spot (keys and shapes are in README.md)",
-        )
-        .in_file(file);
+        let (msg, fix) = yaml_error(&e);
+        let mut p = Problem::error(msg, fix).in_file(file);
         p.origin.line = line.filter(|l| *l > 0);
         vec![p]
     })?;
@@ -494,106 +606,131 @@ impl Attachment {
 
 // ---- loading ---------------------------------------------------------------
 
-fn read(path: &Path) -> Result<String, Vec<Problem>> {
-    read_one(path).map_err(|p| vec![*p])
+pub(super) fn read(path: &Path) -> Result<String, Vec<Problem>> {
+    read_text(path).map_err(|p| vec![*p])
 }
 
-fn read_one(path: &Path) -> Result<String, Box<Problem>> {
+/// The path that stands for standard input (`-c -`).
+pub const STDIN: &str = "-";
+
+/// Whether `path` means standard input.
+pub fn is_stdin(path: &Path) -> bool {
+    path.as_os_str() == STDIN
+}
+
+/// How a config is named in messages and problem locations: `<stdin>` for
+/// `-`, else the path as given.
+pub fn source_label(path: &Path) -> &Path {
+    if is_stdin(path) {
+        Path::new("<stdin>")
+    } else {
+        path
+    }
+}
+
+/// Why [`read_bounded`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum BoundedReadError {
+    /// More than the limit arrived.
+    #[error("more than {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// Reading failed.
+    #[error("reading failed")]
+    Io(#[source] std::io::Error),
+}
+
+/// Reads everything from `r`, but never more than `limit` bytes: the
+/// `limit + 1`-th byte ends the read with [`BoundedReadError::TooLarge`].
+/// Memory stays below `limit` whatever `r` is (a file, a pipe, `/dev/zero`).
+///
+/// # Errors
+/// Too much input, or an I/O error.
+pub fn read_bounded(r: impl std::io::Read, limit: u64) -> Result<Vec<u8>, BoundedReadError> {
+    use std::io::Read as _;
+    let mut buf = Vec::new();
+    r.take(limit.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(BoundedReadError::Io)?;
+    if buf.len() as u64 > limit {
+        return Err(BoundedReadError::TooLarge { limit });
+    }
+    Ok(buf)
+}
+
+/// `16 MiB` for 16 << 20 and so on.
+fn human_bytes(n: u64) -> String {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+        format!("{} MiB", n >> 20)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
+/// Reads a config (or an imported file) as UTF-8 text: a file of any kind
+/// (regular, pipe, device) or standard input for `-`, never more than
+/// [`MAX_CONFIG_BYTES`].
+///
+/// # Errors
+/// One problem naming the path: unreadable, too large, not UTF-8.
+pub fn read_text(path: &Path) -> Result<String, Box<Problem>> {
+    let label = source_label(path);
+    let name = label.display();
     let fix =
         "check the path (relative paths in `import:` start at the importing file's directory)";
-    let meta = std::fs::metadata(path).map_err(|e| {
-        Problem::error(format!("cannot read {}: {e}", path.display()), fix).in_file(Some(path))
-    })?;
-    if meta.len() > MAX_CONFIG_BYTES {
-        return Err(Problem::error(
-            format!(
-                "{} is {} bytes, more than the {MAX_CONFIG_BYTES} a config may have",
-                path.display(),
-                meta.len()
-            ),
-            "split it or check that this is the right file",
-        )
-        .in_file(Some(path))
-        .into());
-    }
-    let bytes = std::fs::read(path).map_err(|e| {
-        Problem::error(format!("cannot read {}: {e}", path.display()), fix).in_file(Some(path))
+    let io_problem = |e: std::io::Error| {
+        Box::new(Problem::error(format!("cannot read {name}: {e}"), fix).in_file(Some(label)))
+    };
+    let bytes = if is_stdin(path) {
+        read_bounded(std::io::stdin().lock(), MAX_CONFIG_BYTES)
+    } else {
+        let file = std::fs::File::open(path).map_err(io_problem)?;
+        // A regular file says its size up front: refuse it without reading.
+        if let Ok(meta) = file.metadata()
+            && meta.is_file()
+            && meta.len() > MAX_CONFIG_BYTES
+        {
+            return Err(Box::new(
+                Problem::error(
+                    format!(
+                        "{name} is {} bytes, more than the {} a config may have",
+                        meta.len(),
+                        human_bytes(MAX_CONFIG_BYTES)
+                    ),
+                    "check that this is the right file; a larger policy can be split into AWS JSON files listed under `import:` (each may have up to the limit)",
+                )
+                .in_file(Some(label)),
+            ));
+        }
+        read_bounded(file, MAX_CONFIG_BYTES)
+    };
+    let bytes = bytes.map_err(|e| match e {
+        BoundedReadError::Io(e) => io_problem(e),
+        BoundedReadError::TooLarge { limit } => Box::new(
+            Problem::error(
+                format!(
+                    "{name}: more than {} arrived, the most a config may have; reading stopped there",
+                    human_bytes(limit)
+                ),
+                "give a config file (a device or a stream that does not end is not one); a larger policy can be split into AWS JSON files listed under `import:` (each may have up to the limit)",
+            )
+            .in_file(Some(label)),
+        ),
     })?;
     String::from_utf8(bytes).map_err(|e| {
         Box::new(
             Problem::error(
                 format!(
-                    "the file is not UTF-8 text (invalid byte at offset {})",
+                    "{name} is not UTF-8 text (invalid byte at offset {})",
                     e.utf8_error().valid_up_to()
                 ),
                 "save it as UTF-8",
             )
-            .in_file(Some(path)),
+            .in_file(Some(label)),
         )
     })
-}
-
-/// Parses text of either format into a raw document (no `import:` handling).
-///
-/// # Errors
-/// The parse problem, with file and line.
-pub fn parse_text(text: &str, file: Option<&Path>) -> Result<(Doc, Vec<String>), Vec<Problem>> {
-    match detect_format(text) {
-        Format::AwsJson => super::aws::parse(text, file).map(|d| (d, vec![])),
-        Format::Native => parse_native(text, file).map(|n| (n.doc, n.imports)),
-    }
-}
-
-/// Reads a config file of either format, follows `import:` (AWS JSON files,
-/// relative to the importing file) and adds `attach` as interfaces.
-///
-/// # Errors
-/// Every problem found while reading (unreadable files, syntax errors, a
-/// bad import).
-pub fn load_doc(path: &Path, attach: &[Attachment]) -> Result<Doc, Vec<Problem>> {
-    let text = read(path)?;
-    let (mut doc, imports) = parse_text(&text, Some(path))?;
-    let mut problems = vec![];
-    let base = path.parent().unwrap_or(Path::new("."));
-    for imp in imports {
-        let ipath = base.join(&imp);
-        match read(&ipath) {
-            Err(p) => problems.extend(p),
-            Ok(t) if detect_format(&t) != Format::AwsJson => problems.push(
-                Problem::error(
-                    format!("import `{imp}` is not AWS JSON (no top-level \"SecurityGroups\")"),
-                    "import only files printed by `aws ec2 describe-security-groups`; put native groups in this file",
-                )
-                .in_file(Some(path)),
-            ),
-            Ok(t) => match super::aws::parse(&t, Some(&ipath)) {
-                Err(p) => problems.extend(p),
-                Ok(d) => merge_import(&mut doc, d),
-            },
-        }
-    }
-    doc.interfaces.extend(attach.iter().map(Attachment::to_raw));
-    if problems.is_empty() {
-        Ok(doc)
-    } else {
-        Err(problems)
-    }
-}
-
-/// Adds an imported AWS document's groups and prefix lists. Prefix lists the
-/// importing file defines win over the importer's placeholders.
-fn merge_import(doc: &mut Doc, imported: Doc) {
-    doc.groups.extend(imported.groups);
-    for pl in imported.prefix_lists {
-        let id = pl.id.as_ref().map(Scalar::text);
-        let defined = doc
-            .prefix_lists
-            .iter()
-            .any(|p| p.id.as_ref().map(Scalar::text) == id);
-        if !(pl.placeholder && defined) {
-            doc.prefix_lists.push(pl);
-        }
-    }
 }
 
 #[cfg(test)]

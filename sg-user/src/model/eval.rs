@@ -35,9 +35,10 @@
 //! Packets no rule judges, decided before anything else (as the kernel does):
 //! - IPv6 neighbour discovery as RFC 4861 sends it (ICMPv6 133–137, code 0,
 //!   hop limit 255, not fragmented) passes ([`Outcome::Bypass`]) inbound, and
-//!   outbound when sent to a link-local or `ff02::/16` address. Anything else
-//!   shaped like it — IPv4 protocol 58, another hop limit or code, a global
-//!   destination outbound — is judged by the rules.
+//!   outbound when sent to a link-local or `ff02::/16` address or one in the
+//!   source's /64. Anything else shaped like it — IPv4 protocol 58, another
+//!   hop limit or code, a destination off the link outbound — is judged by
+//!   the rules.
 //! - TCP with SYN together with FIN or RST is dropped ([`Outcome::Invalid`]).
 //!
 //! Fragments: the first fragment is judged like any packet; a later fragment
@@ -56,63 +57,7 @@ use super::{
     types::{ConntrackTimeouts, Direction, Interface, RuleId, proto},
 };
 
-/// What the evaluator needs to know about one packet to judge it by rules.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct PacketDesc {
-    /// IANA protocol number (IPv4 protocol / IPv6 next header).
-    pub proto: u8,
-    /// The remote address: source of an inbound packet, destination of an
-    /// outbound one.
-    pub peer: IpAddr,
-    /// TCP/UDP destination port.
-    pub port: Option<u16>,
-    /// ICMP/ICMPv6 (type, code).
-    pub icmp: Option<(u8, u8)>,
-}
-
-impl PacketDesc {
-    /// A TCP packet to destination port `port`.
-    pub fn tcp(peer: IpAddr, port: u16) -> Self {
-        Self {
-            proto: proto::TCP,
-            peer,
-            port: Some(port),
-            icmp: None,
-        }
-    }
-
-    /// A UDP packet to destination port `port`.
-    pub fn udp(peer: IpAddr, port: u16) -> Self {
-        Self {
-            proto: proto::UDP,
-            ..Self::tcp(peer, port)
-        }
-    }
-
-    /// An ICMP (IPv4 peer) or ICMPv6 (IPv6 peer) message.
-    pub fn icmp(peer: IpAddr, icmp_type: u8, icmp_code: u8) -> Self {
-        Self {
-            proto: if peer.is_ipv4() {
-                proto::ICMP
-            } else {
-                proto::ICMPV6
-            },
-            peer,
-            port: None,
-            icmp: Some((icmp_type, icmp_code)),
-        }
-    }
-
-    /// A packet of any other protocol.
-    pub fn other(peer: IpAddr, protocol: u8) -> Self {
-        Self {
-            proto: protocol,
-            peer,
-            port: None,
-            icmp: None,
-        }
-    }
-}
+pub use super::types::PacketDesc;
 
 /// The verdict of the rules on one packet.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -201,16 +146,19 @@ pub const ND_HOP_LIMIT: u8 = 255;
 
 /// Whether a packet is IPv6 neighbour discovery that bypasses the rules:
 /// ICMPv6 (protocol 58 over IPv6) type 133–137, code 0, hop limit 255, not
-/// fragmented; outbound only to a link-local or `ff02::/16` destination.
+/// fragmented; outbound only to a destination on the link: link-local,
+/// `ff02::/16`, or in the source's /64 (never off the link, so the bypass
+/// cannot carry data away).
 pub fn neighbour_discovery_bypasses(
     direction: Direction,
+    src: IpAddr,
     dst: IpAddr,
     proto: u8,
     icmp: Option<(u8, u8)>,
     hop_limit: u8,
     fragmented: bool,
 ) -> bool {
-    let IpAddr::V6(dst) = dst else {
+    let (IpAddr::V6(src), IpAddr::V6(dst)) = (src, dst) else {
         return false;
     };
     let well_formed = proto == proto::ICMPV6
@@ -218,8 +166,8 @@ pub fn neighbour_discovery_bypasses(
         && hop_limit == ND_HOP_LIMIT
         && !fragmented;
     let on_link = || {
-        let o = dst.octets();
-        (o[0] == 0xfe && o[1] & 0xc0 == 0x80) || (o[0] == 0xff && o[1] == 0x02)
+        let (s, d) = (src.octets(), dst.octets());
+        (d[0] == 0xfe && d[1] & 0xc0 == 0x80) || (d[0] == 0xff && d[1] == 0x02) || s[..8] == d[..8]
     };
     well_formed && (direction == Direction::Ingress || on_link())
 }
@@ -315,6 +263,7 @@ impl Packet {
     pub fn bypasses(&self) -> bool {
         neighbour_discovery_bypasses(
             self.direction,
+            self.src,
             self.dst,
             self.proto,
             self.icmp,
@@ -839,5 +788,24 @@ mod tests {
         assert_eq!(e.desc(), PacketDesc::icmp(a, 8, 0));
         assert!(e.is_echo());
         assert!(!Packet::icmp(0, Direction::Ingress, a, b, 3, 4, 0).is_echo());
+    }
+
+    #[test]
+    fn an_echo_with_identifier_0_does_not_admit_other_icmp() {
+        let m = crate::model::from_str(
+            "security_groups:\n  - id: a\n    ingress: []\ninterfaces:\n  - { name: e0, security_groups: [a] }\n",
+            &[],
+        )
+        .unwrap();
+        let i = m.interface("e0").unwrap();
+        let (local, remote): (IpAddr, IpAddr) =
+            ("198.18.0.1".parse().unwrap(), "198.18.0.9".parse().unwrap());
+        let mut ct = Conntrack::for_interface(i);
+        let ping = Packet::icmp(0, Direction::Egress, local, remote, 8, 0, 0);
+        assert_eq!(ct.step(&m, i, &ping).outcome, Outcome::NewFlow);
+        let unreachable = Packet::icmp(1, Direction::Ingress, remote, local, 3, 1, 0);
+        assert_eq!(ct.step(&m, i, &unreachable).outcome, Outcome::Denied);
+        let pong = Packet::icmp(2, Direction::Ingress, remote, local, 0, 0, 0);
+        assert_eq!(ct.step(&m, i, &pong).outcome, Outcome::Reply);
     }
 }

@@ -20,8 +20,11 @@
 
 pub mod aws;
 pub mod config;
+pub mod diag;
 pub mod eval;
 pub mod lint;
+pub mod source;
+pub mod text;
 pub mod types;
 pub mod validate;
 
@@ -34,11 +37,11 @@ use std::{
 use ipnet::IpNet;
 
 pub use config::Attachment;
+pub use diag::{Problem, Severity};
 pub use types::{
     ConntrackTimeouts, Direction, Group, Interface, L4Match, Origin, Peer, PortRange, PrefixList,
     Protocol, Quotas, ResolvedRule, Rule, RuleId, Side, Tracking,
 };
-pub use validate::{Problem, Severity};
 
 /// Finds the addresses of an interface that declares none (`addresses:`
 /// omitted). The kernel side implements this with netlink; offline there is
@@ -119,7 +122,7 @@ pub fn load(path: &Path) -> Result<Model, Vec<Problem>> {
 /// # Errors
 /// Every problem found (warnings included) if any is an error.
 pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Model, Vec<Problem>> {
-    let doc = config::load_doc(path, opts.attach)?;
+    let doc = source::load_doc(path, opts.attach)?;
     validate::build(&doc, opts.discovery)
 }
 
@@ -128,7 +131,7 @@ pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Model, Vec<Problem>>
 /// # Errors
 /// Every problem found (warnings included) if any is an error.
 pub fn from_str(text: &str, attach: &[Attachment]) -> Result<Model, Vec<Problem>> {
-    let (mut doc, imports) = config::parse_text(text, None)?;
+    let (mut doc, imports) = source::parse_text(text, None)?;
     if !imports.is_empty() {
         return Err(vec![Problem::error(
             "`import:` needs a file to be relative to",

@@ -622,7 +622,7 @@ impl ResolvedRule {
     }
 
     /// Whether this rule matches a packet (protocol, peer address, port/ICMP).
-    pub fn matches(&self, p: &crate::model::eval::PacketDesc) -> bool {
+    pub fn matches(&self, p: &PacketDesc) -> bool {
         self.protocol.matches(p.proto)
             && self.l4.matches(p.port, p.icmp)
             && self.peers.iter().any(|n| n.contains(&p.peer))
@@ -655,6 +655,64 @@ impl Tracking {
 
 /// Addresses of group members declared under `members:`, by group id.
 pub type Members = BTreeMap<String, Vec<IpAddr>>;
+
+/// What the evaluator needs to know about one packet to judge it by rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PacketDesc {
+    /// IANA protocol number (IPv4 protocol / IPv6 next header).
+    pub proto: u8,
+    /// The remote address: source of an inbound packet, destination of an
+    /// outbound one.
+    pub peer: IpAddr,
+    /// TCP/UDP destination port.
+    pub port: Option<u16>,
+    /// ICMP/ICMPv6 (type, code).
+    pub icmp: Option<(u8, u8)>,
+}
+
+impl PacketDesc {
+    /// A TCP packet to destination port `port`.
+    pub fn tcp(peer: IpAddr, port: u16) -> Self {
+        Self {
+            proto: proto::TCP,
+            peer,
+            port: Some(port),
+            icmp: None,
+        }
+    }
+
+    /// A UDP packet to destination port `port`.
+    pub fn udp(peer: IpAddr, port: u16) -> Self {
+        Self {
+            proto: proto::UDP,
+            ..Self::tcp(peer, port)
+        }
+    }
+
+    /// An ICMP (IPv4 peer) or ICMPv6 (IPv6 peer) message.
+    pub fn icmp(peer: IpAddr, icmp_type: u8, icmp_code: u8) -> Self {
+        Self {
+            proto: if peer.is_ipv4() {
+                proto::ICMP
+            } else {
+                proto::ICMPV6
+            },
+            peer,
+            port: None,
+            icmp: Some((icmp_type, icmp_code)),
+        }
+    }
+
+    /// A packet of any other protocol.
+    pub fn other(peer: IpAddr, protocol: u8) -> Self {
+        Self {
+            proto: protocol,
+            peer,
+            port: None,
+            icmp: None,
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

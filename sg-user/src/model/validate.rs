@@ -5,154 +5,21 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    fmt,
     net::IpAddr,
     path::Path,
 };
 
 use ipnet::IpNet;
-use serde::Serialize;
 
+pub use super::diag::{Problem, Severity};
 use super::{
     AddressSource, Model,
-    config::{Doc, RawGroup, RawInterface, RawRule, RawRules, Scalar},
+    config::{Doc, RawGroup, RawInterface, RawRule, RawRules, RawText, Scalar, TextAt},
     types::{
         ConntrackTimeouts, Direction, Group, Interface, L4Match, Origin, Peer, PortRange,
         PrefixList, Protocol, Quotas, Rule, RuleId, Side,
     },
 };
-
-/// How bad a problem is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// The config still loads; something probably does not do what was meant.
-    Warning,
-    /// The config is invalid.
-    Error,
-}
-
-/// One thing wrong with a config, with where it is and what to change.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Problem {
-    /// Error or warning.
-    pub severity: Severity,
-    /// File and line or JSON path.
-    pub origin: Origin,
-    /// The group concerned.
-    pub group: Option<String>,
-    /// The rule direction concerned.
-    pub direction: Option<Direction>,
-    /// The rule's index in its list (0-based, as written).
-    pub rule: Option<usize>,
-    /// The interface concerned (`NAME` or `NAME@NETNS`).
-    pub interface: Option<String>,
-    /// The offending field.
-    pub field: Option<&'static str>,
-    /// What is wrong.
-    pub message: String,
-    /// What to change.
-    pub fix: String,
-}
-
-impl Problem {
-    /// An error with a message and a fix.
-    pub fn error(message: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self {
-            severity: Severity::Error,
-            origin: Origin::default(),
-            group: None,
-            direction: None,
-            rule: None,
-            interface: None,
-            field: None,
-            message: message.into(),
-            fix: fix.into(),
-        }
-    }
-
-    /// A warning with a message and a fix.
-    pub fn warning(message: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self {
-            severity: Severity::Warning,
-            ..Self::error(message, fix)
-        }
-    }
-
-    /// Sets the file.
-    pub fn in_file(mut self, file: Option<&Path>) -> Self {
-        self.origin.file = file.map(Path::to_path_buf);
-        self
-    }
-
-    /// Sets the origin.
-    pub fn at(mut self, origin: &Origin) -> Self {
-        self.origin = origin.clone();
-        self
-    }
-
-    /// Sets the group.
-    pub fn group(mut self, id: &str) -> Self {
-        self.group = Some(id.to_owned());
-        self
-    }
-
-    /// Sets direction and rule index.
-    pub fn rule(mut self, direction: Direction, index: usize) -> Self {
-        self.direction = Some(direction);
-        self.rule = Some(index);
-        self
-    }
-
-    /// Sets the interface.
-    pub fn iface(mut self, key: &str) -> Self {
-        self.interface = Some(key.to_owned());
-        self
-    }
-
-    /// Sets the field.
-    pub fn field(mut self, f: &'static str) -> Self {
-        self.field = Some(f);
-        self
-    }
-
-    /// Whether this is an error.
-    pub fn is_error(&self) -> bool {
-        self.severity == Severity::Error
-    }
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let loc = self.origin.to_string();
-        if !loc.is_empty() {
-            write!(f, "{loc}: ")?;
-        }
-        f.write_str(match self.severity {
-            Severity::Error => "error: ",
-            Severity::Warning => "warning: ",
-        })?;
-        let mut ctx = vec![];
-        if let Some(g) = &self.group {
-            ctx.push(format!("group {g}"));
-        }
-        match (self.direction, self.rule) {
-            (Some(d), Some(i)) => ctx.push(format!("{d} rule {i}")),
-            (Some(d), None) => ctx.push(d.to_string()),
-            _ => {}
-        }
-        if let Some(i) = &self.interface {
-            ctx.push(format!("interface {i}"));
-        }
-        if let Some(fld) = self.field {
-            ctx.push(format!("`{fld}`"));
-        }
-        if !ctx.is_empty() {
-            write!(f, "{}: ", ctx.join(", "))?;
-        }
-        write!(f, "{}; {}", self.message, self.fix)
-    }
-}
 
 /// Ids of groups, prefix lists, interfaces and namespaces: printable, no
 /// whitespace, no `/` or `@` (rule ids and `--attach` use those as separators).
@@ -160,17 +27,80 @@ fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255
         && s.chars().all(|c| {
-            !c.is_whitespace()
-                && !c.is_control()
-                && !is_invisible(c)
-                && !matches!(c, '/' | '@' | '=' | ',')
+            // Invisible characters would make an id look like another id.
+            !c.is_whitespace() && !super::text::is_unsafe(c) && !matches!(c, '/' | '@' | '=' | ',')
         })
 }
 
-/// Zero-width and bidirectional-control characters: an id containing them
-/// looks like another id.
-fn is_invisible(c: char) -> bool {
-    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+/// Longest description or group name AWS accepts, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 255;
+
+/// The characters AWS allows in rule and group descriptions and group
+/// names (EC2 API): `a-zA-Z0-9`, space and `._-:/()#,@[]+=&;{}!$*`.
+pub fn is_description_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || " ._-:/()#,@[]+=&;{}!$*".contains(c)
+}
+
+/// Checks a description (or group name) as AWS does: at most 255
+/// characters from [`is_description_char`]. `at` is where the value is
+/// written, when known.
+///
+/// # Errors
+/// A message that names the first bad character (escaped), its position in
+/// the value and, when known, its line and column in the file; and a fix.
+pub fn check_description(
+    what: &str,
+    value: &str,
+    at: Option<TextAt>,
+) -> Result<(), (String, String)> {
+    let allowed = "letters a-z A-Z, digits, space and ._-:/()#,@[]+=&;{}!$*";
+    let n = value.chars().count();
+    if let Some((i, c)) = value
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !is_description_char(*c))
+    {
+        let shown: String = if super::text::is_unsafe(c) {
+            c.escape_default().collect()
+        } else {
+            c.to_string()
+        };
+        // The column in the file when the value is written on one line
+        // as is (plain) or in quotes without escapes.
+        let (at_char, after) = match at {
+            Some(a) if a.source_len == n as u64 && !value.contains('\n') => (
+                format!(" at line {}, column {}", a.line, a.column + i as u64),
+                String::new(),
+            ),
+            Some(a) if a.source_len == n as u64 + 2 && !value.contains('\n') => (
+                format!(" at line {}, column {}", a.line, a.column + 1 + i as u64),
+                String::new(),
+            ),
+            Some(a) => (
+                String::new(),
+                format!(
+                    " (the {what} starts at line {}, column {})",
+                    a.line, a.column
+                ),
+            ),
+            None => (String::new(), String::new()),
+        };
+        return Err((
+            format!(
+                "character {} `{shown}` (U+{:04X}){at_char} is not allowed{after}",
+                i + 1,
+                u32::from(c),
+            ),
+            format!("AWS allows at most {MAX_DESCRIPTION_CHARS} characters from: {allowed}"),
+        ));
+    }
+    if n > MAX_DESCRIPTION_CHARS {
+        return Err((
+            format!("{n} characters, more than the {MAX_DESCRIPTION_CHARS} AWS allows"),
+            format!("shorten it to at most {MAX_DESCRIPTION_CHARS} characters"),
+        ));
+    }
+    Ok(())
 }
 
 /// Linux interface names: 1–15 bytes, no `/`, whitespace or `:` (IFNAMSIZ).
@@ -183,14 +113,84 @@ fn valid_ifname(s: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':' && b != b'@' && b != b'=')
 }
 
+/// The first IPv4 octet written with a leading zero (`010`), in an IPv4
+/// address or the dotted tail of an IPv6 one. Such addresses are ambiguous:
+/// `ping` and `inet_aton` read `010` as octal (8), others as decimal (10).
+fn leading_zero_octet(addr: &str) -> Option<&str> {
+    let dotted = addr.rsplit(':').next().unwrap_or(addr);
+    if !dotted.contains('.') {
+        return None;
+    }
+    dotted
+        .split('.')
+        .find(|o| o.len() > 1 && o.starts_with('0') && o.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The problem with an address written with a leading zero in an octet.
+fn leading_zero_problem(written: &str, octet: &str) -> (String, String) {
+    let decimal = octet.trim_start_matches('0');
+    let decimal = if decimal.is_empty() { "0" } else { decimal };
+    let octal = u8::from_str_radix(octet, 8)
+        .ok()
+        .filter(|n| n.to_string() != decimal)
+        .map(|n| format!(", or {n} if the octal value was meant"))
+        .unwrap_or_default();
+    (
+        format!(
+            "{written}: octet {octet} has a leading zero, which is ambiguous (ping and inet_aton read it as octal, other tools as decimal)"
+        ),
+        format!("write the octet as {decimal}{octal}"),
+    )
+}
+
+/// Parses an address strictly: no leading zeros in IPv4 octets, no
+/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`), which no packet carries.
+///
+/// # Errors
+/// A message and a fix.
+pub fn parse_addr(s: &str) -> Result<IpAddr, (String, String)> {
+    let t = s.trim();
+    if let Some(octet) = leading_zero_octet(t) {
+        return Err(leading_zero_problem(t, octet));
+    }
+    match t.parse::<IpAddr>() {
+        Ok(IpAddr::V6(a)) if a.to_ipv4_mapped().is_some() => Err((
+            format!("{t} is an IPv4-mapped IPv6 address, which IPv4 packets never carry"),
+            format!(
+                "write the IPv4 address {}",
+                a.to_ipv4_mapped().expect("checked")
+            ),
+        )),
+        Ok(a) => Ok(a),
+        Err(_) => Err((
+            format!("{s:?} is not an IP address"),
+            "write a plain address such as 198.18.0.10 or 2001:db8::10 (no prefix length)"
+                .to_owned(),
+        )),
+    }
+}
+
 /// Parses a CIDR, explaining exactly what is wrong with a bad one.
 ///
 /// # Errors
 /// A message and a fix: not a CIDR, an address without prefix, host bits set
-/// (naming the canonical network).
+/// (naming the canonical network), a leading zero in an IPv4 octet, an
+/// IPv4-mapped IPv6 network.
 pub fn parse_cidr(s: &str) -> Result<IpNet, (String, String)> {
     let t = s.trim();
+    if let Some(octet) = leading_zero_octet(t.split('/').next().unwrap_or(t)) {
+        return Err(leading_zero_problem(t, octet));
+    }
     match t.parse::<IpNet>() {
+        Ok(IpNet::V6(n)) if n.prefix_len() >= 96 && n.addr().to_ipv4_mapped().is_some() => {
+            let v4 = n.addr().to_ipv4_mapped().expect("checked");
+            Err((
+                format!(
+                    "{t} is an IPv4-mapped IPv6 network (::ffff:a.b.c.d), which no packet carries: IPv4 traffic is matched by IPv4 rules"
+                ),
+                format!("write the IPv4 CIDR {v4}/{}", n.prefix_len() - 96),
+            ))
+        }
         Ok(n) if n.trunc() == n => Ok(n),
         Ok(n) => {
             let host = match n.addr() {
@@ -205,7 +205,7 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, (String, String)> {
                 ),
             ))
         }
-        Err(_) => match t.parse::<IpAddr>() {
+        Err(_) => match parse_addr(t) {
             Ok(IpAddr::V4(a)) => Err((
                 format!("{t} is an address, not a CIDR"),
                 format!("write {a}/32"),
@@ -238,6 +238,26 @@ fn text(s: &Option<Scalar>) -> Option<String> {
         None | Some(Scalar::Null) => None,
         Some(v) => Some(v.text()),
     }
+}
+
+/// A description or name: its text, after checking it as AWS does (the
+/// problem made by `problem`, on the value's own line when known).
+fn free_text(
+    cx: &mut Ctx,
+    raw: &Option<RawText>,
+    what: &str,
+    problem: impl FnOnce(String, String) -> Problem,
+) -> Option<String> {
+    let raw = raw.as_ref().filter(|t| t.value != Scalar::Null)?;
+    let value = raw.value.text();
+    if let Err((m, f)) = check_description(what, &value, raw.at) {
+        let mut p = problem(m, f);
+        if let Some(at) = raw.at {
+            p.origin.line = Some(at.line);
+        }
+        cx.push(p);
+    }
+    Some(value)
 }
 
 /// Reads an optional integer field within `lo..=hi`.
@@ -463,16 +483,22 @@ fn parse_rule(cx: &mut Ctx, rc: &RuleCtx, raw: &RawRule) -> Option<Rule> {
         None | Some(Scalar::Null) => None,
         Some(v) => {
             let t = v.text();
-            if t.is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            if t.is_empty()
+                || t.chars()
+                    .any(|c| c.is_whitespace() || super::text::is_unsafe(c))
+            {
                 cx.push(rc.err(
                     "id",
-                    format!("rule id {v} is empty or has whitespace"),
+                    format!("rule id {v} is empty or has whitespace or invisible characters"),
                     "use an id like sgr-0123 or web-https",
                 ));
             }
             Some(RuleId(t))
         }
     };
+    let description = free_text(cx, &raw.description, "description", |m, f| {
+        rc.err("description", m, f)
+    });
     if cx.problems[before..].iter().any(Problem::is_error) {
         return None;
     }
@@ -483,7 +509,7 @@ fn parse_rule(cx: &mut Ctx, rc: &RuleCtx, raw: &RawRule) -> Option<Rule> {
         protocol,
         l4,
         peer,
-        description: text(&raw.description),
+        description,
         origin: rc.origin.clone(),
         index: rc.idx,
     })
@@ -662,10 +688,21 @@ fn parse_group(cx: &mut Ctx, raw: &RawGroup, idx: usize) -> Option<Group> {
     };
     let ingress = rules_of(cx, &raw.ingress, Direction::Ingress);
     let egress = rules_of(cx, &raw.egress, Direction::Egress);
+    let group_problem = |field| {
+        let (id, origin) = (&id, &raw.origin);
+        move |m: String, f: String| Problem::error(m, f).at(origin).group(id).field(field)
+    };
+    let name = free_text(cx, &raw.name, "name", group_problem("name"));
+    let description = free_text(
+        cx,
+        &raw.description,
+        "description",
+        group_problem("description"),
+    );
     Some(Group {
         id: id.clone(),
-        name: text(&raw.name),
-        description: text(&raw.description),
+        name,
+        description,
         ingress,
         egress,
         origin: raw.origin.clone(),
@@ -794,18 +831,10 @@ fn parse_interface(
     }
     let addresses = raw.addresses.as_ref().map(|v| {
         v.iter()
-            .filter_map(|a| match a.text().trim().parse::<IpAddr>() {
+            .filter_map(|a| match parse_addr(&a.text()) {
                 Ok(ip) => Some(ip),
-                Err(_) => {
-                    cx.push(
-                        Problem::error(
-                            format!("{a} is not an IP address"),
-                            "list plain addresses such as 198.18.0.10 or 2001:db8::10 (no prefix length)",
-                        )
-                        .at(o)
-                        .iface(&key)
-                        .field("addresses"),
-                    );
+                Err((m, f)) => {
+                    cx.push(Problem::error(m, f).at(o).iface(&key).field("addresses"));
                     None
                 }
             })
@@ -871,12 +900,36 @@ fn parse_interface(
 /// On success the warnings are in [`Model::warnings`].
 pub fn build(doc: &Doc, discovery: &dyn AddressSource) -> Result<Model, Vec<Problem>> {
     let mut cx = Ctx {
-        problems: vec![],
+        problems: doc.problems.clone(),
         file: doc.file.as_deref(),
     };
     let q = quotas(&mut cx, &doc.quotas);
+    let pls = prefix_lists(&mut cx, doc);
+    let groups = unique_groups(&mut cx, doc, &q);
+    let group_ids: BTreeSet<String> = groups.iter().map(|g| g.id.clone()).collect();
+    check_group_rules(&mut cx, &groups, &group_ids, &pls, &q);
+    let interfaces = unique_interfaces(&mut cx, doc, &groups, &group_ids, &pls, &q);
+    let members = members(&mut cx, doc, &group_ids);
+    if cx.problems.iter().any(Problem::is_error) {
+        return Err(cx.problems);
+    }
+    let mut model = Model {
+        file: doc.file.clone(),
+        groups,
+        prefix_lists: pls.into_values().collect(),
+        interfaces,
+        members,
+        quotas: q,
+        warnings: cx.problems,
+        discovered: BTreeMap::new(),
+        resolved: BTreeMap::new(),
+    };
+    model.rediscover(discovery);
+    Ok(model)
+}
 
-    // Prefix lists.
+/// The prefix lists, each checked; ids must be unique.
+fn prefix_lists(cx: &mut Ctx<'_>, doc: &Doc) -> BTreeMap<String, PrefixList> {
     let mut pls: BTreeMap<String, PrefixList> = BTreeMap::new();
     for (i, raw) in doc.prefix_lists.iter().enumerate() {
         let o = &raw.origin;
@@ -992,11 +1045,16 @@ pub fn build(doc: &Doc, discovery: &dyn AddressSource) -> Result<Model, Vec<Prob
         );
     }
 
-    // Groups.
+    pls
+}
+
+/// The groups, each checked; ids must be unique, and their number within
+/// the quota.
+fn unique_groups(cx: &mut Ctx<'_>, doc: &Doc, q: &Quotas) -> Vec<Group> {
     let mut groups: Vec<Group> = vec![];
     let mut seen_groups: HashMap<String, Origin> = HashMap::new();
     for (i, raw) in doc.groups.iter().enumerate() {
-        let Some(g) = parse_group(&mut cx, raw, i) else {
+        let Some(g) = parse_group(cx, raw, i) else {
             continue;
         };
         if let Some(first) = seen_groups.get(&g.id) {
@@ -1027,11 +1085,21 @@ pub fn build(doc: &Doc, discovery: &dyn AddressSource) -> Result<Model, Vec<Prob
             .in_file(cx.file),
         );
     }
-    let group_ids: BTreeSet<String> = groups.iter().map(|g| g.id.clone()).collect();
 
-    // Rule references, duplicates, per-group quotas.
+    groups
+}
+
+/// Across groups: references resolve, no rule is written twice, rule ids
+/// are unique, and each group's rules fit the per-group quota.
+fn check_group_rules(
+    cx: &mut Ctx<'_>,
+    groups: &[Group],
+    group_ids: &BTreeSet<String>,
+    pls: &BTreeMap<String, PrefixList>,
+    q: &Quotas,
+) {
     let mut rule_ids: HashMap<RuleId, Origin> = HashMap::new();
-    for g in &groups {
+    for g in groups {
         for dir in [Direction::Ingress, Direction::Egress] {
             let mut seen: Vec<(Protocol, L4Match, Peer, usize)> = vec![];
             let (mut v4, mut v6) = (0u64, 0u64);
@@ -1083,7 +1151,7 @@ pub fn build(doc: &Doc, discovery: &dyn AddressSource) -> Result<Model, Vec<Prob
                 } else {
                     rule_ids.insert(r.id.clone(), r.origin.clone());
                 }
-                let (a, b) = rule_weight(r, &pls);
+                let (a, b) = rule_weight(r, pls);
                 v4 += a;
                 v6 += b;
             }
@@ -1105,11 +1173,21 @@ pub fn build(doc: &Doc, discovery: &dyn AddressSource) -> Result<Model, Vec<Prob
             }
         }
     }
+}
 
-    // Interfaces.
+/// The interfaces, each checked; listed once each, and the rules of their
+/// groups within the per-interface quota.
+fn unique_interfaces(
+    cx: &mut Ctx<'_>,
+    doc: &Doc,
+    groups: &[Group],
+    group_ids: &BTreeSet<String>,
+    pls: &BTreeMap<String, PrefixList>,
+    q: &Quotas,
+) -> Vec<Interface> {
     let mut interfaces: Vec<Interface> = vec![];
     for raw in &doc.interfaces {
-        let Some(i) = parse_interface(&mut cx, raw, &group_ids, &q) else {
+        let Some(i) = parse_interface(cx, raw, group_ids, q) else {
             continue;
         };
         if let Some(prev) = interfaces
@@ -1134,7 +1212,7 @@ pub fn build(doc: &Doc, discovery: &dyn AddressSource) -> Result<Model, Vec<Prob
             let (mut v4, mut v6) = (0u64, 0u64);
             for g in groups.iter().filter(|g| i.groups.contains(&g.id)) {
                 for r in g.rules(dir) {
-                    let (a, b) = rule_weight(r, &pls);
+                    let (a, b) = rule_weight(r, pls);
                     v4 += a;
                     v6 += b;
                 }
@@ -1158,7 +1236,15 @@ pub fn build(doc: &Doc, discovery: &dyn AddressSource) -> Result<Model, Vec<Prob
         interfaces.push(i);
     }
 
-    // Members.
+    interfaces
+}
+
+/// `members:`: each names a defined group and lists valid addresses.
+fn members(
+    cx: &mut Ctx<'_>,
+    doc: &Doc,
+    group_ids: &BTreeSet<String>,
+) -> BTreeMap<String, Vec<IpAddr>> {
     let mut members = BTreeMap::new();
     let morigin = Origin {
         file: cx.file.map(Path::to_path_buf),
@@ -1179,38 +1265,20 @@ pub fn build(doc: &Doc, discovery: &dyn AddressSource) -> Result<Model, Vec<Prob
         }
         let mut v = vec![];
         for a in addrs {
-            match a.text().trim().parse::<IpAddr>() {
+            match parse_addr(&a.text()) {
                 Ok(ip) => v.push(ip),
-                Err(_) => cx.push(
-                    Problem::error(
-                        format!("members of {g}: {a} is not an IP address"),
-                        "list plain addresses",
-                    )
-                    .at(&morigin)
-                    .group(g)
-                    .field("members"),
+                Err((m, f)) => cx.push(
+                    Problem::error(format!("members of {g}: {m}"), f)
+                        .at(&morigin)
+                        .group(g)
+                        .field("members"),
                 ),
             }
         }
         members.insert(g.clone(), v);
     }
 
-    if cx.problems.iter().any(Problem::is_error) {
-        return Err(cx.problems);
-    }
-    let mut model = Model {
-        file: doc.file.clone(),
-        groups,
-        prefix_lists: pls.into_values().collect(),
-        interfaces,
-        members,
-        quotas: q,
-        warnings: cx.problems,
-        discovered: BTreeMap::new(),
-        resolved: BTreeMap::new(),
-    };
-    model.rediscover(discovery);
-    Ok(model)
+    members
 }
 
 #[cfg(test)]

@@ -8,8 +8,21 @@ use sg_user::{
     lab::{self, DEFAULT_NAME, LabState, plan, verify},
     model::Attachment,
 };
+use std::path::Path;
 
-use crate::offline::{ConfigArgs, emit, problems_text};
+use crate::offline::{ConfigArgs, emit, invalid, problems_text};
+
+/// Loads a config offline, or fails with its problems (exit 2, invalid input).
+fn load_valid(path: &Path, attach: &[Attachment]) -> Result<sg_user::model::Model> {
+    lab::load_config(path, attach).map_err(|p| {
+        eprint!("{}", problems_text(&p));
+        invalid(format!(
+            "{} is invalid; `sgctl validate -c {}` lists every problem",
+            path.display(),
+            path.display()
+        ))
+    })
+}
 
 #[derive(Args)]
 pub struct LabArgs {
@@ -102,6 +115,7 @@ pub fn run(args: LabArgs) -> Result<ExitCode> {
 fn up(args: UpArgs) -> Result<ExitCode> {
     crate::require_root("sgctl lab up")?;
     let name = &args.name.name;
+    load_valid(&args.cfg.config, &args.cfg.attach)?;
     let attach: Vec<String> = args.cfg.attach.iter().map(attach_text).collect();
     let report = lab::up(
         name,
@@ -133,6 +147,7 @@ fn verify(args: VerifyArgs) -> Result<ExitCode> {
     let name = &args.name.name;
     let mut state = LabState::read(name)?;
     if let Some(config) = &args.config {
+        load_valid(config, &args.attach)?;
         lab::reapply(&mut state, config, &args.attach)?;
     }
     if !lab::server_running(&state) {
@@ -163,7 +178,7 @@ fn verify(args: VerifyArgs) -> Result<ExitCode> {
     Ok(if bad == 0 {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(crate::exit::NO)
     })
 }
 
@@ -189,17 +204,10 @@ fn down(args: NameArg) -> Result<ExitCode> {
 }
 
 fn diff(args: DiffArgs) -> Result<ExitCode> {
-    let load = |path: &PathBuf| {
-        lab::load_config(path, &args.attach).map_err(|p| {
-            eprint!("{}", problems_text(&p));
-            anyhow!(
-                "{} is invalid; `sgctl validate -c {}` lists every problem",
-                path.display(),
-                path.display()
-            )
-        })
-    };
-    let (old, new) = (load(&args.old)?, load(&args.new)?);
+    let (old, new) = (
+        load_valid(&args.old, &args.attach)?,
+        load_valid(&args.new, &args.attach)?,
+    );
     let plan = plan::plan("diff", &[&old, &new]);
     let d = verify::diff(
         &plan,

@@ -1,8 +1,7 @@
 //! `sgctl`: security groups for Linux interfaces, enforced with eBPF.
 //!
-//! Exit codes: 0 success; 1 the command ran and the answer is "no" (an
-//! invalid config, lint findings with `--deny`); 2 an error (bad usage, a
-//! kernel or system failure). Errors say what to do next.
+//! Exit codes ([`exit`], printed by `sgctl --help`): 0 success, 1 the answer
+//! is "no", 2 invalid input, 3 the system failed. Errors say what to do next.
 
 mod lab;
 mod offline;
@@ -15,14 +14,42 @@ use sg_user::{
     demo,
     loader::{self, AttachOptions, BpfLog, IngressHook, InitialPolicy, Side},
     lock::{self, StateLock},
+    model::text::{escape, escape_lines},
     pins::{self, IfaceId},
 };
+
+/// Exit codes, the same for every subcommand (grep's 0/1/2, plus 3 for a
+/// failure of the system rather than of the input).
+pub mod exit {
+    /// Success: done, valid, allowed, no findings at the `--deny` level.
+    pub const OK: u8 = 0;
+    /// The command worked and the answer is "no": `check` denies the packet,
+    /// `lint --deny` found something at that level, `lab verify` disagrees.
+    pub const NO: u8 = 1;
+    /// Invalid input: bad usage, an unreadable, too large or invalid config.
+    /// Nothing was changed; fix the input and run again.
+    pub const INVALID: u8 = 2;
+    /// The system failed: not root, the kernel refused, an I/O error.
+    pub const FAILED: u8 = 3;
+
+    /// The text `sgctl --help` ends with.
+    pub const HELP: &str = "\
+Exit codes (every subcommand):
+  0  success: done, config valid, packet allowed, no lint findings at the --deny level
+  1  the answer is \"no\": check denies the packet, lint --deny found something, lab verify disagrees
+  2  invalid input: bad usage, or a config that is unreadable, too large or invalid (nothing was changed)
+  3  the system failed: not root, the kernel refused, an I/O error
+
+Configs (-c FILE, `-` for standard input, and `import:` files) are read up to 16 MiB each.
+Output into a closed pipe (`sgctl status | head -1`) ends quietly.";
+}
 
 #[derive(Parser)]
 #[command(
     name = "sgctl",
     version,
-    about = "AWS-style security groups for Linux interfaces, enforced in the kernel with eBPF"
+    about = "AWS-style security groups for Linux interfaces, enforced in the kernel with eBPF",
+    after_help = exit::HELP
 )]
 struct Cli {
     /// More log output (-v info, -vv debug).
@@ -202,8 +229,8 @@ enum LogFormat {
 struct RunArgs {
     #[command(flatten)]
     cfg: offline::ConfigArgs,
-    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9977
-    #[arg(long, value_name = "ADDR")]
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9977 or localhost:9977
+    #[arg(long, value_name = "HOST:PORT", value_parser = listen_addr)]
     metrics: Option<std::net::SocketAddr>,
     /// Write flow logs (VPC Flow Logs v2 format) to this file, rotated by size
     #[arg(long, value_name = "FILE")]
@@ -270,7 +297,7 @@ impl ConntrackTarget {
     fn targets(&self) -> Result<Vec<IfaceId>> {
         Ok(match &self.iface {
             Some(i) => vec![IfaceId::new(i, self.netns.as_deref())],
-            None => pins::attached_ifaces()?,
+            None => attached_ifaces()?,
         })
     }
 }
@@ -282,6 +309,41 @@ struct StatusArgs {
     json: bool,
 }
 
+/// `--metrics HOST:PORT`: an address, or a host name resolved now (the
+/// first address it resolves to, e.g. `localhost:9977`).
+fn listen_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| {
+        format!("`{s}`: expected HOST:PORT, e.g. 127.0.0.1:9977 or localhost:9977")
+    })?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!(
+            "`{s}`: expected HOST:PORT with a port 0-65535, e.g. localhost:9977"
+        ));
+    }
+    s.to_socket_addrs()
+        .map_err(|e| {
+            format!(
+                "`{s}`: cannot resolve {host}: {e}; give an IP address such as 127.0.0.1:{port}"
+            )
+        })?
+        .next()
+        .ok_or_else(|| {
+            format!("`{s}`: {host} has no address; give an IP address such as 127.0.0.1:{port}")
+        })
+}
+
+/// Whether a broken pipe (the reader of our output went away) ended the command.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn main() -> ExitCode {
     // `sgctl lab diff -c OLD -c2 NEW`: clap would read `-c2` as `-c 2`.
     let cli = Cli::parse_from(std::env::args_os().map(|a| {
@@ -291,6 +353,19 @@ fn main() -> ExitCode {
             a
         }
     }));
+    // A command that prints and ends does what any Unix tool does when its
+    // reader goes away (`sgctl status | head -1`): it ends, quietly. The
+    // long-running ones keep ignoring SIGPIPE (a metrics client or a flow-log
+    // reader going away must not stop enforcement) and end quietly on EPIPE.
+    if !matches!(
+        cli.command,
+        Command::Run(_) | Command::Logs(_) | Command::Flows(_)
+    ) {
+        // SAFETY: called before any other thread exists; SIG_DFL is always valid.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let level = match cli.verbose {
         // Kernel log records arrive through the `log` crate: let them all through.
         _ if matches!(cli.command, Command::Logs(_)) => "trace",
@@ -317,9 +392,11 @@ fn main() -> ExitCode {
     }
     match run(cli.command) {
         Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            eprintln!("error: {}", escape_lines(&format!("{e:#}")));
+            let invalid = e.chain().any(|c| c.is::<offline::InvalidInput>());
+            ExitCode::from(if invalid { exit::INVALID } else { exit::FAILED })
         }
     }
 }
@@ -345,6 +422,11 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Lint(args) => offline::lint(args),
         Command::ImportAws(args) => offline::import_aws(args),
     }
+}
+
+/// The interfaces sgctl has attached (their pins), or an error naming the directory.
+fn attached_ifaces() -> Result<Vec<IfaceId>> {
+    pins::attached_ifaces().with_context(|| format!("listing {}", pins::ROOT))
 }
 
 pub(crate) fn require_root(what: &str) -> Result<()> {
@@ -385,7 +467,7 @@ fn detach(args: DetachArgs) -> Result<ExitCode> {
         "sgctl detach"
     })?;
     let targets = if args.all {
-        pins::attached_ifaces()?
+        attached_ifaces()?
     } else {
         let iface = args.iface.expect("clap requires --iface without --all");
         vec![IfaceId::new(&iface, args.netns.as_deref())]
@@ -400,7 +482,19 @@ fn detach(args: DetachArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `apply` and `run` remember which config attached an interface by its
+/// path: standard input has none.
+fn require_file(cfg: &offline::ConfigArgs, what: &str) -> Result<()> {
+    if sg_user::model::config::is_stdin(&cfg.config) {
+        return Err(offline::invalid(format!(
+            "{what} needs a config file, not standard input (it remembers which file attached each interface); save the config to a file and pass -c FILE"
+        )));
+    }
+    Ok(())
+}
+
 fn apply(args: ApplyArgs) -> Result<ExitCode> {
+    require_file(&args.cfg, "sgctl apply")?;
     require_root("sgctl apply")?;
     let model = match sg_user::apply::load(&args.cfg.config, &args.cfg.attach) {
         Ok(m) => m,
@@ -411,11 +505,11 @@ fn apply(args: ApplyArgs) -> Result<ExitCode> {
                 args.cfg.config.display(),
                 args.cfg.config.display()
             );
-            return Ok(ExitCode::from(1));
+            return Ok(ExitCode::from(exit::INVALID));
         }
     };
     for w in &model.warnings {
-        eprintln!("{w}");
+        eprintln!("{}", escape(&w.to_string()));
     }
     let opts = sg_user::apply::ApplyOptions {
         attach: AttachOptions {
@@ -465,6 +559,7 @@ fn apply(args: ApplyArgs) -> Result<ExitCode> {
 }
 
 fn daemon(args: RunArgs) -> Result<ExitCode> {
+    require_file(&args.cfg, "sgctl run")?;
     require_root("sgctl run")?;
     let opts = sg_user::daemon::DaemonOptions {
         config: args.cfg.config.clone(),
@@ -566,7 +661,7 @@ fn flows(args: FlowsArgs) -> Result<ExitCode> {
     require_root("sgctl flows")?;
     let ifaces = match &args.iface {
         Some(i) => vec![IfaceId::new(i, args.netns.as_deref())],
-        None => pins::attached_ifaces()?,
+        None => attached_ifaces()?,
     };
     if ifaces.is_empty() {
         anyhow::bail!("no interface attached; enforce a config with `sgctl apply -c FILE` first");
@@ -619,7 +714,7 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
     // not hide the others.
     let mut all = Vec::new();
     let mut unreadable = Vec::new();
-    for id in pins::attached_ifaces()? {
+    for id in attached_ifaces()? {
         match sg_user::status::iface_status(id.clone()) {
             Ok(s) => all.push(s),
             Err(e) => unreadable.push((id, format!("{e:#}"))),
@@ -650,9 +745,10 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
         };
         writeln!(
             out,
-            "daemon: pid {} on {} — {last} ({} ok, {} failed)",
+            "daemon: pid {} on {} — {} ({} ok, {} failed)",
             d.pid,
-            d.config.display(),
+            escape(&d.config.display().to_string()),
+            escape(&last),
             d.reloads_ok,
             d.reloads_failed
         )?;
@@ -660,8 +756,10 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
     for (id, e) in &unreadable {
         writeln!(
             out,
-            "{id}: cannot read its pinned state ({e}); it may be from another sgctl version: `{}` and apply again",
-            id.detach_command()
+            "{}: cannot read its pinned state ({}); it may be from another sgctl version: `{}` and apply again",
+            escape(&id.to_string()),
+            escape(e),
+            escape(&id.detach_command()),
         )?;
     }
     if all.is_empty() && unreadable.is_empty() {

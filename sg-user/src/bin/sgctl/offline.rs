@@ -9,18 +9,20 @@ use std::{
     process::ExitCode,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{ArgGroup, Args, ValueEnum};
 use sg_user::model::{
     self, Attachment, Direction, Model, Problem, Protocol,
+    config::source_label,
     eval::{self, PacketDesc},
     lint::{self, LintOptions, LintSeverity},
+    text::{escape, escape_lines},
 };
 
 /// The config file and extra attachments, shared by the offline commands.
 #[derive(Args)]
 pub struct ConfigArgs {
-    /// Config file: native YAML or `aws ec2 describe-security-groups` JSON
+    /// Config file: native YAML or `aws ec2 describe-security-groups` JSON (`-` = standard input)
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     pub config: PathBuf,
     /// Attach groups to an interface: IFACE=sg-1,sg-2 or IFACE@NETNS=sg-1 (repeatable)
@@ -106,7 +108,7 @@ pub struct LintArgs {
 
 #[derive(Args)]
 pub struct ImportAwsArgs {
-    /// `aws ec2 describe-security-groups` output (JSON)
+    /// `aws ec2 describe-security-groups` output (JSON; `-` = standard input)
     file: PathBuf,
     /// Also write interfaces: IFACE=sg-1,sg-2 or IFACE@NETNS=sg-1 (repeatable)
     #[arg(long, value_name = "IFACE[@NETNS]=SG,..")]
@@ -116,8 +118,20 @@ pub struct ImportAwsArgs {
     output: Option<PathBuf>,
 }
 
-/// Writes to stdout; a closed pipe ends quietly.
+/// An error in what the user gave (a flag, a config): exit 2, see [`crate::exit`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
+
+/// An [`InvalidInput`] error.
+pub fn invalid(message: impl Into<String>) -> anyhow::Error {
+    InvalidInput(message.into()).into()
+}
+
+/// Writes to stdout, control characters escaped (line breaks kept); a closed
+/// pipe ends quietly.
 pub fn emit(text: &str) -> Result<()> {
+    let text = escape_lines(text);
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
@@ -127,23 +141,28 @@ pub fn emit(text: &str) -> Result<()> {
     }
 }
 
+/// One problem per line, each escaped as a whole (a value quoted in a
+/// message cannot start a line of its own).
 pub fn problems_text(problems: &[Problem]) -> String {
     let mut s = String::new();
     for p in problems {
-        s.push_str(&p.to_string());
+        s.push_str(&escape(&p.to_string()));
         s.push('\n');
     }
     s
 }
 
-/// Whether the config file can be read at all: a missing file is a usage
-/// error (exit 2), a broken one an invalid config.
+/// Whether the config file can be found at all (standard input always can):
+/// a clearer message than an unreadable config's problem.
 fn check_readable(path: &Path) -> Result<()> {
-    std::fs::metadata(path).with_context(|| {
-        format!(
-            "cannot read config {}; check the path given to -c/--config",
+    if model::config::is_stdin(path) {
+        return Ok(());
+    }
+    std::fs::metadata(path).map_err(|e| {
+        invalid(format!(
+            "cannot read config {}: {e}; check the path given to -c/--config",
             path.display()
-        )
+        ))
     })?;
     Ok(())
 }
@@ -163,18 +182,18 @@ pub fn load_valid_with(cfg: &ConfigArgs, discovery: &dyn model::AddressSource) -
     match model::load_with(&cfg.config, &opts) {
         Ok(m) => {
             for w in &m.warnings {
-                eprintln!("{w}");
+                eprintln!("{}", escape(&w.to_string()));
             }
             Ok(m)
         }
         Err(problems) => {
             eprint!("{}", problems_text(&problems));
-            bail!(
+            Err(invalid(format!(
                 "{} is invalid ({} problems); run `sgctl validate -c {}` for details",
-                cfg.config.display(),
+                source_label(&cfg.config).display(),
                 problems.iter().filter(|p| p.is_error()).count(),
                 cfg.config.display()
-            )
+            )))
         }
     }
 }
@@ -191,17 +210,17 @@ pub fn validate(args: ValidateArgs) -> Result<ExitCode> {
             let mut s = problems_text(&problems);
             s.push_str(&format!(
                 "{}: invalid: {errors} error(s), {} warning(s)\n",
-                args.cfg.config.display(),
+                source_label(&args.cfg.config).display(),
                 problems.len() - errors
             ));
             emit(&s)?;
-            Ok(ExitCode::from(1))
+            Ok(ExitCode::from(crate::exit::INVALID))
         }
         Ok(m) => {
             let mut s = problems_text(&m.warnings);
             s.push_str(&format!(
                 "{}: valid: {} group(s), {} rule(s), {} prefix list(s), {} interface(s), {} warning(s)\n",
-                args.cfg.config.display(),
+                source_label(&args.cfg.config).display(),
                 m.groups.len(),
                 m.rule_count(),
                 m.prefix_lists.len(),
@@ -262,37 +281,39 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
             .filter(|k| k.split('@').next() == Some(key.as_str()))
             .collect();
         if same_name.len() > 1 {
-            bail!(
+            return Err(invalid(format!(
                 "interface {key} is in the config more than once ({}); name one as NAME@NETNS or add --netns",
                 same_name
                     .iter()
                     .map(|s| s.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
-            );
+            )));
         }
-        bail!(
+        return Err(invalid(format!(
             "interface {key} is not in the config (it has: {}); add it under `interfaces:` or pass --attach {key}=SG-ID",
             if known.is_empty() {
                 "none".to_owned()
             } else {
                 known.join(", ")
             }
-        );
+        )));
     };
     let protocol = Protocol::parse(&args.proto)
         .filter(|p| *p != Protocol::All)
-        .with_context(|| {
-            format!(
+        .ok_or_else(|| {
+            invalid(format!(
                 "--proto {}: use tcp, udp, icmp, icmpv6 or a protocol number 0-255",
                 args.proto
-            )
+            ))
         })?;
     let proto = protocol.number().expect("not `all`");
     let pkt = match protocol {
         Protocol::Tcp | Protocol::Udp => {
-            let port = args.port.with_context(|| {
-                format!("--proto {protocol} needs --port (the destination port)")
+            let port = args.port.ok_or_else(|| {
+                invalid(format!(
+                    "--proto {protocol} needs --port (the destination port)"
+                ))
             })?;
             PacketDesc {
                 proto,
@@ -301,12 +322,14 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
         }
         Protocol::Icmp | Protocol::Icmpv6 => {
             if args.port.is_some() {
-                bail!(
+                return Err(invalid(format!(
                     "--port applies to tcp and udp; for {protocol} use --icmp-type and --icmp-code"
-                );
+                )));
             }
-            let t = args.icmp_type.with_context(|| {
-                format!("--proto {protocol} needs --icmp-type (e.g. 8 for echo request)")
+            let t = args.icmp_type.ok_or_else(|| {
+                invalid(format!(
+                    "--proto {protocol} needs --icmp-type (e.g. 8 for echo request)"
+                ))
             })?;
             PacketDesc {
                 proto,
@@ -317,7 +340,9 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
         }
         _ => {
             if args.port.is_some() || args.icmp_type.is_some() {
-                bail!("protocol {protocol} has no ports or ICMP type; drop --port/--icmp-type");
+                return Err(invalid(format!(
+                    "protocol {protocol} has no ports or ICMP type; drop --port/--icmp-type"
+                )));
             }
             PacketDesc::other(args.peer, proto)
         }
@@ -328,10 +353,27 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
         Direction::Egress
     };
     // The kernel lets neighbour discovery through before any rule; so does
-    // this answer. Outbound, the peer is the destination it checks.
+    // this answer. Outbound, the peer is the destination it checks, against
+    // the interface's own address in the same /64 when the config lists one.
+    let local = iface
+        .addresses
+        .iter()
+        .flatten()
+        .copied()
+        .find(|a| match (a, args.peer) {
+            (IpAddr::V6(a), IpAddr::V6(p)) => a.octets()[..8] == p.octets()[..8],
+            _ => false,
+        })
+        .unwrap_or(std::net::Ipv6Addr::UNSPECIFIED.into());
+    let (src, dst) = if direction == Direction::Ingress {
+        (args.peer, local)
+    } else {
+        (local, args.peer)
+    };
     let bypass = eval::neighbour_discovery_bypasses(
         direction,
-        args.peer,
+        src,
+        dst,
         proto,
         pkt.icmp,
         args.hop_limit,
@@ -370,7 +412,7 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
                 .collect(),
         };
         emit(&(serde_json::to_string_pretty(&j)? + "\n"))?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(verdict_code(d.allowed));
     }
     let what = match (pkt.port, pkt.icmp) {
         (Some(p), _) => format!("{protocol} port {p}"),
@@ -396,9 +438,9 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
             ", untracked (no connection state)\n"
         });
         for r in rules {
-            s.push_str(&format!("  {}", r.id));
+            s.push_str(&format!("  {}", escape(r.id.as_str())));
             if let Some(desc) = &r.description {
-                s.push_str(&format!("  ({desc})"));
+                s.push_str(&format!("  ({})", escape(desc)));
             }
             s.push('\n');
         }
@@ -409,7 +451,16 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
         ));
     }
     emit(&s)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(verdict_code(d.allowed))
+}
+
+/// `check`'s answer as an exit code: 0 allowed, 1 denied (like grep's match / no match).
+fn verdict_code(allowed: bool) -> ExitCode {
+    if allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::exit::NO)
+    }
 }
 
 pub fn lint(args: LintArgs) -> Result<ExitCode> {
@@ -425,7 +476,7 @@ pub fn lint(args: LintArgs) -> Result<ExitCode> {
         LintFormat::Text => {
             let mut s = String::new();
             for f in &findings {
-                s.push_str(&format!("{f}\n"));
+                s.push_str(&format!("{}\n", escape(&f.to_string())));
             }
             let count = |l| findings.iter().filter(|f| f.severity == l).count();
             s.push_str(&format!(
@@ -444,27 +495,26 @@ pub fn lint(args: LintArgs) -> Result<ExitCode> {
         Some(DenyLevel::Errors) => LintSeverity::Error,
     };
     Ok(if findings.iter().any(|f| f.severity >= floor) {
-        ExitCode::from(1)
+        ExitCode::from(crate::exit::NO)
     } else {
         ExitCode::SUCCESS
     })
 }
 
 pub fn import_aws(args: ImportAwsArgs) -> Result<ExitCode> {
-    let text = std::fs::read_to_string(&args.file).with_context(|| {
-        format!(
-            "cannot read {}; give the JSON file `aws ec2 describe-security-groups` wrote",
-            args.file.display()
-        )
+    let text = model::config::read_text(&args.file).map_err(|p| {
+        invalid(format!(
+            "{p}; give the JSON file `aws ec2 describe-security-groups` wrote"
+        ))
     })?;
     if model::config::detect_format(&text) != model::config::Format::AwsJson {
-        bail!(
+        return Err(invalid(format!(
             "{} is not AWS JSON (no top-level \"SecurityGroups\"); run `aws ec2 describe-security-groups --output json > FILE`",
-            args.file.display()
-        );
+            source_label(&args.file).display()
+        )));
     }
-    let mut doc = model::aws::parse(&text, Some(&args.file))
-        .map_err(|p| anyhow::anyhow!("{}", problems_text(&p).trim_end()))?;
+    let mut doc = model::aws::parse(&text, Some(source_label(&args.file)))
+        .map_err(|p| invalid(problems_text(&p).trim_end()))?;
     doc.interfaces
         .extend(args.attach.iter().map(Attachment::to_raw));
     let m = match model::validate::build(&doc, &model::Offline) {
@@ -473,14 +523,14 @@ pub fn import_aws(args: ImportAwsArgs) -> Result<ExitCode> {
             eprint!("{}", problems_text(&problems));
             eprintln!(
                 "{}: cannot import: {} error(s); fix them in the JSON or after importing",
-                args.file.display(),
+                source_label(&args.file).display(),
                 problems.iter().filter(|p| p.is_error()).count()
             );
-            return Ok(ExitCode::from(1));
+            return Ok(ExitCode::from(crate::exit::INVALID));
         }
     };
     for w in &m.warnings {
-        eprintln!("{w}");
+        eprintln!("{}", escape(&w.to_string()));
     }
     let yaml = model::aws::to_native_yaml(&m).context("writing YAML")?;
     let yaml = format!(
