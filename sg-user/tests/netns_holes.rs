@@ -14,6 +14,7 @@ use std::{
     mem::{size_of, zeroed},
     net::{IpAddr, SocketAddr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::Path,
     thread::sleep,
     time::Duration,
 };
@@ -27,9 +28,10 @@ use sg_user::{
     loader::AttachOptions,
     model,
     netns::Netns,
+    pins,
     policy_maps::PolicyMaps,
     probe::{self, Reach, TcpServer, UdpEcho, UdpPeer},
-    require_root,
+    require_root, status,
 };
 
 const T: Duration = Duration::from_millis(700);
@@ -252,8 +254,9 @@ fn a_crashed_install_leaves_nothing_behind() {
         .collect();
     let group =
         |rules: &str| format!("security_groups:\n  - id: sg-a\n    ingress:\n{rules}{A_ONLY}");
+    // A rule set no other test uses, so its policy is this interface's alone.
     lab.apply(&group(
-        "      - { protocol: tcp, ports: 80, cidr: 0.0.0.0/0 }\n",
+        "      - { protocol: tcp, ports: 8181, cidr: 198.19.0.0/16 }\n",
     ));
     // Config A (c's subnet on 22) gets as far as writing its entries under
     // the next generation, then the process dies before the switch.
@@ -265,7 +268,9 @@ fn a_crashed_install_leaves_nothing_behind() {
     let iface = a
         .interface(&format!("eth0@{}", lab.ns("a").name()))
         .unwrap();
-    let mut maps = PolicyMaps::from_pins(&lab.applied[0].dir()).unwrap();
+    let policy = status::iface_status(lab.applied[0].clone()).unwrap().policy;
+    let mut maps = PolicyMaps::from_pins(Path::new(pins::MAPS_DIR)).unwrap();
+    maps.select(policy, None);
     let g = maps.next_generation().unwrap();
     maps.stage(&compile_iface(&a, iface, g)).unwrap();
     drop(maps);
