@@ -5,8 +5,14 @@ mod common;
 
 use std::{
     net::{Ipv6Addr, SocketAddr},
+    sync::Mutex,
     time::Duration,
 };
+
+/// The tests of this file take turns: a new reader takes the events its
+/// interfaces left in the host's shared ring 0 (and drops the rest), so two
+/// readers starting at once would take each other's.
+static SHARED_RING: Mutex<()> = Mutex::new(());
 
 use common::{A_ONLY, Lab};
 use sg_user::{
@@ -19,6 +25,7 @@ use sg_user::{
 #[test]
 fn accepted_and_rejected_flows_become_v2_records() {
     require_root!();
+    let _turn = SHARED_RING.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::new("flowlog");
     let _srv = [80u16, 22].map(|p| {
         TcpServer::start(
@@ -95,6 +102,7 @@ fn accepted_and_rejected_flows_become_v2_records() {
 #[test]
 fn events_from_before_the_reader_started_are_not_dated_into_its_first_window() {
     require_root!();
+    let _turn = SHARED_RING.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::new("flowlog-stale");
     let _srv = TcpServer::start(lab.ns("a"), "[::]:22".parse().unwrap()).unwrap();
     lab.apply(&format!(
