@@ -896,6 +896,36 @@ pub fn upgrade_legacy(
     }
 }
 
+/// Copies one legacy connection table `name` (absent: nothing) into the
+/// host-wide table of the same name, each key rewritten by `key`; returns how
+/// many entries it copied.
+fn copy_legacy_table<Old: aya::Pod, New: aya::Pod>(
+    legacy_dir: &Path,
+    name: &'static str,
+    key: impl Fn(Old) -> New,
+) -> Result<u64, LoaderError> {
+    let pinned = |e: aya::maps::MapError| LoaderError::Pinned {
+        path: name.to_string(),
+        detail: e.to_string(),
+    };
+    let Ok(old) = MapData::from_pin(legacy_dir.join(name)) else {
+        return Ok(0);
+    };
+    let old: BpfHashMap<MapData, Old, CtEntry> =
+        BpfHashMap::try_from(Map::HashMap(old)).map_err(pinned)?;
+    let mut new: BpfHashMap<MapData, New, CtEntry> = BpfHashMap::try_from(Map::HashMap(
+        MapData::from_pin(Path::new(pins::MAPS_DIR).join(name)).map_err(pinned)?,
+    ))
+    .map_err(pinned)?;
+    let mut copied = 0;
+    for item in old.iter() {
+        let (k, v) = item.map_err(pinned)?;
+        new.insert(key(k), v, 0).map_err(pinned)?;
+        copied += 1;
+    }
+    Ok(copied)
+}
+
 /// Copies the connection entries of a legacy attachment into the host-wide
 /// tables under `endpoint`.
 fn copy_legacy_flows(legacy_dir: &Path, endpoint: u32) -> Result<(), LoaderError> {
@@ -923,66 +953,23 @@ fn copy_legacy_flows(legacy_dir: &Path, endpoint: u32) -> Result<(), LoaderError
     unsafe impl aya::Pod for OldV4 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for OldV6 {}
-    let open = |name: &str| -> Result<MapData, LoaderError> {
-        let path = legacy_dir.join(name);
-        MapData::from_pin(&path).map_err(|e| LoaderError::Pinned {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        })
-    };
-    let pinned = |name: &str, e: aya::maps::MapError| LoaderError::Pinned {
-        path: name.to_string(),
-        detail: e.to_string(),
-    };
-    let mut copied = 0u64;
-    if let Ok(old) = open(names::MAP_CT_V4) {
-        let old: BpfHashMap<MapData, OldV4, CtEntry> =
-            BpfHashMap::try_from(Map::HashMap(old)).map_err(|e| pinned(names::MAP_CT_V4, e))?;
-        let mut new: BpfHashMap<MapData, CtKeyV4, CtEntry> = BpfHashMap::try_from(Map::HashMap(
-            MapData::from_pin(Path::new(pins::MAPS_DIR).join(names::MAP_CT_V4))
-                .map_err(|e| pinned(names::MAP_CT_V4, e))?,
-        ))
-        .map_err(|e| pinned(names::MAP_CT_V4, e))?;
-        for item in old.iter() {
-            let (k, v) = item.map_err(|e| pinned(names::MAP_CT_V4, e))?;
-            let key = CtKeyV4 {
-                endpoint,
-                local: k.local,
-                remote: k.remote,
-                local_port: k.local_port,
-                remote_port: k.remote_port,
-                proto: k.proto,
-                _pad: [0; 3],
-            };
-            new.insert(key, v, 0)
-                .map_err(|e| pinned(names::MAP_CT_V4, e))?;
-            copied += 1;
-        }
-    }
-    if let Ok(old) = open(names::MAP_CT_V6) {
-        let old: BpfHashMap<MapData, OldV6, CtEntry> =
-            BpfHashMap::try_from(Map::HashMap(old)).map_err(|e| pinned(names::MAP_CT_V6, e))?;
-        let mut new: BpfHashMap<MapData, CtKeyV6, CtEntry> = BpfHashMap::try_from(Map::HashMap(
-            MapData::from_pin(Path::new(pins::MAPS_DIR).join(names::MAP_CT_V6))
-                .map_err(|e| pinned(names::MAP_CT_V6, e))?,
-        ))
-        .map_err(|e| pinned(names::MAP_CT_V6, e))?;
-        for item in old.iter() {
-            let (k, v) = item.map_err(|e| pinned(names::MAP_CT_V6, e))?;
-            let key = CtKeyV6 {
-                endpoint,
-                local: k.local,
-                remote: k.remote,
-                local_port: k.local_port,
-                remote_port: k.remote_port,
-                proto: k.proto,
-                _pad: [0; 3],
-            };
-            new.insert(key, v, 0)
-                .map_err(|e| pinned(names::MAP_CT_V6, e))?;
-            copied += 1;
-        }
-    }
+    let copied = copy_legacy_table(legacy_dir, names::MAP_CT_V4, |k: OldV4| CtKeyV4 {
+        endpoint,
+        local: k.local,
+        remote: k.remote,
+        local_port: k.local_port,
+        remote_port: k.remote_port,
+        proto: k.proto,
+        _pad: [0; 3],
+    })? + copy_legacy_table(legacy_dir, names::MAP_CT_V6, |k: OldV6| CtKeyV6 {
+        endpoint,
+        local: k.local,
+        remote: k.remote,
+        local_port: k.local_port,
+        remote_port: k.remote_port,
+        proto: k.proto,
+        _pad: [0; 3],
+    })?;
     crate::conntrack::add_kernel_count(endpoint, copied)
         .map_err(|e| io::Error::other(format!("counting copied connections: {e}")))?;
     Ok(())
