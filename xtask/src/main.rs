@@ -1,6 +1,7 @@
 //! Developer tasks. The README names two: `cargo xtask demo` and
 //! `cargo xtask test`; both run `setup` first when something is missing.
 
+mod image;
 mod setup;
 
 use std::process::Command;
@@ -26,6 +27,12 @@ enum Task {
         /// Smaller run of the same sections (under 3 minutes)
         #[arg(long)]
         quick: bool,
+    },
+    /// Build the sidecar image (static sgctl, FROM scratch) with podman (root)
+    Image {
+        /// Image tag
+        #[arg(long, default_value = image::DEFAULT_TAG)]
+        tag: String,
     },
     /// Everything CI runs: fmt, clippy -D warnings, unit, kernel and netns tests
     Test {
@@ -66,6 +73,10 @@ fn main() -> Result<()> {
             }
             run(&mut cmd, "sg-bench")
         }
+        Task::Image { tag } => {
+            ensure_setup()?;
+            image::build(&tag)
+        }
         Task::Test { cargo_test_args } => {
             ensure_setup()?;
             cargo(&["fmt", "--all", "--", "--check"])
@@ -78,6 +89,11 @@ fn main() -> Result<()> {
                 "-D",
                 "warnings",
             ])?;
+            // The podman sidecar test runs this image: build it from this tree.
+            if setup::is_root() {
+                image::build(image::DEFAULT_TAG)
+                    .context("the podman sidecar test needs the sidecar image")?;
+            }
             let mut args = vec!["test", "--workspace"];
             args.extend(cargo_test_args.iter().map(String::as_str));
             cargo_test(&args)
@@ -93,14 +109,21 @@ fn ensure_setup() -> Result<()> {
     Ok(())
 }
 
-fn workspace_root() -> std::path::PathBuf {
+pub(crate) fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()
 }
 
-fn cargo(args: &[&str]) -> Result<()> {
+/// Where cargo puts build output (`CARGO_TARGET_DIR` or `<workspace>/target`).
+pub(crate) fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+pub(crate) fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(
         Command::new(cargo).args(args).current_dir(workspace_root()),
