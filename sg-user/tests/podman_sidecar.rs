@@ -86,19 +86,30 @@ fn podman_ok(args: &[&str]) -> String {
 
 /// Why podman cannot run this test, if it cannot.
 fn podman_missing() -> Option<String> {
-    match Command::new("podman")
+    let out = match Command::new("podman")
         .env("CONTAINERS_CONF", containers_conf())
         .args(["image", "exists", &image()])
-        .status()
+        .output()
     {
-        Err(e) => Some(format!(
-            "podman cannot be started ({e}); `cargo xtask setup` installs it"
-        )),
-        Ok(s) if !s.success() => Some(format!(
+        Err(e) => {
+            return Some(format!(
+                "podman cannot be started ({e}); `cargo xtask setup` installs it"
+            ));
+        }
+        Ok(out) => out,
+    };
+    match out.status.code() {
+        Some(0) => None,
+        // `podman image exists`: 1 is "no such image", anything else an error.
+        Some(1) => Some(format!(
             "podman has no image {}; `cargo xtask image` builds it",
             image()
         )),
-        Ok(_) => None,
+        _ => Some(format!(
+            "podman does not work ({}): {}; `cargo xtask setup` checks it",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
     }
 }
 
@@ -150,6 +161,23 @@ fn status_blocks(text: &str) -> Vec<(String, String)> {
         }
     }
     blocks
+}
+
+/// The sidecars' config (README "Sidecar" shows it with member 198.19.100.20).
+fn config_text(member_ip: &str) -> String {
+    format!(
+        "security_groups:\n\
+         \x20 - id: sg-app\n\
+         \x20   description: apps behind an sgctl sidecar\n\
+         \x20   ingress:\n\
+         \x20     - {{ protocol: tcp, ports: {PORT}, group: sg-client, description: app from its clients }}\n\
+         \x20 - id: sg-client\n\
+         \x20   ingress: []\n\
+         interfaces:\n\
+         \x20 - {{ name: eth0, security_groups: [sg-app] }}\n\
+         members:\n\
+         \x20 sg-client: [{member_ip}]\n"
+    )
 }
 
 /// A network namespace as the host knows it: the name podman's CNI backend
@@ -293,23 +321,7 @@ impl Lab {
     }
 
     fn write_config(&self, member_ip: &str) {
-        std::fs::write(
-            &self.config,
-            format!(
-                "security_groups:\n\
-                 \x20 - id: sg-app\n\
-                 \x20   description: apps behind an sgctl sidecar\n\
-                 \x20   ingress:\n\
-                 \x20     - {{ protocol: tcp, ports: {PORT}, group: sg-client, description: app from its clients }}\n\
-                 \x20 - id: sg-client\n\
-                 \x20   ingress: []\n\
-                 interfaces:\n\
-                 \x20 - {{ name: eth0, security_groups: [sg-app] }}\n\
-                 members:\n\
-                 \x20 sg-client: [{member_ip}]\n"
-            ),
-        )
-        .unwrap();
+        std::fs::write(&self.config, config_text(member_ip)).unwrap();
     }
 
     /// An app answering `ok` on [`PORT`] to every connection.
@@ -492,6 +504,54 @@ impl Drop for Lab {
         let _ = podman(&["image", "rm", "--force", &self.app_image]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// README "Sidecar" is the recipe this file runs: the sidecar's options and
+/// the config are the same (no root needed).
+#[test]
+fn readme_sidecar_recipe_is_what_this_test_runs() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md");
+    let section = readme
+        .split("\n## Sidecar\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("README has a `## Sidecar` section");
+    // The `podman run … localhost/sgctl:dev` command, continuation lines joined.
+    let joined = section.replace("\\\n", " ");
+    let command = joined
+        .lines()
+        .find(|l| l.contains("--network container:app"))
+        .expect("README's sidecar `podman run` command");
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let mut expected = vec![
+        "podman",
+        "run",
+        "--detach",
+        "--pull",
+        "never",
+        "--name",
+        "app-sg",
+        "--network",
+        "container:app",
+    ];
+    expected.extend_from_slice(SIDECAR_ARGS);
+    expected.extend(["-v", "./groups.yaml:/etc/sg/groups.yaml:ro", DEFAULT_IMAGE]);
+    assert_eq!(
+        words, expected,
+        "README's sidecar command differs from the test's"
+    );
+    let yaml = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("README's sidecar config block");
+    assert_eq!(
+        yaml,
+        config_text("198.19.100.20"),
+        "README's sidecar config differs from the test's"
+    );
 }
 
 /// One app with a sidecar: what works without namespace identity.
