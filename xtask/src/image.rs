@@ -37,6 +37,7 @@ pub fn build(tag: &str) -> Result<()> {
         .join("sgctl");
     let context = crate::target_dir().join("sidecar-image");
     fill_context(&context, &sgctl)?;
+    let previous = image_id(tag);
     let mut cmd = setup::podman();
     cmd.args([
         "build",
@@ -59,6 +60,10 @@ pub fn build(tag: &str) -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
+    // The image this tag named before (and its layers) would linger untagged.
+    if let Some(old) = previous.filter(|old| image_id(tag).as_ref() != Some(old)) {
+        let _ = setup::podman().args(["image", "rm", &old]).output();
+    }
     let size = setup::podman()
         .args(["image", "inspect", "--format", "{{.Size}}", tag])
         .output()
@@ -77,6 +82,15 @@ pub fn build(tag: &str) -> Result<()> {
         context.display()
     );
     Ok(())
+}
+
+fn image_id(tag: &str) -> Option<String> {
+    let out = setup::podman()
+        .args(["image", "inspect", "--format", "{{.Id}}", tag])
+        .output()
+        .ok()?;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !id.is_empty()).then_some(id)
 }
 
 /// `<context>/Containerfile` and `<context>/rootfs/{usr/bin/sgctl, bin/busybox
