@@ -571,7 +571,7 @@ fn one_sidecar_admits_a_member_and_refuses_a_non_member() {
     );
     let started = Instant::now();
     let app = lab.apps[0].0.clone();
-    lab.sidecar(&app);
+    let sidecar = lab.sidecar(&app);
     eprintln!("sidecar attached in {:.1?}", started.elapsed());
     assert!(
         lab.reaches(&member, 10),
@@ -582,6 +582,12 @@ fn one_sidecar_admits_a_member_and_refuses_a_non_member() {
         !lab.reaches(&stranger, 10),
         "the non-member {} should be refused by the app's sidecar",
         lab.ip(30)
+    );
+    // The pins outlive the sidecar (README: stopping it leaves the app enforced).
+    podman_ok(&["stop", "--time", "5", &sidecar]);
+    assert!(
+        lab.reaches(&member, 10) && !lab.reaches(&stranger, 10),
+        "with its sidecar stopped the app should stay enforced (pinned programs)"
     );
 }
 
