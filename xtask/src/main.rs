@@ -1,5 +1,6 @@
 //! Developer tasks. The README names two: `cargo xtask demo` and
 //! `cargo xtask test`; both run `setup` first when something is missing.
+//! `cargo xtask image` builds the sidecar image (README "Sidecar").
 
 mod image;
 mod setup;
@@ -18,7 +19,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install packages, nightly rust-src and bpf-linker; check the kernel (idempotent)
+    /// Install packages (podman too), nightly rust-src, bpf-linker, the musl target; check the kernel and podman (idempotent)
     Setup,
     /// Build, then run the demonstration in throwaway network namespaces (root)
     Demo,
@@ -34,7 +35,7 @@ enum Task {
         #[arg(long, default_value = image::DEFAULT_TAG)]
         tag: String,
     },
-    /// Everything CI runs: fmt, clippy -D warnings, unit, kernel and netns tests
+    /// Everything CI runs: fmt, clippy -D warnings, the sidecar image (root), unit, kernel, netns and podman tests
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter)
         #[arg(trailing_var_arg = true)]
