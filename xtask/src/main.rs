@@ -1,6 +1,8 @@
 //! Developer tasks. The README names two: `cargo xtask demo` and
 //! `cargo xtask test`; both run `setup` first when something is missing.
+//! `cargo xtask image` builds the sidecar image (README "Sidecar").
 
+mod image;
 mod setup;
 
 use std::process::Command;
@@ -17,7 +19,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install packages, nightly rust-src and bpf-linker; check the kernel (idempotent)
+    /// Install packages (podman too), nightly rust-src, bpf-linker, the musl target; check the kernel and podman (idempotent)
     Setup,
     /// Build, then run the demonstration in throwaway network namespaces (root)
     Demo,
@@ -27,7 +29,13 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
-    /// Everything CI runs: fmt, clippy -D warnings, unit, kernel and netns tests
+    /// Build the sidecar image (static sgctl, FROM scratch) with podman (root)
+    Image {
+        /// Image tag
+        #[arg(long, default_value = image::DEFAULT_TAG)]
+        tag: String,
+    },
+    /// Everything CI runs: fmt, clippy -D warnings, the sidecar image (root), unit, kernel, netns and podman tests
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter)
         #[arg(trailing_var_arg = true)]
@@ -66,6 +74,10 @@ fn main() -> Result<()> {
             }
             run(&mut cmd, "sg-bench")
         }
+        Task::Image { tag } => {
+            ensure_setup()?;
+            image::build(&tag)
+        }
         Task::Test { cargo_test_args } => {
             ensure_setup()?;
             cargo(&["fmt", "--all", "--", "--check"])
@@ -78,6 +90,11 @@ fn main() -> Result<()> {
                 "-D",
                 "warnings",
             ])?;
+            // The podman sidecar test runs this image: build it from this tree.
+            if setup::is_root() {
+                image::build(image::DEFAULT_TAG)
+                    .context("the podman sidecar test needs the sidecar image")?;
+            }
             let mut args = vec!["test", "--workspace"];
             args.extend(cargo_test_args.iter().map(String::as_str));
             cargo_test(&args)
@@ -93,14 +110,21 @@ fn ensure_setup() -> Result<()> {
     Ok(())
 }
 
-fn workspace_root() -> std::path::PathBuf {
+pub(crate) fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()
 }
 
-fn cargo(args: &[&str]) -> Result<()> {
+/// Where cargo puts build output (`CARGO_TARGET_DIR` or `<workspace>/target`).
+pub(crate) fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+pub(crate) fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(
         Command::new(cargo).args(args).current_dir(workspace_root()),

@@ -22,11 +22,28 @@ pub const PACKAGES: &[&str] = &[
     "ethtool",
 ];
 
+/// Debian packages for the podman sidecar test and `cargo xtask image`
+/// (DESIGN.md §3): podman 4.3 with CNI plugins and runc, and a static
+/// busybox whose files make the test's app image.
+pub const CONTAINER_PACKAGES: &[&str] = &[
+    "podman",
+    "containernetworking-plugins",
+    "runc",
+    "busybox-static",
+];
+
+/// The podman configuration this project uses, relative to the workspace
+/// root; commands get it through `CONTAINERS_CONF` (see [`containers_conf`]).
+pub const CONTAINERS_CONF: &str = "deploy/podman/containers.conf";
+
+/// The Rust target of the static `sgctl` in the sidecar image.
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
 /// bpf-linker must link against the LLVM of the nightly that builds sg-ebpf.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -40,7 +57,31 @@ fn step(msg: &str) {
 
 /// True when every part of the toolchain is present (cheap checks only).
 pub fn toolchain_ready() -> bool {
-    bpf_linker_works() && rust_src_installed() && missing_packages().is_empty()
+    bpf_linker_works()
+        && rust_src_installed()
+        && missing_packages(PACKAGES).is_empty()
+        && podman_ready()
+}
+
+/// The container part: packages present, our containers.conf in place,
+/// `podman` runs, the musl target installed.
+pub fn podman_ready() -> bool {
+    missing_packages(CONTAINER_PACKAGES).is_empty()
+        && containers_conf().is_file()
+        && podman_version().is_ok()
+        && musl_target_installed()
+}
+
+/// The absolute path of [`CONTAINERS_CONF`].
+pub fn containers_conf() -> PathBuf {
+    crate::workspace_root().join(CONTAINERS_CONF)
+}
+
+/// A `podman` command with the project's containers.conf.
+pub fn podman() -> Command {
+    let mut cmd = Command::new("podman");
+    cmd.env("CONTAINERS_CONF", containers_conf());
+    cmd
 }
 
 pub fn run() -> Result<()> {
@@ -50,16 +91,20 @@ pub fn run() -> Result<()> {
             "not running as root: packages, bpffs and the kernel tests need root (run `sudo cargo xtask setup`)",
         );
     }
-    install_packages(root)?;
+    install_packages(PACKAGES, "debian packages", root)?;
     install_rust_src()?;
     install_bpf_linker()?;
     check_kernel(root)?;
-    step("done: toolchain, packages and kernel features are ready");
+    // Last: the core toolchain above is usable even when this part fails.
+    install_packages(CONTAINER_PACKAGES, "container packages", root)?;
+    check_podman(root)?;
+    install_musl_target()?;
+    step("done: toolchain, packages, podman and kernel features are ready");
     Ok(())
 }
 
-fn missing_packages() -> Vec<&'static str> {
-    PACKAGES
+fn missing_packages(packages: &[&'static str]) -> Vec<&'static str> {
+    packages
         .iter()
         .copied()
         .filter(|pkg| {
@@ -71,10 +116,10 @@ fn missing_packages() -> Vec<&'static str> {
         .collect()
 }
 
-fn install_packages(root: bool) -> Result<()> {
-    let missing = missing_packages();
+fn install_packages(packages: &[&'static str], what: &str, root: bool) -> Result<()> {
+    let missing = missing_packages(packages);
     if missing.is_empty() {
-        step(&format!("debian packages present ({})", PACKAGES.join(" ")));
+        step(&format!("{what} present ({})", packages.join(" ")));
         return Ok(());
     }
     if !root {
@@ -206,6 +251,92 @@ fn install_bpf_linker() -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn podman_version() -> Result<String> {
+    let out = podman()
+        .arg("--version")
+        .output()
+        .context("could not start `podman --version`")?;
+    if !out.status.success() {
+        bail!(
+            "`podman --version` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// podman runs with our containers.conf and picked its runtime and network
+/// backend from it (a typo there would silently fall back to crun).
+fn check_podman(root: bool) -> Result<()> {
+    let conf = containers_conf();
+    if !conf.is_file() {
+        bail!(
+            "{} is missing; it is part of the repository (git checkout -- {CONTAINERS_CONF})",
+            conf.display()
+        );
+    }
+    let version = podman_version()?;
+    if !root {
+        step(&format!(
+            "{version} installed; the sidecar test and `cargo xtask image` need root"
+        ));
+        return Ok(());
+    }
+    let out = podman()
+        .args([
+            "info",
+            "--format",
+            "{{.Host.OCIRuntime.Name}} {{.Host.NetworkBackend}}",
+        ])
+        .output()
+        .context("could not start `podman info`")?;
+    let info = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() {
+        bail!(
+            "`CONTAINERS_CONF={} podman info` failed: {}",
+            conf.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    if info != "runc cni" {
+        bail!(
+            "podman uses runtime and network backend `{info}`, expected `runc cni` from {}; \
+             is CONTAINERS_CONF overridden, or runc/containernetworking-plugins missing?",
+            conf.display()
+        );
+    }
+    step(&format!(
+        "{version} ready (runtime runc, network backend cni, CONTAINERS_CONF={})",
+        conf.display()
+    ));
+    Ok(())
+}
+
+fn musl_target_installed() -> bool {
+    Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == MUSL_TARGET)
+        })
+}
+
+fn install_musl_target() -> Result<()> {
+    if musl_target_installed() {
+        step(&format!("rust target {MUSL_TARGET} present (static sgctl)"));
+        return Ok(());
+    }
+    step(&format!(
+        "adding rust target {MUSL_TARGET} (the sidecar image's static sgctl)"
+    ));
+    run_cmd(
+        Command::new("rustup").args(["target", "add", MUSL_TARGET]),
+        &format!("rustup target add {MUSL_TARGET}"),
+    )
 }
 
 fn check_kernel(root: bool) -> Result<()> {
