@@ -72,8 +72,13 @@ use crate::{
     policy_maps::{PolicyMapError, PolicyMaps},
 };
 
-/// Serialises changes to the data plane between processes and threads.
-pub const DATAPLANE_LOCK: &str = "/run/sgctl/dataplane.lock";
+/// Serialises changes to the data plane between processes and threads: an
+/// `flock` on the data plane's own bpffs directory. Not a file under
+/// `/run/sgctl`: a sidecar container has a private `/run` but shares
+/// `/sys/fs/bpf` with the host, and the endpoint ids it hands out must not
+/// collide with the host's or another sidecar's. (bpffs holds no regular
+/// files, but `flock` works on any inode, directories included.)
+pub const DATAPLANE_LOCK: &str = pins::ROOT;
 
 /// The programs every interface runs, pinned under [`pins::PROGS_DIR`].
 pub const PROGRAMS: [&str; 3] = [
@@ -212,13 +217,13 @@ impl DataPlane {
         Ok(out)
     }
 
-    /// The endpoint of `id`, if it is attached. A named namespace that no
-    /// longer exists is found by the name it had when attached.
+    /// The endpoint of `id`, if it is attached: by namespace identity, or —
+    /// for a named namespace that no longer exists — by the name it was
+    /// attached under. The id returned is the attachment's own (named as
+    /// when attached, which is where its pins are): a sidecar attaches its
+    /// namespace unnamed even when the host knows a name for it.
     pub fn endpoint_of(&self, id: &IfaceId) -> Result<Option<EndpointInfo>, DataPlaneError> {
         let name = id.iface.as_bytes();
-        // A named namespace by its name (recorded at attach; a deleted one
-        // is found so), any other by identity.
-        let by_name = id.netns.is_some();
         Ok(self
             .maps
             .endpoints()?
@@ -229,26 +234,37 @@ impl DataPlane {
                     ino: cfg.netns_ino,
                 };
                 c_str(&cfg.ifname).as_bytes() == name
-                    && if by_name {
-                        // The name it was attached under, unless that name
-                        // now stands for another namespace (then this is a
-                        // leftover of the deleted one, see `IfaceId::found`).
-                        id.netns.as_deref() == Some(c_str(&cfg.netns_name).as_str())
-                            && (id.ns == NsIdent::MISSING || id.ns == recorded)
+                    && if id.ns == NsIdent::MISSING {
+                        // A deleted named namespace, by the name it had
+                        // (not one that now names another namespace: then
+                        // `id.ns` is that one's identity).
+                        id.netns.is_some()
+                            && id.netns.as_deref() == Some(c_str(&cfg.netns_name).as_str())
                     } else {
                         recorded == id.ns
                     }
             })
-            .map(|(key, cfg)| EndpointInfo {
-                id: IfaceId {
-                    ns: NsIdent {
-                        dev: cfg.netns_dev,
-                        ino: cfg.netns_ino,
+            .map(|(key, cfg)| {
+                let ns = NsIdent {
+                    dev: cfg.netns_dev,
+                    ino: cfg.netns_ino,
+                };
+                let recorded_name = c_str(&cfg.netns_name);
+                EndpointInfo {
+                    id: IfaceId {
+                        iface: id.iface.clone(),
+                        netns: if recorded_name.is_empty() {
+                            // Unnamed when attached: the caller's own
+                            // namespace is shown unnamed anyway.
+                            None
+                        } else {
+                            Some(recorded_name)
+                        },
+                        ns,
                     },
-                    ..id.clone()
-                },
-                key,
-                cfg,
+                    key,
+                    cfg,
+                }
             }))
     }
 
@@ -385,6 +401,34 @@ pub fn netns_cookie() -> io::Result<u64> {
     Ok(cookie)
 }
 
+/// Takes [`DATAPLANE_LOCK`], waiting for it. After locking, checks that the
+/// directory locked is still the one at the path (a `detach --all` of
+/// another process may have removed and recreated it) and starts over if
+/// not, so a removal never lets two holders in.
+fn lock_data_plane() -> Result<std::fs::File, DataPlaneError> {
+    use std::os::unix::fs::MetadataExt as _;
+    loop {
+        let dir = std::fs::File::open(DATAPLANE_LOCK)?;
+        // SAFETY: valid fd; flock(2) has no memory preconditions.
+        while unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err.into());
+            }
+        }
+        let held = dir.metadata()?;
+        match std::fs::metadata(DATAPLANE_LOCK) {
+            Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => return Ok(dir),
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                pins::ensure_root()?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// A change session: holds [`DATAPLANE_LOCK`], the data plane (loaded on
 /// first use) and the endpoint ids in use.
 pub struct Session {
@@ -401,19 +445,7 @@ impl Session {
     /// pinning it first when this host has none.
     pub fn open_or_load(opts: &LoadOptions) -> Result<Session, DataPlaneError> {
         pins::ensure_root()?;
-        crate::lock::ensure_state_dir().map_err(io::Error::other)?;
-        let lock = crate::private_dir::open_with_mode(
-            Path::new(DATAPLANE_LOCK),
-            crate::private_dir::STATE_FILE_MODE,
-            std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true),
-        )?;
-        // SAFETY: valid fd; flock(2) has no memory preconditions.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io::Error::last_os_error().into());
-        }
+        let lock = lock_data_plane()?;
         let stale = is_loaded() && !object_marker().exists();
         if stale {
             // No link uses its programs (its maps may not even open with

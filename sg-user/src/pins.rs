@@ -106,11 +106,16 @@ impl NsIdent {
         if let Some(name) = self.find_name() {
             return Some(Path::new(NETNS_RUN_DIR).join(name));
         }
+        self.find_pid()
+            .map(|pid| Path::new("/proc").join(pid.to_string()).join("ns/net"))
+    }
+
+    /// A process in this namespace, if one is visible from here.
+    pub fn find_pid(&self) -> Option<u32> {
         let procs = std::fs::read_dir("/proc").ok()?;
         procs.flatten().find_map(|p| {
-            p.file_name().to_str()?.parse::<u32>().ok()?;
-            let path = p.path().join("ns/net");
-            (NsIdent::of_path(&path).ok()? == *self).then_some(path)
+            let pid = p.file_name().to_str()?.parse::<u32>().ok()?;
+            (NsIdent::of_path(&p.path().join("ns/net")).ok()? == *self).then_some(pid)
         })
     }
 }
@@ -194,10 +199,13 @@ impl IfaceId {
             // A recorded name that no longer exists keeps naming it (the
             // namespace was deleted: status says so); one that now names
             // another namespace does not.
+            // Only the name it was attached under: its pins live under that
+            // name, or under its identity when it had none (a sidecar inside
+            // a container sees its own namespace unnamed, even when the host
+            // has a name for it; [`IfaceId::whereabouts`] shows that name).
             recorded
                 .filter(|n| NsIdent::named(n).map_or(true, |now| now == ns))
                 .map(str::to_string)
-                .or_else(|| ns.find_name())
         };
         IfaceId {
             iface: iface.to_string(),
@@ -270,10 +278,60 @@ impl IfaceId {
     /// The command that detaches this interface.
     pub fn detach_command(&self) -> String {
         if self.netns.is_none() && NsIdent::current().ok() != Some(self.ns) {
-            // Not nameable from here: the namespace has no name.
-            return format!("sgctl detach --all-orphans  # {self}");
+            // No name to give: by identity while the namespace lives, with
+            // every other orphan once it is gone.
+            if self.namespace_gone() {
+                return "sgctl detach --orphans".to_string();
+            }
+            return format!(
+                "sgctl detach --iface {} --netns-inode {}",
+                self.iface, self.ns.ino
+            );
         }
         format!("sgctl detach {}", self.cli_args())
+    }
+
+    /// `iface` in the namespace whose nsfs inode is `ino` (`--netns-inode`,
+    /// for namespaces without a name, as `status` shows them:
+    /// `eth0@netns:INODE`).
+    pub fn by_inode(iface: &str, ino: u64) -> io::Result<IfaceId> {
+        let dev = NsIdent::current()?.dev;
+        Ok(IfaceId {
+            iface: iface.to_string(),
+            netns: None,
+            ns: NsIdent { dev, ino },
+        })
+    }
+
+    /// True when its namespace no longer exists: what is attached there is
+    /// an orphan (pins and an endpoint, no interface).
+    pub fn namespace_gone(&self) -> bool {
+        match &self.netns {
+            Some(name) => NsIdent::named(name).map_or(true, |now| now != self.ns),
+            None => {
+                NsIdent::current().ok() != Some(self.ns)
+                    && NsIdent::initial() != Some(self.ns)
+                    && self.ns.find_path().is_none()
+            }
+        }
+    }
+
+    /// Where a person finds its namespace, for one without a name of its
+    /// own: the host's `/run/netns` name for it (a container runtime's)
+    /// and a process in it, e.g. `/run/netns/cni-1234, pid 4321`. `None`
+    /// for a named namespace, the caller's own, and one that is gone.
+    pub fn whereabouts(&self) -> Option<String> {
+        if self.netns.is_some() || NsIdent::current().ok() == Some(self.ns) {
+            return None;
+        }
+        let mut parts = Vec::new();
+        if let Some(name) = self.ns.find_name() {
+            parts.push(format!("{NETNS_RUN_DIR}/{name}"));
+        }
+        if let Some(pid) = self.ns.find_pid() {
+            parts.push(format!("pid {pid}"));
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
     }
 }
 

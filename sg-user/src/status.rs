@@ -15,6 +15,13 @@ use crate::{
 #[derive(serde::Serialize)]
 pub struct IfaceStatus {
     pub iface: IfaceId,
+    /// For a namespace without a name of its own: where a person finds it
+    /// (see [`IfaceId::whereabouts`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Whether this machine's `/run/sgctl` has its state (groups, rule
+    /// names): not when a sidecar, with a private `/run`, attached it.
+    pub state_here: bool,
     /// The interface's endpoint id in the host's data plane, and its policy
     /// (shared by the interfaces with the same rules; rule hits are the
     /// policy's).
@@ -78,6 +85,7 @@ pub fn iface_status(id: IfaceId) -> Result<IfaceStatus> {
     let state = crate::apply::read_state(&id);
     let drift = drift::check_with(&id, state.as_ref(), Some(true));
     let fix = (!drift.is_empty()).then(|| drift::fix_command(&id, state.as_ref(), &drift));
+    let state_here = state.is_some();
     let state = state.unwrap_or_default();
     let hooks = loader::pinned_hooks(&id)?;
     let counters = dp
@@ -115,6 +123,8 @@ pub fn iface_status(id: IfaceId) -> Result<IfaceStatus> {
     rule_hits.sort_by(|a, b| a.rule.cmp(&b.rule));
     let events_lost = dp.events_lost(cfg.endpoint)?;
     Ok(IfaceStatus {
+        namespace: id.whereabouts(),
+        state_here,
         iface: id,
         endpoint: cfg.endpoint,
         policy: cfg.policy,
@@ -170,6 +180,16 @@ pub fn render(s: &IfaceStatus) -> String {
             hooks.join(", ")
         }
     );
+    if let Some(namespace) = &s.namespace {
+        let _ = writeln!(out, "  namespace: {}", escape(namespace));
+    }
+    if !s.state_here {
+        let _ = writeln!(
+            out,
+            "  groups and rule names: not kept here (attached by an sgctl with its own /run, \
+             such as a sidecar: its `sgctl status` shows them)"
+        );
+    }
     if let Some(config) = &s.config {
         let _ = writeln!(out, "  config: {}", escape(&config.display().to_string()));
     }
@@ -237,9 +257,11 @@ mod tests {
             fix: None,
             policy: 1,
             endpoint: 1,
+            namespace: Some("/run/netns/x\u{1b}[2J".into()),
+            state_here: true,
         };
         let text = render(&s);
-        assert_eq!(text.lines().count(), 3, "one line per item:\n{text}");
+        assert_eq!(text.lines().count(), 4, "one line per item:\n{text}");
         assert!(
             !text
                 .chars()

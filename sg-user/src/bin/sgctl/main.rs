@@ -164,14 +164,20 @@ enum SideArg {
 #[derive(Args)]
 struct DetachArgs {
     /// Interface name
-    #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+    #[arg(long, required_unless_present_any = ["all", "orphans"], conflicts_with_all = ["all", "orphans"])]
     iface: Option<String>,
     /// Named network namespace of the interface
-    #[arg(long, requires = "iface")]
+    #[arg(long, requires = "iface", conflicts_with = "netns_inode")]
     netns: Option<String>,
+    /// A namespace without a name, by the inode `status` shows (`eth0@netns:INODE`)
+    #[arg(long, requires = "iface", value_name = "INODE")]
+    netns_inode: Option<u64>,
     /// Detach every interface sgctl has attached
-    #[arg(long)]
+    #[arg(long, conflicts_with = "orphans")]
     all: bool,
+    /// Detach the interfaces whose network namespace is gone (what `status` marks as orphans)
+    #[arg(long)]
+    orphans: bool,
     #[command(flatten)]
     lock: LockArgs,
 }
@@ -463,21 +469,38 @@ fn detach(args: DetachArgs) -> Result<ExitCode> {
     require_root("sgctl detach")?;
     let held = args.lock.take(if args.all {
         "sgctl detach --all"
+    } else if args.orphans {
+        "sgctl detach --orphans"
     } else {
         "sgctl detach"
     })?;
     let targets = if args.all {
         attached_ifaces()?
+    } else if args.orphans {
+        attached_ifaces()?
+            .into_iter()
+            .filter(IfaceId::namespace_gone)
+            .collect()
     } else {
         let iface = args.iface.expect("clap requires --iface without --all");
-        vec![IfaceId::new(&iface, args.netns.as_deref())]
+        vec![match args.netns_inode {
+            Some(ino) => IfaceId::by_inode(&iface, ino).context("reading this namespace")?,
+            None => IfaceId::new(&iface, args.netns.as_deref()),
+        }]
     };
     for id in &targets {
         sg_user::apply::detach_locked(id, &held)?;
         println!("detached {id}");
     }
     if targets.is_empty() {
-        println!("nothing attached");
+        println!(
+            "{}",
+            if args.orphans {
+                "no orphans: every attached interface's namespace exists"
+            } else {
+                "nothing attached"
+            }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
