@@ -89,17 +89,24 @@ pub fn rule_hash(id: &str) -> u32 {
     h
 }
 
-/// Test-only fault switch: when this variable is set, the compiler silently
-/// drops the first inbound rule of every interface. It exists to prove that
-/// the differential test and `sgctl lab verify` catch a broken data path.
+/// Test-only fault switch (feature `test-support`): when this variable is
+/// set, the compiler silently drops the first inbound rule of every
+/// interface. It exists to prove that the differential test and `sgctl lab
+/// verify` catch a broken data path; a release `sgctl` ignores it.
 pub const FAULT_DROP_FIRST_RULE: &str = "SG_FAULT_DROP_FIRST_RULE";
+
+/// The rules left after the fault switch (see [`FAULT_DROP_FIRST_RULE`]).
+fn with_fault(inbound: &[Rule]) -> &[Rule] {
+    #[cfg(feature = "test-support")]
+    if std::env::var_os(FAULT_DROP_FIRST_RULE).is_some() && !inbound.is_empty() {
+        return &inbound[1..];
+    }
+    inbound
+}
 
 /// Compiles the inbound and outbound rules of one interface for `generation`.
 pub fn compile(generation: u32, inbound: &[Rule], outbound: &[Rule]) -> CompiledPolicy {
-    let inbound = match std::env::var_os(FAULT_DROP_FIRST_RULE) {
-        Some(_) if !inbound.is_empty() => &inbound[1..],
-        _ => inbound,
-    };
+    let inbound = with_fault(inbound);
     let mut out = CompiledPolicy {
         generation,
         ..CompiledPolicy::default()

@@ -1,34 +1,31 @@
 //! Security groups for Linux, enforced with eBPF: the user-space side.
 //!
-//! Data flows one way: config → model → validate → compile → maps → kernel.
+//! The folders are the layers; data flows one way, and each layer imports
+//! only the ones before it:
 //!
-//! - Kernel-facing (uses aya): [`loader`] (load, attach, pin, detach, read
-//!   counters), [`pins`] (the bpffs layout), [`ifinfo`] (choosing a hook).
-//! - Test and demo infrastructure: [`netns`] (namespaces, veth, bridge).
-//! - The `sgctl` binary (src/bin/sgctl) is a thin CLI over these modules.
+//! 1. [`model`] — pure: text → document (YAML, AWS JSON) → validated model;
+//!    the reference evaluator, the linter, export. Problems and severities
+//!    live in [`model::diag`].
+//! 2. [`compile`] — pure: a model → the map entries of a policy.
+//! 3. [`sys`] — a leaf for the layers above it: entering namespaces,
+//!    interface facts, private state directories.
+//! 4. [`kernel`] — the only layer that uses aya: the data plane's programs
+//!    and maps, pins, attach/detach, connection tables.
+//! 5. [`agent`] — what `sgctl` does over time: locks, state, apply, status,
+//!    drift, metrics, flow logs, the daemon.
+//! 6. [`lab`] — the lab and demo (a product feature: whole topologies in
+//!    namespaces).
+//!
+//! The `sgctl` binary (src/bin/sgctl) is a thin CLI over these. The test
+//! harness ([`harness`]: packets, `BPF_PROG_TEST_RUN`) and the fault switch
+//! are built only with the `test-support` feature.
 
-pub mod apply;
-pub mod bench;
+pub mod agent;
+
 pub mod compile;
-pub mod conntrack;
-pub mod daemon;
-pub mod dataplane;
-pub mod demo;
-pub mod discover;
-pub mod drift;
-pub mod flowlog;
-pub mod ifinfo;
-pub mod kernel_offsets;
+#[cfg(feature = "test-support")]
+pub mod harness;
+pub mod kernel;
 pub mod lab;
-pub mod loader;
-pub mod lock;
-pub mod metrics;
 pub mod model;
-pub mod netns;
-pub mod packet;
-pub mod pins;
-pub mod policy_maps;
-pub mod private_dir;
-pub mod probe;
-pub mod status;
-pub mod testrun;
+pub mod sys;

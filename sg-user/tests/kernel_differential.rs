@@ -14,13 +14,15 @@ use std::{
 
 use sg_user::{
     compile::compile_iface,
+    harness::packet::{
+        Ext, Frame, L4, ipv4_fragment, ipv6_with_ext, with_hop_limit, with_ip_proto,
+    },
+    harness::testrun::{Instance, TC_ACT_OK, XDP_PASS},
     model::{
         self, Direction,
         eval::{Conntrack, Fragment, ND_HOP_LIMIT, Packet, tcp_flags},
     },
-    packet::{Ext, Frame, L4, ipv4_fragment, ipv6_with_ext, with_hop_limit, with_ip_proto},
     require_root,
-    testrun::{Instance, TC_ACT_OK, XDP_PASS},
 };
 
 /// SplitMix64: small, deterministic, good enough to pick test cases.

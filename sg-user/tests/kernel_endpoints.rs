@@ -9,9 +9,9 @@ use std::net::IpAddr;
 use sg_common::{Direction, Reason, conntrack::DEFAULT_TIMEOUTS_S};
 use sg_user::{
     compile::{Rule, compile},
-    packet::{Frame, L4, TCP_ACK, TCP_SYN},
+    harness::packet::{Frame, L4, TCP_ACK, TCP_SYN},
+    harness::testrun::{Instance, TEST_ENDPOINT, XDP_DROP, XDP_PASS},
     require_root,
-    testrun::{Instance, TEST_ENDPOINT, XDP_DROP, XDP_PASS},
 };
 
 fn syn(sport: u16, dport: u16) -> Vec<u8> {
@@ -63,7 +63,7 @@ fn an_unknown_interface_fails_closed_and_is_counted_in_row_zero() {
     );
     assert_eq!(
         inst.tc(false, &frame).unwrap(),
-        sg_user::testrun::TC_ACT_SHOT,
+        sg_user::harness::testrun::TC_ACT_SHOT,
         "nor on tc"
     );
     let after = inst.counter_of(0, Direction::Inbound, Reason::DropNoPolicy);
@@ -101,7 +101,7 @@ fn a_full_interface_refuses_its_new_flows_and_others_are_unaffected() {
     let reply = tcp("198.18.0.1", "198.18.0.9", 443, 40001, TCP_SYN | TCP_ACK);
     assert_eq!(
         inst.tc(true, &reply).unwrap(),
-        sg_user::testrun::TC_ACT_OK,
+        sg_user::harness::testrun::TC_ACT_OK,
         "a reply of a tracked flow passes"
     );
 
@@ -123,7 +123,7 @@ fn a_full_interface_refuses_its_new_flows_and_others_are_unaffected() {
     );
     assert_eq!(
         inst.tc(true, &reply).unwrap(),
-        sg_user::testrun::TC_ACT_SHOT,
+        sg_user::harness::testrun::TC_ACT_SHOT,
         "the first interface's connection is not this one's (no outbound rule)"
     );
 }
@@ -189,7 +189,7 @@ fn an_ifindex_two_namespaces_share_is_told_apart_by_the_namespace() {
         let verdict = if hook == "xdp" {
             inst.xdp(&denied, 1).unwrap().0 == XDP_PASS
         } else {
-            inst.tc(false, &denied).unwrap() == sg_user::testrun::TC_ACT_OK
+            inst.tc(false, &denied).unwrap() == sg_user::harness::testrun::TC_ACT_OK
         };
         assert!(
             !verdict,

@@ -14,16 +14,16 @@ use sg_common::{
 };
 use sg_user::{
     compile::{Rule, compile, compile_iface, rule_hash},
+    harness::packet::{
+        Ext, Frame, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, ipv4_fragment, ipv6_with_ext,
+        with_hop_limit, with_ip_proto,
+    },
+    harness::testrun::{Hook, Instance},
     model::{
         self, Direction,
         eval::{self, Conntrack, Fragment, Packet, tcp_flags},
     },
-    packet::{
-        Ext, Frame, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, ipv4_fragment, ipv6_with_ext,
-        with_hop_limit, with_ip_proto,
-    },
     require_root,
-    testrun::{Hook, Instance},
 };
 
 const LOCAL4: &str = "198.18.0.1";
@@ -344,7 +344,7 @@ fn fragment_verdicts_cannot_be_poisoned_or_flooded_out() {
         let (code, _) = inst
             .xdp(&ipv4_fragment(&udp(99), 1000 + id, 0, true), 1)
             .unwrap();
-        assert_eq!(code, sg_user::testrun::XDP_DROP);
+        assert_eq!(code, sg_user::harness::testrun::XDP_DROP);
     }
     assert_eq!(
         inst.judge(

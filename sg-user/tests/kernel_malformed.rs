@@ -6,12 +6,12 @@
 use sg_common::{Reason, conntrack::DEFAULT_TIMEOUTS_S};
 use sg_user::{
     compile::{Rule, compile},
-    packet::{
+    harness::packet::{
         Ext, Frame, L4, TCP_SYN, arp_request, ipv4_fragment, ipv4_with_options, ipv6_with_ext,
         with_hop_limit, with_vlan_tags,
     },
+    harness::testrun::{Hook, Instance, XDP_DROP, XDP_PASS},
     require_root,
-    testrun::{Hook, Instance, XDP_DROP, XDP_PASS},
 };
 
 fn rule(id: &str, proto: u8, ports: (u16, u16), peer: &str) -> Rule {

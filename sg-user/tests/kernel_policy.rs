@@ -6,9 +6,9 @@ use std::net::IpAddr;
 use sg_common::{Direction, Reason, conntrack::DEFAULT_TIMEOUTS_S};
 use sg_user::{
     compile::{Rule, compile},
-    packet::{Frame, L4, TCP_ACK, TCP_SYN, arp_request},
+    harness::packet::{Frame, L4, TCP_ACK, TCP_SYN, arp_request},
+    harness::testrun::{Instance, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS},
     require_root,
-    testrun::{Instance, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS},
 };
 
 const WEB: &str = "198.18.0.10";

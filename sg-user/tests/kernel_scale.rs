@@ -8,25 +8,24 @@ use std::{net::Ipv4Addr, time::Instant};
 
 use sg_common::{Direction, Reason, conntrack::DEFAULT_TIMEOUTS_S};
 use sg_user::{
-    bench,
     compile::compile_iface,
-    model,
-    packet::{Frame, L4, TCP_SYN},
-    require_root,
-    testrun::{Instance, XDP_DROP, XDP_PASS},
+    harness::configs::quota_config as generated_quota_config,
+    harness::packet::{Frame, L4, TCP_SYN},
+    harness::testrun::{Instance, XDP_DROP, XDP_PASS},
+    model, require_root,
 };
 
 const MEMBERS: u32 = 10_000;
 
 fn member(i: u32) -> Ipv4Addr {
-    // As in `bench::control::quota_config`: 198.18.64.0 onwards.
+    // As in `harness::configs::quota_config`: 198.18.64.0 onwards.
     Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 64, 0)) + i)
 }
 
 /// 16 groups × (60 inbound + 60 outbound) rules, one a reference to a group
 /// of 10,000 members (the benchmark's control-plane config).
 fn quota_config() -> String {
-    bench::control::quota_config("unused-offline", "eth0", MEMBERS, 0)
+    generated_quota_config("unused-offline", "eth0", MEMBERS, 0)
 }
 
 fn one_rule_config() -> String {

@@ -4,9 +4,9 @@
 
 use sg_common::{Direction, Reason, names};
 use sg_user::{
-    packet::{Frame, L4, TCP_SYN, arp_request},
+    harness::packet::{Frame, L4, TCP_SYN, arp_request},
+    harness::testrun::{Instance, TC_ACT_OK, XDP_PASS},
     require_root,
-    testrun::{Instance, TC_ACT_OK, XDP_PASS},
 };
 
 fn syn_v4() -> Vec<u8> {

@@ -9,7 +9,7 @@ use std::{
     process::{Command, Output},
 };
 
-use sg_user::{compile::FAULT_DROP_FIRST_RULE, demo, lab, require_root};
+use sg_user::{compile::FAULT_DROP_FIRST_RULE, lab, lab::demo, require_root};
 
 fn sgctl(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sgctl"));
@@ -232,7 +232,7 @@ fn down_removes_everything_and_nothing_else() {
             .unwrap()
             .success()
     );
-    let harness = sg_user::netns::Netns::create("keep").unwrap();
+    let harness = sg_user::sys::netns::Netns::create("keep").unwrap();
     let config = demo_config("down");
     let up = || {
         let o = sgctl(
@@ -279,7 +279,7 @@ fn down_removes_everything_and_nothing_else() {
         "down twice is fine: {}",
         text(&again)
     );
-    sg_user::netns::delete_netns(lookalike);
+    sg_user::sys::netns::delete_netns(lookalike);
 }
 
 #[test]

@@ -686,7 +686,7 @@ fn a_closed_pipe_ends_quietly() {
         ],
         vec!["--help"],
     ];
-    if sg_user::netns::is_root() {
+    if sg_user::sys::netns::is_root() {
         commands.push(vec!["status", "--json"]);
         commands.push(vec!["status"]);
     } else {

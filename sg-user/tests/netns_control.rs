@@ -16,12 +16,14 @@ use std::{
 
 use common::Lab;
 use sg_user::{
-    apply, daemon, lock,
-    netns::Netns,
-    pins::{self, IfaceId},
-    private_dir,
-    probe::{self, Reach, TcpServer},
+    agent::apply,
+    agent::daemon_state,
+    agent::lock,
+    kernel::pins::{self, IfaceId},
+    lab::probe::{self, Reach, TcpServer},
     require_root,
+    sys::netns::Netns,
+    sys::private_dir,
 };
 
 const T: Duration = Duration::from_millis(500);
@@ -225,7 +227,7 @@ fn alternating_applies_of_two_configs_enforce_what_status_says() {
             (expect_80, expect_81),
             "round {round}: status says {config}, the kernel lets 80: {r80:?}, 81: {r81:?}"
         );
-        let state = apply::read_state(&id).unwrap();
+        let state = sg_user::agent::state::read_state(&id).unwrap();
         assert_eq!(
             status["generation"].as_u64(),
             Some(u64::from(state.generation)),
@@ -526,7 +528,8 @@ fn a_second_daemon_on_the_same_config_is_refused() {
     );
     let pid = first.0.id();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !daemon::read_state_for(&path).is_some_and(|s| s.pid == pid && s.last_reload_at > 0) {
+    while !daemon_state::read_state_for(&path).is_some_and(|s| s.pid == pid && s.last_reload_at > 0)
+    {
         assert!(Instant::now() < deadline, "the first daemon never reloaded");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -539,17 +542,18 @@ fn a_second_daemon_on_the_same_config_is_refused() {
         stderr.contains("already kept enforced") && stderr.contains(&format!("pid {pid}")),
         "names the first one's pid: {stderr}"
     );
-    let state = daemon::read_state_for(&path).expect("the first one's state survives");
+    let state = daemon_state::read_state_for(&path).expect("the first one's state survives");
     assert_eq!(state.pid, pid);
     let holder = lock::holder_of(&lock::daemon_lock_path(
-        &apply::config_identity(&path).unwrap(),
+        &sg_user::agent::state::config_identity(&path).unwrap(),
     ))
     .unwrap();
     assert_eq!(holder.pid, Some(pid));
     drop(first); // SIGTERM
-    let identity = apply::config_identity(&path).unwrap();
+    let identity = sg_user::agent::state::config_identity(&path).unwrap();
     assert!(
-        !daemon::state_path(&identity).exists() && !lock::daemon_lock_path(&identity).exists(),
+        !daemon_state::state_path(&identity).exists()
+            && !lock::daemon_lock_path(&identity).exists(),
         "a daemon that stops removes its own state and lock files"
     );
 }
@@ -564,7 +568,7 @@ fn untrusted_directories_on_bpffs_and_tmpfs_are_refused() {
     ] {
         let dir = Path::new(&base).join(format!(
             "{}{}-ctl-untrusted",
-            sg_user::netns::HARNESS_PREFIX,
+            sg_user::sys::netns::HARNESS_PREFIX,
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&dir);

@@ -21,11 +21,12 @@ use std::{
 
 use common::Lab;
 use sg_user::{
-    daemon::{self, DaemonState},
-    flowlog::parse_v2,
-    pins::IfaceId,
-    probe::{self, Reach, TcpEcho, TcpServer, TcpSession},
-    require_root, status,
+    agent::daemon_state::{self, DaemonState},
+    agent::flowlog::parse_v2,
+    agent::status,
+    kernel::pins::IfaceId,
+    lab::probe::{self, Reach, TcpEcho, TcpServer, TcpSession},
+    require_root,
 };
 
 static ONE_DAEMON: Mutex<()> = Mutex::new(());
@@ -69,13 +70,14 @@ impl Daemon {
             config: config.to_path_buf(),
         };
         wait_until(20, "the daemon's first reload", || {
-            daemon::read_state_for(config).is_some_and(|s| s.pid == pid && s.last_reload_at > 0)
+            daemon_state::read_state_for(config)
+                .is_some_and(|s| s.pid == pid && s.last_reload_at > 0)
         });
         d
     }
 
     fn state(&self) -> DaemonState {
-        daemon::read_state_for(&self.config).expect("daemon state")
+        daemon_state::read_state_for(&self.config).expect("daemon state")
     }
 
     fn signal(&mut self, sig: i32) {
@@ -321,11 +323,11 @@ fn restarts_lose_nothing_and_adopt_the_pinned_state() {
             "counters continue (round {round}): {counted} → {now}"
         );
         counted = now;
-        let cfg = sg_user::loader::policy_maps_of(&iface)
+        let cfg = sg_user::kernel::loader::policy_maps_of(&iface)
             .unwrap()
             .config()
             .unwrap();
-        let flows = sg_user::conntrack::list(&iface, &cfg).unwrap();
+        let flows = sg_user::kernel::conntrack::list(&iface, &cfg).unwrap();
         assert!(
             flows.iter().any(|f| f.local_port == 8080 && f.age_s < 600),
             "conntrack entry kept (round {round})"
@@ -453,7 +455,7 @@ fn invalid_config_keeps_the_policy_and_shows_the_error_metrics_and_flow_logs() {
     let text = std::fs::read_to_string(&flow_log).unwrap();
     assert_eq!(
         std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(&flow_log).unwrap()) & 0o7777,
-        sg_user::private_dir::FLOW_LOG_MODE,
+        sg_user::sys::private_dir::FLOW_LOG_MODE,
         "flow logs are 0640 whatever the umask"
     );
     for line in text.lines() {
@@ -477,7 +479,7 @@ fn invalid_config_keeps_the_policy_and_shows_the_error_metrics_and_flow_logs() {
 fn later_netns(role: &str) -> String {
     format!(
         "{}{}-900-{role}",
-        sg_user::netns::HARNESS_PREFIX,
+        sg_user::sys::netns::HARNESS_PREFIX,
         std::process::id()
     )
 }
@@ -486,7 +488,7 @@ struct DetachGuard(IfaceId);
 
 impl Drop for DetachGuard {
     fn drop(&mut self) {
-        let _ = sg_user::apply::detach(&self.0);
+        let _ = sg_user::agent::apply::detach(&self.0);
     }
 }
 
@@ -537,11 +539,11 @@ fn interfaces_that_appear_later_are_enforced_and_cleaned_up_when_gone() {
     ip(&["-n", &peer, "link", "set", "eth0", "up"]);
     // The daemon publishes the generation once the attachment is complete.
     wait_until(10, "the new interface to be attached", || {
-        daemon::read_state_for(&path)
+        daemon_state::read_state_for(&path)
             .is_some_and(|s| s.generations.get(&id.to_string()).is_some_and(|g| *g > 0))
     });
     let ns = |name: &str| {
-        sg_user::netns::in_netns(Some(name), || ())
+        sg_user::sys::netns::in_netns(Some(name), || ())
             .map(|()| name.to_string())
             .unwrap()
     };
@@ -549,7 +551,7 @@ fn interfaces_that_appear_later_are_enforced_and_cleaned_up_when_gone() {
     let servers: Vec<_> = [80u16, 81]
         .iter()
         .map(|p| {
-            let l = sg_user::netns::in_netns(Some(&ctr_ns), || {
+            let l = sg_user::sys::netns::in_netns(Some(&ctr_ns), || {
                 std::net::TcpListener::bind(("0.0.0.0", *p))
             })
             .unwrap()
@@ -559,7 +561,7 @@ fn interfaces_that_appear_later_are_enforced_and_cleaned_up_when_gone() {
         })
         .collect();
     let connect = |port| {
-        sg_user::netns::in_netns(Some(&peer_ns), || {
+        sg_user::sys::netns::in_netns(Some(&peer_ns), || {
             std::net::TcpStream::connect_timeout(&SocketAddr::from(([198, 18, 7, 1], port)), T)
         })
         .unwrap()
@@ -573,7 +575,7 @@ fn interfaces_that_appear_later_are_enforced_and_cleaned_up_when_gone() {
     // The pins go inside the daemon's apply, its state file after it.
     wait_until(10, "the deleted interface's state to go", || {
         !id.dir().exists()
-            && daemon::read_state_for(&path)
+            && daemon_state::read_state_for(&path)
                 .is_some_and(|s| s.generations.get(&id.to_string()) == Some(&0))
     });
     drop(daemon);

@@ -10,12 +10,12 @@ mod common;
 
 use common::{A_ONLY, Lab};
 use sg_user::{
-    apply::{self, ApplyOptions},
-    compile, model,
-    netns::Netns,
-    pins::IfaceId,
-    probe::{self, Reach, TcpEcho, TcpServer, TcpSession, UdpEcho, UdpPeer},
-    require_root,
+    agent::apply::{self, ApplyOptions},
+    compile,
+    kernel::pins::IfaceId,
+    lab::probe::{self, Reach, TcpEcho, TcpServer, TcpSession, UdpEcho, UdpPeer},
+    model, require_root,
+    sys::netns::Netns,
 };
 
 const T: Duration = Duration::from_millis(700);
@@ -236,12 +236,12 @@ fn untracked_flow_stops_at_once_when_its_rule_goes() {
     let mut session = TcpSession::connect(lab.ns("b"), lab.addr("a", false, 8080), T).unwrap();
     assert!(session.roundtrip());
     let id = IfaceId::new("eth0", Some(lab.ns("a").name()));
-    let cfg = sg_user::loader::policy_maps_of(&id)
+    let cfg = sg_user::kernel::loader::policy_maps_of(&id)
         .unwrap()
         .config()
         .unwrap();
     assert!(
-        sg_user::conntrack::list(&id, &cfg)
+        sg_user::kernel::conntrack::list(&id, &cfg)
             .unwrap()
             .iter()
             .all(|f| f.local_port != 8080),
@@ -263,7 +263,7 @@ fn idle_udp_flow_times_out() {
     // Test-only: a 1 s UDP timeout written straight into the maps (configs
     // only accept AWS's 30–60 s).
     let id = IfaceId::new("eth0", Some(lab.ns("a").name()));
-    let mut maps = sg_user::loader::policy_maps_of(&id).unwrap();
+    let mut maps = sg_user::kernel::loader::policy_maps_of(&id).unwrap();
     let generation = maps.next_generation().unwrap();
     let mut timeouts = compile::timeouts_s(&model.interfaces[0].conntrack);
     timeouts[sg_common::conntrack::CtState::Udp as usize] = 1;

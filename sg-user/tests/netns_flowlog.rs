@@ -16,9 +16,9 @@ static SHARED_RING: Mutex<()> = Mutex::new(());
 
 use common::{A_ONLY, Lab};
 use sg_user::{
-    flowlog::{Action, Collector, V2_FIELDS, parse_v2},
-    pins::IfaceId,
-    probe::{self, Reach, TcpServer},
+    agent::flowlog::{Action, Collector, V2_FIELDS, parse_v2},
+    kernel::pins::IfaceId,
+    lab::probe::{self, Reach, TcpServer},
     require_root,
 };
 

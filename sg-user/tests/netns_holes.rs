@@ -23,15 +23,15 @@ mod common;
 
 use common::{A_ONLY, Lab};
 use sg_user::{
-    apply::ApplyOptions,
+    agent::apply::ApplyOptions,
+    agent::status,
     compile::compile_iface,
-    loader::AttachOptions,
-    model,
-    netns::Netns,
-    pins,
-    policy_maps::PolicyMaps,
-    probe::{self, Reach, TcpServer, UdpEcho, UdpPeer},
-    require_root, status,
+    kernel::loader::AttachOptions,
+    kernel::pins,
+    kernel::policy_maps::PolicyMaps,
+    lab::probe::{self, Reach, TcpServer, UdpEcho, UdpPeer},
+    model, require_root,
+    sys::netns::Netns,
 };
 
 const T: Duration = Duration::from_millis(700);

@@ -10,12 +10,13 @@ use std::{
 };
 
 use sg_user::{
-    apply::{self, ApplyOptions},
-    dataplane, loader,
-    netns::{Netns, run_checked},
-    pins::{self, IfaceId},
-    probe::{self, Reach, TcpServer},
+    agent::apply::{self, ApplyOptions},
+    kernel::dataplane,
+    kernel::loader,
+    kernel::pins::IfaceId,
+    lab::probe::{self, Reach, TcpServer},
     require_root,
+    sys::netns::{Netns, run_checked},
 };
 
 const T: Duration = Duration::from_millis(700);
@@ -30,7 +31,7 @@ struct Cleanup(Vec<String>);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        for id in pins::attached_ifaces().unwrap_or_default() {
+        for id in sg_user::kernel::dataplane::attached_ifaces().unwrap_or_default() {
             if id.netns.as_ref().is_some_and(|n| self.0.contains(n)) {
                 let _ = apply::detach(&id);
             }

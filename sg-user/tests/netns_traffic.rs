@@ -8,11 +8,13 @@ use std::{
 
 use sg_common::{Direction, Reason};
 use sg_user::{
-    loader::{self, AttachOptions, AttachedHook, IngressHook, InitialPolicy, LoaderError, Side},
-    netns::{Host, Segment},
-    pins::{self, IfaceId},
-    probe::{self, Reach, TcpServer},
+    kernel::loader::{
+        self, AttachOptions, AttachedHook, IngressHook, InitialPolicy, LoaderError, Side,
+    },
+    kernel::pins::IfaceId,
+    lab::probe::{self, Reach, TcpServer},
     require_root,
+    sys::netns::{Host, Segment},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -73,7 +75,9 @@ fn tcp_and_icmp_pass_through_attached_programs_and_are_counted() {
         "veth gets TC ingress in auto mode"
     );
     assert!(
-        pins::attached_ifaces().unwrap().contains(&iface),
+        sg_user::kernel::dataplane::attached_ifaces()
+            .unwrap()
+            .contains(&iface),
         "pinned state is listed"
     );
 
@@ -135,7 +139,11 @@ fn detach_removes_state_and_traffic_still_flows() {
 
     loader::detach(&iface).expect("detach");
     assert!(!iface.dir().exists(), "pins removed");
-    assert!(!pins::attached_ifaces().unwrap().contains(&iface));
+    assert!(
+        !sg_user::kernel::dataplane::attached_ifaces()
+            .unwrap()
+            .contains(&iface)
+    );
     assert!(matches!(
         loader::detach(&iface),
         Err(LoaderError::NotAttached { .. })

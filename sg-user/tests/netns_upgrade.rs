@@ -16,77 +16,22 @@ use std::{
     time::Duration,
 };
 
-use aya::{
-    EbpfLoader,
-    maps::{Array, lpm_trie::Key, lpm_trie::LpmTrie},
-    programs::{SchedClassifier, TcAttachType, links::FdLink},
-};
+use aya::programs::{SchedClassifier, TcAttachType, links::FdLink};
 use common::{A_ONLY, Lab};
-use sg_common::conntrack::TIMEOUT_SLOTS;
 use sg_user::{
     compile,
-    pins::{self, IfaceId},
-    policy_maps::timeouts_ns,
-    probe::{self, Reach, TcpEcho, TcpServer, TcpSession},
+    harness::legacy,
+    kernel::pins::{self, IfaceId},
+    lab::probe::{self, Reach, TcpEcho, TcpServer, TcpSession},
     require_root,
 };
 
 const T: Duration = Duration::from_millis(700);
 
-static LEGACY_OBJECT: &[u8] = aya::include_bytes_aligned!("fixtures/sg-legacy-57b6b46.bpf.o");
-
-// The legacy layouts (no policy id in keys, one config slot per interface).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct OldAddrV4 {
-    gen_dir: [u8; 4],
-    addr: [u8; 4],
-}
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct OldAddrV6 {
-    gen_dir: [u8; 4],
-    addr: [u8; 16],
-}
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct OldPortKey {
-    gen_dir: [u8; 4],
-    class: [u8; 4],
-    proto: u8,
-    port: [u8; 2],
-    pad: u8,
-}
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct OldConfig {
-    generation: u32,
-    flags: u32,
-    timeouts_ns: [u64; TIMEOUT_SLOTS],
-    events_per_sec: u32,
-    shortest_timeout_s: u32,
-}
-// SAFETY: repr(C) integers and byte arrays, no implicit padding.
-unsafe impl aya::Pod for OldAddrV4 {}
-// SAFETY: as above.
-unsafe impl aya::Pod for OldAddrV6 {}
-// SAFETY: as above.
-unsafe impl aya::Pod for OldPortKey {}
-// SAFETY: as above (8 + 72 + 8 bytes).
-unsafe impl aya::Pod for OldConfig {}
-
 /// Enforces `model`'s policy on `id` the way the legacy loader did: its own
 /// programs and maps, pinned under `dir`, links pinned beside them.
 fn attach_legacy(model: &sg_user::model::Model, id: &IfaceId, dir: &Path) {
-    let side: u8 = 0;
-    let off: u8 = 0;
-    let mut ebpf = EbpfLoader::new()
-        .override_global("SG_SIDE_PEER", &side, true)
-        .override_global(aya_log::LEVEL, &off, true)
-        .map_max_entries("SG_CT_V4", 1024)
-        .map_max_entries("SG_CT_V6", 1024)
-        .load(LEGACY_OBJECT)
-        .expect("the legacy object loads");
+    let mut ebpf = legacy::open(0, 1024).expect("the legacy object loads");
     for name in ["sg_tc_ingress", "sg_tc_egress"] {
         let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
         p.load().expect("legacy program verifies");
@@ -103,54 +48,10 @@ fn attach_legacy(model: &sg_user::model::Model, id: &IfaceId, dir: &Path) {
     // The policy, as generation 1 of the legacy layout.
     let iface = &model.interfaces[0];
     let policy = compile::compile_iface(model, iface, 1);
-    let mut v4: LpmTrie<_, OldAddrV4, u32> =
-        LpmTrie::try_from(ebpf.map_mut("SG_ADDR_V4").unwrap()).unwrap();
-    for (len, k, class) in &policy.addr_v4 {
-        let key = OldAddrV4 {
-            gen_dir: k.gen_dir,
-            addr: k.addr,
-        };
-        v4.insert(&Key::new(len - 32, key), class, 0).unwrap();
-    }
-    let mut v6: LpmTrie<_, OldAddrV6, u32> =
-        LpmTrie::try_from(ebpf.map_mut("SG_ADDR_V6").unwrap()).unwrap();
-    for (len, k, class) in &policy.addr_v6 {
-        let key = OldAddrV6 {
-            gen_dir: k.gen_dir,
-            addr: k.addr,
-        };
-        v6.insert(&Key::new(len - 32, key), class, 0).unwrap();
-    }
-    let mut ports: LpmTrie<_, OldPortKey, sg_common::policy::PolicyHit> =
-        LpmTrie::try_from(ebpf.map_mut("SG_PORTS").unwrap()).unwrap();
-    for (len, k, hit) in &policy.ports {
-        let key = OldPortKey {
-            gen_dir: k.gen_dir,
-            class: k.class,
-            proto: k.proto,
-            port: k.port,
-            pad: 0,
-        };
-        ports.insert(&Key::new(len - 32, key), hit, 0).unwrap();
-    }
-    let timeouts = timeouts_ns(compile::timeouts_s(&iface.conntrack));
-    let mut config: Array<_, OldConfig> =
-        Array::try_from(ebpf.map_mut("SG_CONFIG").unwrap()).unwrap();
-    config
-        .set(
-            0,
-            OldConfig {
-                generation: 1,
-                flags: 1,
-                timeouts_ns: timeouts,
-                events_per_sec: 0,
-                shortest_timeout_s: 10,
-            },
-            0,
-        )
-        .unwrap();
+    legacy::install(&mut ebpf, &policy, compile::timeouts_s(&iface.conntrack), 0)
+        .expect("the legacy policy installs");
     let ns = id.netns.clone().unwrap();
-    sg_user::netns::in_netns(Some(&ns), || {
+    sg_user::sys::netns::in_netns(Some(&ns), || {
         for (name, attach, pin) in [
             ("sg_tc_ingress", TcAttachType::Ingress, "link-ingress-tc"),
             ("sg_tc_egress", TcAttachType::Egress, "link-egress-tc"),
@@ -184,7 +85,7 @@ fn legacy_attachment_moves_to_the_shared_data_plane_without_opening() {
     let load = |name: &str, yaml: String| {
         let path = lab.dir.join(name);
         std::fs::write(&path, yaml).unwrap();
-        sg_user::apply::load(&path, &[]).unwrap()
+        sg_user::agent::apply::load(&path, &[]).unwrap()
     };
     let old = load("old.yaml", config(""));
     let model = load("new.yaml", config("    egress: []\n"));
@@ -221,7 +122,7 @@ fn legacy_attachment_moves_to_the_shared_data_plane_without_opening() {
     let tries = Arc::new(AtomicUsize::new(0));
     let prober = {
         let (stop, leaked, tries) = (stop.clone(), leaked.clone(), tries.clone());
-        let b = sg_user::netns::Netns::open(lab.ns("b").name()).unwrap();
+        let b = sg_user::sys::netns::Netns::open(lab.ns("b").name()).unwrap();
         let dst = lab.addr("a", false, 22);
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
@@ -233,8 +134,9 @@ fn legacy_attachment_moves_to_the_shared_data_plane_without_opening() {
         })
     };
     std::thread::sleep(Duration::from_millis(150));
-    let changes = sg_user::apply::apply(&model, &sg_user::apply::ApplyOptions::default())
-        .expect("apply upgrades");
+    let changes =
+        sg_user::agent::apply::apply(&model, &sg_user::agent::apply::ApplyOptions::default())
+            .expect("apply upgrades");
     lab.applied.push(id.clone());
     std::thread::sleep(Duration::from_millis(150));
     stop.store(true, Ordering::Relaxed);
@@ -271,9 +173,10 @@ fn legacy_attachment_moves_to_the_shared_data_plane_without_opening() {
         Reach::Timeout,
         "after: 22 dropped"
     );
-    let hooks = sg_user::loader::pinned_hooks(&id).unwrap();
-    let shared: std::collections::BTreeSet<u32> =
-        sg_user::dataplane::program_ids().into_iter().collect();
+    let hooks = sg_user::kernel::loader::pinned_hooks(&id).unwrap();
+    let shared: std::collections::BTreeSet<u32> = sg_user::kernel::dataplane::program_ids()
+        .into_iter()
+        .collect();
     assert!(
         hooks.len() == 2 && hooks.iter().all(|h| shared.contains(&h.program_id)),
         "both links run the shared programs: {hooks:?} vs {shared:?}"

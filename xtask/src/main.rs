@@ -55,7 +55,24 @@ fn main() -> Result<()> {
         Task::Bench { quick } => {
             ensure_setup()?;
             // Release build: the control-plane figures time `sgctl apply` itself.
-            cargo(&["build", "--release", "--package", "sg-user", "--bins"])?;
+            cargo(&[
+                "build",
+                "--release",
+                "--package",
+                "sg-user",
+                "--bin",
+                "sgctl",
+            ])?;
+            cargo(&[
+                "build",
+                "--release",
+                "--package",
+                "xtask",
+                "--features",
+                "bench",
+                "--bin",
+                "sg-bench",
+            ])?;
             let bench = workspace_root().join("target/release/sg-bench");
             let command = if quick {
                 "cargo xtask bench --quick"
@@ -86,6 +103,8 @@ fn main() -> Result<()> {
                 "clippy",
                 "--workspace",
                 "--all-targets",
+                "--features",
+                "xtask/bench",
                 "--",
                 "-D",
                 "warnings",
@@ -95,7 +114,8 @@ fn main() -> Result<()> {
                 image::build(image::DEFAULT_TAG)
                     .context("the podman sidecar test needs the sidecar image")?;
             }
-            let mut args = vec!["test", "--workspace"];
+            // `xtask/bench`: the benchmark's smoke test runs too.
+            let mut args = vec!["test", "--workspace", "--features", "xtask/bench"];
             args.extend(cargo_test_args.iter().map(String::as_str));
             cargo_test(&args)
         }

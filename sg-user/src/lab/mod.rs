@@ -3,7 +3,7 @@
 //!
 //! - `up`: plan hosts for the config ([`plan`]), build them as namespaces
 //!   `sgl-<lab>-<role>` on one bridge (namespace `sgl-<lab>-sw`), write the
-//!   config rewritten for the lab and enforce it with [`crate::apply`] (the
+//!   config rewritten for the lab and enforce it with [`crate::agent::apply`] (the
 //!   code path of `sgctl apply`), and start a listener process
 //!   (`sgctl lab serve`) that answers TCP and echoes UDP on every planned port
 //!   in every host.
@@ -17,7 +17,9 @@
 //! never touches what the lab did not create, and `up` first removes what a
 //! crashed lab of the same name left behind.
 
+pub mod demo;
 pub mod plan;
+pub mod probe;
 pub mod verify;
 
 use std::{
@@ -34,11 +36,10 @@ use serde::{Deserialize, Serialize};
 pub use plan::{DEFAULT_NAME, Plan};
 
 use crate::{
-    apply::{self, ApplyOptions},
+    agent::apply::{self, ApplyOptions},
+    kernel::pins::{self, IfaceId},
     model::{self, Attachment, Model, Problem},
-    netns::{self, Netns},
-    pins::{self, IfaceId},
-    probe,
+    sys::netns::{self, Netns},
 };
 
 /// Where a lab keeps its state: `/run/sgctl/lab/<lab>/` (state.json, the
@@ -86,9 +87,9 @@ impl LabState {
 
     fn write(&self) -> Result<()> {
         let dir = state_dir(&self.plan.lab);
-        crate::lock::ensure_state_dir()?;
-        crate::private_dir::create_subdir(&dir)?;
-        crate::private_dir::write_state_file(
+        crate::agent::lock::ensure_state_dir()?;
+        crate::sys::private_dir::create_subdir(&dir)?;
+        crate::sys::private_dir::write_state_file(
             &dir.join("state.json"),
             &serde_json::to_vec_pretty(self)?,
         )?;
@@ -201,8 +202,8 @@ fn build(
     opts: &UpOptions,
 ) -> Result<UpReport> {
     let dir = state_dir(&plan.lab);
-    crate::lock::ensure_state_dir()?;
-    crate::private_dir::create_subdir(&dir)?;
+    crate::agent::lock::ensure_state_dir()?;
+    crate::sys::private_dir::create_subdir(&dir)?;
     let lab_config = dir.join("lab.yaml");
     let mut state = LabState {
         plan: plan.clone(),
@@ -239,7 +240,7 @@ fn build(
         .zip(&namespaces)
         .filter_map(|(h, ns)| h.ipv6.map(|a| (ns, h.iface.as_str(), a)))
         .collect();
-    crate::netns::pin_ipv6_neighbours(&v6)?;
+    crate::sys::netns::pin_ipv6_neighbours(&v6)?;
 
     let lab_model = plan.lab_model(user, Some(lab_config.clone()));
     let text = model::aws::to_native_yaml(&lab_model)?;
@@ -411,7 +412,7 @@ pub fn down(lab: &str) -> Result<DownReport> {
     {
         report.server_stopped = stop_server(pid, lab);
     }
-    for id in pins::attached_ifaces().context("listing attached interfaces")? {
+    for id in crate::kernel::dataplane::attached_ifaces().context("listing attached interfaces")? {
         if id
             .netns
             .as_deref()

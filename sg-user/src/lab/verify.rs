@@ -25,9 +25,9 @@ use serde::Serialize;
 
 use super::plan::{Expected, Flow, HostKind, Plan, Proto};
 use crate::{
+    lab::probe::{self, Reach, UdpPeer},
     model::Model,
-    netns::Netns,
-    probe::{self, Reach, UdpPeer},
+    sys::netns::Netns,
 };
 
 /// How long a probe waits for an answer before calling the flow blocked.

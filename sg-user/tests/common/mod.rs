@@ -8,10 +8,10 @@ use std::{
 };
 
 use sg_user::{
-    apply::{self, ApplyOptions},
+    agent::apply::{self, ApplyOptions},
+    kernel::pins::IfaceId,
     model::Model,
-    netns::{Host, Netns, Segment},
-    pins::IfaceId,
+    sys::netns::{Host, Netns, Segment},
 };
 
 /// Hosts `a` (protected), `b` and `c` on one bridge, and a config file.
@@ -89,7 +89,7 @@ impl Drop for Lab {
             .iter()
             .map(|h| h.netns.name().to_string())
             .collect();
-        let attached = sg_user::pins::attached_ifaces().unwrap_or_default();
+        let attached = sg_user::kernel::dataplane::attached_ifaces().unwrap_or_default();
         for id in attached
             .iter()
             .filter(|id| id.netns.as_ref().is_some_and(|n| ours.contains(n)))

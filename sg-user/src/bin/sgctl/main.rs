@@ -11,11 +11,11 @@ use std::{io::Write as _, process::ExitCode};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use sg_user::{
-    demo,
-    loader::{self, AttachOptions, BpfLog, IngressHook, InitialPolicy, Side},
-    lock::{self, StateLock},
+    agent::lock::{self, StateLock},
+    kernel::loader::{self, AttachOptions, BpfLog, IngressHook, InitialPolicy, Side},
+    kernel::pins::{self, IfaceId},
+    lab::demo,
     model::text::{escape, escape_lines},
-    pins::{self, IfaceId},
 };
 
 /// Exit codes, the same for every subcommand (grep's 0/1/2, plus 3 for a
@@ -432,11 +432,11 @@ fn run(command: Command) -> Result<ExitCode> {
 
 /// The interfaces sgctl has attached (their pins), or an error naming the directory.
 fn attached_ifaces() -> Result<Vec<IfaceId>> {
-    pins::attached_ifaces().with_context(|| format!("listing {}", pins::ROOT))
+    sg_user::kernel::dataplane::attached_ifaces().with_context(|| format!("listing {}", pins::ROOT))
 }
 
 pub(crate) fn require_root(what: &str) -> Result<()> {
-    if !sg_user::netns::is_root() {
+    if !sg_user::sys::netns::is_root() {
         anyhow::bail!("{what} needs root (it loads eBPF programs); run it with sudo");
     }
     Ok(())
@@ -489,7 +489,7 @@ fn detach(args: DetachArgs) -> Result<ExitCode> {
         }]
     };
     for id in &targets {
-        sg_user::apply::detach_locked(id, &held)?;
+        sg_user::agent::apply::detach_locked(id, &held)?;
         println!("detached {id}");
     }
     if targets.is_empty() {
@@ -519,7 +519,7 @@ fn require_file(cfg: &offline::ConfigArgs, what: &str) -> Result<()> {
 fn apply(args: ApplyArgs) -> Result<ExitCode> {
     require_file(&args.cfg, "sgctl apply")?;
     require_root("sgctl apply")?;
-    let model = match sg_user::apply::load(&args.cfg.config, &args.cfg.attach) {
+    let model = match sg_user::agent::apply::load(&args.cfg.config, &args.cfg.attach) {
         Ok(m) => m,
         Err(problems) => {
             eprint!("{}", offline::problems_text(&problems));
@@ -534,7 +534,7 @@ fn apply(args: ApplyArgs) -> Result<ExitCode> {
     for w in &model.warnings {
         eprintln!("{}", escape(&w.to_string()));
     }
-    let opts = sg_user::apply::ApplyOptions {
+    let opts = sg_user::agent::apply::ApplyOptions {
         attach: AttachOptions {
             ingress_hook: args.ingress_hook,
             bpf_log: args.bpf_log,
@@ -547,11 +547,11 @@ fn apply(args: ApplyArgs) -> Result<ExitCode> {
     // Held from reading the state to writing it: applies never interleave.
     let held = args.lock.take(&format!(
         "sgctl apply -c {}",
-        sg_user::apply::config_identity(&args.cfg.config)
+        sg_user::agent::state::config_identity(&args.cfg.config)
             .unwrap_or_else(|| args.cfg.config.clone())
             .display()
     ))?;
-    for c in sg_user::apply::apply_locked(&model, &opts, &held)? {
+    for c in sg_user::agent::apply::apply_locked(&model, &opts, &held)? {
         match c.action {
             "detached" => println!("{:<24} detached (no longer in the config)", c.iface),
             "absent" => println!(
@@ -584,10 +584,10 @@ fn apply(args: ApplyArgs) -> Result<ExitCode> {
 fn daemon(args: RunArgs) -> Result<ExitCode> {
     require_file(&args.cfg, "sgctl run")?;
     require_root("sgctl run")?;
-    let opts = sg_user::daemon::DaemonOptions {
+    let opts = sg_user::agent::daemon::DaemonOptions {
         config: args.cfg.config.clone(),
         attach: args.cfg.attach.clone(),
-        apply: sg_user::apply::ApplyOptions {
+        apply: sg_user::agent::apply::ApplyOptions {
             attach: AttachOptions {
                 ingress_hook: args.ingress_hook,
                 conntrack_entries: args.conntrack_entries,
@@ -608,7 +608,7 @@ fn daemon(args: RunArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(sg_user::daemon::run(opts))?;
+    runtime.block_on(sg_user::agent::daemon::run(opts))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -637,18 +637,18 @@ fn conntrack(args: ConntrackArgs) -> Result<ExitCode> {
         })?;
         match action {
             "flush" => {
-                let n = sg_user::conntrack::flush(&id, &cfg)?;
+                let n = sg_user::kernel::conntrack::flush(&id, &cfg)?;
                 writeln!(out, "{id}: {n} connections flushed")?;
                 continue;
             }
             "gc" => {
-                let n = sg_user::conntrack::reclaim_expired(&id, &cfg)?;
+                let n = sg_user::kernel::conntrack::reclaim_expired(&id, &cfg)?;
                 writeln!(out, "{id}: {n} expired entries reclaimed")?;
                 continue;
             }
             _ => {}
         }
-        let flows = sg_user::conntrack::list(&id, &cfg)?;
+        let flows = sg_user::kernel::conntrack::list(&id, &cfg)?;
         if target.json {
             all.push(serde_json::json!({ "iface": id.to_string(), "flows": flows }));
             continue;
@@ -689,11 +689,11 @@ fn flows(args: FlowsArgs) -> Result<ExitCode> {
     if ifaces.is_empty() {
         anyhow::bail!("no interface attached; enforce a config with `sgctl apply -c FILE` first");
     }
-    let mut collector = sg_user::flowlog::Collector::open(&ifaces, &args.account_id)?;
+    let mut collector = sg_user::agent::flowlog::Collector::open(&ifaces, &args.account_id)?;
     let window = std::time::Duration::from_secs(args.window.max(1));
     eprintln!(
         "# {} (window {}s)",
-        sg_user::flowlog::V2_FIELDS.join(" "),
+        sg_user::agent::flowlog::V2_FIELDS.join(" "),
         window.as_secs()
     );
     let mut windows = 0;
@@ -706,8 +706,8 @@ fn flows(args: FlowsArgs) -> Result<ExitCode> {
         let mut out = std::io::stdout().lock();
         for r in collector.flush() {
             let action = match r.action {
-                Some(sg_user::flowlog::Action::Accept) => "ACCEPT",
-                Some(sg_user::flowlog::Action::Reject) => "REJECT",
+                Some(sg_user::agent::flowlog::Action::Accept) => "ACCEPT",
+                Some(sg_user::agent::flowlog::Action::Reject) => "REJECT",
                 None => "-",
             };
             if args.action.as_deref().is_none_or(|a| a == action) && writeln!(out, "{r}").is_err() {
@@ -738,12 +738,12 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
     let mut all = Vec::new();
     let mut unreadable = Vec::new();
     for id in attached_ifaces()? {
-        match sg_user::status::iface_status(id.clone()) {
+        match sg_user::agent::status::iface_status(id.clone()) {
             Ok(s) => all.push(s),
             Err(e) => unreadable.push((id, format!("{e:#}"))),
         }
     }
-    let daemons = sg_user::daemon::read_states();
+    let daemons = sg_user::agent::daemon_state::read_states();
     let mut out = std::io::stdout().lock();
     if args.json {
         let unreadable: Vec<_> = unreadable
@@ -792,7 +792,7 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
         )?;
     } else {
         for s in &all {
-            write!(out, "{}", sg_user::status::render(s))?;
+            write!(out, "{}", sg_user::agent::status::render(s))?;
         }
     }
     Ok(ExitCode::SUCCESS)

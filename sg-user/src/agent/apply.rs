@@ -1,0 +1,720 @@
+//! `sgctl apply`: make the kernel enforce a validated model.
+//!
+//! Two phases, so bad input changes nothing: first everything is compiled
+//! (pure, may fail) — once per distinct rule set, since interfaces with the
+//! same rules share one policy of the host's data plane — then the kernel
+//! is changed: each policy installed (a new generation switched atomically,
+//! or a new policy id), then each interface's endpoint written (new
+//! interfaces before their hooks are linked; moving an interface to another
+//! policy is one endpoint update), interfaces that left the config
+//! (attached by an earlier apply of the same file) detached, and policies
+//! no interface uses any more freed. Interfaces still enforced by the
+//! legacy per-interface layout are moved onto the shared data plane in place.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::{
+    agent::drift,
+    agent::lock::{self, StateLock},
+    compile::{self, CompiledPolicy},
+    kernel::conntrack,
+    kernel::dataplane::Session,
+    kernel::loader::{self, AttachOptions, InitialPolicy},
+    kernel::pins::{self, IfaceId},
+    model::{Interface, Model, Side},
+};
+
+/// Loads a config for enforcement: like [`crate::model::load_with`], with
+/// interface addresses that are not declared discovered from the kernel (so
+/// group references resolve to real addresses).
+pub fn load(
+    path: &std::path::Path,
+    attach: &[crate::model::Attachment],
+) -> Result<Model, Vec<crate::model::Problem>> {
+    let opts = crate::model::LoadOptions {
+        attach,
+        discovery: &crate::agent::discover::KernelAddresses,
+    };
+    crate::model::load_with(path, &opts)
+}
+
+pub use crate::agent::lock::STATE_DIR;
+use crate::agent::state::{
+    IfaceState, RuleInfo, config_identity, read_state, remove_state, restore_state, state_path,
+    write_state,
+};
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ApplyOptions {
+    pub attach: AttachOptions,
+    /// Also cut tracked flows the new rules no longer allow.
+    pub revoke: bool,
+    /// Fail, changing nothing, when no interface of the config exists here
+    /// (a typo) — `sgctl apply`; the daemon waits for them instead.
+    pub require_present: bool,
+}
+
+/// What happened to one interface.
+#[derive(Clone, Debug, Serialize)]
+pub struct Change {
+    pub iface: String,
+    /// attached | updated | unchanged | reattached | repaired | absent | detached
+    pub action: &'static str,
+    pub generation: u32,
+    pub revoked: usize,
+    /// Why it was reattached or repaired.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+enum Step {
+    /// Not attached yet: attach with the policy.
+    Attach,
+    /// Attached by the legacy per-interface layout: move it onto the shared
+    /// data plane in place.
+    Upgrade { legacy_dir: PathBuf },
+    /// Attached but not as set up (other side, `sgctl attach`, new device,
+    /// hooks or pins missing): rewrite its endpoint, link what is missing.
+    Reattach { action: &'static str, why: String },
+    /// Attached: enforce the (possibly new) policy and settings.
+    Update,
+    /// Attached with this very policy and these settings already.
+    Unchanged,
+    /// The interface (or its namespace) does not exist here now.
+    Absent,
+}
+
+struct Plan<'a> {
+    iface: &'a Interface,
+    id: IfaceId,
+    ifindex: u32,
+    step: Step,
+    /// Index into the apply's policies.
+    policy: usize,
+    policy_hash: u64,
+    timeouts_s: [u64; sg_common::conntrack::TIMEOUT_SLOTS],
+}
+
+/// One compiled rule set of this apply and the policy id that carries it.
+struct PolicyPlan {
+    fingerprint: u64,
+    id: u32,
+    compiled: CompiledPolicy,
+    /// Install it (a new policy, or a new generation of a reused one).
+    install: bool,
+}
+
+fn side_name(side: Side) -> &'static str {
+    match side {
+        Side::Host => "host",
+        Side::Peer => "peer",
+    }
+}
+
+/// Fingerprint of the compiled rules of `iface` (what its policy depends
+/// on: its groups and their members); interfaces with equal fingerprints
+/// share a policy.
+fn rules_fingerprint(model: &Model, iface: &Interface) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for direction in [
+        crate::model::Direction::Ingress,
+        crate::model::Direction::Egress,
+    ] {
+        format!("{:?}", compile::rules_from_model(model, iface, direction)).hash(&mut h);
+    }
+    // Never 0: a policy slot with fingerprint 0 was installed by a test or
+    // by hand and is shared with nothing.
+    h.finish() | 1
+}
+
+fn fingerprint(rules: u64, timeouts_s: &[u64]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    rules.hash(&mut h);
+    timeouts_s.hash(&mut h);
+    h.finish()
+}
+
+/// Applies `model` to the kernel, holding the state lock (waiting for it
+/// when another sgctl holds it). Interfaces that do not exist now are
+/// reported `absent` (and their stale state removed); `sgctl run` attaches
+/// them when they appear.
+///
+/// # Errors
+/// See [`apply_locked`].
+pub fn apply(model: &Model, opts: &ApplyOptions) -> Result<Vec<Change>> {
+    let purpose = format!(
+        "apply {}",
+        model
+            .file
+            .as_deref()
+            .map_or("(no file)".into(), |f| f.display().to_string())
+    );
+    let held = lock::state_lock(&purpose, lock::Wait::Block, |holder| {
+        log::warn!("waiting for the state lock ({holder})");
+    })?;
+    apply_locked(model, opts, &held)
+}
+
+/// [`apply`] with the state lock already held: reconciles every interface of
+/// the config against the kernel (not only against the state files) —
+/// attaches new ones, repairs drifted ones ([`drift`]), switches changed
+/// policies atomically — and detaches interfaces this same config attached
+/// earlier that have left it.
+///
+/// # Errors
+/// Compiling, reading pinned state, writing state files (the error names the
+/// file; that interface is left as it was) or changing the kernel failed;
+/// with `require_present`, when no interface of the config exists here.
+pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Result<Vec<Change>> {
+    pins::ensure_root()?;
+    lock::ensure_state_dir()?;
+    let identity = model.file.as_deref().and_then(config_identity);
+    let mut session = Session::open_or_load(&opts.attach.load_options())?;
+    let legacy: BTreeMap<IfaceId, PathBuf> = pins::legacy_attachments()?.into_iter().collect();
+    let endpoints: BTreeMap<IfaceId, sg_common::IfaceConfig> = session
+        .dp
+        .endpoints()?
+        .into_iter()
+        .map(|e| (e.id, e.cfg))
+        .collect();
+    let live: BTreeMap<u32, sg_common::endpoint::PolicyState> =
+        session.dp.maps.policies()?.into_iter().collect();
+    // Phase 1: decide and compile everything; nothing in the kernel changes yet.
+    let mut plans = Vec::new();
+    let mut wanted: Vec<(u64, Vec<IfaceId>)> = Vec::new();
+    let ids: Vec<IfaceId> = model
+        .interfaces
+        .iter()
+        .map(|i| IfaceId::new(&i.name, i.netns.as_deref()))
+        .collect();
+    let ifindexes = drift::ifindexes(&ids);
+    let maps_pinned = drift::missing_maps().is_empty();
+    for ((iface, id), ifindex) in model.interfaces.iter().zip(ids).zip(ifindexes) {
+        let timeouts_s = compile::timeouts_s(&iface.conntrack);
+        let rules = rules_fingerprint(model, iface);
+        let policy_hash = fingerprint(rules, &timeouts_s);
+        let state = read_state(&id);
+        let ep = endpoints.get(&id);
+        let step = match (ifindex, ep) {
+            (None, _) => Step::Absent,
+            (Some(_), Some(_)) if !session.repinned.is_empty() => Step::Reattach {
+                action: "repaired",
+                why: format!(
+                    "pinned maps missing: {} (pinned again from the programs)",
+                    session.repinned.join(", ")
+                ),
+            },
+            (Some(_), Some(cfg)) => {
+                let policy_live = live
+                    .get(&cfg.policy)
+                    .is_some_and(|p| p.fingerprint == rules);
+                let known = drift::Known {
+                    ifindex,
+                    has_endpoint: true,
+                    maps_pinned,
+                };
+                let seen = Seen {
+                    cfg,
+                    policy_live,
+                    known,
+                };
+                step_for_attached(&id, iface, state.as_ref(), &seen, &timeouts_s, opts)
+            }
+            (Some(_), None) => match legacy.get(&id) {
+                Some(dir) => Step::Upgrade {
+                    legacy_dir: dir.clone(),
+                },
+                None => Step::Attach,
+            },
+        };
+        let policy = match wanted.iter().position(|(f, _)| *f == rules) {
+            Some(i) => i,
+            None => {
+                wanted.push((rules, Vec::new()));
+                wanted.len() - 1
+            }
+        };
+        if !matches!(step, Step::Absent) {
+            wanted[policy].1.push(id.clone());
+        }
+        plans.push(Plan {
+            iface,
+            ifindex: ifindex.unwrap_or(0),
+            policy,
+            policy_hash,
+            timeouts_s,
+            id,
+            step,
+        });
+    }
+    if opts.require_present
+        && !plans.is_empty()
+        && plans.iter().all(|p| matches!(p.step, Step::Absent))
+    {
+        bail!(none_present(model, &plans));
+    }
+    let policies = plan_policies(model, &plans, &wanted, &endpoints, &live)?;
+    // Phase 2: change the kernel. Policies first (the interfaces that use
+    // them switch, or are pointed at them below).
+    for p in policies.iter().filter(|p| p.install) {
+        session.dp.maps.select(p.id, None);
+        session
+            .dp
+            .maps
+            .install_policy(&p.compiled, p.fingerprint)
+            .with_context(|| format!("installing policy {}", p.id))?;
+    }
+    // New interfaces together (their links are created in parallel), each
+    // with its state written first; then everything else in order.
+    let mut done: Vec<Option<Change>> = plans.iter().map(|_| None).collect();
+    let new: Vec<usize> = (0..plans.len())
+        .filter(|&i| matches!(plans[i].step, Step::Attach))
+        .collect();
+    for &i in &new {
+        let plan = &plans[i];
+        write_state(
+            &plan.id,
+            &new_state(model, plan, &policies[plan.policy], identity.as_deref()),
+        )
+        .with_context(|| format!("{}: nothing was changed for this interface", plan.id))?;
+    }
+    let items: Vec<loader::AttachItem> = new
+        .iter()
+        .map(|&i| {
+            let plan = &plans[i];
+            loader::AttachItem {
+                iface: plan.id.clone(),
+                opts: AttachOptions {
+                    side: plan.iface.side,
+                    ..opts.attach
+                },
+                initial: InitialPolicy::Enforce {
+                    policy: policies[plan.policy].id,
+                    timeouts_s: plan.timeouts_s,
+                },
+            }
+        })
+        .collect();
+    let mut failed = None;
+    for (&i, result) in new.iter().zip(loader::attach_many(&mut session, &items)) {
+        let plan = &plans[i];
+        match result {
+            Ok(_) => {
+                done[i] = Some(Change {
+                    iface: plan.id.to_string(),
+                    action: "attached",
+                    generation: policies[plan.policy].compiled.generation,
+                    revoked: 0,
+                    detail: None,
+                });
+            }
+            Err(e) => {
+                remove_state(&plan.id);
+                failed.get_or_insert(
+                    anyhow::Error::from(e).context(format!("attaching {}", plan.id)),
+                );
+            }
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let mut changes = Vec::new();
+    for (plan, done) in plans.iter().zip(done) {
+        let policy = &policies[plan.policy];
+        changes.push(match done {
+            Some(change) => change,
+            None => carry_out(model, plan, policy, &mut session, identity.as_deref(), opts)?,
+        });
+    }
+    // Interfaces an earlier apply of this same config attached that have
+    // left it. Attachments of other configs (or `sgctl attach`) are not ours.
+    let mut attached: Vec<IfaceId> = session.dp.endpoints()?.into_iter().map(|e| e.id).collect();
+    attached.extend(legacy.keys().cloned());
+    for id in attached {
+        let ours = identity.is_some() && read_state(&id).is_some_and(|s| s.config == identity);
+        if ours && !plans.iter().any(|p| p.id == id) {
+            forget_in(&mut session, &id)?;
+            changes.push(Change {
+                iface: id.to_string(),
+                action: "detached",
+                generation: 0,
+                revoked: 0,
+                detail: None,
+            });
+        }
+    }
+    free_unused_policies(&mut session)?;
+    Ok(changes)
+}
+
+/// Chooses a policy id for every rule set of this apply: the live policy
+/// with the same rules if there is one; else, when every interface using
+/// an existing policy moves to this rule set, that policy (a new generation
+/// switches them all at once, as before); else a free id. Then compiles
+/// each rule set once.
+fn plan_policies(
+    model: &Model,
+    plans: &[Plan<'_>],
+    wanted: &[(u64, Vec<IfaceId>)],
+    endpoints: &BTreeMap<IfaceId, sg_common::IfaceConfig>,
+    live: &BTreeMap<u32, sg_common::endpoint::PolicyState>,
+) -> Result<Vec<PolicyPlan>> {
+    let mut users: BTreeMap<u32, Vec<&IfaceId>> = BTreeMap::new();
+    for (id, cfg) in endpoints {
+        if cfg.policy != 0 {
+            users.entry(cfg.policy).or_default().push(id);
+        }
+    }
+    let mut claimed: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    // Generations are numbered host-wide (one sequence over all policies),
+    // so "generation N" names one policy version on this host.
+    let mut last_generation = live.values().map(|p| p.generation).max().unwrap_or(0);
+    for (index, (rules, ifaces)) in wanted.iter().enumerate() {
+        // 1. The policy the interfaces already share, when all of its users
+        //    move here: a new generation switches them at once (what an
+        //    edited group does). 2. A live policy with these very rules
+        //    (sharing). 3. A free slot.
+        let current = ifaces.iter().find_map(|iface| {
+            let id = endpoints.get(iface)?.policy;
+            (id != 0
+                && !claimed.contains(&id)
+                && live.contains_key(&id)
+                && users
+                    .get(&id)
+                    .is_some_and(|u| u.iter().all(|user| ifaces.contains(user))))
+            .then_some(id)
+        });
+        let existing = live
+            .iter()
+            .find(|(id, p)| p.fingerprint == *rules && !claimed.contains(*id))
+            .map(|(id, _)| *id);
+        let (id, install) = match (current, existing) {
+            (Some(id), _) => (id, live.get(&id).is_none_or(|p| p.fingerprint != *rules)),
+            (None, Some(id)) => (id, false),
+            (None, None) => {
+                let free = (1..sg_common::endpoint::MAX_POLICIES)
+                    .find(|i| {
+                        !live.contains_key(i) && !users.contains_key(i) && !claimed.contains(i)
+                    })
+                    .context("every policy slot of the data plane is in use")?;
+                (free, true)
+            }
+        };
+        claimed.insert(id);
+        let generation = match live.get(&id) {
+            Some(p) if !install => p.generation,
+            _ => {
+                // 31 bits are keyed; wrap to 1 (0 means "no policy").
+                last_generation = if last_generation >= (1 << 31) - 1 {
+                    1
+                } else {
+                    last_generation + 1
+                };
+                last_generation
+            }
+        };
+        let first = plans
+            .iter()
+            .find(|p| p.policy == index)
+            .expect("every rule set comes from a plan");
+        out.push(PolicyPlan {
+            fingerprint: *rules,
+            id,
+            compiled: compile::compile_iface(model, first.iface, generation),
+            install,
+        });
+    }
+    Ok(out)
+}
+
+/// Frees the policies no endpoint uses any more.
+fn free_unused_policies(session: &mut Session) -> Result<()> {
+    let used: std::collections::BTreeSet<u32> = session
+        .dp
+        .maps
+        .endpoints()?
+        .into_iter()
+        .map(|(_, cfg)| cfg.policy)
+        .collect();
+    for (id, _) in session.dp.maps.policies()? {
+        if !used.contains(&id) {
+            session.dp.maps.select(id, None);
+            session.dp.maps.free_policy()?;
+        }
+    }
+    Ok(())
+}
+
+/// What phase 1 found in the kernel for an attached interface.
+struct Seen<'a> {
+    /// Its endpoint's settings.
+    cfg: &'a sg_common::IfaceConfig,
+    /// Its policy is live and has the rules the config now compiles to.
+    policy_live: bool,
+    known: drift::Known,
+}
+
+/// What to do with an interface that has an endpoint.
+fn step_for_attached(
+    id: &IfaceId,
+    iface: &Interface,
+    state: Option<&IfaceState>,
+    seen: &Seen<'_>,
+    timeouts_s: &[u64; sg_common::conntrack::TIMEOUT_SLOTS],
+    opts: &ApplyOptions,
+) -> Step {
+    let Seen {
+        cfg,
+        policy_live,
+        known,
+    } = *seen;
+    let Some(state) = state.filter(|s| s.side == side_name(iface.side)) else {
+        return Step::Reattach {
+            action: "reattached",
+            why: "attached by `sgctl attach` or for the other side".into(),
+        };
+    };
+    let drifted = drift::check_known(id, Some(state), known);
+    if !drifted.is_empty() {
+        let why: Vec<String> = drifted.iter().map(ToString::to_string).collect();
+        return Step::Reattach {
+            action: "repaired",
+            why: why.join("; "),
+        };
+    }
+    // The kernel's endpoint and policy, not only the state file: a state
+    // file written by an apply that died before changing the kernel says
+    // nothing.
+    let enforcing = cfg.flags & sg_common::policy::CONFIG_ENFORCE != 0;
+    let same_settings = cfg.timeouts_ns == crate::kernel::policy_maps::timeouts_ns(*timeouts_s);
+    if !opts.revoke && enforcing && policy_live && same_settings {
+        Step::Unchanged
+    } else {
+        Step::Update
+    }
+}
+
+/// The error when no interface of the config exists here.
+fn none_present(model: &Model, plans: &[Plan<'_>]) -> String {
+    let names: Vec<String> = plans
+        .iter()
+        .map(|p| match &p.id.netns {
+            Some(ns)
+                if !Path::new(crate::sys::netns::NETNS_RUN_DIR)
+                    .join(ns)
+                    .exists() =>
+            {
+                format!("{} (namespace {ns} does not exist)", p.id)
+            }
+            _ => p.id.to_string(),
+        })
+        .collect();
+    let config = model
+        .file
+        .as_deref()
+        .map_or("the config".into(), |f| f.display().to_string());
+    format!(
+        "none of the interfaces in {config} exists on this machine: {}; nothing was changed. \
+         Check the names (`ip link`, `ip netns list`), or run `sgctl run -c {config}` to attach \
+         them when they appear",
+        names.join(", ")
+    )
+}
+
+/// Phase 2 for one interface: the state file is written before the kernel
+/// changes and put back when the change fails, so no hook is ever attached
+/// without its state (rule names, config) and a failed write changes nothing.
+fn carry_out(
+    model: &Model,
+    plan: &Plan<'_>,
+    policy: &PolicyPlan,
+    session: &mut Session,
+    identity: Option<&Path>,
+    opts: &ApplyOptions,
+) -> Result<Change> {
+    let mut change = Change {
+        iface: plan.id.to_string(),
+        action: "updated",
+        generation: policy.compiled.generation,
+        revoked: 0,
+        detail: None,
+    };
+    match &plan.step {
+        Step::Absent => {
+            // A deleted interface takes its links with it; drop the rest.
+            if session.dp.endpoint_of(&plan.id)?.is_some() || plan.id.dir().exists() {
+                forget_in(session, &plan.id)?;
+            }
+            change.action = "absent";
+            change.generation = 0;
+            return Ok(change);
+        }
+        Step::Unchanged => {
+            change.action = "unchanged";
+            if read_state(&plan.id).is_none_or(|s| s.generation != policy.compiled.generation) {
+                // Another interface's apply switched the shared policy.
+                write_state(&plan.id, &new_state(model, plan, policy, identity))?;
+            }
+            return Ok(change);
+        }
+        _ => {}
+    }
+    let previous = std::fs::read(state_path(&plan.id)).ok();
+    write_state(&plan.id, &new_state(model, plan, policy, identity))
+        .with_context(|| format!("{}: nothing was changed for this interface", plan.id))?;
+    let changed = change_kernel(plan, policy, session, opts, &mut change);
+    if let Err(e) = changed {
+        match plan.step {
+            // There was no attachment: forget it.
+            Step::Attach => remove_state(&plan.id),
+            _ => restore_state(&plan.id, previous.as_deref()),
+        }
+        return Err(e);
+    }
+    Ok(change)
+}
+
+fn change_kernel(
+    plan: &Plan<'_>,
+    policy: &PolicyPlan,
+    session: &mut Session,
+    opts: &ApplyOptions,
+    change: &mut Change,
+) -> Result<()> {
+    let attach = AttachOptions {
+        side: plan.iface.side,
+        ..opts.attach
+    };
+    let initial = InitialPolicy::Enforce {
+        policy: policy.id,
+        timeouts_s: plan.timeouts_s,
+    };
+    match &plan.step {
+        Step::Attach => {
+            change.action = "attached";
+            loader::attach_in(session, &plan.id, &attach, initial)
+                .with_context(|| format!("attaching {}", plan.id))?;
+        }
+        Step::Upgrade { legacy_dir } => {
+            change.action = "upgraded";
+            change.detail = Some(format!(
+                "moved from its own programs and maps ({}) to the host's data plane",
+                legacy_dir.display()
+            ));
+            loader::upgrade_legacy(session, &plan.id, legacy_dir, &attach, initial)
+                .with_context(|| format!("moving {} to the host's data plane", plan.id))?;
+        }
+        Step::Reattach { action, why } => {
+            change.action = action;
+            change.detail = Some(why.clone());
+            loader::ensure_in(session, &plan.id, &attach, initial)
+                .with_context(|| format!("repairing {}", plan.id))?;
+        }
+        Step::Update => {
+            loader::ensure_in(session, &plan.id, &attach, initial)
+                .with_context(|| format!("updating {}", plan.id))?;
+            // A good moment to reclaim what idled out (the data path already
+            // ignores it; this frees room in the table).
+            let cfg = session
+                .dp
+                .endpoint_of(&plan.id)?
+                .map(|e| e.cfg)
+                .context("the interface's endpoint vanished")?;
+            conntrack::reclaim_expired(&plan.id, &cfg)
+                .with_context(|| format!("{}: reclaiming expired connections", plan.id))?;
+            if opts.revoke {
+                change.revoked = conntrack::revoke(&plan.id, &cfg, &policy.compiled)
+                    .with_context(|| format!("{}: revoking flows", plan.id))?;
+            }
+        }
+        Step::Absent | Step::Unchanged => unreachable!("handled by the caller"),
+    }
+    Ok(())
+}
+
+fn new_state(
+    model: &Model,
+    plan: &Plan<'_>,
+    policy: &PolicyPlan,
+    identity: Option<&Path>,
+) -> IfaceState {
+    let rules = model
+        .rules_for(plan.iface, crate::model::Direction::Ingress)
+        .chain(model.rules_for(plan.iface, crate::model::Direction::Egress))
+        .map(|r| {
+            let info = RuleInfo {
+                id: r.id.to_string(),
+                group: r.group.clone(),
+                description: r.description.clone(),
+            };
+            (compile::rule_hash(&info.id), info)
+        })
+        .collect();
+    IfaceState {
+        side: side_name(plan.iface.side).into(),
+        groups: plan.iface.groups.clone(),
+        generation: policy.compiled.generation,
+        config: identity.map(Path::to_path_buf),
+        ifindex: plan.ifindex,
+        policy_hash: plan.policy_hash,
+        rules,
+    }
+}
+
+/// Detaches an interface and forgets its state, holding the state lock.
+///
+/// # Errors
+/// The lock or the detach failed (not attached, pins unreadable).
+pub fn detach(id: &IfaceId) -> Result<()> {
+    let held = lock::state_lock(&format!("detach {id}"), lock::Wait::Block, |holder| {
+        log::warn!("waiting for the state lock ({holder})");
+    })?;
+    detach_locked(id, &held)
+}
+
+/// [`detach`] with the state lock already held.
+///
+/// # Errors
+/// The detach failed (not attached, pins unreadable).
+pub fn detach_locked(id: &IfaceId, _held: &StateLock) -> Result<()> {
+    loader::detach(id)?;
+    remove_state(id);
+    if let Some(mut dp) = crate::kernel::dataplane::DataPlane::open()? {
+        let used: std::collections::BTreeSet<u32> = dp
+            .maps
+            .endpoints()?
+            .into_iter()
+            .map(|(_, cfg)| cfg.policy)
+            .collect();
+        for (pid, _) in dp.maps.policies()? {
+            if !used.contains(&pid) {
+                dp.maps.select(pid, None);
+                dp.maps.free_policy()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn forget_in(session: &mut Session, id: &IfaceId) -> Result<()> {
+    let legacy = id.legacy_dir();
+    if legacy.exists() {
+        pins::remove_legacy_dir(&legacy)?;
+    }
+    match loader::detach_in(session, id) {
+        Ok(()) | Err(loader::LoaderError::NotAttached { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    remove_state(id);
+    Ok(())
+}

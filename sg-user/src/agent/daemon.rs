@@ -1,0 +1,698 @@
+//! `sgctl run`: apply a config and keep it applied.
+//!
+//! - Reloads when the config file changes (inotify on its directory,
+//!   debounced) and on SIGHUP. An invalid config changes nothing: the
+//!   running policy stays, the error is logged and shown in status and
+//!   metrics.
+//! - Interfaces come and go: link and address events (netlink, one socket per
+//!   namespace the config names) and namespaces appearing or disappearing
+//!   under /run/netns (inotify) trigger a reconcile — no polling.
+//! - One daemon per config: it holds the config's daemon lock for its
+//!   lifetime (a second `sgctl run` on the same config refuses with this
+//!   one's pid) and the state lock during each reload, like `sgctl apply`
+//!   (see [`crate::agent::lock`] for the order).
+//! - Exits on SIGTERM/SIGINT leaving enforcement pinned in place (unless
+//!   `--detach-on-exit`); a new `sgctl run` adopts it: unchanged policies are
+//!   not even reinstalled, counters and connections continue.
+
+use std::{
+    collections::BTreeMap,
+    ffi::OsString,
+    io::Write as _,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    agent::apply::{self, ApplyOptions},
+    agent::daemon_state::{DaemonState, state_path},
+    agent::discover::KernelAddresses,
+    agent::flowlog::Collector,
+    agent::lock::{self, StateLock},
+    agent::metrics,
+    kernel::pins::{self, IfaceId},
+    model::{Attachment, Model},
+    sys::netns::{NETNS_RUN_DIR, in_netns},
+};
+
+/// Everything `sgctl run` is told.
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
+    pub config: PathBuf,
+    pub attach: Vec<Attachment>,
+    pub apply: ApplyOptions,
+    pub metrics: Option<std::net::SocketAddr>,
+    pub flow_log: Option<PathBuf>,
+    pub flow_log_max_bytes: u64,
+    pub flow_window: Duration,
+    pub account_id: String,
+    pub detach_on_exit: bool,
+    pub gc_interval: Duration,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[derive(Debug)]
+enum Event {
+    /// Re-read the config (file change, SIGHUP).
+    Reload(&'static str),
+    /// Interfaces, addresses or namespaces changed.
+    Reconcile(String),
+    Gc,
+    FlowDrain,
+    FlowWindow,
+    Shutdown(&'static str),
+}
+
+struct Daemon {
+    opts: DaemonOptions,
+    state: Arc<Mutex<DaemonState>>,
+    /// Where `state` is published (daemon-KEY.json).
+    state_file: PathBuf,
+    last_good: Option<Model>,
+    tx: mpsc::UnboundedSender<Event>,
+    /// Netlink watchers by namespace (None = the daemon's own).
+    watchers: BTreeMap<Option<String>, tokio::task::JoinHandle<()>>,
+    flows: Option<FlowLog>,
+}
+
+/// Runs until SIGTERM/SIGINT.
+///
+/// # Errors
+/// Another daemon keeps this config ([`lock::LockError::DaemonRunning`]), the
+/// state or bpffs directory cannot be trusted, or a watch cannot be set up.
+pub async fn run(opts: DaemonOptions) -> Result<()> {
+    pins::ensure_root()?;
+    lock::ensure_state_dir()?;
+    let identity = crate::agent::state::config_identity(&opts.config).with_context(|| {
+        format!(
+            "{}: the directory of the config does not exist; check the path given to -c",
+            opts.config.display()
+        )
+    })?;
+    // Held until we return: our daemon-KEY.json is ours alone.
+    let daemon_lock = lock::daemon_lock(&identity)?;
+    let started_mono = crate::kernel::conntrack::monotonic_ns();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let state = Arc::new(Mutex::new(DaemonState {
+        pid: std::process::id(),
+        config: identity.clone(),
+        started: unix_now(),
+        ..DaemonState::default()
+    }));
+    spawn_signal(&tx, SignalKind::hangup(), Event::Reload("SIGHUP"))?;
+    spawn_signal(&tx, SignalKind::terminate(), Event::Shutdown("SIGTERM"))?;
+    spawn_signal(&tx, SignalKind::interrupt(), Event::Shutdown("SIGINT"))?;
+    spawn_config_watch(&tx, &opts.config)?;
+    spawn_netns_watch(&tx)?;
+    spawn_tick(&tx, opts.gc_interval, || Event::Gc);
+    if let Some(addr) = opts.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening for metrics on {addr} (is the port in use?)"))?;
+        info!(%addr, "serving Prometheus metrics at /metrics");
+        tokio::spawn(metrics::serve(listener, state.clone()));
+    }
+    let flows = match &opts.flow_log {
+        Some(path) => {
+            spawn_tick(&tx, Duration::from_millis(500), || Event::FlowDrain);
+            spawn_tick(&tx, opts.flow_window, || Event::FlowWindow);
+            Some(FlowLog::new(
+                path.clone(),
+                opts.flow_log_max_bytes,
+                &opts.account_id,
+                started_mono,
+            )?)
+        }
+        None => None,
+    };
+    let mut daemon = Daemon {
+        opts,
+        state,
+        state_file: state_path(&identity),
+        last_good: None,
+        tx,
+        watchers: BTreeMap::new(),
+        flows,
+    };
+    if let Some(held) = daemon.state_lock("start").await {
+        daemon.reload("start", &held);
+    }
+    while let Some(first) = rx.recv().await {
+        // Coalesce a burst (an editor's save, a container starting) into one
+        // reload or reconcile; nothing queued meanwhile is lost.
+        let mut batch = vec![first];
+        if matches!(batch[0], Event::Reload(_) | Event::Reconcile(_)) {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let mut reload = None;
+        let mut reconcile = None;
+        let mut shutdown = None;
+        for event in batch {
+            match event {
+                Event::Reload(why) => reload = Some(why),
+                Event::Reconcile(why) => reconcile = Some(why),
+                Event::Gc => daemon.gc(),
+                Event::FlowDrain => {
+                    if let Some(f) = &mut daemon.flows {
+                        f.drain();
+                    }
+                }
+                Event::FlowWindow => {
+                    if let Some(f) = &mut daemon.flows {
+                        f.window();
+                    }
+                }
+                Event::Shutdown(why) => shutdown = Some(why),
+            }
+        }
+        // A reload re-discovers interfaces too, so it covers a reconcile.
+        let why = reload.map(str::to_string).or(reconcile);
+        if let Some(why) = why
+            && let Some(held) = daemon.state_lock(&why).await
+        {
+            match reload {
+                Some(why) => daemon.reload(why, &held),
+                None => daemon.reconcile(&why, &held),
+            }
+        }
+        if let Some(why) = shutdown {
+            info!(signal = why, "stopping");
+            break;
+        }
+    }
+    if let Some(f) = &mut daemon.flows {
+        f.window();
+    }
+    if daemon.opts.detach_on_exit
+        && let Some(held) = daemon.state_lock("stop").await
+    {
+        for id in daemon.attached() {
+            match apply::detach_locked(&id, &held) {
+                Ok(()) => info!(iface = %id, "detached (--detach-on-exit)"),
+                Err(e) => warn!(iface = %id, "detach failed: {e:#}"),
+            }
+        }
+    } else {
+        info!(
+            "enforcement stays in place (pinned); `sgctl run` adopts it, `sgctl detach --all` removes it"
+        );
+    }
+    // Ours alone: the daemon lock is still held.
+    let _ = std::fs::remove_file(&daemon.state_file);
+    daemon_lock.remove();
+    Ok(())
+}
+
+impl Daemon {
+    /// Takes the state lock for a reload or reconcile, waiting (without
+    /// blocking metrics or signals) while an `sgctl apply` holds it. None
+    /// when it cannot be taken at all (logged, shown in status).
+    async fn state_lock(&mut self, why: &str) -> Option<StateLock> {
+        let purpose = format!("sgctl run -c {} ({why})", self.opts.config.display());
+        let taken = tokio::task::spawn_blocking(move || {
+            lock::state_lock(&purpose, lock::Wait::Block, |holder| {
+                info!("waiting for the state lock ({holder})");
+            })
+        })
+        .await;
+        match taken {
+            Ok(Ok(held)) => Some(held),
+            Ok(Err(e)) => {
+                self.failed(why, format!("{e:#}"));
+                None
+            }
+            Err(e) => {
+                self.failed(why, format!("taking the state lock: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Records a failed reload or reconcile (status, metrics, log).
+    fn failed(&mut self, why: &str, error: String) {
+        error!(
+            trigger = why,
+            "applying failed, the previous policy stays where it was not replaced: {error}"
+        );
+        let mut s = self.state.lock().expect("state lock");
+        s.last_reload_ok = false;
+        s.last_reload_at = unix_now();
+        s.last_error = Some(error);
+        s.reloads_failed += 1;
+        drop(s);
+        self.publish();
+    }
+
+    fn reload(&mut self, why: &str, held: &StateLock) {
+        match apply::load(&self.opts.config, &self.opts.attach) {
+            Ok(model) => {
+                for w in &model.warnings {
+                    warn!("{w}");
+                }
+                self.enforce(model, why, true, held);
+            }
+            Err(problems) => {
+                let text: Vec<String> = problems
+                    .iter()
+                    .filter(|p| p.is_error())
+                    .map(|p| p.to_string())
+                    .collect();
+                error!(
+                    config = %self.opts.config.display(),
+                    problems = text.len(),
+                    "config invalid, keeping the running policy:\n{}",
+                    text.join("\n")
+                );
+                let mut s = self.state.lock().expect("state lock");
+                s.last_reload_ok = false;
+                s.last_reload_at = unix_now();
+                s.last_error = Some(text.join("; "));
+                s.reloads_failed += 1;
+                drop(s);
+                self.publish();
+            }
+        }
+    }
+
+    /// Re-discovers addresses and applies the last good model again.
+    fn reconcile(&mut self, why: &str, held: &StateLock) {
+        let Some(mut model) = self.last_good.clone() else {
+            return self.reload(why, held);
+        };
+        model.rediscover(&KernelAddresses);
+        self.enforce(model, why, false, held);
+    }
+
+    /// Applies `model`; `reload` says whether this was a config reload (whose
+    /// result status and metrics report) or a reconcile.
+    fn enforce(&mut self, model: Model, why: &str, reload: bool, held: &StateLock) {
+        match apply::apply_locked(&model, &self.opts.apply, held) {
+            Ok(changes) => {
+                let mut generations = BTreeMap::new();
+                for c in &changes {
+                    if c.action != "unchanged" {
+                        info!(iface = %c.iface, action = c.action, generation = c.generation, detail = c.detail.as_deref(), trigger = why, "applied");
+                    }
+                    if c.action != "detached" {
+                        generations.insert(c.iface.clone(), c.generation);
+                    }
+                }
+                let mut s = self.state.lock().expect("state lock");
+                if reload {
+                    s.last_reload_ok = true;
+                    s.last_reload_at = unix_now();
+                    s.last_error = None;
+                    s.reloads_ok += 1;
+                }
+                s.generations = generations;
+                drop(s);
+                self.watch_namespaces(&model);
+                self.last_good = Some(model);
+                let attached = self.attached();
+                if let Some(f) = &mut self.flows {
+                    f.reopen(&attached);
+                }
+            }
+            Err(e) => return self.failed(why, format!("{e:#}")),
+        }
+        self.publish();
+    }
+
+    fn attached(&self) -> Vec<IfaceId> {
+        let generations = self.state.lock().expect("state lock").generations.clone();
+        crate::kernel::dataplane::attached_ifaces()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|id| generations.get(&id.to_string()).is_some_and(|g| *g != 0))
+            .collect()
+    }
+
+    /// Reclaims expired connections; skipped when an apply holds the state
+    /// lock (the next tick does it).
+    fn gc(&mut self) {
+        let _held = match lock::try_state_lock("sgctl run (conntrack gc)") {
+            Ok(Some(held)) => held,
+            Ok(None) => return,
+            Err(e) => return warn!("conntrack gc skipped: {e:#}"),
+        };
+        for id in self.attached() {
+            let reclaimed = crate::kernel::loader::settings(&id)
+                .map_err(anyhow::Error::from)
+                .and_then(|(cfg, _)| Ok(crate::kernel::conntrack::reclaim_expired(&id, &cfg)?));
+            match reclaimed {
+                Ok(0) => {}
+                Ok(n) => info!(iface = %id, reclaimed = n, "expired connections reclaimed"),
+                Err(e) => warn!(iface = %id, "conntrack gc failed: {e:#}"),
+            }
+        }
+    }
+
+    /// One netlink watcher per namespace the model names (and our own).
+    fn watch_namespaces(&mut self, model: &Model) {
+        let mut wanted: Vec<Option<String>> =
+            model.interfaces.iter().map(|i| i.netns.clone()).collect();
+        wanted.push(None);
+        wanted.sort();
+        wanted.dedup();
+        // Drop watchers of namespaces that are gone or no longer named: a
+        // socket would keep a deleted namespace (and its devices) alive.
+        self.watchers.retain(|ns, task| {
+            let keep = wanted.contains(ns)
+                && ns
+                    .as_ref()
+                    .is_none_or(|n| Path::new(NETNS_RUN_DIR).join(n).exists());
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for ns in wanted {
+            if self.watchers.contains_key(&ns) {
+                continue;
+            }
+            match link_events(ns.as_deref()) {
+                Ok(fd) => {
+                    let tx = self.tx.clone();
+                    let label = ns.clone().unwrap_or_else(|| "host".into());
+                    self.watchers
+                        .insert(ns, tokio::spawn(forward_link_events(fd, label, tx)));
+                }
+                // The namespace does not exist yet: /run/netns tells us when it does.
+                Err(_) => continue,
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let s = self.state.lock().expect("state lock").clone();
+        let written = serde_json::to_vec_pretty(&s)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| crate::sys::private_dir::write_state_file(&self.state_file, &bytes));
+        if let Err(e) = written {
+            warn!("{e}");
+        }
+    }
+}
+
+fn spawn_signal(tx: &mpsc::UnboundedSender<Event>, kind: SignalKind, event: Event) -> Result<()> {
+    let mut stream = signal(kind).context("installing a signal handler")?;
+    let tx = tx.clone();
+    let make = move || match &event {
+        Event::Reload(w) => Event::Reload(w),
+        Event::Shutdown(w) => Event::Shutdown(w),
+        _ => unreachable!("signals reload or stop"),
+    };
+    tokio::spawn(async move {
+        while stream.recv().await.is_some() {
+            if tx.send(make()).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+fn spawn_tick(tx: &mpsc::UnboundedSender<Event>, every: Duration, make: fn() -> Event) {
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            if tx.send(make()).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// inotify on the config's directory (editors replace files by rename).
+fn spawn_config_watch(tx: &mpsc::UnboundedSender<Event>, config: &Path) -> Result<()> {
+    use inotify::{Inotify, WatchMask};
+    let dir = config
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name: OsString = config
+        .file_name()
+        .context("the config path names no file")?
+        .to_owned();
+    let inotify = Inotify::init().context("inotify")?;
+    inotify
+        .watches()
+        .add(
+            dir,
+            WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::CREATE | WatchMask::DELETE,
+        )
+        .with_context(|| format!("watching {}", dir.display()))?;
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let Ok(mut events) = inotify.into_event_stream([0u8; 4096]) else {
+            return;
+        };
+        while let Some(Ok(e)) = events.next().await {
+            if e.name.as_deref() == Some(name.as_os_str())
+                && tx.send(Event::Reload("config changed")).is_err()
+            {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// inotify on /run/netns: namespaces created or deleted.
+fn spawn_netns_watch(tx: &mpsc::UnboundedSender<Event>) -> Result<()> {
+    use inotify::{Inotify, WatchMask};
+    std::fs::create_dir_all(NETNS_RUN_DIR).with_context(|| format!("creating {NETNS_RUN_DIR}"))?;
+    let inotify = Inotify::init().context("inotify")?;
+    inotify
+        .watches()
+        .add(
+            NETNS_RUN_DIR,
+            WatchMask::CREATE | WatchMask::DELETE | WatchMask::MOVED_TO,
+        )
+        .with_context(|| format!("watching {NETNS_RUN_DIR}"))?;
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let Ok(mut events) = inotify.into_event_stream([0u8; 4096]) else {
+            return;
+        };
+        while let Some(Ok(e)) = events.next().await {
+            let name = e
+                .name
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if tx.send(Event::Reconcile(format!("netns {name}"))).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+const RTMGRP_LINK: u32 = 0x1;
+const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+const RTMGRP_IPV6_IFADDR: u32 = 0x100;
+
+/// A netlink socket subscribed to link and address changes, opened inside
+/// `netns` (the socket stays bound to that namespace).
+fn link_events(netns: Option<&str>) -> Result<OwnedFd> {
+    in_netns(netns, || -> std::io::Result<OwnedFd> {
+        // SAFETY: plain socket(2)/bind(2) with a zeroed sockaddr_nl.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            );
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = OwnedFd::from_raw_fd(fd);
+            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+            addr.nl_family = libc::AF_NETLINK as u16;
+            addr.nl_groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
+            let rc = libc::bind(
+                fd.as_raw_fd(),
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            );
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(fd)
+        }
+    })?
+    .context("netlink socket")
+}
+
+/// Any message on the socket means "something changed": reconcile (the
+/// reconcile itself looks at what is there, so messages need no parsing).
+async fn forward_link_events(fd: OwnedFd, label: String, tx: mpsc::UnboundedSender<Event>) {
+    // SAFETY: we own the socket and keep it open and unchanged while the
+    // AsyncFd lives.
+    let Ok(fd) = (unsafe { AsyncFd::register(fd) }) else {
+        return;
+    };
+    let mut buf = [0u8; 8192];
+    loop {
+        let Ok(mut guard) = fd.readable().await else {
+            return;
+        };
+        let mut got = false;
+        // SAFETY: reading into our buffer from a nonblocking socket.
+        while unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) } > 0 {
+            got = true;
+        }
+        guard.clear_ready();
+        if got
+            && tx
+                .send(Event::Reconcile(format!("links in {label}")))
+                .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// The daemon's flow-log file, rotated by size (3 old files kept).
+struct FlowLog {
+    path: PathBuf,
+    max_bytes: u64,
+    account_id: String,
+    collector: Option<Collector>,
+    /// Events older than this (CLOCK_MONOTONIC_COARSE ns: the daemon's
+    /// start) were left in the ring buffers by an earlier reader's absence;
+    /// they are not this daemon's to report.
+    since_ns: u64,
+}
+
+impl FlowLog {
+    fn new(path: PathBuf, max_bytes: u64, account_id: &str, since_ns: u64) -> Result<FlowLog> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        Ok(FlowLog {
+            path,
+            max_bytes,
+            account_id: account_id.into(),
+            collector: None,
+            since_ns,
+        })
+    }
+
+    fn reopen(&mut self, ifaces: &[IfaceId]) {
+        // Finish the current window before the set of interfaces changes.
+        self.window();
+        self.collector = match Collector::open_since(ifaces, &self.account_id, self.since_ns) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                warn!("flow logs paused: {e:#}");
+                None
+            }
+        };
+    }
+
+    fn drain(&mut self) {
+        if let Some(c) = &mut self.collector {
+            c.drain();
+        }
+    }
+
+    fn window(&mut self) {
+        let Some(c) = &mut self.collector else { return };
+        let records = c.flush();
+        if let Err(e) = self.write(&records) {
+            warn!("writing flow logs to {}: {e}", self.path.display());
+        }
+    }
+
+    fn write(&self, records: &[crate::agent::flowlog::FlowRecord]) -> std::io::Result<()> {
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.len() > self.max_bytes) {
+            for i in (1..3).rev() {
+                let _ = std::fs::rename(rotated(&self.path, i), rotated(&self.path, i + 1));
+            }
+            std::fs::rename(&self.path, rotated(&self.path, 1))?;
+        }
+        let mut f = crate::sys::private_dir::open_with_mode(
+            &self.path,
+            crate::sys::private_dir::FLOW_LOG_MODE,
+            std::fs::OpenOptions::new().append(true),
+        )?;
+        for r in records {
+            writeln!(f, "{r}")?;
+        }
+        Ok(())
+    }
+}
+
+fn rotated(path: &Path, i: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{i}"));
+    PathBuf::from(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::flowlog::FlowRecord;
+
+    #[test]
+    fn flow_log_rotates_by_size_and_keeps_three_old_files() {
+        let dir = std::env::temp_dir().join(format!("sg-flowlog-rotate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("flows.log");
+        let log = FlowLog::new(path.clone(), 100, "-", 0).unwrap();
+        let record = FlowRecord {
+            account_id: "-".into(),
+            interface_id: "eth0".into(),
+            flow: None,
+            packets: 0,
+            bytes: 0,
+            start: 1,
+            end: 2,
+            action: None,
+            log_status: "NODATA",
+        };
+        for _ in 0..6 {
+            // Each write is ~40 bytes; the file passes 100 bytes every third write.
+            log.write(&[record.clone(), record.clone()]).unwrap();
+        }
+        let lines = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
+        assert!(lines(&path) >= 1, "current file written");
+        assert!(lines(&rotated(&path, 1)) >= 2, "one rotation happened");
+        assert!(!rotated(&path, 4).exists(), "at most three old files");
+        let total: usize = [
+            path.clone(),
+            rotated(&path, 1),
+            rotated(&path, 2),
+            rotated(&path, 3),
+        ]
+        .iter()
+        .map(|p| lines(p))
+        .sum();
+        assert_eq!(total, 12, "no record lost by rotating");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

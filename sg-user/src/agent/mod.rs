@@ -1,0 +1,15 @@
+//! The agent layer: what `sgctl` does over time on top of the kernel layer —
+//! locks, per-interface state, apply, status and drift, metrics, flow logs
+//! and the daemon. It may import every layer below it (`model`, `compile`,
+//! `sys`, `kernel`), never `lab` or the CLI.
+
+pub mod apply;
+pub mod daemon;
+pub mod daemon_state;
+pub mod discover;
+pub mod drift;
+pub mod flowlog;
+pub mod lock;
+pub mod metrics;
+pub mod state;
+pub mod status;
