@@ -261,9 +261,17 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
     {
         bail!(none_present(model, &plans));
     }
-    let policies = plan_policies(model, &plans, &wanted, &endpoints, &live)?;
-    // Phase 2: change the kernel. Policies first (the interfaces that use
-    // them switch, or are pointed at them below).
+    let last_issued = session.dp.maps.last_generation()?;
+    let policies = plan_policies(model, &plans, &wanted, &endpoints, &live, last_issued)?;
+    // Phase 2: change the kernel. The numbers handed out first (a crash
+    // after it wastes numbers, never reuses one), then policies (the
+    // interfaces that use them switch, or are pointed at them below).
+    if let Some(last) = policies.iter().filter(|p| p.install).last() {
+        session
+            .dp
+            .maps
+            .set_last_generation(last.compiled.generation)?;
+    }
     for p in policies.iter().filter(|p| p.install) {
         session.dp.maps.select(p.id, None);
         session
@@ -367,6 +375,7 @@ fn plan_policies(
     wanted: &[(u64, Vec<IfaceId>)],
     endpoints: &BTreeMap<IfaceId, sg_common::IfaceConfig>,
     live: &BTreeMap<u32, sg_common::endpoint::PolicyState>,
+    last_issued: u32,
 ) -> Result<Vec<PolicyPlan>> {
     let mut users: BTreeMap<u32, Vec<&IfaceId>> = BTreeMap::new();
     for (id, cfg) in endpoints {
@@ -378,7 +387,14 @@ fn plan_policies(
     let mut out = Vec::new();
     // Generations are numbered host-wide (one sequence over all policies),
     // so "generation N" names one policy version on this host.
-    let mut last_generation = live.values().map(|p| p.generation).max().unwrap_or(0);
+    // The data plane records the last number handed out: the policy that
+    // had the highest may have been freed since.
+    let mut last_generation = live
+        .values()
+        .map(|p| p.generation)
+        .max()
+        .unwrap_or(0)
+        .max(last_issued);
     for (index, (rules, ifaces)) in wanted.iter().enumerate() {
         // 1. The policy the interfaces already share, when all of its users
         //    move here: a new generation switches them at once (what an

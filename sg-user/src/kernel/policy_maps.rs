@@ -198,6 +198,28 @@ impl PolicyMaps {
         Ok(out)
     }
 
+    /// The last generation number handed out on this host. Kept in slot 0
+    /// of the policy table, which no endpoint uses: its generation stays 0
+    /// (the programs see "no policy"), its fingerprint holds the number. A
+    /// number is so never handed out twice, also after the policy that had
+    /// it was freed.
+    pub fn last_generation(&self) -> Result<u32, PolicyMapError> {
+        Ok(self.policy_state(0)?.fingerprint as u32)
+    }
+
+    /// Records the last generation number handed out (see
+    /// [`PolicyMaps::last_generation`]).
+    pub fn set_last_generation(&mut self, generation: u32) -> Result<(), PolicyMapError> {
+        let state = PolicyState {
+            generation: 0,
+            _pad: 0,
+            fingerprint: u64::from(generation),
+        };
+        self.policies
+            .set(0, state, 0)
+            .map_err(map_err(names::MAP_POLICIES))
+    }
+
     /// The live generation of the selected policy (0: none).
     pub fn generation(&self) -> Result<u32, PolicyMapError> {
         Ok(self.policy_state(self.policy)?.generation)
