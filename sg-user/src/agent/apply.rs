@@ -266,7 +266,7 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
     // Phase 2: change the kernel. The numbers handed out first (a crash
     // after it wastes numbers, never reuses one), then policies (the
     // interfaces that use them switch, or are pointed at them below).
-    if let Some(last) = policies.iter().filter(|p| p.install).next_back() {
+    if let Some(last) = policies.iter().rfind(|p| p.install) {
         session
             .dp
             .maps
