@@ -920,7 +920,10 @@ fn copy_legacy_flows(legacy_dir: &Path, endpoint: u32) -> Result<(), LoaderError
         proto: u8,
         _pad: [u8; 3],
     }
-    // SAFETY: repr(C) integers, padded explicitly (the legacy key layouts).
+    const _: () = assert!(size_of::<OldV4>() == 4 + 4 + 2 + 2 + 1 + 3);
+    const _: () = assert!(size_of::<OldV6>() == 16 + 16 + 2 + 2 + 1 + 3);
+    // SAFETY: repr(C) integers, padded explicitly (sizes asserted above; the
+    // legacy key layouts): every bit pattern is a valid value.
     unsafe impl aya::Pod for OldV4 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for OldV6 {}
