@@ -158,7 +158,7 @@ pub fn apply(model: &Model, opts: &ApplyOptions) -> Result<Vec<Change>> {
             .map_or("(no file)".into(), |f| f.display().to_string())
     );
     let held = lock::state_lock(&purpose, lock::Wait::Block, |holder| {
-        log::warn!("waiting for the state lock ({holder})");
+        tracing::warn!("waiting for the state lock ({holder})");
     })?;
     apply_locked(model, opts, &held)
 }
@@ -677,7 +677,7 @@ fn new_state(
 /// The lock or the detach failed (not attached, pins unreadable).
 pub fn detach(id: &IfaceId) -> Result<()> {
     let held = lock::state_lock(&format!("detach {id}"), lock::Wait::Block, |holder| {
-        log::warn!("waiting for the state lock ({holder})");
+        tracing::warn!("waiting for the state lock ({holder})");
     })?;
     detach_locked(id, &held)
 }

@@ -440,7 +440,7 @@ impl ExpeditedRcu {
             return None;
         }
         std::fs::write(RCU_EXPEDITED, "1").ok()?;
-        log::debug!("rcu_expedited on while linking interfaces");
+        tracing::debug!("rcu_expedited on while linking interfaces");
         Some(ExpeditedRcu)
     }
 }
@@ -448,7 +448,7 @@ impl ExpeditedRcu {
 impl Drop for ExpeditedRcu {
     fn drop(&mut self) {
         if let Err(e) = std::fs::write(RCU_EXPEDITED, "0") {
-            log::warn!("putting {RCU_EXPEDITED} back to 0: {e}");
+            tracing::warn!("putting {RCU_EXPEDITED} back to 0: {e}");
         }
     }
 }
@@ -510,7 +510,7 @@ fn attach_here(
         IngressHook::Auto if physical => match attach_xdp(iface, XdpMode::Driver, dir) {
             Ok(()) => AttachedHook::Xdp,
             Err(e) => {
-                log::warn!("{iface}: native XDP failed ({e}); using TC ingress instead");
+                tracing::warn!("{iface}: native XDP failed ({e}); using TC ingress instead");
                 attach_tc(iface, TcAttachType::Ingress, dir)?;
                 AttachedHook::Tc
             }
@@ -669,7 +669,7 @@ pub fn detach_links(dir: &Path) {
             continue;
         }
         if let Err(e) = link_detach(&entry.path()) {
-            log::debug!("{}: BPF_LINK_DETACH: {e}", entry.path().display());
+            tracing::debug!("{}: BPF_LINK_DETACH: {e}", entry.path().display());
         }
     }
 }

@@ -372,30 +372,7 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    let level = match cli.verbose {
-        // Kernel log records arrive through the `log` crate: let them all through.
-        _ if matches!(cli.command, Command::Logs(_)) => "trace",
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
-    if let Command::Run(args) = &cli.command {
-        // The daemon logs through `tracing` (and `log` records through it).
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(if cli.verbose > 0 { "debug" } else { "info" })
-        });
-        use std::io::IsTerminal;
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr);
-        match args.log_format {
-            LogFormat::Json => builder.json().init(),
-            LogFormat::Text => builder.init(),
-        }
-    } else {
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
-    }
+    init_logging(&cli);
     match run(cli.command) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
@@ -404,6 +381,35 @@ fn main() -> ExitCode {
             let invalid = e.chain().any(|c| c.is::<offline::InvalidInput>());
             ExitCode::from(if invalid { exit::INVALID } else { exit::FAILED })
         }
+    }
+}
+
+/// The one logging stack: `tracing` to stderr, filtered by `RUST_LOG` or the
+/// command's default level. `init` also installs tracing-log's `LogTracer`, so
+/// records of the `log` crate (aya; kernel records from aya-log) go through it.
+fn init_logging(cli: &Cli) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let default = match &cli.command {
+        // Kernel log records: let them all through.
+        Command::Logs(_) => "trace",
+        // The daemon reports what it does.
+        Command::Run(_) if cli.verbose == 0 => "info",
+        Command::Run(_) => "debug",
+        _ => match cli.verbose {
+            0 => "warn",
+            1 => "info",
+            _ => "debug",
+        },
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match &cli.command {
+        Command::Run(args) if args.log_format == LogFormat::Json => builder.json().init(),
+        _ => builder.init(),
     }
 }
 
