@@ -27,7 +27,7 @@ use crate::{
     kernel::dataplane::Session,
     kernel::loader::{self, AttachOptions, InitialPolicy},
     kernel::pins::{self, IfaceId},
-    model::{Interface, Model, Side},
+    model::{Choice, Interface, Model},
 };
 
 /// Loads a config for enforcement: like [`crate::model::load_with`], with
@@ -108,13 +108,6 @@ struct PolicyPlan {
     compiled: CompiledPolicy,
     /// Install it (a new policy, or a new generation of a reused one).
     install: bool,
-}
-
-fn side_name(side: Side) -> &'static str {
-    match side {
-        Side::Host => "host",
-        Side::Peer => "peer",
-    }
 }
 
 /// Fingerprint of the compiled rules of `iface` (what its policy depends
@@ -478,7 +471,7 @@ fn step_for_attached(
         policy_live,
         known,
     } = *seen;
-    let Some(state) = state.filter(|s| s.side == side_name(iface.side)) else {
+    let Some(state) = state.filter(|s| s.side == iface.side.name()) else {
         return Step::Reattach {
             action: "reattached",
             why: "attached by `sgctl attach` or for the other side".into(),
@@ -661,7 +654,7 @@ fn new_state(
         })
         .collect();
     IfaceState {
-        side: side_name(plan.iface.side).into(),
+        side: plan.iface.side.name().into(),
         groups: plan.iface.groups.clone(),
         generation: policy.compiled.generation,
         config: identity.map(Path::to_path_buf),

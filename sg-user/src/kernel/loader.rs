@@ -37,22 +37,48 @@ use crate::{
     kernel::dataplane::{self, DataPlane, DataPlaneError, LoadOptions, Session, padded},
     kernel::pins::{self, IfaceId},
     kernel::policy_maps::{PolicyMapError, timeouts_ns},
+    model::Choice,
     sys::ifinfo,
     sys::netns::NetnsError,
 };
 
-/// Requested ingress hook.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+/// Requested ingress hook (what each means: [`Choice::help`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum IngressHook {
-    /// Native XDP on physical NICs, TC on virtual devices.
     #[default]
     Auto,
-    /// Native (driver) XDP.
     Xdp,
-    /// Generic (skb) XDP: works everywhere, slower than TC on veth.
     XdpGeneric,
-    /// TC (tcx) ingress.
     Tc,
+}
+
+impl Choice for IngressHook {
+    const ALL: &'static [IngressHook] = &[
+        IngressHook::Auto,
+        IngressHook::Xdp,
+        IngressHook::XdpGeneric,
+        IngressHook::Tc,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            IngressHook::Auto => "auto",
+            IngressHook::Xdp => "xdp",
+            IngressHook::XdpGeneric => "xdp-generic",
+            IngressHook::Tc => "tc",
+        }
+    }
+
+    fn help(self) -> Option<&'static str> {
+        Some(match self {
+            IngressHook::Auto => "Native XDP on physical NICs, TC on virtual devices",
+            IngressHook::Xdp => "Native (driver) XDP",
+            IngressHook::XdpGeneric => {
+                "Generic (skb) XDP: works everywhere, slower than TC on veth"
+            }
+            IngressHook::Tc => "TC (tcx) ingress",
+        })
+    }
 }
 
 /// The hook actually used for ingress, as recorded in the pin name.
@@ -1135,5 +1161,26 @@ mod error_tests {
             libc::ENOENT,
         )));
         assert_eq!(format!("{e:#}").matches("os error 2").count(), 1, "{e:#}");
+    }
+}
+
+#[cfg(test)]
+mod choice_tests {
+    use super::*;
+
+    fn names_round_trip<T: Choice + PartialEq + std::fmt::Debug + Default>() {
+        for &v in T::ALL {
+            assert_eq!(T::from_name(v.name()), Some(v));
+        }
+        assert!(T::ALL.contains(&T::default()));
+        assert_eq!(T::from_name("no-such-name"), None);
+    }
+
+    /// The CLI's flags are built from these lists: each value once, by its own name.
+    #[test]
+    fn every_choice_round_trips_by_name() {
+        names_round_trip::<IngressHook>();
+        names_round_trip::<BpfLog>();
+        names_round_trip::<Side>();
     }
 }
