@@ -212,30 +212,35 @@ pub struct FragVerdict {
     pub _pad: u32,
 }
 
+// Sizes are the sums of the fields: no implicit padding (keys are hashed
+// bytewise; padding bytes would be uninitialised).
+const _: () = assert!(core::mem::size_of::<CtKeyV4>() == 4 + 4 + 4 + 2 + 2 + 1 + 3);
+const _: () = assert!(core::mem::size_of::<CtKeyV6>() == 4 + 16 + 16 + 2 + 2 + 1 + 3);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 8 + 8 + 16 + 16 + 4 + 4 + 1 + 1 + 1 + 5);
+const _: () = assert!(core::mem::size_of::<FragKey>() == 16 + 16 + 4 + 1 + 3 + 4);
+const _: () = assert!(core::mem::size_of::<FragVerdict>() == 4 + 4);
+const _: () = assert!(core::mem::size_of::<CtReclaim>() == 4 * 8);
+
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: repr(C) structs of integers and byte arrays without implicit
+    // padding (sizes asserted above): every bit pattern is a valid value.
     unsafe impl aya::Pod for super::CtKeyV4 {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::CtKeyV6 {}
+    // SAFETY: as above (`state` is a plain u8, not the `CtState` enum).
     unsafe impl aya::Pod for super::CtEntry {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::FragKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::FragVerdict {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::CtReclaim {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use core::mem::size_of;
-
-    #[test]
-    fn layouts() {
-        assert_eq!(size_of::<CtKeyV4>(), 20);
-        assert_eq!(size_of::<CtKeyV6>(), 44);
-        assert_eq!(size_of::<CtEntry>(), 64);
-        assert_eq!(size_of::<FragKey>(), 44);
-        assert_eq!(size_of::<FragVerdict>(), 8);
-        assert_eq!(size_of::<CtReclaim>(), 32);
-    }
 
     #[test]
     fn states_round_trip_and_have_slots() {

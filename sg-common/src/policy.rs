@@ -183,32 +183,38 @@ pub const CONFIG_ENFORCE: u32 = 1;
 /// packets entering it leave the protected workload (directions swapped).
 pub const CONFIG_SIDE_PEER: u32 = 2;
 
+// Sizes are the sums of the fields: no implicit padding (the kernel compares
+// and hashes keys bytewise; padding bytes would be uninitialised).
+const _: () = assert!(core::mem::size_of::<AddrKeyV4>() == 4 + 4 + 4);
+const _: () = assert!(core::mem::size_of::<AddrKeyV6>() == 4 + 4 + 16);
+const _: () = assert!(core::mem::size_of::<PortKey>() == 4 + 4 + 4 + 1 + 2 + 1);
+const _: () = assert!(core::mem::size_of::<PolicyHit>() == 4 + 4);
+const _: () = assert!(
+    core::mem::size_of::<IfaceConfig>()
+        == 16 + 8 * crate::conntrack::TIMEOUT_SLOTS + 8 + 8 + 16 + 16 + 32
+);
+const _: () = assert!(core::mem::size_of::<RuleHitKey>() == 4 + 4);
+
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: repr(C) structs of integers and byte arrays without implicit
+    // padding (sizes asserted above): every bit pattern is a valid value.
     unsafe impl aya::Pod for super::AddrKeyV4 {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::AddrKeyV6 {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::PortKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::PolicyHit {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::IfaceConfig {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::RuleHitKey {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use core::mem::size_of;
-
-    #[test]
-    fn key_layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<AddrKeyV4>(), 4 + 4 + 4);
-        assert_eq!(size_of::<AddrKeyV6>(), 4 + 4 + 16);
-        assert_eq!(size_of::<PortKey>(), 4 + 4 + 4 + 1 + 2 + 1);
-        assert_eq!(size_of::<PolicyHit>(), 8);
-        assert_eq!(
-            size_of::<IfaceConfig>(),
-            16 + 8 * crate::conntrack::TIMEOUT_SLOTS + 8 + 8 + 16 + 16 + 32
-        );
-    }
 
     #[test]
     fn gen_dir_is_big_endian_with_direction_last() {

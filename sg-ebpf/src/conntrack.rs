@@ -385,16 +385,21 @@ fn in_use(endpoint: u32) -> u64 {
 #[inline(always)]
 fn count_add(endpoint: u32, delta: u64) {
     if let Some(slot) = SG_CT_COUNT.get_ptr_mut(ct_count_index(endpoint, CT_COUNT_KERNEL)) {
-        atomic_add(slot, delta);
+        // SAFETY: a map value pointer, valid for this run; u64 values are 8-byte aligned.
+        unsafe { atomic_add(slot, delta) };
     }
 }
 
 /// `*slot += delta` as one atomic instruction (BPF_ATOMIC | BPF_ADD): CPUs
 /// creating and reclaiming flows of one endpoint at once lose no update.
+///
+/// # Safety
+/// `slot` must be valid for reads and writes and 8-byte aligned (a map value
+/// pointer). A raw pointer, not `&mut`: other CPUs write the same value.
 #[inline(always)]
-fn atomic_add(slot: *mut u64, delta: u64) {
+unsafe fn atomic_add(slot: *mut u64, delta: u64) {
     #[cfg(target_arch = "bpf")]
-    // SAFETY: `slot` is a valid, 8-byte aligned map value pointer.
+    // SAFETY: the caller's guarantee.
     unsafe {
         core::arch::asm!(
             "lock *(u64 *)({slot} + 0) += {delta}",
@@ -489,8 +494,12 @@ fn reclaim(ipv6: bool, cfg: &IfaceConfig, now: u64) -> bool {
 /// `bpf_for_each_map_elem` callback: deletes `value`'s entry when it has
 /// expired, otherwise notes when it will. Returns 0 (continue), or 1 (stop)
 /// if the scratch slot is missing, which cannot happen.
+///
+/// # Safety
+/// Only for `bpf_for_each_map_elem` over `SG_CT_V4`/`SG_CT_V6`: `key` and
+/// `value` point to a live entry of `map`.
 #[inline(never)]
-extern "C" fn reclaim_entry(
+unsafe extern "C" fn reclaim_entry(
     map: *mut c_void,
     key: *mut c_void,
     value: *mut c_void,
@@ -499,8 +508,8 @@ extern "C" fn reclaim_entry(
     let Some(walk) = SG_CT_WALK.get_ptr_mut(0) else {
         return 1;
     };
-    // SAFETY: the helper passes a live entry of a conntrack table, whose key
-    // starts with the endpoint id (both families); `walk` is this CPU's
+    // SAFETY: the caller's guarantee (a live entry of a conntrack table, whose
+    // key starts with the endpoint id in both families); `walk` is this CPU's
     // scratch slot, filled by `reclaim`.
     let (entry, endpoint, walk) = unsafe {
         (

@@ -19,26 +19,27 @@ static SG_COUNTERS: PerCpuArray<Counter> =
 #[map]
 static SG_RULE_HITS: PerCpuHashMap<RuleHitKey, Counter> = PerCpuHashMap::with_max_entries(32768, 0);
 
+/// Per-CPU slot: no other writer, plain adds are enough.
 #[inline(always)]
-fn bump(slot: *mut Counter, bytes: u64) {
-    // Per-CPU slot: no other writer, plain adds are enough.
-    unsafe {
-        (*slot).packets += 1;
-        (*slot).bytes += bytes;
-    }
+fn bump(slot: &mut Counter, bytes: u64) {
+    slot.packets += 1;
+    slot.bytes += bytes;
 }
 
 #[inline(always)]
 pub fn record(endpoint: u32, direction: Direction, reason: Reason, bytes: u64) {
     if let Some(slot) = SG_COUNTERS.get_ptr_mut(endpoint_counter_index(endpoint, direction, reason))
     {
-        bump(slot, bytes);
+        // SAFETY: a valid map value pointer for this run; this CPU's slot, so
+        // nothing else holds it.
+        bump(unsafe { &mut *slot }, bytes);
     }
 }
 
 #[inline(always)]
 pub fn rule_hit(policy: u32, rule: u32, bytes: u64) {
     if let Some(slot) = SG_RULE_HITS.get_ptr_mut(RuleHitKey { policy, rule }) {
-        bump(slot, bytes);
+        // SAFETY: as in `record` (a per-CPU hash map).
+        bump(unsafe { &mut *slot }, bytes);
     }
 }

@@ -27,7 +27,7 @@ use crate::{
     kernel::dataplane::Session,
     kernel::loader::{self, AttachOptions, InitialPolicy},
     kernel::pins::{self, IfaceId},
-    model::{Interface, Model, Side},
+    model::{Choice, Interface, Model},
 };
 
 /// Loads a config for enforcement: like [`crate::model::load_with`], with
@@ -110,13 +110,6 @@ struct PolicyPlan {
     install: bool,
 }
 
-fn side_name(side: Side) -> &'static str {
-    match side {
-        Side::Host => "host",
-        Side::Peer => "peer",
-    }
-}
-
 /// Fingerprint of the compiled rules of `iface` (what its policy depends
 /// on: its groups and their members); interfaces with equal fingerprints
 /// share a policy.
@@ -158,7 +151,7 @@ pub fn apply(model: &Model, opts: &ApplyOptions) -> Result<Vec<Change>> {
             .map_or("(no file)".into(), |f| f.display().to_string())
     );
     let held = lock::state_lock(&purpose, lock::Wait::Block, |holder| {
-        log::warn!("waiting for the state lock ({holder})");
+        tracing::warn!("waiting for the state lock ({holder})");
     })?;
     apply_locked(model, opts, &held)
 }
@@ -494,7 +487,7 @@ fn step_for_attached(
         policy_live,
         known,
     } = *seen;
-    let Some(state) = state.filter(|s| s.side == side_name(iface.side)) else {
+    let Some(state) = state.filter(|s| s.side == iface.side.name()) else {
         return Step::Reattach {
             action: "reattached",
             why: "attached by `sgctl attach` or for the other side".into(),
@@ -677,7 +670,7 @@ fn new_state(
         })
         .collect();
     IfaceState {
-        side: side_name(plan.iface.side).into(),
+        side: plan.iface.side.name().into(),
         groups: plan.iface.groups.clone(),
         generation: policy.compiled.generation,
         config: identity.map(Path::to_path_buf),
@@ -693,7 +686,7 @@ fn new_state(
 /// The lock or the detach failed (not attached, pins unreadable).
 pub fn detach(id: &IfaceId) -> Result<()> {
     let held = lock::state_lock(&format!("detach {id}"), lock::Wait::Block, |holder| {
-        log::warn!("waiting for the state lock ({holder})");
+        tracing::warn!("waiting for the state lock ({holder})");
     })?;
     detach_locked(id, &held)
 }

@@ -178,7 +178,7 @@ fn claim_ring() -> (u32, Option<std::fs::File>) {
             return (ring, Some(file));
         }
     }
-    log::warn!("every flow-log event ring is taken; sharing ring 0 with other readers");
+    tracing::warn!("every flow-log event ring is taken; sharing ring 0 with other readers");
     (0, None)
 }
 

@@ -73,7 +73,7 @@ pub(crate) fn restore_state(id: &IfaceId, previous: Option<&[u8]>) {
     match previous {
         Some(bytes) => {
             if let Err(e) = crate::sys::private_dir::write_state_file(&state_path(id), bytes) {
-                log::warn!("{id}: restoring its state file: {e}");
+                tracing::warn!("{id}: restoring its state file: {e}");
             }
         }
         None => remove_state(id),

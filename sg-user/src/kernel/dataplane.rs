@@ -69,6 +69,7 @@ use thiserror::Error;
 use crate::{
     kernel::pins::{self, IfaceId, NsIdent},
     kernel::policy_maps::{PolicyMapError, PolicyMaps},
+    model::Choice,
 };
 
 /// The compiled kernel programs, embedded at build time.
@@ -76,7 +77,7 @@ pub static SG_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"
 
 /// Kernel-side log level (aya-log). Statements above it are removed by the
 /// verifier as dead code, so `off` costs nothing on the hot path.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BpfLog {
     #[default]
     Off,
@@ -85,6 +86,28 @@ pub enum BpfLog {
     Info,
     Debug,
     Trace,
+}
+
+impl Choice for BpfLog {
+    const ALL: &'static [BpfLog] = &[
+        BpfLog::Off,
+        BpfLog::Error,
+        BpfLog::Warn,
+        BpfLog::Info,
+        BpfLog::Debug,
+        BpfLog::Trace,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            BpfLog::Off => "off",
+            BpfLog::Error => "error",
+            BpfLog::Warn => "warn",
+            BpfLog::Info => "info",
+            BpfLog::Debug => "debug",
+            BpfLog::Trace => "trace",
+        }
+    }
 }
 
 /// Maps of the data plane beside the control maps: counters, connection

@@ -37,22 +37,48 @@ use crate::{
     kernel::dataplane::{self, DataPlane, DataPlaneError, LoadOptions, Session, padded},
     kernel::pins::{self, IfaceId},
     kernel::policy_maps::{PolicyMapError, timeouts_ns},
+    model::Choice,
     sys::ifinfo,
     sys::netns::NetnsError,
 };
 
-/// Requested ingress hook.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+/// Requested ingress hook (what each means: [`Choice::help`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum IngressHook {
-    /// Native XDP on physical NICs, TC on virtual devices.
     #[default]
     Auto,
-    /// Native (driver) XDP.
     Xdp,
-    /// Generic (skb) XDP: works everywhere, slower than TC on veth.
     XdpGeneric,
-    /// TC (tcx) ingress.
     Tc,
+}
+
+impl Choice for IngressHook {
+    const ALL: &'static [IngressHook] = &[
+        IngressHook::Auto,
+        IngressHook::Xdp,
+        IngressHook::XdpGeneric,
+        IngressHook::Tc,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            IngressHook::Auto => "auto",
+            IngressHook::Xdp => "xdp",
+            IngressHook::XdpGeneric => "xdp-generic",
+            IngressHook::Tc => "tc",
+        }
+    }
+
+    fn help(self) -> Option<&'static str> {
+        Some(match self {
+            IngressHook::Auto => "Native XDP on physical NICs, TC on virtual devices",
+            IngressHook::Xdp => "Native (driver) XDP",
+            IngressHook::XdpGeneric => {
+                "Generic (skb) XDP: works everywhere, slower than TC on veth"
+            }
+            IngressHook::Tc => "TC (tcx) ingress",
+        })
+    }
 }
 
 /// The hook actually used for ingress, as recorded in the pin name.
@@ -440,7 +466,7 @@ impl ExpeditedRcu {
             return None;
         }
         std::fs::write(RCU_EXPEDITED, "1").ok()?;
-        log::debug!("rcu_expedited on while linking interfaces");
+        tracing::debug!("rcu_expedited on while linking interfaces");
         Some(ExpeditedRcu)
     }
 }
@@ -448,7 +474,7 @@ impl ExpeditedRcu {
 impl Drop for ExpeditedRcu {
     fn drop(&mut self) {
         if let Err(e) = std::fs::write(RCU_EXPEDITED, "0") {
-            log::warn!("putting {RCU_EXPEDITED} back to 0: {e}");
+            tracing::warn!("putting {RCU_EXPEDITED} back to 0: {e}");
         }
     }
 }
@@ -510,7 +536,7 @@ fn attach_here(
         IngressHook::Auto if physical => match attach_xdp(iface, XdpMode::Driver, dir) {
             Ok(()) => AttachedHook::Xdp,
             Err(e) => {
-                log::warn!("{iface}: native XDP failed ({e}); using TC ingress instead");
+                tracing::warn!("{iface}: native XDP failed ({e}); using TC ingress instead");
                 attach_tc(iface, TcAttachType::Ingress, dir)?;
                 AttachedHook::Tc
             }
@@ -669,7 +695,7 @@ pub fn detach_links(dir: &Path) {
             continue;
         }
         if let Err(e) = link_detach(&entry.path()) {
-            log::debug!("{}: BPF_LINK_DETACH: {e}", entry.path().display());
+            tracing::debug!("{}: BPF_LINK_DETACH: {e}", entry.path().display());
         }
     }
 }
@@ -920,7 +946,10 @@ fn copy_legacy_flows(legacy_dir: &Path, endpoint: u32) -> Result<(), LoaderError
         proto: u8,
         _pad: [u8; 3],
     }
-    // SAFETY: repr(C) integers, padded explicitly (the legacy key layouts).
+    const _: () = assert!(size_of::<OldV4>() == 4 + 4 + 2 + 2 + 1 + 3);
+    const _: () = assert!(size_of::<OldV6>() == 16 + 16 + 2 + 2 + 1 + 3);
+    // SAFETY: repr(C) integers, padded explicitly (sizes asserted above; the
+    // legacy key layouts): every bit pattern is a valid value.
     unsafe impl aya::Pod for OldV4 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for OldV6 {}
@@ -1132,5 +1161,26 @@ mod error_tests {
             libc::ENOENT,
         )));
         assert_eq!(format!("{e:#}").matches("os error 2").count(), 1, "{e:#}");
+    }
+}
+
+#[cfg(test)]
+mod choice_tests {
+    use super::*;
+
+    fn names_round_trip<T: Choice + PartialEq + std::fmt::Debug + Default>() {
+        for &v in T::ALL {
+            assert_eq!(T::from_name(v.name()), Some(v));
+        }
+        assert!(T::ALL.contains(&T::default()));
+        assert_eq!(T::from_name("no-such-name"), None);
+    }
+
+    /// The CLI's flags are built from these lists: each value once, by its own name.
+    #[test]
+    fn every_choice_round_trips_by_name() {
+        names_round_trip::<IngressHook>();
+        names_round_trip::<BpfLog>();
+        names_round_trip::<Side>();
     }
 }

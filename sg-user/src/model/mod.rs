@@ -39,8 +39,8 @@ use ipnet::IpNet;
 pub use config::Attachment;
 pub use diag::{Problem, Severity};
 pub use types::{
-    ConntrackTimeouts, Direction, Group, Interface, L4Match, Origin, Peer, PortRange, PrefixList,
-    Protocol, Quotas, ResolvedRule, Rule, RuleId, Side, Tracking,
+    Choice, ConntrackTimeouts, Direction, Group, Interface, L4Match, Origin, Peer, PortRange,
+    PrefixList, Protocol, Quotas, ResolvedRule, Rule, RuleId, Side, Tracking,
 };
 
 /// Finds the addresses of an interface that declares none (`addresses:`

@@ -457,6 +457,24 @@ impl PrefixList {
     }
 }
 
+/// A closed set of values chosen by name in a config or on the command line
+/// (an interface's side, the ingress hook, the kernel log level). The CLI
+/// builds its flags from it, so each value is defined once, here.
+pub trait Choice: Copy + 'static {
+    /// Every value, in the order help lists them.
+    const ALL: &'static [Self];
+    /// How it is written.
+    fn name(self) -> &'static str;
+    /// One line on what it means (`None`: the name says it).
+    fn help(self) -> Option<&'static str> {
+        None
+    }
+    /// The value written `name`.
+    fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|v| v.name() == name)
+    }
+}
+
 /// Which end of a link an interface is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -467,6 +485,24 @@ pub enum Side {
     /// The host end of a container's veth: packets arriving here leave the
     /// container, so hook ingress = [`Direction::Egress`].
     Peer,
+}
+
+impl Choice for Side {
+    const ALL: &'static [Side] = &[Side::Host, Side::Peer];
+
+    fn name(self) -> &'static str {
+        match self {
+            Side::Host => "host",
+            Side::Peer => "peer",
+        }
+    }
+
+    fn help(self) -> Option<&'static str> {
+        Some(match self {
+            Side::Host => "The protected machine's own interface",
+            Side::Peer => "The host side of a container's veth: directions reversed",
+        })
+    }
 }
 
 impl Side {

@@ -9,12 +9,16 @@ mod offline;
 use std::{io::Write as _, process::ExitCode};
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{
+    Args, Parser, Subcommand,
+    builder::{PossibleValue, PossibleValuesParser, TypedValueParser},
+};
 use sg_user::{
     agent::lock::{self, StateLock},
     kernel::loader::{self, AttachOptions, BpfLog, IngressHook, InitialPolicy, Side},
     kernel::pins::{self, IfaceId},
     lab::demo,
+    model::Choice,
     model::text::{escape, escape_lines},
 };
 
@@ -107,6 +111,58 @@ impl IfaceArgs {
     }
 }
 
+/// One interface, or every attached one.
+#[derive(Args)]
+struct IfaceFilter {
+    /// Only this interface (default: all attached)
+    #[arg(long)]
+    iface: Option<String>,
+    /// Named network namespace of the interface
+    #[arg(long, requires = "iface")]
+    netns: Option<String>,
+}
+
+impl IfaceFilter {
+    fn targets(&self) -> Result<Vec<IfaceId>> {
+        Ok(match &self.iface {
+            Some(i) => vec![IfaceId::new(i, self.netns.as_deref())],
+            None => attached_ifaces()?,
+        })
+    }
+}
+
+/// Parses a library [`Choice`]: its names, with their help, are the possible values.
+fn choice<T: Choice + Send + Sync>() -> impl TypedValueParser<Value = T> {
+    PossibleValuesParser::new(
+        T::ALL
+            .iter()
+            .map(|v| PossibleValue::new(v.name()).help(v.help())),
+    )
+    .map(|name| T::from_name(&name).expect("clap accepts only the names of T::ALL"))
+}
+
+#[derive(Args)]
+struct IngressHookArg {
+    /// Ingress hook of newly attached interfaces: auto = native XDP on physical NICs, TC on virtual ones
+    #[arg(long, value_parser = choice::<IngressHook>(), default_value = IngressHook::default().name())]
+    ingress_hook: IngressHook,
+}
+
+#[derive(Args)]
+struct BpfLogArg {
+    /// Kernel-side log level of newly attached interfaces (read with `sgctl logs`); off costs nothing
+    #[arg(long, value_parser = choice::<BpfLog>(), default_value = BpfLog::default().name())]
+    bpf_log: BpfLog,
+}
+
+#[derive(Args)]
+struct ConntrackEntriesArg {
+    /// Capacity of each connection table (IPv4, IPv6) of newly attached interfaces;
+    /// when full, new tracked flows are dropped and counted (conntrack_full)
+    #[arg(long, default_value_t = loader::DEFAULT_CONNTRACK_ENTRIES)]
+    conntrack_entries: u32,
+}
+
 /// Commands that change enforcement state take one lock (see README,
 /// "Operating it"); by default they wait for it.
 #[derive(Args)]
@@ -141,42 +197,33 @@ struct AttachArgs {
     lock: LockArgs,
     /// Which end this interface is: the protected machine's own (host), or the
     /// host side of a container's veth (peer: directions reversed)
-    #[arg(long, value_enum, default_value_t)]
-    side: SideArg,
-    /// Ingress hook: auto = native XDP on physical NICs, TC on virtual ones
-    #[arg(long, value_enum, default_value_t)]
-    ingress_hook: IngressHook,
-    /// Kernel-side log level (read with `sgctl logs`); off costs nothing
-    #[arg(long, value_enum, default_value_t)]
-    bpf_log: BpfLog,
-}
-
-/// Which end of the link the interface is (see `model::Side`).
-#[derive(Clone, Copy, Default, clap::ValueEnum)]
-enum SideArg {
-    /// The protected machine's own interface
-    #[default]
-    Host,
-    /// The host side of a container's veth: directions reversed
-    Peer,
+    #[arg(long, value_parser = choice::<Side>(), default_value = Side::default().name())]
+    side: Side,
+    #[command(flatten)]
+    hook: IngressHookArg,
+    #[command(flatten)]
+    bpf_log: BpfLogArg,
 }
 
 #[derive(Args)]
+// Here `--iface` is the one interface to detach: required without --all or --orphans.
+#[command(mut_arg("iface", |a| a.help("Interface name").required_unless_present_any(["all", "orphans"])))]
 struct DetachArgs {
-    /// Interface name
-    #[arg(long, required_unless_present_any = ["all", "orphans"], conflicts_with_all = ["all", "orphans"])]
-    iface: Option<String>,
-    /// Named network namespace of the interface
-    #[arg(long, requires = "iface", conflicts_with = "netns_inode")]
-    netns: Option<String>,
+    #[command(flatten)]
+    target: IfaceFilter,
     /// A namespace without a name, by the inode `status` shows (`eth0@netns:INODE`)
-    #[arg(long, requires = "iface", value_name = "INODE")]
+    #[arg(
+        long,
+        requires = "iface",
+        conflicts_with = "netns",
+        value_name = "INODE"
+    )]
     netns_inode: Option<u64>,
     /// Detach every interface sgctl has attached
-    #[arg(long, conflicts_with = "orphans")]
+    #[arg(long, conflicts_with_all = ["iface", "orphans"])]
     all: bool,
     /// Detach the interfaces whose network namespace is gone (what `status` marks as orphans)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "iface")]
     orphans: bool,
     #[command(flatten)]
     lock: LockArgs,
@@ -189,28 +236,20 @@ struct ApplyArgs {
     /// Also cut tracked connections the new rules no longer allow (AWS keeps them)
     #[arg(long)]
     revoke: bool,
-    /// Ingress hook for newly attached interfaces: auto = native XDP on physical NICs, TC otherwise
-    #[arg(long, value_enum, default_value_t)]
-    ingress_hook: IngressHook,
-    /// Kernel-side log level for newly attached interfaces (read with `sgctl logs`)
-    #[arg(long, value_enum, default_value_t)]
-    bpf_log: BpfLog,
-    /// Capacity of each connection table (IPv4, IPv6) of newly attached interfaces;
-    /// when full, new tracked flows are dropped and counted (conntrack_full)
-    #[arg(long, default_value_t = loader::DEFAULT_CONNTRACK_ENTRIES)]
-    conntrack_entries: u32,
+    #[command(flatten)]
+    hook: IngressHookArg,
+    #[command(flatten)]
+    bpf_log: BpfLogArg,
+    #[command(flatten)]
+    conntrack: ConntrackEntriesArg,
     #[command(flatten)]
     lock: LockArgs,
 }
 
 #[derive(Args)]
 struct FlowsArgs {
-    /// Only this interface (default: all attached)
-    #[arg(long)]
-    iface: Option<String>,
-    /// Named network namespace of the interface
-    #[arg(long, requires = "iface")]
-    netns: Option<String>,
+    #[command(flatten)]
+    target: IfaceFilter,
     /// Only records with this action
     #[arg(long, value_parser = ["ACCEPT", "REJECT"])]
     action: Option<String>,
@@ -259,12 +298,10 @@ struct RunArgs {
     /// Seconds between reclaiming expired connection-table entries
     #[arg(long, default_value_t = 30)]
     gc_interval: u64,
-    /// Ingress hook for newly attached interfaces
-    #[arg(long, value_enum, default_value_t)]
-    ingress_hook: IngressHook,
-    /// Capacity of each connection table of newly attached interfaces
-    #[arg(long, default_value_t = loader::DEFAULT_CONNTRACK_ENTRIES)]
-    conntrack_entries: u32,
+    #[command(flatten)]
+    hook: IngressHookArg,
+    #[command(flatten)]
+    conntrack: ConntrackEntriesArg,
 }
 
 #[derive(Args)]
@@ -285,27 +322,14 @@ enum ConntrackAction {
 
 #[derive(Args)]
 struct ConntrackTarget {
-    /// Only this interface (default: all attached)
-    #[arg(long)]
-    iface: Option<String>,
-    /// Named network namespace of the interface
-    #[arg(long, requires = "iface")]
-    netns: Option<String>,
+    #[command(flatten)]
+    target: IfaceFilter,
     /// Machine-readable output
     #[arg(long)]
     json: bool,
-    /// flush, gc: fail at once instead of waiting when another sgctl is changing enforcement state
-    #[arg(long)]
-    no_wait: bool,
-}
-
-impl ConntrackTarget {
-    fn targets(&self) -> Result<Vec<IfaceId>> {
-        Ok(match &self.iface {
-            Some(i) => vec![IfaceId::new(i, self.netns.as_deref())],
-            None => attached_ifaces()?,
-        })
-    }
+    // Taken by flush and gc.
+    #[command(flatten)]
+    lock: LockArgs,
 }
 
 #[derive(Args)]
@@ -372,30 +396,7 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    let level = match cli.verbose {
-        // Kernel log records arrive through the `log` crate: let them all through.
-        _ if matches!(cli.command, Command::Logs(_)) => "trace",
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
-    if let Command::Run(args) = &cli.command {
-        // The daemon logs through `tracing` (and `log` records through it).
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(if cli.verbose > 0 { "debug" } else { "info" })
-        });
-        use std::io::IsTerminal;
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr);
-        match args.log_format {
-            LogFormat::Json => builder.json().init(),
-            LogFormat::Text => builder.init(),
-        }
-    } else {
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
-    }
+    init_logging(&cli);
     match run(cli.command) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
@@ -404,6 +405,35 @@ fn main() -> ExitCode {
             let invalid = e.chain().any(|c| c.is::<offline::InvalidInput>());
             ExitCode::from(if invalid { exit::INVALID } else { exit::FAILED })
         }
+    }
+}
+
+/// The one logging stack: `tracing` to stderr, filtered by `RUST_LOG` or the
+/// command's default level. `init` also installs tracing-log's `LogTracer`, so
+/// records of the `log` crate (aya; kernel records from aya-log) go through it.
+fn init_logging(cli: &Cli) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let default = match &cli.command {
+        // Kernel log records: let them all through.
+        Command::Logs(_) => "trace",
+        // The daemon reports what it does.
+        Command::Run(_) if cli.verbose == 0 => "info",
+        Command::Run(_) => "debug",
+        _ => match cli.verbose {
+            0 => "warn",
+            1 => "info",
+            _ => "debug",
+        },
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match &cli.command {
+        Command::Run(args) if args.log_format == LogFormat::Json => builder.json().init(),
+        _ => builder.init(),
     }
 }
 
@@ -445,12 +475,9 @@ pub(crate) fn require_root(what: &str) -> Result<()> {
 fn attach(args: AttachArgs) -> Result<ExitCode> {
     require_root("sgctl attach")?;
     let opts = AttachOptions {
-        side: match args.side {
-            SideArg::Host => Side::Host,
-            SideArg::Peer => Side::Peer,
-        },
-        ingress_hook: args.ingress_hook,
-        bpf_log: args.bpf_log,
+        side: args.side,
+        ingress_hook: args.hook.ingress_hook,
+        bpf_log: args.bpf_log.bpf_log,
         ..AttachOptions::default()
     };
     let id = args.target.id();
@@ -482,10 +509,13 @@ fn detach(args: DetachArgs) -> Result<ExitCode> {
             .filter(IfaceId::namespace_gone)
             .collect()
     } else {
-        let iface = args.iface.expect("clap requires --iface without --all");
+        let iface = args
+            .target
+            .iface
+            .expect("clap requires --iface without --all or --orphans");
         vec![match args.netns_inode {
             Some(ino) => IfaceId::by_inode(&iface, ino).context("reading this namespace")?,
-            None => IfaceId::new(&iface, args.netns.as_deref()),
+            None => IfaceId::new(&iface, args.target.netns.as_deref()),
         }]
     };
     for id in &targets {
@@ -536,9 +566,9 @@ fn apply(args: ApplyArgs) -> Result<ExitCode> {
     }
     let opts = sg_user::agent::apply::ApplyOptions {
         attach: AttachOptions {
-            ingress_hook: args.ingress_hook,
-            bpf_log: args.bpf_log,
-            conntrack_entries: args.conntrack_entries,
+            ingress_hook: args.hook.ingress_hook,
+            bpf_log: args.bpf_log.bpf_log,
+            conntrack_entries: args.conntrack.conntrack_entries,
             ..AttachOptions::default()
         },
         revoke: args.revoke,
@@ -589,8 +619,8 @@ fn daemon(args: RunArgs) -> Result<ExitCode> {
         attach: args.cfg.attach.clone(),
         apply: sg_user::agent::apply::ApplyOptions {
             attach: AttachOptions {
-                ingress_hook: args.ingress_hook,
-                conntrack_entries: args.conntrack_entries,
+                ingress_hook: args.hook.ingress_hook,
+                conntrack_entries: args.conntrack.conntrack_entries,
                 ..AttachOptions::default()
             },
             revoke: false,
@@ -622,16 +652,11 @@ fn conntrack(args: ConntrackArgs) -> Result<ExitCode> {
     // Flush and gc delete entries: one at a time with applies and the daemon.
     let _held = match action {
         "list" => None,
-        _ => Some(
-            LockArgs {
-                no_wait: target.no_wait,
-            }
-            .take(&format!("sgctl conntrack {action}"))?,
-        ),
+        _ => Some(target.lock.take(&format!("sgctl conntrack {action}"))?),
     };
     let mut out = std::io::stdout().lock();
     let mut all = Vec::new();
-    for id in target.targets()? {
+    for id in target.target.targets()? {
         let (cfg, _) = loader::settings(&id).with_context(|| {
             format!("{id} is not attached; `sgctl status` lists attached interfaces")
         })?;
@@ -682,10 +707,7 @@ fn conntrack(args: ConntrackArgs) -> Result<ExitCode> {
 
 fn flows(args: FlowsArgs) -> Result<ExitCode> {
     require_root("sgctl flows")?;
-    let ifaces = match &args.iface {
-        Some(i) => vec![IfaceId::new(i, args.netns.as_deref())],
-        None => attached_ifaces()?,
-    };
+    let ifaces = args.target.targets()?;
     if ifaces.is_empty() {
         anyhow::bail!("no interface attached; enforce a config with `sgctl apply -c FILE` first");
     }

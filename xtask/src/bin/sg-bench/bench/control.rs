@@ -47,8 +47,9 @@ fn timed_apply(sgctl: &Path, config: &Path) -> Result<(f64, f64)> {
         .spawn()
         .context("spawning sgctl apply")?;
     let mut status = 0;
-    // SAFETY: zeroed rusage out-parameter; waiting for our own child.
+    // SAFETY: rusage is plain integers; all-zero is a valid value.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child; `status` and `usage` are valid out-parameters.
     let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
     let wall = t.elapsed().as_secs_f64() * 1e3;
     if pid < 0 || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
