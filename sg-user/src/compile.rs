@@ -28,7 +28,7 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
 /// One rule as the compiler sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Rule {
     /// Stable rule id; its hash keys the hit counter.
     pub id: String,
@@ -163,11 +163,26 @@ fn classify(rules: &[Rule]) -> Vec<(IpNet, Vec<usize>)> {
             by_prefix.entry(peer.trunc()).or_default().insert(i);
         }
     }
+    // Only the lengths some peer has can hold a covering prefix: with
+    // thousands of /32 members and a few wider peers that is a handful of
+    // lookups per prefix instead of 33 (or 129).
+    let lengths = |v4: bool| -> BTreeSet<u8> {
+        by_prefix
+            .keys()
+            .filter(|p| matches!(p, IpNet::V4(_)) == v4)
+            .map(IpNet::prefix_len)
+            .collect()
+    };
+    let (lengths_v4, lengths_v6) = (lengths(true), lengths(false));
     let mut result: Vec<(IpNet, Vec<usize>)> = by_prefix
         .keys()
         .map(|prefix| {
             let mut set = BTreeSet::new();
-            for len in 0..=prefix.prefix_len() {
+            let lengths = match prefix {
+                IpNet::V4(_) => &lengths_v4,
+                IpNet::V6(_) => &lengths_v6,
+            };
+            for &len in lengths.range(..=prefix.prefix_len()) {
                 let Ok(sup) = IpNet::new(prefix.addr(), len) else {
                     continue;
                 };

@@ -120,7 +120,7 @@ fn rules_fingerprint(model: &Model, iface: &Interface) -> u64 {
         crate::model::Direction::Ingress,
         crate::model::Direction::Egress,
     ] {
-        format!("{:?}", compile::rules_from_model(model, iface, direction)).hash(&mut h);
+        compile::rules_from_model(model, iface, direction).hash(&mut h);
     }
     // Never 0: a policy slot with fingerprint 0 was installed by a test or
     // by hand and is shared with nothing.

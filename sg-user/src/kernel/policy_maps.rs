@@ -103,6 +103,46 @@ pub struct PolicyMaps {
     cache: Option<Vec<(EndpointKey, IfaceConfig)>>,
 }
 
+/// Entries of one policy as (generation, key), per map.
+type Keyed<K> = Vec<(u32, aya::maps::lpm_trie::Key<K>)>;
+
+struct PolicyKeys {
+    addr_v4: Keyed<AddrKeyV4>,
+    addr_v6: Keyed<AddrKeyV6>,
+    ports: Keyed<PortKey>,
+}
+
+impl PolicyKeys {
+    fn split(self, keep: impl Fn(u32) -> bool) -> PolicyKeys {
+        fn pick<K>(v: Keyed<K>, keep: &impl Fn(u32) -> bool) -> Keyed<K> {
+            v.into_iter().filter(|(g, _)| keep(*g)).collect()
+        }
+        PolicyKeys {
+            addr_v4: pick(self.addr_v4, &keep),
+            addr_v6: pick(self.addr_v6, &keep),
+            ports: pick(self.ports, &keep),
+        }
+    }
+
+    /// The entries of generation `generation`.
+    fn only(&self, generation: u32) -> PolicyKeys {
+        self.clone_keys().split(|g| g == generation)
+    }
+
+    /// The entries of every other generation.
+    fn except(self, generation: u32) -> PolicyKeys {
+        self.split(|g| g != generation)
+    }
+
+    fn clone_keys(&self) -> PolicyKeys {
+        PolicyKeys {
+            addr_v4: self.addr_v4.clone(),
+            addr_v6: self.addr_v6.clone(),
+            ports: self.ports.clone(),
+        }
+    }
+}
+
 impl PolicyMaps {
     fn from_maps(
         mut take: impl FnMut(&'static str) -> Result<Map, PolicyMapError>,
@@ -379,7 +419,12 @@ impl PolicyMaps {
         fingerprint: u64,
     ) -> Result<(), PolicyMapError> {
         let old = self.policy_state(self.policy)?;
-        self.remove_generations_except(old.generation)?;
+        // Entries of any generation but the live one are leftovers of an
+        // install that did not finish: gone before staging. The live ones
+        // go after the switch.
+        let keys = self.keys_by_generation()?;
+        let live = keys.only(old.generation);
+        self.remove_keys(keys.except(old.generation))?;
         self.stage(policy)?;
         let state = PolicyState {
             generation: policy.generation,
@@ -392,7 +437,7 @@ impl PolicyMaps {
             .map_err(map_err(names::MAP_POLICIES))?;
         if old.generation != 0 && old.generation != policy.generation {
             std::thread::sleep(OLD_GENERATION_GRACE);
-            self.remove_generations_except(policy.generation)?;
+            self.remove_keys(live)?;
         }
         self.prune_rule_hits(policy)
     }
@@ -531,39 +576,52 @@ impl PolicyMaps {
     }
 
     fn remove_generations_except(&mut self, keep: u32) -> Result<(), PolicyMapError> {
+        let keys = self.keys_by_generation()?;
+        self.remove_keys(keys.except(keep))
+    }
+
+    /// The selected policy's entries, with their generation: one walk of
+    /// each map (an install walks once and deletes twice from the result).
+    fn keys_by_generation(&self) -> Result<PolicyKeys, PolicyMapError> {
         let id = self.policy.to_be_bytes();
-        let stale = |policy: [u8; 4], gen_dir: [u8; 4]| {
-            policy == id && u32::from_be_bytes(gen_dir) >> 1 != keep
-        };
-        let keys: Vec<_> = self
-            .addr_v4
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| stale(k.data().policy, k.data().gen_dir))
-            .collect();
-        for key in keys {
+        let generation = |gen_dir: [u8; 4]| u32::from_be_bytes(gen_dir) >> 1;
+        Ok(PolicyKeys {
+            addr_v4: self
+                .addr_v4
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.data().policy == id)
+                .map(|k| (generation(k.data().gen_dir), k))
+                .collect(),
+            addr_v6: self
+                .addr_v6
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.data().policy == id)
+                .map(|k| (generation(k.data().gen_dir), k))
+                .collect(),
+            ports: self
+                .ports
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.data().policy == id)
+                .map(|k| (generation(k.data().gen_dir), k))
+                .collect(),
+        })
+    }
+
+    fn remove_keys(&mut self, keys: PolicyKeys) -> Result<(), PolicyMapError> {
+        for (_, key) in keys.addr_v4 {
             self.addr_v4
                 .remove(&key)
                 .map_err(map_err(names::MAP_ADDR_V4))?;
         }
-        let keys: Vec<_> = self
-            .addr_v6
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| stale(k.data().policy, k.data().gen_dir))
-            .collect();
-        for key in keys {
+        for (_, key) in keys.addr_v6 {
             self.addr_v6
                 .remove(&key)
                 .map_err(map_err(names::MAP_ADDR_V6))?;
         }
-        let keys: Vec<_> = self
-            .ports
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| stale(k.data().policy, k.data().gen_dir))
-            .collect();
-        for key in keys {
+        for (_, key) in keys.ports {
             self.ports.remove(&key).map_err(map_err(names::MAP_PORTS))?;
         }
         Ok(())
