@@ -54,14 +54,31 @@ struct Daemon {
 
 impl Daemon {
     fn start(config: &Path, extra: &[&str]) -> Daemon {
+        Daemon::start_with(config, extra, &[], None)
+    }
+
+    /// Starts with `env` added to the environment and, if `log` is given,
+    /// the daemon's log (stderr) written to that file.
+    fn start_with(
+        config: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> Daemon {
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("daemon log file")),
+            None => Stdio::null(),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_sgctl"))
             .arg("run")
             .arg("-c")
             .arg(config)
             .args(extra)
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn sgctl run");
         let pid = child.id();
@@ -580,4 +597,206 @@ fn interfaces_that_appear_later_are_enforced_and_cleaned_up_when_gone() {
     });
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Polls `cond` until it holds (true) or `secs` pass (false).
+fn holds_within(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `ip -n NETNS -batch`: a few veth pairs added, `count` changes to them
+/// (MTU, alias: each one a link event), the batch lines `middle` halfway
+/// through, and the pairs deleted — a flood of link events, in well under a
+/// second, far beyond what a small netlink socket buffer holds.
+fn flood(netns: &str, dir: &Path, count: usize, middle: &[String]) {
+    const PAIRS: usize = 8;
+    let churn = |range: std::ops::Range<usize>| {
+        range.flat_map(|i| {
+            let link = i % PAIRS;
+            [
+                format!("link set sgfl{link} mtu {}", 1280 + i % 200),
+                format!("link set sgfl{link} alias flood{i}"),
+            ]
+        })
+    };
+    let lines: Vec<String> = (0..PAIRS)
+        .map(|i| format!("link add sgfl{i} type veth peer name sgfp{i}"))
+        .chain(churn(0..count / 2))
+        .chain(middle.iter().cloned())
+        .chain(churn(count / 2..count))
+        .chain((0..PAIRS).map(|i| format!("link del sgfl{i}")))
+        .collect();
+    let batch = dir.join("flood.batch");
+    std::fs::write(&batch, lines.join("\n") + "\n").unwrap();
+    ip(&["-n", netns, "-batch", batch.to_str().unwrap()]);
+}
+
+/// The daemon's log, for failure messages.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// The kernel's view of the link watchers' sockets in `netns` (route
+/// sockets subscribed to links and addresses, from /proc/net/netlink):
+/// (bytes queued, events dropped).
+fn watcher_sockets(netns: &sg_user::sys::netns::Netns) -> (u64, u64) {
+    // /proc/thread-self: the namespace of this thread, which `run` moved.
+    let text = netns.run(|| std::fs::read_to_string("/proc/thread-self/net/netlink").unwrap());
+    let mut found = None;
+    for line in text.lines().skip(1) {
+        // sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() >= 9 && f[1] == "0" && f[3] == "00000111" {
+            let (rmem, drops) = found.unwrap_or((0, 0));
+            found = Some((
+                rmem + f[4].parse::<u64>().unwrap(),
+                drops + f[8].parse::<u64>().unwrap(),
+            ));
+        }
+    }
+    found.expect("the daemon's link watcher socket in the namespace")
+}
+
+/// A watcher's netlink socket overflows (the kernel drops events, ENOBUFS):
+/// the daemon must answer with a full reconcile and read on, or it would
+/// never hear of the namespace again. The buffer is made as small as the
+/// kernel allows (a test-only switch) and flooded with link changes; then
+/// the interface the config names is created, and later deleted, in the
+/// middle of more floods: the daemon must enforce it and clean it up. The
+/// kernel's drop counter proves the overflow, the daemon's count and log
+/// that it noticed.
+#[test]
+fn link_events_lost_in_a_flood_still_lead_to_enforcement_and_cleanup() {
+    require_root!();
+    let _turn = one_at_a_time();
+    let lab = Lab::new("nlflood");
+    let (a, b) = (lab.ns("a").name(), lab.ns("b").name());
+    let path = lab.dir.join("config.yaml");
+    let log = lab.dir.join("daemon.log");
+    write_atomically(
+        &path,
+        &format!(
+            "security_groups:\n  - id: sg-f\n    ingress:\n      - {{ protocol: tcp, ports: 80, cidr: 198.19.77.0/24 }}\n\
+             interfaces:\n  - {{ name: late0, netns: \"{a}\", security_groups: [sg-f] }}\n"
+        ),
+    );
+    let id = IfaceId::new("late0", Some(a));
+    let _cleanup = DetachGuard(id.clone());
+    let generation = || {
+        daemon_state::read_state_for(&path)
+            .and_then(|s| s.generations.get(&id.to_string()).copied())
+            .unwrap_or(0)
+    };
+    let overflows = || {
+        daemon_state::read_state_for(&path)
+            .and_then(|s| s.netlink_overflows.get(a).copied())
+            .unwrap_or(0)
+    };
+    // "1": the kernel's minimum, about one message.
+    let daemon = Daemon::start_with(
+        &path,
+        &["--detach-on-exit"],
+        &[(sg_user::agent::linkwatch::TEST_RCVBUF_VAR, "1")],
+        Some(&log),
+    );
+    assert_eq!(generation(), 0, "late0 does not exist yet");
+
+    // Overflow: with a one-message buffer certain, but flood again if the
+    // watcher happened to keep up, so the test proves what it says.
+    for _ in 0..3 {
+        flood(a, &lab.dir, 2000, &[]);
+        if watcher_sockets(lab.ns("a")).1 > 0 {
+            break;
+        }
+    }
+    let (_, dropped) = watcher_sockets(lab.ns("a"));
+    assert!(
+        dropped > 0,
+        "the kernel dropped link events for the watcher"
+    );
+    // A watcher that stops reading at ENOBUFS leaves its queue full, and the
+    // kernel delivers nothing more to it: deaf for good.
+    assert!(
+        holds_within(20, || watcher_sockets(lab.ns("a")).0 == 0),
+        "the watcher reads on after the overflow (its socket's queue drains); daemon log:\n{}",
+        log_tail(&log)
+    );
+    assert!(
+        holds_within(20, || overflows() > 0),
+        "the daemon counted the overflow; daemon log:\n{}",
+        log_tail(&log)
+    );
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("netlink events lost"),
+        "the daemon logged the overflow; daemon log:\n{}",
+        log_tail(&log)
+    );
+
+    // The interface appears, with its address and link up, mid-flood.
+    let create = [
+        format!("link add late0 type veth peer name late0 netns {b}"),
+        "addr add 198.19.77.1/24 dev late0".to_string(),
+        "link set late0 up".to_string(),
+    ];
+    flood(a, &lab.dir, 2000, &create);
+    ip(&["-n", b, "addr", "add", "198.19.77.2/24", "dev", "late0"]);
+    ip(&["-n", b, "link", "set", "late0", "up"]);
+    assert!(
+        holds_within(30, || generation() > 0 && id.dir().exists()),
+        "late0, created in the middle of a flood of link events, is enforced; daemon log:\n{}",
+        log_tail(&log)
+    );
+
+    // Traffic on the late interface is judged by the rules.
+    let servers: Vec<_> = [80u16, 81]
+        .iter()
+        .map(|p| {
+            let l = lab
+                .ns("a")
+                .run(|| std::net::TcpListener::bind(("0.0.0.0", *p)))
+                .unwrap();
+            l.set_nonblocking(true).unwrap();
+            l
+        })
+        .collect();
+    let connect = |port| {
+        lab.ns("b")
+            .run(|| {
+                std::net::TcpStream::connect_timeout(&SocketAddr::from(([198, 19, 77, 1], port)), T)
+            })
+            .is_ok()
+    };
+    assert!(connect(80), "allowed port reachable on late0");
+    assert!(!connect(81), "other ports dropped on late0");
+    drop(servers);
+    let passed: u64 = status::iface_status(id.clone())
+        .unwrap()
+        .counters
+        .iter()
+        .filter(|c| c.verdict == "pass")
+        .map(|c| c.packets)
+        .sum();
+    assert!(passed > 0, "late0's program judged the allowed flow");
+
+    // The interface goes, again mid-flood: its enforcement is removed.
+    flood(a, &lab.dir, 2000, &["link del late0".to_string()]);
+    assert!(
+        holds_within(30, || generation() == 0 && !id.dir().exists()),
+        "late0, deleted in the middle of a flood, is cleaned up; daemon log:\n{}",
+        log_tail(&log)
+    );
+    drop(daemon);
 }

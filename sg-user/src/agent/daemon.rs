@@ -5,8 +5,11 @@
 //!   running policy stays, the error is logged and shown in status and
 //!   metrics.
 //! - Interfaces come and go: link and address events (netlink, one socket per
-//!   namespace the config names) and namespaces appearing or disappearing
-//!   under /run/netns (inotify) trigger a reconcile — no polling.
+//!   namespace the config names, see [`crate::agent::linkwatch`]) and
+//!   namespaces appearing or disappearing under /run/netns (inotify) trigger
+//!   a reconcile — no polling. Events the kernel drops (a full socket
+//!   buffer) trigger a reconcile too; a watcher that fails is logged,
+//!   counted and reopened.
 //! - One daemon per config: it holds the config's daemon lock for its
 //!   lifetime (a second `sgctl run` on the same config refuses with this
 //!   one's pid) and the state lock during each reload, like `sgctl apply`
@@ -19,7 +22,6 @@ use std::{
     collections::BTreeMap,
     ffi::OsString,
     io::Write as _,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -27,7 +29,6 @@ use std::{
 
 use anyhow::{Context, Result};
 use tokio::{
-    io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
     sync::mpsc,
 };
@@ -38,11 +39,12 @@ use crate::{
     agent::daemon_state::{DaemonState, state_path},
     agent::discover::KernelAddresses,
     agent::flowlog::Collector,
+    agent::linkwatch::{LinkSocket, Notice},
     agent::lock::{self, StateLock},
     agent::metrics,
-    kernel::pins::{self, IfaceId},
+    kernel::pins::{self, IfaceId, NsIdent},
     model::{Attachment, Model},
-    sys::netns::{NETNS_RUN_DIR, in_netns},
+    sys::netns::NETNS_RUN_DIR,
 };
 
 /// Everything `sgctl run` is told.
@@ -86,7 +88,9 @@ struct Daemon {
     last_good: Option<Model>,
     tx: mpsc::UnboundedSender<Event>,
     /// Netlink watchers by namespace (None = the daemon's own).
-    watchers: BTreeMap<Option<String>, tokio::task::JoinHandle<()>>,
+    watchers: BTreeMap<Option<String>, Watcher>,
+    /// Namespaces whose watcher could not be opened: when to try again.
+    watch_retry: BTreeMap<Option<String>, Retry>,
     flows: Option<FlowLog>,
 }
 
@@ -147,6 +151,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         last_good: None,
         tx,
         watchers: BTreeMap::new(),
+        watch_retry: BTreeMap::new(),
         flows,
     };
     if let Some(held) = daemon.state_lock("start").await {
@@ -372,31 +377,66 @@ impl Daemon {
         wanted.push(None);
         wanted.sort();
         wanted.dedup();
-        // Drop watchers of namespaces that are gone or no longer named: a
-        // socket would keep a deleted namespace (and its devices) alive.
-        self.watchers.retain(|ns, task| {
-            let keep = wanted.contains(ns)
-                && ns
-                    .as_ref()
-                    .is_none_or(|n| Path::new(NETNS_RUN_DIR).join(n).exists());
+        // Drop watchers of namespaces that are gone, replaced (deleted and
+        // created again under the same name) or no longer named: a socket
+        // would keep a deleted namespace (and its devices) alive. A watcher
+        // whose task ended is replaced too.
+        self.watchers.retain(|ns, w| {
+            let same_netns = ns
+                .as_ref()
+                .is_none_or(|n| NsIdent::named(n).is_ok_and(|now| now == w.netns));
+            let keep = wanted.contains(ns) && same_netns && !w.task.is_finished();
             if !keep {
-                task.abort();
+                w.task.abort();
             }
             keep
         });
+        self.watch_retry.retain(|ns, _| wanted.contains(ns));
         for ns in wanted {
-            if self.watchers.contains_key(&ns) {
+            let retry_scheduled = self
+                .watch_retry
+                .get(&ns)
+                .is_some_and(|r| tokio::time::Instant::now() < r.at);
+            if self.watchers.contains_key(&ns) || retry_scheduled {
                 continue;
             }
-            match link_events(ns.as_deref()) {
-                Ok(fd) => {
-                    let tx = self.tx.clone();
-                    let label = ns.clone().unwrap_or_else(|| "host".into());
-                    self.watchers
-                        .insert(ns, tokio::spawn(forward_link_events(fd, label, tx)));
+            let label = ns.clone().unwrap_or_else(|| "host".into());
+            match LinkSocket::open(ns.as_deref()) {
+                Ok(socket) => {
+                    self.watch_retry.remove(&ns);
+                    let netns = socket.netns();
+                    let task = tokio::spawn(keep_watching(
+                        socket,
+                        ns.clone(),
+                        self.tx.clone(),
+                        self.state.clone(),
+                    ));
+                    self.watchers.insert(ns, Watcher { task, netns });
                 }
                 // The namespace does not exist yet: /run/netns tells us when it does.
-                Err(_) => continue,
+                Err(e) if e.is_netns_gone() => {}
+                // One retry at a time per namespace, with a growing wait.
+                Err(e) => {
+                    let wait = self
+                        .watch_retry
+                        .get(&ns)
+                        .map_or(WATCH_BACKOFF_MIN, |r| (r.wait * 2).min(WATCH_BACKOFF_MAX));
+                    let at = tokio::time::Instant::now() + wait;
+                    self.watch_retry.insert(ns, Retry { wait, at });
+                    error!(
+                        netns = %label,
+                        "cannot watch links and addresses, retrying in {wait:?}: {:#}",
+                        anyhow::Error::from(e)
+                    );
+                    count(&self.state, |s| &mut s.link_watch_failures, &label);
+                    let tx = self.tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep_until(at).await;
+                        let _ = tx.send(Event::Reconcile(format!(
+                            "retrying the link watcher of {label}"
+                        )));
+                    });
+                }
             }
         }
     }
@@ -511,66 +551,100 @@ fn spawn_netns_watch(tx: &mpsc::UnboundedSender<Event>) -> Result<()> {
     Ok(())
 }
 
-const RTMGRP_LINK: u32 = 0x1;
-const RTMGRP_IPV4_IFADDR: u32 = 0x10;
-const RTMGRP_IPV6_IFADDR: u32 = 0x100;
-
-/// A netlink socket subscribed to link and address changes, opened inside
-/// `netns` (the socket stays bound to that namespace).
-fn link_events(netns: Option<&str>) -> Result<OwnedFd> {
-    in_netns(netns, || -> std::io::Result<OwnedFd> {
-        // SAFETY: plain socket(2)/bind(2) with a zeroed sockaddr_nl.
-        unsafe {
-            let fd = libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            );
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let fd = OwnedFd::from_raw_fd(fd);
-            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-            addr.nl_family = libc::AF_NETLINK as u16;
-            addr.nl_groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
-            let rc = libc::bind(
-                fd.as_raw_fd(),
-                (&raw const addr).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            );
-            if rc != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(fd)
-        }
-    })?
-    .context("netlink socket")
+/// A namespace's netlink watcher.
+struct Watcher {
+    task: tokio::task::JoinHandle<()>,
+    /// The namespace its socket is bound to.
+    netns: NsIdent,
 }
 
-/// Any message on the socket means "something changed": reconcile (the
-/// reconcile itself looks at what is there, so messages need no parsing).
-async fn forward_link_events(fd: OwnedFd, label: String, tx: mpsc::UnboundedSender<Event>) {
-    // SAFETY: we own the socket and keep it open and unchanged while the
-    // AsyncFd lives.
-    let Ok(fd) = (unsafe { AsyncFd::register(fd) }) else {
-        return;
-    };
-    let mut buf = [0u8; 8192];
+/// When to try again to open a namespace's watcher.
+struct Retry {
+    wait: Duration,
+    at: tokio::time::Instant,
+}
+
+/// First and longest wait before a failed link watcher is reopened.
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(200);
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Adds one to the per-namespace counter `field` of the daemon's state
+/// (published with the next reconcile, read live by the metrics).
+fn count(
+    state: &Mutex<DaemonState>,
+    field: fn(&mut DaemonState) -> &mut BTreeMap<String, u64>,
+    netns: &str,
+) {
+    let mut s = state.lock().expect("state lock");
+    *field(&mut s).entry(netns.to_string()).or_default() += 1;
+}
+
+/// Turns a namespace's link and address changes into reconciles for as long
+/// as the namespace exists.
+///
+/// Events the kernel dropped (socket buffer full) mean anything may have
+/// changed: a full reconcile, counted and logged. A socket that fails is
+/// logged, counted and reopened after a backoff, followed by a reconcile for
+/// what happened meanwhile. The namespace being gone or replaced ends the
+/// watcher normally (the daemon's next reconcile watches a new one).
+async fn keep_watching(
+    mut socket: LinkSocket,
+    netns: Option<String>,
+    tx: mpsc::UnboundedSender<Event>,
+    state: Arc<Mutex<DaemonState>>,
+) {
+    let label = netns.clone().unwrap_or_else(|| "host".into());
+    let watched = socket.netns();
+    if let Ok(bytes) = socket.rcvbuf() {
+        info!(netns = %label, rcvbuf = bytes, "watching links and addresses");
+    }
+    let mut backoff = WATCH_BACKOFF_MIN;
     loop {
-        let Ok(mut guard) = fd.readable().await else {
-            return;
+        let why = match socket.next().await {
+            Ok(Notice::Changed) => {
+                backoff = WATCH_BACKOFF_MIN;
+                format!("links in {label}")
+            }
+            Ok(Notice::Lost) => {
+                backoff = WATCH_BACKOFF_MIN;
+                warn!(netns = %label, "netlink events lost (socket buffer overflowed); reconciling");
+                count(&state, |s| &mut s.netlink_overflows, &label);
+                format!("netlink events lost in {label}")
+            }
+            Err(e) => {
+                count(&state, |s| &mut s.link_watch_failures, &label);
+                error!(
+                    netns = %label,
+                    "watching links failed, reopening in {backoff:?}: {:#}",
+                    anyhow::Error::from(e)
+                );
+                socket = loop {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
+                    match LinkSocket::open(netns.as_deref()) {
+                        Ok(s) if s.netns() == watched => break s,
+                        Ok(_) => {
+                            info!(netns = %label, "namespace replaced; its new instance gets a new watcher");
+                            let _ = tx.send(Event::Reconcile(format!("netns {label} replaced")));
+                            return;
+                        }
+                        Err(e) if e.is_netns_gone() => {
+                            info!(netns = %label, "namespace gone; its link watcher ends");
+                            return;
+                        }
+                        Err(e) => error!(
+                            netns = %label,
+                            "reopening the link watcher failed, retrying in {backoff:?}: {:#}",
+                            anyhow::Error::from(e)
+                        ),
+                    }
+                };
+                info!(netns = %label, "link watcher reopened");
+                // Changes while the socket was down went unseen.
+                format!("link watcher of {label} reopened")
+            }
         };
-        let mut got = false;
-        // SAFETY: reading into our buffer from a nonblocking socket.
-        while unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) } > 0 {
-            got = true;
-        }
-        guard.clear_ready();
-        if got
-            && tx
-                .send(Event::Reconcile(format!("links in {label}")))
-                .is_err()
-        {
+        if tx.send(Event::Reconcile(why)).is_err() {
             return;
         }
     }

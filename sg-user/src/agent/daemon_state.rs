@@ -29,6 +29,14 @@ pub struct DaemonState {
     pub reloads_failed: u64,
     /// Generation in force per interface (`NAME@NETNS`), 0 when absent.
     pub generations: BTreeMap<String, u32>,
+    /// Times the kernel dropped link and address events because a watcher's
+    /// socket buffer was full, per namespace (`host` for the daemon's own);
+    /// each one triggered a full reconcile.
+    #[serde(default)]
+    pub netlink_overflows: BTreeMap<String, u64>,
+    /// Times a namespace's link watcher failed (and was reopened).
+    #[serde(default)]
+    pub link_watch_failures: BTreeMap<String, u64>,
 }
 
 /// Where the daemon of the config with this identity publishes its state.

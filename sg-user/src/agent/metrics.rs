@@ -124,6 +124,28 @@ pub fn render(daemon: &DaemonState) -> Result<String> {
         "When the last reload was attempted",
         last,
     );
+    let overflows = Family::<Labels, Counter>::default();
+    for (netns, n) in &daemon.netlink_overflows {
+        overflows
+            .get_or_create(&labels(&[("netns", netns)]))
+            .inc_by(*n);
+    }
+    registry.register(
+        "sgctl_netlink_overflows",
+        "Times the kernel dropped link and address events (a watcher's socket buffer was full); each triggers a full reconcile",
+        overflows,
+    );
+    let watch_failures = Family::<Labels, Counter>::default();
+    for (netns, n) in &daemon.link_watch_failures {
+        watch_failures
+            .get_or_create(&labels(&[("netns", netns)]))
+            .inc_by(*n);
+    }
+    registry.register(
+        "sgctl_link_watch_failures",
+        "Times a namespace's link watcher failed and was reopened",
+        watch_failures,
+    );
     let mut out = String::new();
     encode(&mut out, &registry)?;
     Ok(out)

@@ -1,6 +1,6 @@
 //! The agent layer: what `sgctl` does over time on top of the kernel layer —
-//! locks, per-interface state, apply, status and drift, metrics, flow logs
-//! and the daemon. It may import every layer below it (`model`, `compile`,
+//! locks, per-interface state, apply, status and drift, metrics, flow logs,
+//! link watching and the daemon. It may import every layer below it (`model`, `compile`,
 //! `sys`, `kernel`), never `lab` or the CLI.
 
 pub mod apply;
@@ -9,6 +9,7 @@ pub mod daemon_state;
 pub mod discover;
 pub mod drift;
 pub mod flowlog;
+pub mod linkwatch;
 pub mod lock;
 pub mod metrics;
 pub mod state;

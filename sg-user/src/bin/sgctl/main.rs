@@ -797,6 +797,27 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
             d.reloads_ok,
             d.reloads_failed
         )?;
+        let per_netns = |counts: &std::collections::BTreeMap<String, u64>| {
+            counts
+                .iter()
+                .map(|(ns, n)| format!("{} ×{n}", escape(ns)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !d.netlink_overflows.is_empty() {
+            writeln!(
+                out,
+                "  link events lost (socket buffer full; each answered by a full reconcile): {}",
+                per_netns(&d.netlink_overflows)
+            )?;
+        }
+        if !d.link_watch_failures.is_empty() {
+            writeln!(
+                out,
+                "  link watchers failed and reopened (see the daemon's log): {}",
+                per_netns(&d.link_watch_failures)
+            )?;
+        }
     }
     for (id, e) in &unreadable {
         writeln!(
