@@ -22,6 +22,21 @@ pub struct ControlRow {
     pub wall_ms: f64,
     pub peak_rss_mib: f64,
     pub detail: String,
+    /// For the host-scale rows: what the targets of one data plane per host
+    /// are checked against.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale: Option<Scale>,
+}
+
+/// Figures of one host-scale apply.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Scale {
+    pub ifaces: u32,
+    /// Distinct programs the interfaces run.
+    pub programs: usize,
+    /// Kernel map memory per added interface (none when this apply loaded
+    /// the data plane).
+    pub per_iface_kib: Option<f64>,
 }
 
 /// The `sgctl` binary next to the running one (`cargo build` puts them together).
@@ -204,15 +219,18 @@ pub fn host_scale(dir: &Path, sizes: &[u32]) -> Result<Vec<ControlRow>> {
             );
             policies.insert(sg_user::kernel::loader::settings(&id)?.0.policy);
         }
-        let per_iface = if cold {
-            "n/a (data plane loaded by this apply)".to_string()
-        } else {
-            format!(
-                "{:.1} KiB",
-                (after.saturating_sub(before)) as f64 / 1024.0 / n as f64
-            )
-        };
+        let per_iface_kib =
+            (!cold).then(|| after.saturating_sub(before) as f64 / 1024.0 / f64::from(n));
+        let per_iface = per_iface_kib.map_or_else(
+            || "n/a (data plane loaded by this apply)".to_string(),
+            |kib| format!("{kib:.1} KiB"),
+        );
         rows.push(ControlRow {
+            scale: Some(Scale {
+                ifaces: n,
+                programs: programs.len(),
+                per_iface_kib,
+            }),
             what: format!("host scale: apply {n} interfaces (3 group sets){}", if cold { ", cold" } else { "" }),
             wall_ms: ms,
             peak_rss_mib: 0.0,
@@ -264,12 +282,14 @@ pub fn host_scale(dir: &Path, sizes: &[u32]) -> Result<Vec<ControlRow>> {
             drop(session);
             drop(held);
             rows.push(ControlRow {
+                scale: None,
                 what: format!("host scale: one interface attached beside {} (data plane only)", n + 1),
                 wall_ms: attach_ms,
                 peak_rss_mib: 0.0,
                 detail: "open the data plane, register the endpoint (its policy shared), link both hooks".into(),
             });
             rows.push(ControlRow {
+                scale: None,
                 what: format!("host scale: one interface added to {n} running"),
                 wall_ms: ms,
                 peak_rss_mib: 0.0,
@@ -311,6 +331,7 @@ fn measure_in(sgctl: &Path, dir: &Path, members: u32, host_ifaces: u32) -> Resul
     let id = IfaceId::new("q0", Some(ns.name()));
     let state = sg_user::agent::state::read_state(&id).context("quota interface state")?;
     rows.push(ControlRow {
+        scale: None,
         what: format!("apply, 1 interface at quota (16 groups × 60+60 rules, {members} members)"),
         wall_ms: wall,
         peak_rss_mib: rss,
@@ -320,6 +341,7 @@ fn measure_in(sgctl: &Path, dir: &Path, members: u32, host_ifaces: u32) -> Resul
     std::fs::write(&path, quota_config(ns.name(), "q0", members, 1))?;
     let (wall, rss) = timed_apply(sgctl, &path)?;
     rows.push(ControlRow {
+        scale: None,
         what: "one rule changed on that live interface (until enforced)".into(),
         wall_ms: wall,
         peak_rss_mib: rss,
@@ -334,6 +356,7 @@ fn measure_in(sgctl: &Path, dir: &Path, members: u32, host_ifaces: u32) -> Resul
         .map_err(|p| anyhow::anyhow!("quota config invalid: {p:?}"))?;
     sg_user::agent::apply::apply(&model, &sg_user::agent::apply::ApplyOptions::default())?;
     rows.push(ControlRow {
+        scale: None,
         what: "one rule changed, applied in-process (the daemon's reload path)".into(),
         wall_ms: t.elapsed().as_secs_f64() * 1e3,
         peak_rss_mib: 0.0,
@@ -353,6 +376,7 @@ fn measure_in(sgctl: &Path, dir: &Path, members: u32, host_ifaces: u32) -> Resul
     let ct = memlock(&maps.join(sg_common::names::MAP_CT_V4))?;
     let ct_entries = sg_user::kernel::loader::DEFAULT_CONNTRACK_ENTRIES as u64;
     rows.push(ControlRow {
+        scale: None,
         what: "kernel memory per IPv4 prefix (LPM trie)".into(),
         wall_ms: 0.0,
         peak_rss_mib: 0.0,
@@ -362,6 +386,7 @@ fn measure_in(sgctl: &Path, dir: &Path, members: u32, host_ifaces: u32) -> Resul
         ),
     });
     rows.push(ControlRow {
+        scale: None,
         what: "kernel memory per IPv4 conntrack entry (preallocated hash)".into(),
         wall_ms: 0.0,
         peak_rss_mib: 0.0,
@@ -397,6 +422,7 @@ fn measure_in(sgctl: &Path, dir: &Path, members: u32, host_ifaces: u32) -> Resul
     std::fs::write(&path, host_config(host.name(), host_ifaces))?;
     let (wall, rss) = timed_apply(sgctl, &path)?;
     rows.push(ControlRow {
+        scale: None,
         what: format!("apply, whole host ({host_ifaces} interfaces, 2,500 groups)"),
         wall_ms: wall,
         peak_rss_mib: rss,

@@ -126,6 +126,7 @@ fn targets(r: &Results) -> Vec<Target> {
             ok: sg.conns_per_sec >= 2.0 * ipt.conns_per_sec,
         });
     }
+    t.extend(host_targets(r));
     for c in &r.control {
         if c.what.starts_with("apply, whole host") {
             t.push(Target {
@@ -141,6 +142,106 @@ fn targets(r: &Results) -> Vec<Target> {
                 measured: format!("{:.0} ms", c.wall_ms),
                 limit: "≤ 50 ms".into(),
                 ok: c.wall_ms <= 50.0,
+            });
+        }
+    }
+    t
+}
+
+/// The targets of one data plane per host: apply time against interface
+/// count, the cost of one more interface, memory and programs per interface,
+/// and the per-packet cost against the previous release (same run).
+fn host_targets(r: &Results) -> Vec<Target> {
+    let mut t = Vec::new();
+    let scale = |n: u32| {
+        r.control
+            .iter()
+            .find(|c| c.scale.is_some_and(|s| s.ifaces == n))
+    };
+    if let (Some(one), Some(hundred)) = (scale(1), scale(100)) {
+        let ratio = hundred.wall_ms / one.wall_ms;
+        t.push(Target {
+            what: format!(
+                "apply of 100 interfaces vs 1 ({:.0} ms vs {:.0} ms{})",
+                hundred.wall_ms,
+                one.wall_ms,
+                if one.what.ends_with("cold") {
+                    ", the 1 loading the data plane"
+                } else {
+                    ""
+                }
+            ),
+            measured: format!("{ratio:.1}×"),
+            limit: "≤ 5×".into(),
+            ok: ratio <= 5.0,
+        });
+    }
+    if let Some(k) = scale(1000) {
+        t.push(Target {
+            what: "apply of 1,000 veth interfaces".into(),
+            measured: format!("{:.0} ms", k.wall_ms),
+            limit: "≤ 2000 ms".into(),
+            ok: k.wall_ms <= 2000.0,
+        });
+    }
+    if let Some(add) = r
+        .control
+        .iter()
+        .find(|c| c.what.starts_with("host scale: one interface added to"))
+    {
+        t.push(Target {
+            what: add.what.clone(),
+            measured: format!("{:.0} ms", add.wall_ms),
+            limit: "≤ 20 ms".into(),
+            ok: add.wall_ms <= 20.0,
+        });
+    }
+    let scales: Vec<_> = r.control.iter().filter_map(|c| c.scale).collect();
+    if let Some(kib) = scales
+        .iter()
+        .filter_map(|s| s.per_iface_kib)
+        .max_by(f64::total_cmp)
+    {
+        t.push(Target {
+            what: "kernel map memory per additional interface (largest of the scale runs)".into(),
+            measured: format!("{kib:.1} KiB"),
+            limit: "≤ 256 KiB".into(),
+            ok: kib <= 256.0,
+        });
+    }
+    if !scales.is_empty() {
+        let programs: std::collections::BTreeSet<usize> =
+            scales.iter().map(|s| s.programs).collect();
+        let sizes: Vec<String> = scales.iter().map(|s| s.ifaces.to_string()).collect();
+        t.push(Target {
+            what: format!("programs run by {} interfaces", sizes.join(" / ")),
+            measured: programs
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(" / "),
+            limit: "the same for every count".into(),
+            ok: programs.len() == 1,
+        });
+    }
+    for row in r
+        .per_packet
+        .iter()
+        .filter(|x| x.set == "1 rule" && x.legacy_ct_hit_ns > 0.0)
+    {
+        for (what, now, before) in [
+            ("conntrack hit", row.ct_hit_ns, row.legacy_ct_hit_ns),
+            ("new flow", row.new_flow_ns, row.legacy_new_flow_ns),
+            ("denied", row.denied_ns, row.legacy_denied_ns),
+        ] {
+            t.push(Target {
+                what: format!(
+                    "{what}, {} {}, vs the previous release's per-interface programs",
+                    row.set, row.family
+                ),
+                measured: format!("{now:.0} ns vs {before:.0} ns"),
+                limit: "no worse (+5 ns noise)".into(),
+                ok: now <= before + 5.0,
             });
         }
     }
