@@ -171,16 +171,84 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
     lock::ensure_state_dir()?;
     let identity = model.file.as_deref().and_then(config_identity);
     let mut session = Session::open_or_load(&opts.attach.load_options())?;
-    let legacy: BTreeMap<IfaceId, PathBuf> = pins::legacy_attachments()?.into_iter().collect();
-    let endpoints: BTreeMap<IfaceId, sg_common::IfaceConfig> = session
-        .dp
-        .endpoints()?
-        .into_iter()
-        .map(|e| (e.id, e.cfg))
-        .collect();
-    let live: BTreeMap<u32, sg_common::endpoint::PolicyState> =
-        session.dp.maps.policies()?.into_iter().collect();
+    let seen = Seen::read(&session)?;
     // Phase 1: decide and compile everything; nothing in the kernel changes yet.
+    let (plans, wanted) = plan_interfaces(model, opts, &session, &seen);
+    if opts.require_present
+        && !plans.is_empty()
+        && plans.iter().all(|p| matches!(p.step, Step::Absent))
+    {
+        bail!(none_present(model, &plans));
+    }
+    let last_issued = session.dp.maps.last_generation()?;
+    let policies = plan_policies(
+        model,
+        &plans,
+        &wanted,
+        &seen.endpoints,
+        &seen.live,
+        last_issued,
+    )?;
+    // Phase 2: change the kernel: policies first (the interfaces that use
+    // them switch, or are pointed at them below), then new interfaces
+    // together, then everything else in order.
+    install_policies(&mut session, &policies)?;
+    let done = attach_new(
+        model,
+        opts,
+        &mut session,
+        &plans,
+        &policies,
+        identity.as_deref(),
+    )?;
+    let mut changes = Vec::new();
+    for (plan, done) in plans.iter().zip(done) {
+        let policy = &policies[plan.policy];
+        changes.push(match done {
+            Some(change) => change,
+            None => carry_out(model, plan, policy, &mut session, identity.as_deref(), opts)?,
+        });
+    }
+    changes.extend(detach_departed(
+        &mut session,
+        &plans,
+        &seen.legacy,
+        identity.as_deref(),
+    )?);
+    free_unused_policies(&mut session)?;
+    Ok(changes)
+}
+
+/// What the data plane holds when an apply starts.
+struct Seen {
+    legacy: BTreeMap<IfaceId, PathBuf>,
+    endpoints: BTreeMap<IfaceId, sg_common::IfaceConfig>,
+    live: BTreeMap<u32, sg_common::endpoint::PolicyState>,
+}
+
+impl Seen {
+    fn read(session: &Session) -> Result<Seen> {
+        Ok(Seen {
+            legacy: pins::legacy_attachments()?.into_iter().collect(),
+            endpoints: session
+                .dp
+                .endpoints()?
+                .into_iter()
+                .map(|e| (e.id, e.cfg))
+                .collect(),
+            live: session.dp.maps.policies()?.into_iter().collect(),
+        })
+    }
+}
+
+/// Phase 1 per interface: what to do with it, and which rule set (by
+/// fingerprint, with the interfaces that want it) it needs.
+fn plan_interfaces<'m>(
+    model: &'m Model,
+    opts: &ApplyOptions,
+    session: &Session,
+    seen: &Seen,
+) -> (Vec<Plan<'m>>, Vec<(u64, Vec<IfaceId>)>) {
     let mut plans = Vec::new();
     let mut wanted: Vec<(u64, Vec<IfaceId>)> = Vec::new();
     let ids: Vec<IfaceId> = model
@@ -195,7 +263,7 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
         let rules = rules_fingerprint(model, iface);
         let policy_hash = fingerprint(rules, &timeouts_s);
         let state = read_state(&id);
-        let ep = endpoints.get(&id);
+        let ep = seen.endpoints.get(&id);
         let step = match (ifindex, ep) {
             (None, _) => Step::Absent,
             (Some(_), Some(_)) if !session.repinned.is_empty() => Step::Reattach {
@@ -206,7 +274,8 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
                 ),
             },
             (Some(_), Some(cfg)) => {
-                let policy_live = live
+                let policy_live = seen
+                    .live
                     .get(&cfg.policy)
                     .is_some_and(|p| p.fingerprint == rules);
                 let known = drift::Known {
@@ -214,14 +283,14 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
                     has_endpoint: true,
                     maps_pinned,
                 };
-                let seen = Seen {
+                let attached = Attached {
                     cfg,
                     policy_live,
                     known,
                 };
-                step_for_attached(&id, iface, state.as_ref(), &seen, &timeouts_s, opts)
+                step_for_attached(&id, iface, state.as_ref(), &attached, &timeouts_s, opts)
             }
-            (Some(_), None) => match legacy.get(&id) {
+            (Some(_), None) => match seen.legacy.get(&id) {
                 Some(dir) => Step::Upgrade {
                     legacy_dir: dir.clone(),
                 },
@@ -248,17 +317,12 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
             step,
         });
     }
-    if opts.require_present
-        && !plans.is_empty()
-        && plans.iter().all(|p| matches!(p.step, Step::Absent))
-    {
-        bail!(none_present(model, &plans));
-    }
-    let last_issued = session.dp.maps.last_generation()?;
-    let policies = plan_policies(model, &plans, &wanted, &endpoints, &live, last_issued)?;
-    // Phase 2: change the kernel. The numbers handed out first (a crash
-    // after it wastes numbers, never reuses one), then policies (the
-    // interfaces that use them switch, or are pointed at them below).
+    (plans, wanted)
+}
+
+/// Installs the policies this apply changes. The generation numbers are
+/// recorded first: a crash after it wastes numbers, never reuses one.
+fn install_policies(session: &mut Session, policies: &[PolicyPlan]) -> Result<()> {
     if let Some(last) = policies.iter().rfind(|p| p.install) {
         session
             .dp
@@ -273,8 +337,20 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
             .install_policy(&p.compiled, p.fingerprint)
             .with_context(|| format!("installing policy {}", p.id))?;
     }
-    // New interfaces together (their links are created in parallel), each
-    // with its state written first; then everything else in order.
+    Ok(())
+}
+
+/// Attaches the interfaces new to the data plane, together (their links
+/// are created in parallel), each with its state written first. Returns the
+/// change per plan (none for the plans left to [`carry_out`]).
+fn attach_new(
+    model: &Model,
+    opts: &ApplyOptions,
+    session: &mut Session,
+    plans: &[Plan<'_>],
+    policies: &[PolicyPlan],
+    identity: Option<&Path>,
+) -> Result<Vec<Option<Change>>> {
     let mut done: Vec<Option<Change>> = plans.iter().map(|_| None).collect();
     let new: Vec<usize> = (0..plans.len())
         .filter(|&i| matches!(plans[i].step, Step::Attach))
@@ -283,7 +359,7 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
         let plan = &plans[i];
         write_state(
             &plan.id,
-            &new_state(model, plan, &policies[plan.policy], identity.as_deref()),
+            &new_state(model, plan, &policies[plan.policy], identity),
         )
         .with_context(|| format!("{}: nothing was changed for this interface", plan.id))?;
     }
@@ -305,7 +381,7 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
         })
         .collect();
     let mut failed = None;
-    for (&i, result) in new.iter().zip(loader::attach_many(&mut session, &items)) {
+    for (&i, result) in new.iter().zip(loader::attach_many(session, &items)) {
         let plan = &plans[i];
         match result {
             Ok(_) => {
@@ -325,25 +401,29 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
             }
         }
     }
-    if let Some(e) = failed {
-        return Err(e);
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(done),
     }
+}
+
+/// Detaches the interfaces an earlier apply of this same config attached
+/// that have left it. Attachments of other configs (or `sgctl attach`) are
+/// not ours.
+fn detach_departed(
+    session: &mut Session,
+    plans: &[Plan<'_>],
+    legacy: &BTreeMap<IfaceId, PathBuf>,
+    identity: Option<&Path>,
+) -> Result<Vec<Change>> {
     let mut changes = Vec::new();
-    for (plan, done) in plans.iter().zip(done) {
-        let policy = &policies[plan.policy];
-        changes.push(match done {
-            Some(change) => change,
-            None => carry_out(model, plan, policy, &mut session, identity.as_deref(), opts)?,
-        });
-    }
-    // Interfaces an earlier apply of this same config attached that have
-    // left it. Attachments of other configs (or `sgctl attach`) are not ours.
     let mut attached: Vec<IfaceId> = session.dp.endpoints()?.into_iter().map(|e| e.id).collect();
     attached.extend(legacy.keys().cloned());
     for id in attached {
-        let ours = identity.is_some() && read_state(&id).is_some_and(|s| s.config == identity);
+        let ours =
+            identity.is_some() && read_state(&id).is_some_and(|s| s.config.as_deref() == identity);
         if ours && !plans.iter().any(|p| p.id == id) {
-            forget_in(&mut session, &id)?;
+            forget_in(session, &id)?;
             changes.push(Change {
                 iface: id.to_string(),
                 action: "detached",
@@ -353,7 +433,6 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
             });
         }
     }
-    free_unused_policies(&mut session)?;
     Ok(changes)
 }
 
@@ -465,7 +544,7 @@ fn free_unused_policies(session: &mut Session) -> Result<()> {
 }
 
 /// What phase 1 found in the kernel for an attached interface.
-struct Seen<'a> {
+struct Attached<'a> {
     /// Its endpoint's settings.
     cfg: &'a sg_common::IfaceConfig,
     /// Its policy is live and has the rules the config now compiles to.
@@ -478,11 +557,11 @@ fn step_for_attached(
     id: &IfaceId,
     iface: &Interface,
     state: Option<&IfaceState>,
-    seen: &Seen<'_>,
+    seen: &Attached<'_>,
     timeouts_s: &[u64; sg_common::conntrack::TIMEOUT_SLOTS],
     opts: &ApplyOptions,
 ) -> Step {
-    let Seen {
+    let Attached {
         cfg,
         policy_live,
         known,
