@@ -174,9 +174,16 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<Mutex<DaemonSta
                 && (path == "/metrics" || path.starts_with("/metrics?"))
             {
                 let snapshot = state.lock().expect("state lock").clone();
-                match render(&snapshot) {
-                    Ok(text) => ("200 OK", text),
-                    Err(e) => ("500 Internal Server Error", format!("{e:#}\n")),
+                // Rendering reads every interface's counters and walks the
+                // connection tables (blocking syscalls): off the runtime's
+                // worker threads, which run the daemon's event loop.
+                match tokio::task::spawn_blocking(move || render(&snapshot)).await {
+                    Ok(Ok(text)) => ("200 OK", text),
+                    Ok(Err(e)) => ("500 Internal Server Error", format!("{e:#}\n")),
+                    Err(e) => (
+                        "500 Internal Server Error",
+                        format!("rendering failed: {e}\n"),
+                    ),
                 }
             } else {
                 ("404 Not Found", "try /metrics\n".to_string())
