@@ -10,6 +10,7 @@ pub mod endpoint;
 pub mod events;
 pub mod names;
 pub mod policy;
+pub mod proto;
 
 pub use counters::{
     COUNTER_SLOTS, Counter, Direction, REASON_SLOTS, Reason, counter_index, endpoint_counter_index,

@@ -24,12 +24,10 @@ use sg_common::{
         RECLAIM_MIN_INTERVAL_NS, TIMEOUT_SLOTS, timeout_slot,
     },
     endpoint::{CT_COUNT_KERNEL, CT_COUNT_SLOTS, CT_COUNT_USER, MAX_ENDPOINTS, ct_count_index},
+    proto,
 };
 
-use crate::parse::{
-    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Packet, TCP_ACK, TCP_FIN, TCP_RST,
-    TCP_SYN,
-};
+use crate::parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// Default capacity of each host-wide table; the loader overrides it
 /// (`--conntrack-entries`).
@@ -80,14 +78,14 @@ enum Kind {
 #[inline(always)]
 fn kind(pkt: &Packet) -> Kind {
     match pkt.proto {
-        IPPROTO_TCP => Kind::Tcp,
-        IPPROTO_UDP => Kind::Udp,
-        IPPROTO_ICMP => match pkt.icmp_type {
+        proto::TCP => Kind::Tcp,
+        proto::UDP => Kind::Udp,
+        proto::ICMP => match pkt.icmp_type {
             8 => Kind::EchoRequest,
             0 => Kind::EchoReply,
             _ => Kind::IcmpOther,
         },
-        IPPROTO_ICMPV6 => match pkt.icmp_type {
+        proto::ICMPV6 => match pkt.icmp_type {
             128 => Kind::EchoRequest,
             129 => Kind::EchoReply,
             _ => Kind::IcmpOther,

@@ -127,9 +127,7 @@ pub fn report(pkt: &Packet, direction: Direction, judged: Judged, bytes: u64, no
         src: pkt.src,
         dst: pkt.dst,
         sport: pkt.sport,
-        dport: if pkt.proto == crate::parse::IPPROTO_ICMP
-            || pkt.proto == crate::parse::IPPROTO_ICMPV6
-        {
+        dport: if pkt.proto == sg_common::proto::ICMP || pkt.proto == sg_common::proto::ICMPV6 {
             pkt.policy_port.to_be_bytes()
         } else {
             pkt.dport

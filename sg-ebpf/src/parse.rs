@@ -5,6 +5,8 @@
 
 use core::mem::size_of;
 
+use sg_common::proto;
+
 /// Parser outcome that is not a packet to judge.
 #[derive(Clone, Copy)]
 pub enum NotJudged {
@@ -32,10 +34,6 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_ICMPV6: u8 = 58;
 const NEXTHDR_HOP: u8 = 0;
 const NEXTHDR_ROUTING: u8 = 43;
 const NEXTHDR_FRAGMENT: u8 = 44;
@@ -256,7 +254,7 @@ fn parse_ipv6(
             _ => {
                 pkt.proto = next;
                 let pkt = parse_l4(start, end, offset, pkt)?;
-                if pkt.proto == IPPROTO_ICMPV6
+                if pkt.proto == proto::ICMPV6
                     && ND_TYPES.contains(&pkt.icmp_type)
                     && pkt.policy_port & 0xff == 0
                     && ip.hop_limit == ND_HOP_LIMIT
@@ -287,7 +285,7 @@ fn on_link(src: &[u8; 16], dst: &[u8; 16]) -> bool {
 #[inline(always)]
 fn parse_l4(start: usize, end: usize, offset: usize, mut pkt: Packet) -> Result<Packet, NotJudged> {
     match pkt.proto {
-        IPPROTO_TCP => {
+        proto::TCP => {
             // Ports (4 bytes), sequence and ack (8), offset, flags.
             let hdr: [u8; 14] = load(start, end, offset)?;
             pkt.sport = [hdr[0], hdr[1]];
@@ -298,13 +296,13 @@ fn parse_l4(start: usize, end: usize, offset: usize, mut pkt: Packet) -> Result<
             }
             pkt.policy_port = be16(pkt.dport);
         }
-        IPPROTO_UDP => {
+        proto::UDP => {
             let hdr: [u8; 4] = load(start, end, offset)?;
             pkt.sport = [hdr[0], hdr[1]];
             pkt.dport = [hdr[2], hdr[3]];
             pkt.policy_port = be16(pkt.dport);
         }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+        proto::ICMP | proto::ICMPV6 => {
             // Type, code, checksum, then identifier (meaningful for echo).
             let hdr: [u8; 6] = load(start, end, offset)?;
             pkt.icmp_type = hdr[0];

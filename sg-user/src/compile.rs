@@ -22,10 +22,8 @@ use sg_common::{
         AddrKeyV4, AddrKeyV6, ClassId, GEN_DIR_BITS, HIT_UNTRACKED, PORT_KEY_ALL_PROTOCOLS,
         PORT_KEY_PROTOCOL, PolicyHit, PortKey, gen_dir,
     },
+    proto,
 };
-
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
 
 /// One rule as the compiler sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -59,8 +57,8 @@ impl Rule {
 
     fn untracked_for(&self, proto: u8) -> bool {
         match proto {
-            IPPROTO_TCP => self.untracked_tcp,
-            IPPROTO_UDP => self.untracked_udp,
+            proto::TCP => self.untracked_tcp,
+            proto::UDP => self.untracked_udp,
             _ => false,
         }
     }
@@ -244,10 +242,10 @@ fn port_entries(
     // The /64 entry is tracked; TCP/UDP need their own entries when the
     // all-protocol rules admit them untracked.
     if !all.is_empty() && all.iter().all(|r| r.untracked_tcp) {
-        protos.insert(IPPROTO_TCP);
+        protos.insert(proto::TCP);
     }
     if !all.is_empty() && all.iter().all(|r| r.untracked_udp) {
-        protos.insert(IPPROTO_UDP);
+        protos.insert(proto::UDP);
     }
     for proto in protos {
         let specific: Vec<&Rule> = members

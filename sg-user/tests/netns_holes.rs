@@ -35,7 +35,7 @@ use sg_user::{
 };
 
 const T: Duration = Duration::from_millis(700);
-const IPPROTO_ICMPV6: i32 = 58;
+const IPPROTO_ICMPV6: i32 = sg_common::proto::ICMPV6 as i32;
 
 /// A raw socket of `family` for `proto`, opened inside `ns`.
 fn raw_socket(ns: &Netns, family: i32, proto: i32) -> OwnedFd {

@@ -12,16 +12,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 /// IANA protocol numbers the model names.
-pub mod proto {
-    /// ICMP for IPv4.
-    pub const ICMP: u8 = 1;
-    /// TCP.
-    pub const TCP: u8 = 6;
-    /// UDP.
-    pub const UDP: u8 = 17;
-    /// ICMPv6.
-    pub const ICMPV6: u8 = 58;
-}
+pub use sg_common::proto;
 
 /// The protocol a rule allows. Numbers that have a name are always stored as
 /// the name (`6` is [`Protocol::Tcp`]), so equal rules compare equal.
