@@ -7,7 +7,6 @@ mod common;
 
 use std::{
     collections::BTreeSet,
-    net::{Ipv6Addr, SocketAddr},
     os::unix::{fs::MetadataExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -57,16 +56,7 @@ interfaces:
 }
 
 fn servers(lab: &Lab, ports: &[u16]) -> Vec<TcpServer> {
-    ports
-        .iter()
-        .map(|p| {
-            TcpServer::start(
-                lab.ns("a"),
-                SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), *p),
-            )
-            .unwrap()
-        })
-        .collect()
+    TcpServer::start_all(lab.ns("a"), ports).unwrap()
 }
 
 fn reach(lab: &Lab, port: u16) -> Reach {

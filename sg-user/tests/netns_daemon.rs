@@ -8,7 +8,7 @@
 mod common;
 
 use std::{
-    net::{Ipv6Addr, SocketAddr, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -381,13 +381,7 @@ fn invalid_config_keeps_the_policy_and_shows_the_error_metrics_and_flow_logs() {
     let path = lab.dir.join("config.yaml");
     let flow_log = lab.dir.join("flows.log");
     write_atomically(&path, &config(&lab, "", "sg-a"));
-    let _srv = [8080u16, 9090, 23].map(|p| {
-        TcpServer::start(
-            lab.ns("a"),
-            SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), p),
-        )
-        .unwrap()
-    });
+    let _srv = TcpServer::start_all(lab.ns("a"), &[8080, 9090, 23]).unwrap();
     let metrics = "127.0.0.1:19977";
     let flow_arg = flow_log.to_str().unwrap();
     let daemon = Daemon::start(

@@ -12,7 +12,7 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::{
         Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -105,15 +105,8 @@ fn probe_flow(plan: &Plan, nss: &[Netns], flow: &Flow) -> bool {
             probe::tcp_connect(src, SocketAddr::new(dst, service.port), PROBE_TIMEOUT),
             Reach::Connected | Reach::Refused
         ),
-        Proto::Udp => {
-            let local: IpAddr = if flow.v6 {
-                Ipv6Addr::UNSPECIFIED.into()
-            } else {
-                Ipv4Addr::UNSPECIFIED.into()
-            };
-            UdpPeer::bind(src, SocketAddr::new(local, 0), PROBE_TIMEOUT)
-                .is_ok_and(|p| p.roundtrip(SocketAddr::new(dst, service.port)))
-        }
+        Proto::Udp => UdpPeer::bind_any(src, flow.v6, PROBE_TIMEOUT)
+            .is_ok_and(|p| p.roundtrip(SocketAddr::new(dst, service.port))),
         Proto::Ping => probe::ping(src, dst, PROBE_TIMEOUT).unwrap_or(false),
     }
 }
