@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use sg_common::{Direction, Reason, conntrack::DEFAULT_TIMEOUTS_S};
+use sg_common::{Direction, Reason};
 use sg_user::{
     compile::{Rule, compile},
     harness::packet::{Frame, L4, TCP_ACK, TCP_SYN},
@@ -34,18 +34,13 @@ fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
 
 /// Inbound https from anywhere; nothing outbound.
 fn https_instance() -> Instance {
-    let inbound = [Rule::tracked(
+    let inbound = [Rule::tracked_parsed(
         "https",
         Some(6),
         (443, 443),
-        vec!["0.0.0.0/0".parse().unwrap()],
+        &["0.0.0.0/0"],
     )];
-    let mut inst = Instance::load(false).expect("load");
-    let g = inst.policy.next_generation().unwrap();
-    inst.policy
-        .install(&compile(g, &inbound, &[]), DEFAULT_TIMEOUTS_S)
-        .unwrap();
-    inst
+    Instance::with_rules(&inbound, &[]).expect("load")
 }
 
 #[test]
@@ -139,11 +134,11 @@ fn interfaces_enforce_the_policy_their_endpoint_names() {
         "policy 1 allows 443"
     );
     // Policy 2: ssh only, installed beside policy 1.
-    let ssh = [Rule::tracked(
+    let ssh = [Rule::tracked_parsed(
         "ssh",
         Some(6),
         (22, 22),
-        vec!["0.0.0.0/0".parse().unwrap()],
+        &["0.0.0.0/0"],
     )];
     let key = inst.policy.endpoint_key();
     inst.policy.select(2, None);

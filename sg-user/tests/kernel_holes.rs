@@ -13,7 +13,7 @@ use sg_common::{
     names,
 };
 use sg_user::{
-    compile::{Rule, compile, compile_iface, rule_hash},
+    compile::{Rule, compile_iface, rule_hash},
     harness::packet::{
         Ext, Frame, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, ipv4_fragment, ipv6_with_ext,
         with_hop_limit, with_ip_proto,
@@ -64,25 +64,12 @@ fn icmp(kind: u8, code: u8) -> L4 {
 /// Inbound: https (v4, v6) and dns (v4); nothing outbound.
 fn instance_with(timeouts_s: [u64; TIMEOUT_SLOTS], conntrack_entries: u32) -> Instance {
     let inbound = [
-        Rule::tracked(
-            "https4",
-            Some(6),
-            (443, 443),
-            vec!["0.0.0.0/0".parse().unwrap()],
-        ),
-        Rule::tracked("https6", Some(6), (443, 443), vec!["::/0".parse().unwrap()]),
-        Rule::tracked(
-            "dns",
-            Some(17),
-            (53, 53),
-            vec!["0.0.0.0/0".parse().unwrap()],
-        ),
+        Rule::tracked_parsed("https4", Some(6), (443, 443), &["0.0.0.0/0"]),
+        Rule::tracked_parsed("https6", Some(6), (443, 443), &["::/0"]),
+        Rule::tracked_parsed("dns", Some(17), (53, 53), &["0.0.0.0/0"]),
     ];
     let mut inst = Instance::load_with(false, conntrack_entries).expect("load");
-    let g = inst.policy.next_generation().unwrap();
-    inst.policy
-        .install(&compile(g, &inbound, &[]), timeouts_s)
-        .unwrap();
+    inst.install_rules(&inbound, &[], timeouts_s).unwrap();
     inst
 }
 
@@ -572,17 +559,10 @@ fn hit_counters_of_rules_that_are_gone_are_removed() {
         let rules: Vec<Rule> = (0..3)
             .map(|i| {
                 let port = 1000 + round * 3 + i;
-                Rule::tracked(
-                    &format!("r{port}"),
-                    Some(6),
-                    (port, port),
-                    vec!["0.0.0.0/0".parse().unwrap()],
-                )
+                Rule::tracked_parsed(&format!("r{port}"), Some(6), (port, port), &["0.0.0.0/0"])
             })
             .collect();
-        let g = inst.policy.next_generation().unwrap();
-        inst.policy
-            .install(&compile(g, &rules, &[]), DEFAULT_TIMEOUTS_S)
+        inst.install_rules(&rules, &[], DEFAULT_TIMEOUTS_S)
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
         let mut live = inst.policy.rule_hit_ids();
         live.sort_unstable();

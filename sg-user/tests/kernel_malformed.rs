@@ -3,9 +3,9 @@
 //! tags, fragments in all orders. Each gets a defined verdict and exactly one
 //! counted reason.
 
-use sg_common::{Reason, conntrack::DEFAULT_TIMEOUTS_S};
+use sg_common::Reason;
 use sg_user::{
-    compile::{Rule, compile},
+    compile::Rule,
     harness::packet::{
         Ext, Frame, L4, TCP_SYN, arp_request, ipv4_fragment, ipv4_with_options, ipv6_with_ext,
         with_hop_limit, with_vlan_tags,
@@ -15,7 +15,7 @@ use sg_user::{
 };
 
 fn rule(id: &str, proto: u8, ports: (u16, u16), peer: &str) -> Rule {
-    Rule::tracked(id, Some(proto), ports, vec![peer.parse().unwrap()])
+    Rule::tracked_parsed(id, Some(proto), ports, &[peer])
 }
 
 fn instance() -> Instance {
@@ -26,12 +26,7 @@ fn instance() -> Instance {
         rule("icmp", 1, (0, 0xffff), "0.0.0.0/0"),
         rule("ping6", 58, (128 << 8, (128 << 8) | 0xff), "::/0"),
     ];
-    let mut inst = Instance::load(false).expect("load");
-    let g = inst.policy.next_generation().unwrap();
-    inst.policy
-        .install(&compile(g, &inbound, &[]), DEFAULT_TIMEOUTS_S)
-        .unwrap();
-    inst
+    Instance::with_rules(&inbound, &[]).expect("load")
 }
 
 /// Runs one frame through XDP; returns the verdict and the single reason

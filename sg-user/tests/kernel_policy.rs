@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use sg_common::{Direction, Reason, conntrack::DEFAULT_TIMEOUTS_S};
 use sg_user::{
-    compile::{Rule, compile},
+    compile::Rule,
     harness::packet::{Frame, L4, TCP_ACK, TCP_SYN, arp_request},
     harness::testrun::{Instance, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS},
     require_root,
@@ -17,12 +17,7 @@ const OUTSIDE: &str = "198.19.0.9";
 const DB: &str = "198.18.2.20";
 
 fn rule(id: &str, proto: Option<u8>, ports: (u16, u16), peers: &[&str]) -> Rule {
-    Rule::tracked(
-        id,
-        proto,
-        ports,
-        peers.iter().map(|p| p.parse().unwrap()).collect(),
-    )
+    Rule::tracked_parsed(id, proto, ports, peers)
 }
 
 /// The seed article's web server.
@@ -38,15 +33,7 @@ fn web_server() -> Instance {
         ),
     ];
     let outbound = [rule("mysql", Some(6), (3306, 3306), &["198.18.2.0/24"])];
-    let mut inst = Instance::load(false).expect("load programs");
-    let generation = inst.policy.next_generation().unwrap();
-    inst.policy
-        .install(
-            &compile(generation, &inbound, &outbound),
-            DEFAULT_TIMEOUTS_S,
-        )
-        .expect("install policy");
-    inst
+    Instance::with_rules(&inbound, &outbound).expect("load programs and install policy")
 }
 
 fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Vec<u8> {
@@ -217,10 +204,8 @@ fn a_new_generation_replaces_the_old_atomically() {
     require_root!();
     let mut inst = web_server();
     assert_eq!(xdp(&inst, &tcp(OUTSIDE, 1, WEB, 443, TCP_SYN)), XDP_PASS);
-    let generation = inst.policy.next_generation().unwrap();
     let only_ssh = [rule("ssh-all", Some(6), (22, 22), &["0.0.0.0/0"])];
-    inst.policy
-        .install(&compile(generation, &only_ssh, &[]), DEFAULT_TIMEOUTS_S)
+    inst.install_rules(&only_ssh, &[], DEFAULT_TIMEOUTS_S)
         .unwrap();
     assert_eq!(
         xdp(&inst, &tcp(OUTSIDE, 2, WEB, 443, TCP_SYN)),
@@ -248,9 +233,7 @@ fn a_full_table_refuses_new_tracked_flows_and_keeps_established_ones() {
     require_root!();
     let inbound = [rule("https", Some(6), (443, 443), &["0.0.0.0/0"])];
     let mut inst = Instance::load_with(false, 4).expect("load with a 4-entry table");
-    let generation = inst.policy.next_generation().unwrap();
-    inst.policy
-        .install(&compile(generation, &inbound, &[]), DEFAULT_TIMEOUTS_S)
+    inst.install_rules(&inbound, &[], DEFAULT_TIMEOUTS_S)
         .unwrap();
     for port in 1..=4 {
         assert_eq!(
