@@ -4,12 +4,10 @@
 //! belong to the endpoint (a full interface refuses its own new flows, other
 //! interfaces are unaffected); policies are selected per endpoint.
 
-use std::net::IpAddr;
-
 use sg_common::{Direction, Reason};
 use sg_user::{
     compile::{Rule, compile},
-    harness::packet::{Frame, L4, TCP_ACK, TCP_SYN},
+    harness::packet::{L4, TCP_ACK, TCP_SYN, frame},
     harness::testrun::{Instance, TEST_ENDPOINT, XDP_DROP, XDP_PASS},
     require_root,
 };
@@ -19,17 +17,7 @@ fn syn(sport: u16, dport: u16) -> Vec<u8> {
 }
 
 fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    Frame {
-        src: src.parse::<IpAddr>().unwrap(),
-        dst: dst.parse::<IpAddr>().unwrap(),
-        l4: L4::Tcp {
-            src: sport,
-            dst: dport,
-            flags,
-        },
-        payload: 0,
-    }
-    .build()
+    frame(src, dst, L4::tcp(sport, dport, flags))
 }
 
 /// Inbound https from anywhere; nothing outbound.

@@ -15,7 +15,7 @@ use sg_common::{
 use sg_user::{
     compile::{Rule, compile_iface, rule_hash},
     harness::packet::{
-        Ext, Frame, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, ipv4_fragment, ipv6_with_ext,
+        Ext, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, frame, ipv4_fragment, ipv6_with_ext,
         with_hop_limit, with_ip_proto,
     },
     harness::testrun::{Hook, Instance},
@@ -33,24 +33,6 @@ const REMOTE6: &str = "2001:db8::9";
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-fn frame(src: &str, dst: &str, l4: L4) -> Vec<u8> {
-    Frame {
-        src: ip(src),
-        dst: ip(dst),
-        l4,
-        payload: 0,
-    }
-    .build()
-}
-
-fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
-    L4::Tcp {
-        src: sport,
-        dst: dport,
-        flags,
-    }
 }
 
 fn icmp(kind: u8, code: u8) -> L4 {
@@ -241,14 +223,14 @@ fn syn_with_fin_or_rst_is_dropped_and_opens_nothing() {
         TCP_SYN | TCP_RST,
         TCP_SYN | TCP_FIN | TCP_ACK,
     ] {
-        let f = frame(REMOTE4, LOCAL4, tcp(4000, 443, flags));
+        let f = frame(REMOTE4, LOCAL4, L4::tcp(4000, 443, flags));
         assert_eq!(
             inst.judge(Hook::Xdp, &f).1,
             Reason::DropTcpFlags,
             "{flags:#x}"
         );
         // No state: the server's answer is judged by the (empty) outbound rules.
-        let answer = frame(LOCAL4, REMOTE4, tcp(443, 4000, TCP_SYN | TCP_ACK));
+        let answer = frame(LOCAL4, REMOTE4, L4::tcp(443, 4000, TCP_SYN | TCP_ACK));
         assert_eq!(inst.judge(Hook::TcEgress, &answer).1, Reason::DropNoRule);
         let p = Packet::tcp(
             0,
@@ -261,7 +243,7 @@ fn syn_with_fin_or_rst_is_dropped_and_opens_nothing() {
         );
         assert!(p.invalid_tcp_flags(), "evaluator agrees on {flags:#x}");
     }
-    let ok = frame(REMOTE4, LOCAL4, tcp(4000, 443, TCP_SYN));
+    let ok = frame(REMOTE4, LOCAL4, L4::tcp(4000, 443, TCP_SYN));
     assert_eq!(inst.judge(Hook::Xdp, &ok).1, Reason::PassRule);
 }
 
@@ -276,7 +258,7 @@ fn ipv6_later_fragments_follow_through_ah_and_destination_options() {
             let mut exts = vec![Ext::Fragment { offset, more, id }];
             exts.extend_from_slice(chain);
             ipv6_with_ext(
-                &frame(REMOTE6, LOCAL6, tcp(5000 + i as u16, 443, TCP_SYN)),
+                &frame(REMOTE6, LOCAL6, L4::tcp(5000 + i as u16, 443, TCP_SYN)),
                 &exts,
             )
         };
@@ -356,8 +338,8 @@ fn unanswered_mid_stream_pickup_idles_out_like_a_syn() {
     let mut timeouts = DEFAULT_TIMEOUTS_S;
     timeouts[CtState::TcpSynSent as usize] = 1;
     let inst = instance_with(timeouts, 1024);
-    let pickup = |sport| frame(REMOTE4, LOCAL4, tcp(sport, 443, TCP_ACK));
-    let answer = |dport| frame(LOCAL4, REMOTE4, tcp(443, dport, TCP_ACK));
+    let pickup = |sport| frame(REMOTE4, LOCAL4, L4::tcp(sport, 443, TCP_ACK));
+    let answer = |dport| frame(LOCAL4, REMOTE4, L4::tcp(443, dport, TCP_ACK));
     assert_eq!(inst.judge(Hook::Xdp, &pickup(1111)).1, Reason::PassRule);
     assert_eq!(inst.judge(Hook::Xdp, &pickup(2222)).1, Reason::PassRule);
     assert_eq!(
@@ -492,7 +474,7 @@ fn agrees_with(inst: &Instance, m: &model::Model, what: &str) {
     for peer in ["198.19.3.9", "198.19.4.9", "198.19.1.9", "198.18.0.9"] {
         for port in [22, 80, 443, 1000, 5432, 60000] {
             sport += 1;
-            let bytes = frame(peer, LOCAL4, tcp(sport, port, TCP_SYN));
+            let bytes = frame(peer, LOCAL4, L4::tcp(sport, port, TCP_SYN));
             let kernel = !inst.judge(Hook::Xdp, &bytes).1.is_drop();
             let reference = eval::decide(
                 m,

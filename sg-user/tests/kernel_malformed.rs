@@ -7,7 +7,7 @@ use sg_common::Reason;
 use sg_user::{
     compile::Rule,
     harness::packet::{
-        Ext, Frame, L4, TCP_SYN, arp_request, ipv4_fragment, ipv4_with_options, ipv6_with_ext,
+        Ext, L4, TCP_SYN, arp_request, frame, ipv4_fragment, ipv4_with_options, ipv6_with_ext,
         with_hop_limit, with_vlan_tags,
     },
     harness::testrun::{Hook, Instance, XDP_DROP, XDP_PASS},
@@ -36,34 +36,18 @@ fn judge(inst: &Instance, frame: &[u8]) -> (u32, Reason) {
 }
 
 fn v4(l4: L4) -> Vec<u8> {
-    Frame {
-        src: "198.18.0.9".parse().unwrap(),
-        dst: "198.18.0.1".parse().unwrap(),
-        l4,
-        payload: 0,
-    }
-    .build()
+    frame("198.18.0.9", "198.18.0.1", l4)
 }
 
 fn v6(l4: L4) -> Vec<u8> {
-    Frame {
-        src: "2001:db8::9".parse().unwrap(),
-        dst: "2001:db8::1".parse().unwrap(),
-        l4,
-        payload: 0,
-    }
-    .build()
+    frame("2001:db8::9", "2001:db8::1", l4)
 }
 
 /// A fresh flow's SYN to 443 (its own source port, so no conntrack hit).
 fn syn443() -> L4 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(20000);
-    L4::Tcp {
-        src: NEXT.fetch_add(1, Ordering::Relaxed),
-        dst: 443,
-        flags: TCP_SYN,
-    }
+    L4::tcp(NEXT.fetch_add(1, Ordering::Relaxed), 443, TCP_SYN)
 }
 
 #[test]
@@ -140,11 +124,7 @@ fn bad_ihl_and_version_are_malformed_options_are_skipped() {
         judge(&inst, &ipv4_with_options(&v4(syn443()), 10)),
         (XDP_PASS, Reason::PassRule)
     );
-    let ssh = L4::Tcp {
-        src: 1,
-        dst: 22,
-        flags: TCP_SYN,
-    };
+    let ssh = L4::tcp(1, 22, TCP_SYN);
     assert_eq!(
         judge(&inst, &ipv4_with_options(&v4(ssh), 10)),
         (XDP_DROP, Reason::DropNoRule)
@@ -160,11 +140,7 @@ fn ipv6_extension_chains_are_walked_up_to_the_limit() {
         judge(&inst, &ipv6_with_ext(&v6(syn443()), &chain)),
         (XDP_PASS, Reason::PassRule)
     );
-    let ssh = L4::Tcp {
-        src: 1,
-        dst: 22,
-        flags: TCP_SYN,
-    };
+    let ssh = L4::tcp(1, 22, TCP_SYN);
     assert_eq!(
         judge(&inst, &ipv6_with_ext(&v6(ssh), &chain)),
         (XDP_DROP, Reason::DropNoRule)
@@ -203,11 +179,7 @@ fn vlan_tags_are_parsed_and_non_ip_bypasses() {
             Reason::PassRule,
             "{tags:x?}"
         );
-        let ssh = L4::Tcp {
-            src: 1,
-            dst: 22,
-            flags: TCP_SYN,
-        };
+        let ssh = L4::tcp(1, 22, TCP_SYN);
         assert_eq!(
             judge(&inst, &with_vlan_tags(&v6(ssh), tags)).1,
             Reason::DropNoRule,

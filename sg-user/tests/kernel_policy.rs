@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use sg_common::{Direction, Reason, conntrack::DEFAULT_TIMEOUTS_S};
 use sg_user::{
     compile::Rule,
-    harness::packet::{Frame, L4, TCP_ACK, TCP_SYN, arp_request},
+    harness::packet::{Frame, L4, TCP_ACK, TCP_SYN, arp_request, frame},
     harness::testrun::{Instance, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS},
     require_root,
 };
@@ -37,17 +37,7 @@ fn web_server() -> Instance {
 }
 
 fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Vec<u8> {
-    Frame {
-        src: src.parse().unwrap(),
-        dst: dst.parse().unwrap(),
-        l4: L4::Tcp {
-            src: sport,
-            dst: dport,
-            flags,
-        },
-        payload: 0,
-    }
-    .build()
+    frame(src, dst, L4::tcp(sport, dport, flags))
 }
 
 fn icmp(src: &str, dst: &str, kind: u8, ident: u16) -> Vec<u8> {
@@ -92,17 +82,8 @@ fn inbound_rules_allow_and_deny_new_flows() {
         XDP_DROP,
         "rdp: no rule"
     );
-    let v6 = Frame {
-        src: "2001:db8::99".parse().unwrap(),
-        dst: "2001:db8::10".parse().unwrap(),
-        l4: L4::Tcp {
-            src: 40004,
-            dst: 443,
-            flags: TCP_SYN,
-        },
-        payload: 0,
-    };
-    assert_eq!(xdp(&inst, &v6.build()), XDP_PASS, "https over IPv6 (::/0)");
+    let v6 = tcp("2001:db8::99", 40004, "2001:db8::10", 443, TCP_SYN);
+    assert_eq!(xdp(&inst, &v6), XDP_PASS, "https over IPv6 (::/0)");
     assert_eq!(
         inst.counter(Direction::Inbound, Reason::PassRule).packets,
         3

@@ -35,17 +35,7 @@ fn one_rule_config() -> String {
 }
 
 fn syn(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
-    Frame {
-        src: src.into(),
-        dst: dst.into(),
-        l4: L4::Tcp {
-            src: sport,
-            dst: dport,
-            flags: TCP_SYN,
-        },
-        payload: 0,
-    }
-    .build()
+    Frame::new(src, dst, L4::tcp(sport, dport, TCP_SYN)).build()
 }
 
 /// Loads, installs; returns the instance and (model rules, compile ms, install ms, entries).

@@ -160,14 +160,8 @@ fn syn(src: IpAddr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     // 64-byte frames for IPv4 (14 + 20 + 20 + 10 bytes payload).
     let payload = if src.is_ipv6() { 0 } else { 10 };
     Frame {
-        src,
-        dst,
-        l4: L4::Tcp {
-            src: sport,
-            dst: dport,
-            flags,
-        },
         payload,
+        ..Frame::new(src, dst, L4::tcp(sport, dport, flags))
     }
     .build()
 }
