@@ -214,65 +214,42 @@ fn vlan_tags_are_parsed_and_non_ip_bypasses() {
 fn fragments_follow_their_first_fragment() {
     require_root!();
     let inst = instance();
-    let udp = |src, dst| v4(L4::Udp { src, dst });
-    // Allowed datagram: first, then a later fragment, then the last.
-    assert_eq!(
-        judge(&inst, &ipv4_fragment(&udp(5000, 53), 7, 0, true)).1,
-        Reason::PassRule
-    );
-    assert_eq!(
-        judge(&inst, &ipv4_fragment(&udp(5000, 53), 7, 185, true)).1,
-        Reason::PassFragment
-    );
-    assert_eq!(
-        judge(&inst, &ipv4_fragment(&udp(5000, 53), 7, 370, false)).1,
-        Reason::PassFragment
-    );
-    // Denied datagram: its first fragment is not remembered, so later
-    // fragments find nothing to follow.
-    assert_eq!(
-        judge(&inst, &ipv4_fragment(&udp(5001, 99), 8, 0, true)).1,
-        Reason::DropNoRule
-    );
-    assert_eq!(
-        judge(&inst, &ipv4_fragment(&udp(5001, 99), 8, 185, false)).1,
-        Reason::DropFragment
-    );
-    // A later fragment arriving before its first: no verdict known.
-    assert_eq!(
-        judge(&inst, &ipv4_fragment(&udp(5002, 53), 9, 185, false)),
-        (XDP_DROP, Reason::DropFragment)
-    );
-    assert_eq!(
-        judge(&inst, &ipv4_fragment(&udp(5002, 53), 9, 0, true)).1,
-        Reason::PassRule
-    );
-    // IPv6 fragment header.
-    let first = ipv6_with_ext(
-        &v6(syn443()),
-        &[Ext::Fragment {
-            offset: 0,
-            more: true,
-            id: 77,
-        }],
-    );
-    let later = ipv6_with_ext(
-        &v6(syn443()),
-        &[Ext::Fragment {
-            offset: 100,
-            more: false,
-            id: 77,
-        }],
-    );
-    let orphan = ipv6_with_ext(
-        &v6(syn443()),
-        &[Ext::Fragment {
-            offset: 100,
-            more: false,
-            id: 78,
-        }],
-    );
-    assert_eq!(judge(&inst, &first).1, Reason::PassRule);
-    assert_eq!(judge(&inst, &later).1, Reason::PassFragment);
-    assert_eq!(judge(&inst, &orphan).1, Reason::DropFragment);
+    let frag4 =
+        |src, dst, id, offset, more| ipv4_fragment(&v4(L4::Udp { src, dst }), id, offset, more);
+    let frag6 =
+        |offset, more, id| ipv6_with_ext(&v6(syn443()), &[Ext::Fragment { offset, more, id }]);
+    // (what, frame, expected reason), in the order sent.
+    let cases = [
+        // Allowed datagram: first, then a later fragment, then the last.
+        ("first", frag4(5000, 53, 7, 0, true), Reason::PassRule),
+        ("later", frag4(5000, 53, 7, 185, true), Reason::PassFragment),
+        ("last", frag4(5000, 53, 7, 370, false), Reason::PassFragment),
+        // Denied datagram: its first fragment is not remembered, so later
+        // fragments find nothing to follow.
+        (
+            "denied first",
+            frag4(5001, 99, 8, 0, true),
+            Reason::DropNoRule,
+        ),
+        (
+            "denied later",
+            frag4(5001, 99, 8, 185, false),
+            Reason::DropFragment,
+        ),
+        // A later fragment arriving before its first: no verdict known.
+        (
+            "early later",
+            frag4(5002, 53, 9, 185, false),
+            Reason::DropFragment,
+        ),
+        ("late first", frag4(5002, 53, 9, 0, true), Reason::PassRule),
+        // IPv6 fragment header.
+        ("v6 first", frag6(0, true, 77), Reason::PassRule),
+        ("v6 later", frag6(100, false, 77), Reason::PassFragment),
+        ("v6 orphan", frag6(100, false, 78), Reason::DropFragment),
+    ];
+    for (what, frame, reason) in cases {
+        let verdict = if reason.is_drop() { XDP_DROP } else { XDP_PASS };
+        assert_eq!(judge(&inst, &frame), (verdict, reason), "{what}");
+    }
 }
