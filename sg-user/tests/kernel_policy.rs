@@ -62,26 +62,16 @@ fn xdp(inst: &Instance, frame: &[u8]) -> u32 {
 fn inbound_rules_allow_and_deny_new_flows() {
     require_root!();
     let inst = web_server();
-    assert_eq!(
-        xdp(&inst, &tcp(OUTSIDE, 40000, WEB, 443, TCP_SYN)),
-        XDP_PASS,
-        "https from anywhere"
-    );
-    assert_eq!(
-        xdp(&inst, &tcp(OUTSIDE, 40001, WEB, 22, TCP_SYN)),
-        XDP_DROP,
-        "ssh from outside"
-    );
-    assert_eq!(
-        xdp(&inst, &tcp(OFFICE, 40002, WEB, 22, TCP_SYN)),
-        XDP_PASS,
-        "ssh from the office"
-    );
-    assert_eq!(
-        xdp(&inst, &tcp(OUTSIDE, 40003, WEB, 3389, TCP_SYN)),
-        XDP_DROP,
-        "rdp: no rule"
-    );
+    // (source, source port, destination port, verdict), in the order sent.
+    for (src, sport, dport, verdict, what) in [
+        (OUTSIDE, 40000, 443, XDP_PASS, "https from anywhere"),
+        (OUTSIDE, 40001, 22, XDP_DROP, "ssh from outside"),
+        (OFFICE, 40002, 22, XDP_PASS, "ssh from the office"),
+        (OUTSIDE, 40003, 3389, XDP_DROP, "rdp: no rule"),
+    ] {
+        let syn = tcp(src, sport, WEB, dport, TCP_SYN);
+        assert_eq!(xdp(&inst, &syn), verdict, "{what}");
+    }
     let v6 = tcp("2001:db8::99", 40004, "2001:db8::10", 443, TCP_SYN);
     assert_eq!(xdp(&inst, &v6), XDP_PASS, "https over IPv6 (::/0)");
     assert_eq!(
@@ -188,22 +178,15 @@ fn a_new_generation_replaces_the_old_atomically() {
     let only_ssh = [rule("ssh-all", Some(6), (22, 22), &["0.0.0.0/0"])];
     inst.install_rules(&only_ssh, &[], DEFAULT_TIMEOUTS_S)
         .unwrap();
-    assert_eq!(
-        xdp(&inst, &tcp(OUTSIDE, 2, WEB, 443, TCP_SYN)),
-        XDP_DROP,
-        "old rule gone for new flows"
-    );
-    assert_eq!(
-        xdp(&inst, &tcp(OUTSIDE, 3, WEB, 22, TCP_SYN)),
-        XDP_PASS,
-        "new rule live"
-    );
-    // The tracked flow admitted by the removed rule survives (AWS semantics).
-    assert_eq!(
-        xdp(&inst, &tcp(OUTSIDE, 1, WEB, 443, TCP_ACK)),
-        XDP_PASS,
-        "tracked flow survives"
-    );
+    for (sport, dport, flags, verdict, what) in [
+        (2, 443, TCP_SYN, XDP_DROP, "old rule gone for new flows"),
+        (3, 22, TCP_SYN, XDP_PASS, "new rule live"),
+        // The tracked flow admitted by the removed rule survives (AWS semantics).
+        (1, 443, TCP_ACK, XDP_PASS, "tracked flow survives"),
+    ] {
+        let frame = tcp(OUTSIDE, sport, WEB, dport, flags);
+        assert_eq!(xdp(&inst, &frame), verdict, "{what}");
+    }
     let (v4, v6, ports) = inst.policy.sizes();
     assert_eq!((v4, v6), (1, 0), "old generation's prefixes removed");
     assert!(ports >= 1);
