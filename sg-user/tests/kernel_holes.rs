@@ -72,57 +72,26 @@ fn neighbour_discovery_bypasses_only_as_rfc_4861_sends_it() {
     require_root!();
     let inst = instance();
     let nd = |src, dst, t, code, hop| with_hop_limit(&frame(src, dst, icmp(t, code)), hop);
+    // The same ICMPv6 message as a frame and as an evaluator packet.
+    let nd_case = |hook, src, dst, t, code, hop, bypass| {
+        let direction = if hook == Hook::Xdp {
+            Direction::Ingress
+        } else {
+            Direction::Egress
+        };
+        let reference = eval_icmp(direction, src, dst, t, code, hop);
+        (hook, nd(src, dst, t, code, hop), Some(reference), bypass)
+    };
     // (hook, frame, evaluator packet, bypasses?)
     let cases: Vec<(Hook, Vec<u8>, Option<Packet>, bool)> = vec![
         // Inbound, well formed: solicitation to a global address, router
         // advertisement to all-nodes.
-        (
-            Hook::Xdp,
-            nd("fe80::9", LOCAL6, 135, 0, 255),
-            Some(eval_icmp(
-                Direction::Ingress,
-                "fe80::9",
-                LOCAL6,
-                135,
-                0,
-                255,
-            )),
-            true,
-        ),
-        (
-            Hook::Xdp,
-            nd("fe80::9", "ff02::1", 134, 0, 255),
-            Some(eval_icmp(
-                Direction::Ingress,
-                "fe80::9",
-                "ff02::1",
-                134,
-                0,
-                255,
-            )),
-            true,
-        ),
+        nd_case(Hook::Xdp, "fe80::9", LOCAL6, 135, 0, 255, true),
+        nd_case(Hook::Xdp, "fe80::9", "ff02::1", 134, 0, 255, true),
         // A router advertisement that crossed a router (hop limit 64).
-        (
-            Hook::Xdp,
-            nd(REMOTE6, LOCAL6, 134, 0, 64),
-            Some(eval_icmp(Direction::Ingress, REMOTE6, LOCAL6, 134, 0, 64)),
-            false,
-        ),
+        nd_case(Hook::Xdp, REMOTE6, LOCAL6, 134, 0, 64, false),
         // Code other than 0.
-        (
-            Hook::Xdp,
-            nd("fe80::9", LOCAL6, 135, 1, 255),
-            Some(eval_icmp(
-                Direction::Ingress,
-                "fe80::9",
-                LOCAL6,
-                135,
-                1,
-                255,
-            )),
-            false,
-        ),
+        nd_case(Hook::Xdp, "fe80::9", LOCAL6, 135, 1, 255, false),
         // IPv4 with protocol 58 and an ND-shaped first byte.
         (
             Hook::Xdp,
@@ -152,53 +121,14 @@ fn neighbour_discovery_bypasses_only_as_rfc_4861_sends_it() {
             false,
         ),
         // Outbound: only to link-local, link-scope multicast or the same /64.
-        (
-            Hook::TcEgress,
-            nd(LOCAL6, "fe80::9", 136, 0, 255),
-            Some(eval_icmp(Direction::Egress, LOCAL6, "fe80::9", 136, 0, 255)),
-            true,
-        ),
-        (
-            Hook::TcEgress,
-            nd(LOCAL6, "ff02::1:ff00:9", 135, 0, 255),
-            Some(eval_icmp(
-                Direction::Egress,
-                LOCAL6,
-                "ff02::1:ff00:9",
-                135,
-                0,
-                255,
-            )),
-            true,
-        ),
+        nd_case(Hook::TcEgress, LOCAL6, "fe80::9", 136, 0, 255, true),
+        nd_case(Hook::TcEgress, LOCAL6, "ff02::1:ff00:9", 135, 0, 255, true),
         // A neighbour in the same /64 (Linux answers a solicitation from a
         // global address there, and probes cached neighbours there).
-        (
-            Hook::TcEgress,
-            nd(LOCAL6, REMOTE6, 136, 0, 255),
-            Some(eval_icmp(Direction::Egress, LOCAL6, REMOTE6, 136, 0, 255)),
-            true,
-        ),
+        nd_case(Hook::TcEgress, LOCAL6, REMOTE6, 136, 0, 255, true),
         // Off the link: judged.
-        (
-            Hook::TcEgress,
-            nd(LOCAL6, "2001:db8:1::9", 136, 0, 255),
-            Some(eval_icmp(
-                Direction::Egress,
-                LOCAL6,
-                "2001:db8:1::9",
-                136,
-                0,
-                255,
-            )),
-            false,
-        ),
-        (
-            Hook::TcEgress,
-            nd(LOCAL6, "ff05::1", 133, 0, 255),
-            Some(eval_icmp(Direction::Egress, LOCAL6, "ff05::1", 133, 0, 255)),
-            false,
-        ),
+        nd_case(Hook::TcEgress, LOCAL6, "2001:db8:1::9", 136, 0, 255, false),
+        nd_case(Hook::TcEgress, LOCAL6, "ff05::1", 133, 0, 255, false),
     ];
     for (i, (hook, bytes, reference, bypass)) in cases.into_iter().enumerate() {
         let (_, reason) = inst.judge(hook, &bytes);
