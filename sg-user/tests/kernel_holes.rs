@@ -288,11 +288,10 @@ fn unanswered_mid_stream_pickup_idles_out_like_a_syn() {
         "answered: established timeout"
     );
     // The evaluator, with its fixed 120 s handshake timeout.
-    let m = model::from_str(
-        "security_groups:\n  - id: a\n    ingress:\n      - { protocol: tcp, ports: 443, cidr: 0.0.0.0/0 }\n    egress: []\ninterfaces:\n  - { name: e0, security_groups: [a] }\n",
-        &[],
-    )
-    .unwrap();
+    let m = one_group_with(
+        "      - { protocol: tcp, ports: 443, cidr: 0.0.0.0/0 }\n",
+        "    egress: []\n",
+    );
     let iface = m.interface("e0").unwrap();
     let mut ct = Conntrack::for_interface(iface);
     let (l, r) = (ip(LOCAL4), ip(REMOTE4));
@@ -373,11 +372,10 @@ fn expired_entries_are_reclaimed_in_the_kernel_when_the_table_is_full() {
         );
     }
     // The evaluator frees expired entries the same way.
-    let m = model::from_str(
-        "security_groups:\n  - id: a\n    ingress:\n      - { protocol: udp, ports: 53, cidr: 0.0.0.0/0 }\n    egress: []\ninterfaces:\n  - { name: e0, security_groups: [a] }\n",
-        &[],
-    )
-    .unwrap();
+    let m = one_group_with(
+        "      - { protocol: udp, ports: 53, cidr: 0.0.0.0/0 }\n",
+        "    egress: []\n",
+    );
     let iface = m.interface("e0").unwrap();
     let mut ct = Conntrack::for_interface(iface).with_capacity(16);
     let p = |t, sport| Packet::udp(t, Direction::Ingress, ip(REMOTE4), sport, ip(LOCAL4), 53);
@@ -391,8 +389,13 @@ fn expired_entries_are_reclaimed_in_the_kernel_when_the_table_is_full() {
 /// A config with one interface `e0` protected by group `a` (`rules` are
 /// its inbound rules; outbound is the default "all").
 fn one_group(rules: &str) -> model::Model {
+    one_group_with(rules, "")
+}
+
+/// [`one_group`] with `egress` (YAML lines of the group, or nothing: all open).
+fn one_group_with(rules: &str, egress: &str) -> model::Model {
     let yaml = format!(
-        "security_groups:\n  - id: a\n    ingress:\n{rules}interfaces:\n  - {{ name: e0, security_groups: [a], addresses: [{LOCAL4}] }}\n"
+        "security_groups:\n  - id: a\n    ingress:\n{rules}{egress}interfaces:\n  - {{ name: e0, security_groups: [a], addresses: [{LOCAL4}] }}\n"
     );
     model::from_str(&yaml, &[]).unwrap_or_else(|p| panic!("{p:?}"))
 }
