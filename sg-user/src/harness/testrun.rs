@@ -136,26 +136,21 @@ impl Instance {
         }
     }
 
-    /// Runs the XDP ingress program; returns (verdict, mean ns per run).
-    pub fn xdp(&self, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, u64)> {
-        let prog: &Xdp = self
-            .ebpf
-            .program(names::PROG_XDP_INGRESS)
-            .expect("in object")
-            .try_into()?;
+    /// Runs XDP program `name` `repeat` times; returns (verdict, mean ns per run).
+    fn run_xdp(&self, name: &str, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, u64)> {
+        let prog: &Xdp = self.ebpf.program(name).expect("in object").try_into()?;
         let r = prog.test_run(Self::options(frame, repeat))?;
         Ok((r.return_value, r.duration.as_nanos() as u64))
     }
 
+    /// Runs the XDP ingress program; returns (verdict, mean ns per run).
+    pub fn xdp(&self, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, u64)> {
+        self.run_xdp(names::PROG_XDP_INGRESS, frame, repeat)
+    }
+
     /// Runs the counting-only XDP program (the floor); returns mean ns per run.
     pub fn floor(&self, frame: &[u8], repeat: u32) -> anyhow::Result<u64> {
-        let prog: &Xdp = self
-            .ebpf
-            .program(names::PROG_XDP_FLOOR)
-            .expect("in object")
-            .try_into()?;
-        let r = prog.test_run(Self::options(frame, repeat))?;
-        Ok(r.duration.as_nanos() as u64)
+        Ok(self.run_xdp(names::PROG_XDP_FLOOR, frame, repeat)?.1)
     }
 
     /// Runs a TC program (ingress or egress).
