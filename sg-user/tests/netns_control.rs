@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::Lab;
+use common::{Lab, scratch_config};
 use sg_user::{
     agent::apply,
     agent::daemon_state,
@@ -98,16 +98,6 @@ fn write_config(lab: &Lab, name: &str, port: u16) -> PathBuf {
     let path = lab.dir.join(name);
     std::fs::write(&path, config_allowing(lab, port)).unwrap();
     path
-}
-
-/// A directory of its own for a test (`tag`) that does not use a [`Lab`],
-/// with `yaml` written to `cfg.yaml` in it: (directory, config path).
-fn scratch_config(tag: &str, yaml: &str) -> (PathBuf, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("sg-test-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("cfg.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    (dir, path)
 }
 
 /// Runs `cmd`, which must fail (`what`); returns its standard error.

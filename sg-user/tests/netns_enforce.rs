@@ -8,7 +8,7 @@ use std::{
 
 mod common;
 
-use common::{A_ONLY, Lab};
+use common::{A_ONLY, Lab, scratch_config};
 use sg_user::{
     agent::apply::{self, ApplyOptions},
     compile,
@@ -300,12 +300,9 @@ fn side_peer_protects_a_container_from_its_host_side_veth() {
         TcpServer::start(&container, SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), p)).unwrap()
     });
     let _hsrv = TcpServer::start(&host, "198.18.5.1:7000".parse().unwrap()).unwrap();
-    let dir = std::env::temp_dir().join(format!("sg-test-peer-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("config.yaml");
-    std::fs::write(
-        &path,
-        format!(
+    let (dir, path) = scratch_config(
+        "peer",
+        &format!(
             "security_groups:
   - id: sg-ctr
     ingress:
@@ -315,8 +312,7 @@ interfaces:
 ",
             host.name()
         ),
-    )
-    .unwrap();
+    );
     let model = apply::load(&path, &[]).unwrap();
     apply::apply(&model, &ApplyOptions::default()).unwrap();
     let id = IfaceId::new("vc0", Some(host.name()));
