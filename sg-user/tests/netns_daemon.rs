@@ -414,15 +414,19 @@ fn invalid_config_keeps_the_policy_and_shows_the_error_metrics_and_flow_logs() {
         "error names the bad value: {state:?}"
     );
     assert_eq!(metric(&scrape(metrics), "sgctl_reload_success"), Some(0.0));
-    assert_eq!(
-        probe::tcp_connect(lab.ns("b"), lab.addr("a", false, 8080), T),
-        Reach::Connected,
-        "old policy still allows"
-    );
-    assert_eq!(
-        probe::tcp_connect(lab.ns("b"), lab.addr("a", false, 23), T),
-        Reach::Timeout,
-        "and still denies"
+    lab.expect_tcp(
+        T,
+        &[
+            (
+                "b",
+                "a",
+                false,
+                8080,
+                Reach::Connected,
+                "old policy still allows",
+            ),
+            ("b", "a", false, 23, Reach::Timeout, "and still denies"),
+        ],
     );
 
     let extra = "      - { protocol: tcp, ports: 9090, cidr: 198.18.0.2/32 }\n";

@@ -20,17 +20,6 @@ use sg_user::{
 
 const T: Duration = Duration::from_millis(700);
 
-fn tcp(lab: &Lab, from: &str, to: &str, v6: bool, port: u16) -> Reach {
-    probe::tcp_connect(lab.ns(from), lab.addr(to, v6, port), T)
-}
-
-/// Asserts how each TCP probe `(from, to, v6, port)` ends.
-fn expect_tcp(lab: &Lab, cases: &[(&str, &str, bool, u16, Reach, &str)]) {
-    for &(from, to, v6, port, reach, what) in cases {
-        assert_eq!(tcp(lab, from, to, v6, port), reach, "{what} (v6={v6})");
-    }
-}
-
 fn servers(lab: &Lab, role: &str, ports: &[u16]) -> Vec<TcpServer> {
     TcpServer::start_all(lab.ns(role), ports).unwrap()
 }
@@ -56,8 +45,8 @@ prefix_lists:
 {A_ONLY}"
     ));
     for v6 in [false, true] {
-        expect_tcp(
-            &lab,
+        lab.expect_tcp(
+            T,
             &[
                 ("b", "a", v6, 80, Reach::Connected, "tcp 80 from b"),
                 ("c", "a", v6, 80, Reach::Connected, "tcp 80 from c"),
@@ -76,8 +65,8 @@ prefix_lists:
             );
         }
     }
-    expect_tcp(
-        &lab,
+    lab.expect_tcp(
+        T,
         &[
             ("b", "a", false, 22, Reach::Connected, "ssh from b's /32"),
             (
@@ -110,8 +99,8 @@ fn replies_to_outbound_connections_need_no_inbound_rule() {
         "security_groups:\n  - id: sg-a\n    ingress: []\n{A_ONLY}"
     ));
     for v6 in [false, true] {
-        expect_tcp(
-            &lab,
+        lab.expect_tcp(
+            T,
             &[
                 ("a", "b", v6, 443, Reach::Connected, "a → b tcp"),
                 ("b", "a", v6, 443, Reach::Timeout, "b → a tcp denied"),
@@ -271,8 +260,8 @@ interfaces:
 ",
     );
     // Addresses were discovered from the interfaces (none declared).
-    expect_tcp(
-        &lab,
+    lab.expect_tcp(
+        T,
         &[
             ("a", "b", false, 3306, Reach::Connected, "web → db by group"),
             ("a", "b", true, 3306, Reach::Connected, "web → db by group"),

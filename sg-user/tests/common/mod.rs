@@ -4,11 +4,13 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
+    time::Duration,
 };
 
 use sg_user::{
     agent::apply::{self, ApplyOptions},
     kernel::pins::IfaceId,
+    lab::probe::{self, Reach},
     model::Model,
     sys::netns::{Host, Netns, Segment},
 };
@@ -68,6 +70,21 @@ impl Lab {
         let h = self.host(role);
         let ip: IpAddr = if v6 { h.ipv6.into() } else { h.ipv4.into() };
         SocketAddr::new(ip, port)
+    }
+
+    /// A TCP connection attempt from `from` to `port` of `to`, waiting at
+    /// most `timeout`.
+    pub fn tcp(&self, from: &str, to: &str, v6: bool, port: u16, timeout: Duration) -> Reach {
+        probe::tcp_connect(self.ns(from), self.addr(to, v6, port), timeout)
+    }
+
+    /// Asserts how each connection attempt `(from, to, v6, port)` ends.
+    #[allow(dead_code, reason = "not every test file checks tables of probes")]
+    pub fn expect_tcp(&self, timeout: Duration, cases: &[(&str, &str, bool, u16, Reach, &str)]) {
+        for &(from, to, v6, port, reach, what) in cases {
+            let got = self.tcp(from, to, v6, port, timeout);
+            assert_eq!(got, reach, "{what} (v6={v6})");
+        }
     }
 
     /// Applies `groups_yaml` with an `interfaces:` entry protecting a's eth0
