@@ -235,14 +235,21 @@ fn passed_by_rule(lab: &Lab) -> u64 {
         .sum()
 }
 
+/// Writes [`config`] (both groups) to the lab's `config.yaml` and starts
+/// a's echo server on 8080: (config path, server).
+fn config_and_echo(lab: &Lab) -> (PathBuf, TcpEcho) {
+    let path = lab.dir.join("config.yaml");
+    write_atomically(&path, &config(lab, "", "sg-a, sg-x"));
+    let echo = TcpEcho::start(lab.ns("a"), "[::]:8080".parse().unwrap()).unwrap();
+    (path, echo)
+}
+
 #[test]
 fn config_rewritten_100_times_under_traffic_loses_nothing() {
     require_root!();
     let _turn = one_at_a_time();
     let lab = Lab::new("reload100");
-    let path = lab.dir.join("config.yaml");
-    write_atomically(&path, &config(&lab, "", "sg-a, sg-x"));
-    let _echo = TcpEcho::start(lab.ns("a"), "[::]:8080".parse().unwrap()).unwrap();
+    let (path, _echo) = config_and_echo(&lab);
     let _denied = TcpServer::start(lab.ns("a"), "[::]:23".parse().unwrap()).unwrap();
     let daemon = Daemon::start(&path, &["--detach-on-exit"]);
     let generation0 = daemon.state().generations[&a_iface(&lab).to_string()];
@@ -299,9 +306,7 @@ fn restarts_lose_nothing_and_adopt_the_pinned_state() {
     require_root!();
     let _turn = one_at_a_time();
     let lab = Lab::new("restart");
-    let path = lab.dir.join("config.yaml");
-    write_atomically(&path, &config(&lab, "", "sg-a, sg-x"));
-    let _echo = TcpEcho::start(lab.ns("a"), "[::]:8080".parse().unwrap()).unwrap();
+    let (path, _echo) = config_and_echo(&lab);
     let mut daemon = Daemon::start(&path, &[]);
     let iface = a_iface(&lab);
     let generation = daemon.state().generations[&iface.to_string()];
