@@ -177,20 +177,12 @@ pub fn verify(plan: &Plan, lab_model: &Model) -> Result<Report> {
 /// The hosts and what they stand for, the interface mapping and the notes.
 pub fn render_plan(plan: &Plan) -> String {
     let mut out = String::new();
-    let w = plan
-        .hosts
-        .iter()
-        .map(|h| h.role.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let n = plan
-        .hosts
-        .iter()
-        .map(|h| h.netns.len())
-        .max()
-        .unwrap_or(9)
-        .max(9);
+    // Column widths: the longest entry, at least the heading.
+    let widest = |len: fn(&super::plan::Host) -> usize, heading: usize| {
+        plan.hosts.iter().map(len).max().unwrap_or(0).max(heading)
+    };
+    let w = widest(|h| h.role.len(), 4);
+    let n = widest(|h| h.netns.len(), 9);
     let _ = writeln!(
         out,
         "{:<w$}  {:<n$} {:<7} {:<15} {:<24} stands for",
