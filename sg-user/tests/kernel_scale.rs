@@ -83,12 +83,12 @@ fn quota_limit_config_compiles_applies_and_enforces() {
     let peer = Ipv4Addr::new(198, 18, 3, 210);
     let allowed = syn(peer, local, 40002, 2559);
     assert_eq!(
-        big.xdp(&allowed, 1).unwrap().0,
+        big.xdp_verdict(&allowed),
         XDP_PASS,
         "rule of the 16th group"
     );
     let denied = syn(peer, local, 40003, 9);
-    assert_eq!(big.xdp(&denied, 1).unwrap().0, XDP_DROP);
+    assert_eq!(big.xdp_verdict(&denied), XDP_DROP);
 
     let (small, small_summary) = setup(&one_rule_config());
     // A denied SYN takes both LPM lookups and creates no state, so repeated

@@ -148,6 +148,12 @@ impl Instance {
         self.run_xdp(names::PROG_XDP_INGRESS, frame, repeat)
     }
 
+    /// One run of the XDP ingress program: its verdict. Panics when the
+    /// test run itself fails.
+    pub fn xdp_verdict(&self, frame: &[u8]) -> u32 {
+        self.xdp(frame, 1).expect("test run").0
+    }
+
     /// Runs the counting-only XDP program (the floor); returns mean ns per run.
     pub fn floor(&self, frame: &[u8], repeat: u32) -> anyhow::Result<u64> {
         Ok(self.run_xdp(names::PROG_XDP_FLOOR, frame, repeat)?.1)
