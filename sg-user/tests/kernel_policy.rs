@@ -54,6 +54,10 @@ fn icmp(src: &str, dst: &str, kind: u8, ident: u16) -> Vec<u8> {
     .build()
 }
 
+fn xdp(inst: &Instance, frame: &[u8]) -> u32 {
+    inst.xdp_verdict(frame)
+}
+
 #[test]
 fn inbound_rules_allow_and_deny_new_flows() {
     require_root!();
@@ -66,10 +70,10 @@ fn inbound_rules_allow_and_deny_new_flows() {
         (OUTSIDE, 40003, 3389, XDP_DROP, "rdp: no rule"),
     ] {
         let syn = tcp(src, sport, WEB, dport, TCP_SYN);
-        assert_eq!(inst.xdp_verdict(&syn), verdict, "{what}");
+        assert_eq!(xdp(&inst, &syn), verdict, "{what}");
     }
     let v6 = tcp("2001:db8::99", 40004, "2001:db8::10", 443, TCP_SYN);
-    assert_eq!(inst.xdp_verdict(&v6), XDP_PASS, "https over IPv6 (::/0)");
+    assert_eq!(xdp(&inst, &v6), XDP_PASS, "https over IPv6 (::/0)");
     assert_eq!(
         inst.counter(Direction::Inbound, Reason::PassRule).packets,
         3
@@ -91,11 +95,7 @@ fn replies_of_outbound_flows_pass_without_inbound_rules() {
         "outbound mysql allowed"
     );
     let synack = tcp(DB, 3306, WEB, 50000, TCP_SYN | TCP_ACK);
-    assert_eq!(
-        inst.xdp_verdict(&synack),
-        XDP_PASS,
-        "the reply passes by state"
-    );
+    assert_eq!(xdp(&inst, &synack), XDP_PASS, "the reply passes by state");
     assert_eq!(
         inst.counter(Direction::Inbound, Reason::PassConntrack)
             .packets,
@@ -103,7 +103,7 @@ fn replies_of_outbound_flows_pass_without_inbound_rules() {
     );
     let unsolicited = tcp(DB, 3306, WEB, 50001, TCP_SYN | TCP_ACK);
     assert_eq!(
-        inst.xdp_verdict(&unsolicited),
+        xdp(&inst, &unsolicited),
         XDP_DROP,
         "no state, no inbound rule"
     );
@@ -120,7 +120,7 @@ fn echo_reply_needs_a_request_in_the_other_direction() {
     require_root!();
     let inst = web_server();
     assert_eq!(
-        inst.xdp_verdict(&icmp(OFFICE, WEB, 8, 7)),
+        xdp(&inst, &icmp(OFFICE, WEB, 8, 7)),
         XDP_PASS,
         "ping from the office"
     );
@@ -136,12 +136,12 @@ fn echo_reply_needs_a_request_in_the_other_direction() {
         "request is not a reply"
     );
     assert_eq!(
-        inst.xdp_verdict(&icmp(OUTSIDE, WEB, 8, 9)),
+        xdp(&inst, &icmp(OUTSIDE, WEB, 8, 9)),
         XDP_DROP,
         "ping from outside"
     );
     assert_eq!(
-        inst.xdp_verdict(&icmp(OUTSIDE, WEB, 0, 9)),
+        xdp(&inst, &icmp(OUTSIDE, WEB, 0, 9)),
         XDP_DROP,
         "unsolicited echo reply"
     );
@@ -152,7 +152,7 @@ fn infrastructure_bypasses_and_malformed_drops() {
     require_root!();
     let inst = web_server();
     assert_eq!(
-        inst.xdp_verdict(&arp_request()),
+        xdp(&inst, &arp_request()),
         XDP_PASS,
         "ARP is never filtered"
     );
@@ -162,11 +162,7 @@ fn infrastructure_bypasses_and_malformed_drops() {
     );
     let mut truncated = tcp(OUTSIDE, 1, WEB, 443, TCP_SYN);
     truncated.truncate(14 + 20 + 4);
-    assert_eq!(
-        inst.xdp_verdict(&truncated),
-        XDP_DROP,
-        "TCP header cut short"
-    );
+    assert_eq!(xdp(&inst, &truncated), XDP_DROP, "TCP header cut short");
     assert_eq!(
         inst.counter(Direction::Inbound, Reason::DropMalformed)
             .packets,
@@ -178,10 +174,7 @@ fn infrastructure_bypasses_and_malformed_drops() {
 fn a_new_generation_replaces_the_old_atomically() {
     require_root!();
     let mut inst = web_server();
-    assert_eq!(
-        inst.xdp_verdict(&tcp(OUTSIDE, 1, WEB, 443, TCP_SYN)),
-        XDP_PASS
-    );
+    assert_eq!(xdp(&inst, &tcp(OUTSIDE, 1, WEB, 443, TCP_SYN)), XDP_PASS);
     let only_ssh = [rule("ssh-all", Some(6), (22, 22), &["0.0.0.0/0"])];
     inst.install_rules(&only_ssh, &[], DEFAULT_TIMEOUTS_S)
         .unwrap();
@@ -192,7 +185,7 @@ fn a_new_generation_replaces_the_old_atomically() {
         (1, 443, TCP_ACK, XDP_PASS, "tracked flow survives"),
     ] {
         let frame = tcp(OUTSIDE, sport, WEB, dport, flags);
-        assert_eq!(inst.xdp_verdict(&frame), verdict, "{what}");
+        assert_eq!(xdp(&inst, &frame), verdict, "{what}");
     }
     let (v4, v6, ports) = inst.policy.sizes();
     assert_eq!((v4, v6), (1, 0), "old generation's prefixes removed");
@@ -208,13 +201,13 @@ fn a_full_table_refuses_new_tracked_flows_and_keeps_established_ones() {
         .unwrap();
     for port in 1..=4 {
         assert_eq!(
-            inst.xdp_verdict(&tcp(OUTSIDE, port, WEB, 443, TCP_SYN)),
+            xdp(&inst, &tcp(OUTSIDE, port, WEB, 443, TCP_SYN)),
             XDP_PASS,
             "flow {port} fits"
         );
     }
     assert_eq!(
-        inst.xdp_verdict(&tcp(OUTSIDE, 5, WEB, 443, TCP_SYN)),
+        xdp(&inst, &tcp(OUTSIDE, 5, WEB, 443, TCP_SYN)),
         XDP_DROP,
         "fifth flow refused"
     );
@@ -225,7 +218,7 @@ fn a_full_table_refuses_new_tracked_flows_and_keeps_established_ones() {
         "and counted"
     );
     assert_eq!(
-        inst.xdp_verdict(&tcp(OUTSIDE, 2, WEB, 443, TCP_ACK)),
+        xdp(&inst, &tcp(OUTSIDE, 2, WEB, 443, TCP_ACK)),
         XDP_PASS,
         "established flows unaffected"
     );
