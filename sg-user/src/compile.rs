@@ -55,6 +55,14 @@ impl Rule {
         }
     }
 
+    /// [`Rule::tracked`] with its peers written as prefixes, for tests and
+    /// benchmarks. Panics on a peer that is not a prefix.
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn tracked_parsed(id: &str, proto: Option<u8>, ports: (u16, u16), peers: &[&str]) -> Rule {
+        let peers = peers.iter().map(|p| p.parse().expect("a prefix")).collect();
+        Rule::tracked(id, proto, ports, peers)
+    }
+
     fn untracked_for(&self, proto: u8) -> bool {
         match proto {
             proto::TCP => self.untracked_tcp,
@@ -448,15 +456,6 @@ pub fn compile_iface(
 mod tests {
     use super::*;
 
-    fn rule(id: &str, proto: Option<u8>, ports: (u16, u16), peers: &[&str]) -> Rule {
-        Rule::tracked(
-            id,
-            proto,
-            ports,
-            peers.iter().map(|p| p.parse().unwrap()).collect(),
-        )
-    }
-
     #[test]
     fn prefix_blocks_cover_exactly() {
         for (lo, hi) in [
@@ -485,10 +484,10 @@ mod tests {
     #[test]
     fn union_of_covering_prefixes_and_ports() {
         let rules = [
-            rule("wide-https", Some(6), (443, 443), &["0.0.0.0/0"]),
-            rule("office-ssh", Some(6), (22, 22), &["198.18.1.0/24"]),
-            rule("host-range", Some(6), (8000, 8100), &["198.18.1.7/32"]),
-            rule("all-from-db", None, (0, 65535), &["198.18.2.0/24"]),
+            Rule::tracked_parsed("wide-https", Some(6), (443, 443), &["0.0.0.0/0"]),
+            Rule::tracked_parsed("office-ssh", Some(6), (22, 22), &["198.18.1.0/24"]),
+            Rule::tracked_parsed("host-range", Some(6), (8000, 8100), &["198.18.1.7/32"]),
+            Rule::tracked_parsed("all-from-db", None, (0, 65535), &["198.18.2.0/24"]),
         ];
         let p = compile(7, &rules, &[]);
         let hit = |peer: &str, proto, port| {
@@ -539,7 +538,7 @@ mod tests {
 
     #[test]
     fn untracked_flag_only_for_its_protocol() {
-        let mut all = rule("all-world", None, (0, 65535), &["0.0.0.0/0"]);
+        let mut all = Rule::tracked_parsed("all-world", None, (0, 65535), &["0.0.0.0/0"]);
         all.untracked_tcp = true;
         let p = compile(1, &[all], &[]);
         let flags = |proto| {

@@ -487,7 +487,7 @@ fn run_case(
         *seen.entry(format!("{:?}", expected.outcome)).or_default() += 1;
         let bytes = frame(p);
         let kernel_pass = match p.direction {
-            Direction::Ingress => inst.xdp(&bytes, 1).unwrap().0 == XDP_PASS,
+            Direction::Ingress => inst.xdp_verdict(&bytes) == XDP_PASS,
             Direction::Egress => inst.tc(true, &bytes).unwrap() == TC_ACT_OK,
         };
         if kernel_pass != expected.outcome.allowed() {

@@ -4,12 +4,10 @@
 //! belong to the endpoint (a full interface refuses its own new flows, other
 //! interfaces are unaffected); policies are selected per endpoint.
 
-use std::net::IpAddr;
-
-use sg_common::{Direction, Reason, conntrack::DEFAULT_TIMEOUTS_S};
+use sg_common::{Direction, Reason};
 use sg_user::{
     compile::{Rule, compile},
-    harness::packet::{Frame, L4, TCP_ACK, TCP_SYN},
+    harness::packet::{L4, TCP_ACK, TCP_SYN, frame},
     harness::testrun::{Instance, TEST_ENDPOINT, XDP_DROP, XDP_PASS},
     require_root,
 };
@@ -19,33 +17,18 @@ fn syn(sport: u16, dport: u16) -> Vec<u8> {
 }
 
 fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    Frame {
-        src: src.parse::<IpAddr>().unwrap(),
-        dst: dst.parse::<IpAddr>().unwrap(),
-        l4: L4::Tcp {
-            src: sport,
-            dst: dport,
-            flags,
-        },
-        payload: 0,
-    }
-    .build()
+    frame(src, dst, L4::tcp(sport, dport, flags))
 }
 
 /// Inbound https from anywhere; nothing outbound.
 fn https_instance() -> Instance {
-    let inbound = [Rule::tracked(
+    let inbound = [Rule::tracked_parsed(
         "https",
         Some(6),
         (443, 443),
-        vec!["0.0.0.0/0".parse().unwrap()],
+        &["0.0.0.0/0"],
     )];
-    let mut inst = Instance::load(false).expect("load");
-    let g = inst.policy.next_generation().unwrap();
-    inst.policy
-        .install(&compile(g, &inbound, &[]), DEFAULT_TIMEOUTS_S)
-        .unwrap();
-    inst
+    Instance::with_rules(&inbound, &[]).expect("load")
 }
 
 #[test]
@@ -53,11 +36,11 @@ fn an_unknown_interface_fails_closed_and_is_counted_in_row_zero() {
     require_root!();
     let mut inst = https_instance();
     let frame = syn(40000, 443);
-    assert_eq!(inst.xdp(&frame, 1).unwrap().0, XDP_PASS, "known: allowed");
+    assert_eq!(inst.xdp_verdict(&frame), XDP_PASS, "known: allowed");
     inst.remove_endpoint().unwrap();
     let before = inst.counter_of(0, Direction::Inbound, Reason::DropNoPolicy);
     assert_eq!(
-        inst.xdp(&frame, 1).unwrap().0,
+        inst.xdp_verdict(&frame),
         XDP_DROP,
         "an interface the endpoint table does not know is not let through"
     );
@@ -82,11 +65,11 @@ fn a_full_interface_refuses_its_new_flows_and_others_are_unaffected() {
     let mut inst = https_instance();
     inst.set_endpoint(|cfg| cfg.ct_limit = 2).unwrap();
     for port in [40001, 40002] {
-        assert_eq!(inst.xdp(&syn(port, 443), 1).unwrap().0, XDP_PASS);
+        assert_eq!(inst.xdp_verdict(&syn(port, 443)), XDP_PASS);
     }
     let full = inst.counter(Direction::Inbound, Reason::DropConntrackFull);
     assert_eq!(
-        inst.xdp(&syn(40003, 443), 1).unwrap().0,
+        inst.xdp_verdict(&syn(40003, 443)),
         XDP_DROP,
         "the third tracked flow of a 2-connection interface is refused"
     );
@@ -111,7 +94,7 @@ fn a_full_interface_refuses_its_new_flows_and_others_are_unaffected() {
         .unwrap();
     let other = TEST_ENDPOINT + 1;
     assert_eq!(
-        inst.xdp(&syn(40003, 443), 1).unwrap().0,
+        inst.xdp_verdict(&syn(40003, 443)),
         XDP_PASS,
         "another interface still opens flows"
     );
@@ -133,17 +116,13 @@ fn interfaces_enforce_the_policy_their_endpoint_names() {
     require_root!();
     let mut inst = https_instance();
     let frame = syn(40010, 443);
-    assert_eq!(
-        inst.xdp(&frame, 1).unwrap().0,
-        XDP_PASS,
-        "policy 1 allows 443"
-    );
+    assert_eq!(inst.xdp_verdict(&frame), XDP_PASS, "policy 1 allows 443");
     // Policy 2: ssh only, installed beside policy 1.
-    let ssh = [Rule::tracked(
+    let ssh = [Rule::tracked_parsed(
         "ssh",
         Some(6),
         (22, 22),
-        vec!["0.0.0.0/0".parse().unwrap()],
+        &["0.0.0.0/0"],
     )];
     let key = inst.policy.endpoint_key();
     inst.policy.select(2, None);
@@ -155,14 +134,14 @@ fn interfaces_enforce_the_policy_their_endpoint_names() {
     // Moving the interface: one update of its endpoint.
     inst.set_endpoint(|cfg| cfg.policy = 2).unwrap();
     assert_eq!(
-        inst.xdp(&syn(40011, 443), 1).unwrap().0,
+        inst.xdp_verdict(&syn(40011, 443)),
         XDP_DROP,
         "policy 2 does not allow 443"
     );
-    assert_eq!(inst.xdp(&syn(40012, 22), 1).unwrap().0, XDP_PASS, "but 22");
+    assert_eq!(inst.xdp_verdict(&syn(40012, 22)), XDP_PASS, "but 22");
     inst.set_endpoint(|cfg| cfg.policy = 1).unwrap();
     assert_eq!(
-        inst.xdp(&syn(40013, 22), 1).unwrap().0,
+        inst.xdp_verdict(&syn(40013, 22)),
         XDP_DROP,
         "back on policy 1: 22 is not allowed"
     );
@@ -173,7 +152,7 @@ fn an_ifindex_two_namespaces_share_is_told_apart_by_the_namespace() {
     require_root!();
     let mut inst = https_instance();
     let denied = syn(40020, 9);
-    assert_eq!(inst.xdp(&denied, 1).unwrap().0, XDP_DROP, "enforced");
+    assert_eq!(inst.xdp_verdict(&denied), XDP_DROP, "enforced");
     // Another namespace's interface with the same index, in observe mode:
     // from now on the index alone does not say which interface it is.
     let mine = inst.policy.endpoint_key().unwrap();
@@ -187,7 +166,7 @@ fn an_ifindex_two_namespaces_share_is_told_apart_by_the_namespace() {
     inst.policy.write_endpoint(other_key, &other).unwrap();
     for hook in ["xdp", "tc"] {
         let verdict = if hook == "xdp" {
-            inst.xdp(&denied, 1).unwrap().0 == XDP_PASS
+            inst.xdp_verdict(&denied) == XDP_PASS
         } else {
             inst.tc(false, &denied).unwrap() == sg_user::harness::testrun::TC_ACT_OK
         };
@@ -208,6 +187,6 @@ fn an_ifindex_two_namespaces_share_is_told_apart_by_the_namespace() {
     );
     // The other goes: the index is unique again.
     inst.policy.remove_endpoint(&other_key).unwrap();
-    assert_eq!(inst.xdp(&denied, 1).unwrap().0, XDP_DROP);
-    assert_eq!(inst.xdp(&syn(40021, 443), 1).unwrap().0, XDP_PASS);
+    assert_eq!(inst.xdp_verdict(&denied), XDP_DROP);
+    assert_eq!(inst.xdp_verdict(&syn(40021, 443)), XDP_PASS);
 }

@@ -13,9 +13,9 @@ use sg_common::{
     names,
 };
 use sg_user::{
-    compile::{Rule, compile, compile_iface, rule_hash},
+    compile::{Rule, compile_iface, rule_hash},
     harness::packet::{
-        Ext, Frame, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, ipv4_fragment, ipv6_with_ext,
+        Ext, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, frame, ipv4_fragment, ipv6_with_ext,
         with_hop_limit, with_ip_proto,
     },
     harness::testrun::{Hook, Instance},
@@ -35,24 +35,6 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn frame(src: &str, dst: &str, l4: L4) -> Vec<u8> {
-    Frame {
-        src: ip(src),
-        dst: ip(dst),
-        l4,
-        payload: 0,
-    }
-    .build()
-}
-
-fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
-    L4::Tcp {
-        src: sport,
-        dst: dport,
-        flags,
-    }
-}
-
 fn icmp(kind: u8, code: u8) -> L4 {
     L4::Icmp {
         kind,
@@ -64,25 +46,12 @@ fn icmp(kind: u8, code: u8) -> L4 {
 /// Inbound: https (v4, v6) and dns (v4); nothing outbound.
 fn instance_with(timeouts_s: [u64; TIMEOUT_SLOTS], conntrack_entries: u32) -> Instance {
     let inbound = [
-        Rule::tracked(
-            "https4",
-            Some(6),
-            (443, 443),
-            vec!["0.0.0.0/0".parse().unwrap()],
-        ),
-        Rule::tracked("https6", Some(6), (443, 443), vec!["::/0".parse().unwrap()]),
-        Rule::tracked(
-            "dns",
-            Some(17),
-            (53, 53),
-            vec!["0.0.0.0/0".parse().unwrap()],
-        ),
+        Rule::tracked_parsed("https4", Some(6), (443, 443), &["0.0.0.0/0"]),
+        Rule::tracked_parsed("https6", Some(6), (443, 443), &["::/0"]),
+        Rule::tracked_parsed("dns", Some(17), (53, 53), &["0.0.0.0/0"]),
     ];
     let mut inst = Instance::load_with(false, conntrack_entries).expect("load");
-    let g = inst.policy.next_generation().unwrap();
-    inst.policy
-        .install(&compile(g, &inbound, &[]), timeouts_s)
-        .unwrap();
+    inst.install_rules(&inbound, &[], timeouts_s).unwrap();
     inst
 }
 
@@ -103,57 +72,26 @@ fn neighbour_discovery_bypasses_only_as_rfc_4861_sends_it() {
     require_root!();
     let inst = instance();
     let nd = |src, dst, t, code, hop| with_hop_limit(&frame(src, dst, icmp(t, code)), hop);
+    // The same ICMPv6 message as a frame and as an evaluator packet.
+    let nd_case = |hook, src, dst, t, code, hop, bypass| {
+        let direction = if hook == Hook::Xdp {
+            Direction::Ingress
+        } else {
+            Direction::Egress
+        };
+        let reference = eval_icmp(direction, src, dst, t, code, hop);
+        (hook, nd(src, dst, t, code, hop), Some(reference), bypass)
+    };
     // (hook, frame, evaluator packet, bypasses?)
     let cases: Vec<(Hook, Vec<u8>, Option<Packet>, bool)> = vec![
         // Inbound, well formed: solicitation to a global address, router
         // advertisement to all-nodes.
-        (
-            Hook::Xdp,
-            nd("fe80::9", LOCAL6, 135, 0, 255),
-            Some(eval_icmp(
-                Direction::Ingress,
-                "fe80::9",
-                LOCAL6,
-                135,
-                0,
-                255,
-            )),
-            true,
-        ),
-        (
-            Hook::Xdp,
-            nd("fe80::9", "ff02::1", 134, 0, 255),
-            Some(eval_icmp(
-                Direction::Ingress,
-                "fe80::9",
-                "ff02::1",
-                134,
-                0,
-                255,
-            )),
-            true,
-        ),
+        nd_case(Hook::Xdp, "fe80::9", LOCAL6, 135, 0, 255, true),
+        nd_case(Hook::Xdp, "fe80::9", "ff02::1", 134, 0, 255, true),
         // A router advertisement that crossed a router (hop limit 64).
-        (
-            Hook::Xdp,
-            nd(REMOTE6, LOCAL6, 134, 0, 64),
-            Some(eval_icmp(Direction::Ingress, REMOTE6, LOCAL6, 134, 0, 64)),
-            false,
-        ),
+        nd_case(Hook::Xdp, REMOTE6, LOCAL6, 134, 0, 64, false),
         // Code other than 0.
-        (
-            Hook::Xdp,
-            nd("fe80::9", LOCAL6, 135, 1, 255),
-            Some(eval_icmp(
-                Direction::Ingress,
-                "fe80::9",
-                LOCAL6,
-                135,
-                1,
-                255,
-            )),
-            false,
-        ),
+        nd_case(Hook::Xdp, "fe80::9", LOCAL6, 135, 1, 255, false),
         // IPv4 with protocol 58 and an ND-shaped first byte.
         (
             Hook::Xdp,
@@ -183,53 +121,14 @@ fn neighbour_discovery_bypasses_only_as_rfc_4861_sends_it() {
             false,
         ),
         // Outbound: only to link-local, link-scope multicast or the same /64.
-        (
-            Hook::TcEgress,
-            nd(LOCAL6, "fe80::9", 136, 0, 255),
-            Some(eval_icmp(Direction::Egress, LOCAL6, "fe80::9", 136, 0, 255)),
-            true,
-        ),
-        (
-            Hook::TcEgress,
-            nd(LOCAL6, "ff02::1:ff00:9", 135, 0, 255),
-            Some(eval_icmp(
-                Direction::Egress,
-                LOCAL6,
-                "ff02::1:ff00:9",
-                135,
-                0,
-                255,
-            )),
-            true,
-        ),
+        nd_case(Hook::TcEgress, LOCAL6, "fe80::9", 136, 0, 255, true),
+        nd_case(Hook::TcEgress, LOCAL6, "ff02::1:ff00:9", 135, 0, 255, true),
         // A neighbour in the same /64 (Linux answers a solicitation from a
         // global address there, and probes cached neighbours there).
-        (
-            Hook::TcEgress,
-            nd(LOCAL6, REMOTE6, 136, 0, 255),
-            Some(eval_icmp(Direction::Egress, LOCAL6, REMOTE6, 136, 0, 255)),
-            true,
-        ),
+        nd_case(Hook::TcEgress, LOCAL6, REMOTE6, 136, 0, 255, true),
         // Off the link: judged.
-        (
-            Hook::TcEgress,
-            nd(LOCAL6, "2001:db8:1::9", 136, 0, 255),
-            Some(eval_icmp(
-                Direction::Egress,
-                LOCAL6,
-                "2001:db8:1::9",
-                136,
-                0,
-                255,
-            )),
-            false,
-        ),
-        (
-            Hook::TcEgress,
-            nd(LOCAL6, "ff05::1", 133, 0, 255),
-            Some(eval_icmp(Direction::Egress, LOCAL6, "ff05::1", 133, 0, 255)),
-            false,
-        ),
+        nd_case(Hook::TcEgress, LOCAL6, "2001:db8:1::9", 136, 0, 255, false),
+        nd_case(Hook::TcEgress, LOCAL6, "ff05::1", 133, 0, 255, false),
     ];
     for (i, (hook, bytes, reference, bypass)) in cases.into_iter().enumerate() {
         let (_, reason) = inst.judge(hook, &bytes);
@@ -254,14 +153,14 @@ fn syn_with_fin_or_rst_is_dropped_and_opens_nothing() {
         TCP_SYN | TCP_RST,
         TCP_SYN | TCP_FIN | TCP_ACK,
     ] {
-        let f = frame(REMOTE4, LOCAL4, tcp(4000, 443, flags));
+        let f = frame(REMOTE4, LOCAL4, L4::tcp(4000, 443, flags));
         assert_eq!(
             inst.judge(Hook::Xdp, &f).1,
             Reason::DropTcpFlags,
             "{flags:#x}"
         );
         // No state: the server's answer is judged by the (empty) outbound rules.
-        let answer = frame(LOCAL4, REMOTE4, tcp(443, 4000, TCP_SYN | TCP_ACK));
+        let answer = frame(LOCAL4, REMOTE4, L4::tcp(443, 4000, TCP_SYN | TCP_ACK));
         assert_eq!(inst.judge(Hook::TcEgress, &answer).1, Reason::DropNoRule);
         let p = Packet::tcp(
             0,
@@ -274,7 +173,7 @@ fn syn_with_fin_or_rst_is_dropped_and_opens_nothing() {
         );
         assert!(p.invalid_tcp_flags(), "evaluator agrees on {flags:#x}");
     }
-    let ok = frame(REMOTE4, LOCAL4, tcp(4000, 443, TCP_SYN));
+    let ok = frame(REMOTE4, LOCAL4, L4::tcp(4000, 443, TCP_SYN));
     assert_eq!(inst.judge(Hook::Xdp, &ok).1, Reason::PassRule);
 }
 
@@ -289,7 +188,7 @@ fn ipv6_later_fragments_follow_through_ah_and_destination_options() {
             let mut exts = vec![Ext::Fragment { offset, more, id }];
             exts.extend_from_slice(chain);
             ipv6_with_ext(
-                &frame(REMOTE6, LOCAL6, tcp(5000 + i as u16, 443, TCP_SYN)),
+                &frame(REMOTE6, LOCAL6, L4::tcp(5000 + i as u16, 443, TCP_SYN)),
                 &exts,
             )
         };
@@ -369,8 +268,8 @@ fn unanswered_mid_stream_pickup_idles_out_like_a_syn() {
     let mut timeouts = DEFAULT_TIMEOUTS_S;
     timeouts[CtState::TcpSynSent as usize] = 1;
     let inst = instance_with(timeouts, 1024);
-    let pickup = |sport| frame(REMOTE4, LOCAL4, tcp(sport, 443, TCP_ACK));
-    let answer = |dport| frame(LOCAL4, REMOTE4, tcp(443, dport, TCP_ACK));
+    let pickup = |sport| frame(REMOTE4, LOCAL4, L4::tcp(sport, 443, TCP_ACK));
+    let answer = |dport| frame(LOCAL4, REMOTE4, L4::tcp(443, dport, TCP_ACK));
     assert_eq!(inst.judge(Hook::Xdp, &pickup(1111)).1, Reason::PassRule);
     assert_eq!(inst.judge(Hook::Xdp, &pickup(2222)).1, Reason::PassRule);
     assert_eq!(
@@ -389,11 +288,10 @@ fn unanswered_mid_stream_pickup_idles_out_like_a_syn() {
         "answered: established timeout"
     );
     // The evaluator, with its fixed 120 s handshake timeout.
-    let m = model::from_str(
-        "security_groups:\n  - id: a\n    ingress:\n      - { protocol: tcp, ports: 443, cidr: 0.0.0.0/0 }\n    egress: []\ninterfaces:\n  - { name: e0, security_groups: [a] }\n",
-        &[],
-    )
-    .unwrap();
+    let m = one_group_with(
+        "      - { protocol: tcp, ports: 443, cidr: 0.0.0.0/0 }\n",
+        "    egress: []\n",
+    );
     let iface = m.interface("e0").unwrap();
     let mut ct = Conntrack::for_interface(iface);
     let (l, r) = (ip(LOCAL4), ip(REMOTE4));
@@ -474,11 +372,10 @@ fn expired_entries_are_reclaimed_in_the_kernel_when_the_table_is_full() {
         );
     }
     // The evaluator frees expired entries the same way.
-    let m = model::from_str(
-        "security_groups:\n  - id: a\n    ingress:\n      - { protocol: udp, ports: 53, cidr: 0.0.0.0/0 }\n    egress: []\ninterfaces:\n  - { name: e0, security_groups: [a] }\n",
-        &[],
-    )
-    .unwrap();
+    let m = one_group_with(
+        "      - { protocol: udp, ports: 53, cidr: 0.0.0.0/0 }\n",
+        "    egress: []\n",
+    );
     let iface = m.interface("e0").unwrap();
     let mut ct = Conntrack::for_interface(iface).with_capacity(16);
     let p = |t, sport| Packet::udp(t, Direction::Ingress, ip(REMOTE4), sport, ip(LOCAL4), 53);
@@ -492,8 +389,13 @@ fn expired_entries_are_reclaimed_in_the_kernel_when_the_table_is_full() {
 /// A config with one interface `e0` protected by group `a` (`rules` are
 /// its inbound rules; outbound is the default "all").
 fn one_group(rules: &str) -> model::Model {
+    one_group_with(rules, "")
+}
+
+/// [`one_group`] with `egress` (YAML lines of the group, or nothing: all open).
+fn one_group_with(rules: &str, egress: &str) -> model::Model {
     let yaml = format!(
-        "security_groups:\n  - id: a\n    ingress:\n{rules}interfaces:\n  - {{ name: e0, security_groups: [a], addresses: [{LOCAL4}] }}\n"
+        "security_groups:\n  - id: a\n    ingress:\n{rules}{egress}interfaces:\n  - {{ name: e0, security_groups: [a], addresses: [{LOCAL4}] }}\n"
     );
     model::from_str(&yaml, &[]).unwrap_or_else(|p| panic!("{p:?}"))
 }
@@ -505,7 +407,7 @@ fn agrees_with(inst: &Instance, m: &model::Model, what: &str) {
     for peer in ["198.19.3.9", "198.19.4.9", "198.19.1.9", "198.18.0.9"] {
         for port in [22, 80, 443, 1000, 5432, 60000] {
             sport += 1;
-            let bytes = frame(peer, LOCAL4, tcp(sport, port, TCP_SYN));
+            let bytes = frame(peer, LOCAL4, L4::tcp(sport, port, TCP_SYN));
             let kernel = !inst.judge(Hook::Xdp, &bytes).1.is_drop();
             let reference = eval::decide(
                 m,
@@ -572,17 +474,10 @@ fn hit_counters_of_rules_that_are_gone_are_removed() {
         let rules: Vec<Rule> = (0..3)
             .map(|i| {
                 let port = 1000 + round * 3 + i;
-                Rule::tracked(
-                    &format!("r{port}"),
-                    Some(6),
-                    (port, port),
-                    vec!["0.0.0.0/0".parse().unwrap()],
-                )
+                Rule::tracked_parsed(&format!("r{port}"), Some(6), (port, port), &["0.0.0.0/0"])
             })
             .collect();
-        let g = inst.policy.next_generation().unwrap();
-        inst.policy
-            .install(&compile(g, &rules, &[]), DEFAULT_TIMEOUTS_S)
+        inst.install_rules(&rules, &[], DEFAULT_TIMEOUTS_S)
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
         let mut live = inst.policy.rule_hit_ids();
         live.sort_unstable();

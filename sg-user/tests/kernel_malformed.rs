@@ -3,11 +3,11 @@
 //! tags, fragments in all orders. Each gets a defined verdict and exactly one
 //! counted reason.
 
-use sg_common::{Reason, conntrack::DEFAULT_TIMEOUTS_S};
+use sg_common::Reason;
 use sg_user::{
-    compile::{Rule, compile},
+    compile::Rule,
     harness::packet::{
-        Ext, Frame, L4, TCP_SYN, arp_request, ipv4_fragment, ipv4_with_options, ipv6_with_ext,
+        Ext, L4, TCP_SYN, arp_request, frame, ipv4_fragment, ipv4_with_options, ipv6_with_ext,
         with_hop_limit, with_vlan_tags,
     },
     harness::testrun::{Hook, Instance, XDP_DROP, XDP_PASS},
@@ -15,7 +15,7 @@ use sg_user::{
 };
 
 fn rule(id: &str, proto: u8, ports: (u16, u16), peer: &str) -> Rule {
-    Rule::tracked(id, Some(proto), ports, vec![peer.parse().unwrap()])
+    Rule::tracked_parsed(id, Some(proto), ports, &[peer])
 }
 
 fn instance() -> Instance {
@@ -26,12 +26,7 @@ fn instance() -> Instance {
         rule("icmp", 1, (0, 0xffff), "0.0.0.0/0"),
         rule("ping6", 58, (128 << 8, (128 << 8) | 0xff), "::/0"),
     ];
-    let mut inst = Instance::load(false).expect("load");
-    let g = inst.policy.next_generation().unwrap();
-    inst.policy
-        .install(&compile(g, &inbound, &[]), DEFAULT_TIMEOUTS_S)
-        .unwrap();
-    inst
+    Instance::with_rules(&inbound, &[]).expect("load")
 }
 
 /// Runs one frame through XDP; returns the verdict and the single reason
@@ -41,34 +36,18 @@ fn judge(inst: &Instance, frame: &[u8]) -> (u32, Reason) {
 }
 
 fn v4(l4: L4) -> Vec<u8> {
-    Frame {
-        src: "198.18.0.9".parse().unwrap(),
-        dst: "198.18.0.1".parse().unwrap(),
-        l4,
-        payload: 0,
-    }
-    .build()
+    frame("198.18.0.9", "198.18.0.1", l4)
 }
 
 fn v6(l4: L4) -> Vec<u8> {
-    Frame {
-        src: "2001:db8::9".parse().unwrap(),
-        dst: "2001:db8::1".parse().unwrap(),
-        l4,
-        payload: 0,
-    }
-    .build()
+    frame("2001:db8::9", "2001:db8::1", l4)
 }
 
 /// A fresh flow's SYN to 443 (its own source port, so no conntrack hit).
 fn syn443() -> L4 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(20000);
-    L4::Tcp {
-        src: NEXT.fetch_add(1, Ordering::Relaxed),
-        dst: 443,
-        flags: TCP_SYN,
-    }
+    L4::tcp(NEXT.fetch_add(1, Ordering::Relaxed), 443, TCP_SYN)
 }
 
 #[test]
@@ -145,11 +124,7 @@ fn bad_ihl_and_version_are_malformed_options_are_skipped() {
         judge(&inst, &ipv4_with_options(&v4(syn443()), 10)),
         (XDP_PASS, Reason::PassRule)
     );
-    let ssh = L4::Tcp {
-        src: 1,
-        dst: 22,
-        flags: TCP_SYN,
-    };
+    let ssh = L4::tcp(1, 22, TCP_SYN);
     assert_eq!(
         judge(&inst, &ipv4_with_options(&v4(ssh), 10)),
         (XDP_DROP, Reason::DropNoRule)
@@ -165,11 +140,7 @@ fn ipv6_extension_chains_are_walked_up_to_the_limit() {
         judge(&inst, &ipv6_with_ext(&v6(syn443()), &chain)),
         (XDP_PASS, Reason::PassRule)
     );
-    let ssh = L4::Tcp {
-        src: 1,
-        dst: 22,
-        flags: TCP_SYN,
-    };
+    let ssh = L4::tcp(1, 22, TCP_SYN);
     assert_eq!(
         judge(&inst, &ipv6_with_ext(&v6(ssh), &chain)),
         (XDP_DROP, Reason::DropNoRule)
@@ -208,11 +179,7 @@ fn vlan_tags_are_parsed_and_non_ip_bypasses() {
             Reason::PassRule,
             "{tags:x?}"
         );
-        let ssh = L4::Tcp {
-            src: 1,
-            dst: 22,
-            flags: TCP_SYN,
-        };
+        let ssh = L4::tcp(1, 22, TCP_SYN);
         assert_eq!(
             judge(&inst, &with_vlan_tags(&v6(ssh), tags)).1,
             Reason::DropNoRule,
@@ -247,65 +214,42 @@ fn vlan_tags_are_parsed_and_non_ip_bypasses() {
 fn fragments_follow_their_first_fragment() {
     require_root!();
     let inst = instance();
-    let udp = |src, dst| v4(L4::Udp { src, dst });
-    // Allowed datagram: first, then a later fragment, then the last.
-    assert_eq!(
-        judge(&inst, &ipv4_fragment(&udp(5000, 53), 7, 0, true)).1,
-        Reason::PassRule
-    );
-    assert_eq!(
-        judge(&inst, &ipv4_fragment(&udp(5000, 53), 7, 185, true)).1,
-        Reason::PassFragment
-    );
-    assert_eq!(
-        judge(&inst, &ipv4_fragment(&udp(5000, 53), 7, 370, false)).1,
-        Reason::PassFragment
-    );
-    // Denied datagram: its first fragment is not remembered, so later
-    // fragments find nothing to follow.
-    assert_eq!(
-        judge(&inst, &ipv4_fragment(&udp(5001, 99), 8, 0, true)).1,
-        Reason::DropNoRule
-    );
-    assert_eq!(
-        judge(&inst, &ipv4_fragment(&udp(5001, 99), 8, 185, false)).1,
-        Reason::DropFragment
-    );
-    // A later fragment arriving before its first: no verdict known.
-    assert_eq!(
-        judge(&inst, &ipv4_fragment(&udp(5002, 53), 9, 185, false)),
-        (XDP_DROP, Reason::DropFragment)
-    );
-    assert_eq!(
-        judge(&inst, &ipv4_fragment(&udp(5002, 53), 9, 0, true)).1,
-        Reason::PassRule
-    );
-    // IPv6 fragment header.
-    let first = ipv6_with_ext(
-        &v6(syn443()),
-        &[Ext::Fragment {
-            offset: 0,
-            more: true,
-            id: 77,
-        }],
-    );
-    let later = ipv6_with_ext(
-        &v6(syn443()),
-        &[Ext::Fragment {
-            offset: 100,
-            more: false,
-            id: 77,
-        }],
-    );
-    let orphan = ipv6_with_ext(
-        &v6(syn443()),
-        &[Ext::Fragment {
-            offset: 100,
-            more: false,
-            id: 78,
-        }],
-    );
-    assert_eq!(judge(&inst, &first).1, Reason::PassRule);
-    assert_eq!(judge(&inst, &later).1, Reason::PassFragment);
-    assert_eq!(judge(&inst, &orphan).1, Reason::DropFragment);
+    let frag4 =
+        |src, dst, id, offset, more| ipv4_fragment(&v4(L4::Udp { src, dst }), id, offset, more);
+    let frag6 =
+        |offset, more, id| ipv6_with_ext(&v6(syn443()), &[Ext::Fragment { offset, more, id }]);
+    // (what, frame, expected reason), in the order sent.
+    let cases = [
+        // Allowed datagram: first, then a later fragment, then the last.
+        ("first", frag4(5000, 53, 7, 0, true), Reason::PassRule),
+        ("later", frag4(5000, 53, 7, 185, true), Reason::PassFragment),
+        ("last", frag4(5000, 53, 7, 370, false), Reason::PassFragment),
+        // Denied datagram: its first fragment is not remembered, so later
+        // fragments find nothing to follow.
+        (
+            "denied first",
+            frag4(5001, 99, 8, 0, true),
+            Reason::DropNoRule,
+        ),
+        (
+            "denied later",
+            frag4(5001, 99, 8, 185, false),
+            Reason::DropFragment,
+        ),
+        // A later fragment arriving before its first: no verdict known.
+        (
+            "early later",
+            frag4(5002, 53, 9, 185, false),
+            Reason::DropFragment,
+        ),
+        ("late first", frag4(5002, 53, 9, 0, true), Reason::PassRule),
+        // IPv6 fragment header.
+        ("v6 first", frag6(0, true, 77), Reason::PassRule),
+        ("v6 later", frag6(100, false, 77), Reason::PassFragment),
+        ("v6 orphan", frag6(100, false, 78), Reason::DropFragment),
+    ];
+    for (what, frame, reason) in cases {
+        let verdict = if reason.is_drop() { XDP_DROP } else { XDP_PASS };
+        assert_eq!(judge(&inst, &frame), (verdict, reason), "{what}");
+    }
 }

@@ -5,8 +5,8 @@ use std::net::IpAddr;
 
 use sg_common::{Direction, Reason, conntrack::DEFAULT_TIMEOUTS_S};
 use sg_user::{
-    compile::{Rule, compile},
-    harness::packet::{Frame, L4, TCP_ACK, TCP_SYN, arp_request},
+    compile::Rule,
+    harness::packet::{Frame, L4, TCP_ACK, TCP_SYN, arp_request, frame},
     harness::testrun::{Instance, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS},
     require_root,
 };
@@ -17,12 +17,7 @@ const OUTSIDE: &str = "198.19.0.9";
 const DB: &str = "198.18.2.20";
 
 fn rule(id: &str, proto: Option<u8>, ports: (u16, u16), peers: &[&str]) -> Rule {
-    Rule::tracked(
-        id,
-        proto,
-        ports,
-        peers.iter().map(|p| p.parse().unwrap()).collect(),
-    )
+    Rule::tracked_parsed(id, proto, ports, peers)
 }
 
 /// The seed article's web server.
@@ -38,29 +33,11 @@ fn web_server() -> Instance {
         ),
     ];
     let outbound = [rule("mysql", Some(6), (3306, 3306), &["198.18.2.0/24"])];
-    let mut inst = Instance::load(false).expect("load programs");
-    let generation = inst.policy.next_generation().unwrap();
-    inst.policy
-        .install(
-            &compile(generation, &inbound, &outbound),
-            DEFAULT_TIMEOUTS_S,
-        )
-        .expect("install policy");
-    inst
+    Instance::with_rules(&inbound, &outbound).expect("load programs and install policy")
 }
 
 fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Vec<u8> {
-    Frame {
-        src: src.parse().unwrap(),
-        dst: dst.parse().unwrap(),
-        l4: L4::Tcp {
-            src: sport,
-            dst: dport,
-            flags,
-        },
-        payload: 0,
-    }
-    .build()
+    frame(src, dst, L4::tcp(sport, dport, flags))
 }
 
 fn icmp(src: &str, dst: &str, kind: u8, ident: u16) -> Vec<u8> {
@@ -78,44 +55,25 @@ fn icmp(src: &str, dst: &str, kind: u8, ident: u16) -> Vec<u8> {
 }
 
 fn xdp(inst: &Instance, frame: &[u8]) -> u32 {
-    inst.xdp(frame, 1).expect("test run").0
+    inst.xdp_verdict(frame)
 }
 
 #[test]
 fn inbound_rules_allow_and_deny_new_flows() {
     require_root!();
     let inst = web_server();
-    assert_eq!(
-        xdp(&inst, &tcp(OUTSIDE, 40000, WEB, 443, TCP_SYN)),
-        XDP_PASS,
-        "https from anywhere"
-    );
-    assert_eq!(
-        xdp(&inst, &tcp(OUTSIDE, 40001, WEB, 22, TCP_SYN)),
-        XDP_DROP,
-        "ssh from outside"
-    );
-    assert_eq!(
-        xdp(&inst, &tcp(OFFICE, 40002, WEB, 22, TCP_SYN)),
-        XDP_PASS,
-        "ssh from the office"
-    );
-    assert_eq!(
-        xdp(&inst, &tcp(OUTSIDE, 40003, WEB, 3389, TCP_SYN)),
-        XDP_DROP,
-        "rdp: no rule"
-    );
-    let v6 = Frame {
-        src: "2001:db8::99".parse().unwrap(),
-        dst: "2001:db8::10".parse().unwrap(),
-        l4: L4::Tcp {
-            src: 40004,
-            dst: 443,
-            flags: TCP_SYN,
-        },
-        payload: 0,
-    };
-    assert_eq!(xdp(&inst, &v6.build()), XDP_PASS, "https over IPv6 (::/0)");
+    // (source, source port, destination port, verdict), in the order sent.
+    for (src, sport, dport, verdict, what) in [
+        (OUTSIDE, 40000, 443, XDP_PASS, "https from anywhere"),
+        (OUTSIDE, 40001, 22, XDP_DROP, "ssh from outside"),
+        (OFFICE, 40002, 22, XDP_PASS, "ssh from the office"),
+        (OUTSIDE, 40003, 3389, XDP_DROP, "rdp: no rule"),
+    ] {
+        let syn = tcp(src, sport, WEB, dport, TCP_SYN);
+        assert_eq!(xdp(&inst, &syn), verdict, "{what}");
+    }
+    let v6 = tcp("2001:db8::99", 40004, "2001:db8::10", 443, TCP_SYN);
+    assert_eq!(xdp(&inst, &v6), XDP_PASS, "https over IPv6 (::/0)");
     assert_eq!(
         inst.counter(Direction::Inbound, Reason::PassRule).packets,
         3
@@ -217,27 +175,18 @@ fn a_new_generation_replaces_the_old_atomically() {
     require_root!();
     let mut inst = web_server();
     assert_eq!(xdp(&inst, &tcp(OUTSIDE, 1, WEB, 443, TCP_SYN)), XDP_PASS);
-    let generation = inst.policy.next_generation().unwrap();
     let only_ssh = [rule("ssh-all", Some(6), (22, 22), &["0.0.0.0/0"])];
-    inst.policy
-        .install(&compile(generation, &only_ssh, &[]), DEFAULT_TIMEOUTS_S)
+    inst.install_rules(&only_ssh, &[], DEFAULT_TIMEOUTS_S)
         .unwrap();
-    assert_eq!(
-        xdp(&inst, &tcp(OUTSIDE, 2, WEB, 443, TCP_SYN)),
-        XDP_DROP,
-        "old rule gone for new flows"
-    );
-    assert_eq!(
-        xdp(&inst, &tcp(OUTSIDE, 3, WEB, 22, TCP_SYN)),
-        XDP_PASS,
-        "new rule live"
-    );
-    // The tracked flow admitted by the removed rule survives (AWS semantics).
-    assert_eq!(
-        xdp(&inst, &tcp(OUTSIDE, 1, WEB, 443, TCP_ACK)),
-        XDP_PASS,
-        "tracked flow survives"
-    );
+    for (sport, dport, flags, verdict, what) in [
+        (2, 443, TCP_SYN, XDP_DROP, "old rule gone for new flows"),
+        (3, 22, TCP_SYN, XDP_PASS, "new rule live"),
+        // The tracked flow admitted by the removed rule survives (AWS semantics).
+        (1, 443, TCP_ACK, XDP_PASS, "tracked flow survives"),
+    ] {
+        let frame = tcp(OUTSIDE, sport, WEB, dport, flags);
+        assert_eq!(xdp(&inst, &frame), verdict, "{what}");
+    }
     let (v4, v6, ports) = inst.policy.sizes();
     assert_eq!((v4, v6), (1, 0), "old generation's prefixes removed");
     assert!(ports >= 1);
@@ -248,9 +197,7 @@ fn a_full_table_refuses_new_tracked_flows_and_keeps_established_ones() {
     require_root!();
     let inbound = [rule("https", Some(6), (443, 443), &["0.0.0.0/0"])];
     let mut inst = Instance::load_with(false, 4).expect("load with a 4-entry table");
-    let generation = inst.policy.next_generation().unwrap();
-    inst.policy
-        .install(&compile(generation, &inbound, &[]), DEFAULT_TIMEOUTS_S)
+    inst.install_rules(&inbound, &[], DEFAULT_TIMEOUTS_S)
         .unwrap();
     for port in 1..=4 {
         assert_eq!(

@@ -35,17 +35,7 @@ fn one_rule_config() -> String {
 }
 
 fn syn(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
-    Frame {
-        src: src.into(),
-        dst: dst.into(),
-        l4: L4::Tcp {
-            src: sport,
-            dst: dport,
-            flags: TCP_SYN,
-        },
-        payload: 0,
-    }
-    .build()
+    Frame::new(src, dst, L4::tcp(sport, dport, TCP_SYN)).build()
 }
 
 /// Loads, installs; returns the instance and (model rules, compile ms, install ms, entries).
@@ -93,12 +83,12 @@ fn quota_limit_config_compiles_applies_and_enforces() {
     let peer = Ipv4Addr::new(198, 18, 3, 210);
     let allowed = syn(peer, local, 40002, 2559);
     assert_eq!(
-        big.xdp(&allowed, 1).unwrap().0,
+        big.xdp_verdict(&allowed),
         XDP_PASS,
         "rule of the 16th group"
     );
     let denied = syn(peer, local, 40003, 9);
-    assert_eq!(big.xdp(&denied, 1).unwrap().0, XDP_DROP);
+    assert_eq!(big.xdp_verdict(&denied), XDP_DROP);
 
     let (small, small_summary) = setup(&one_rule_config());
     // A denied SYN takes both LPM lookups and creates no state, so repeated

@@ -4,23 +4,13 @@
 
 use sg_common::{Direction, Reason, names};
 use sg_user::{
-    harness::packet::{Frame, L4, TCP_SYN, arp_request},
+    harness::packet::{L4, TCP_SYN, arp_request, frame},
     harness::testrun::{Instance, TC_ACT_OK, XDP_PASS},
     require_root,
 };
 
 fn syn_v4() -> Vec<u8> {
-    Frame {
-        src: "198.18.0.1".parse().unwrap(),
-        dst: "198.18.0.2".parse().unwrap(),
-        l4: L4::Tcp {
-            src: 40000,
-            dst: 443,
-            flags: TCP_SYN,
-        },
-        payload: 0,
-    }
-    .build()
+    frame("198.18.0.1", "198.18.0.2", L4::tcp(40000, 443, TCP_SYN))
 }
 
 /// Loaded with no policy written: the config slot is all zeros (observe).

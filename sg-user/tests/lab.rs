@@ -20,6 +20,12 @@ fn sgctl(args: &[&str], envs: &[(&str, &str)]) -> Output {
     cmd.output().expect("running sgctl")
 }
 
+/// `sgctl lab diff -c OLD -c2 NEW`.
+fn lab_diff(old: &Path, new: &Path) -> Output {
+    let (old, new) = (old.to_str().unwrap(), new.to_str().unwrap());
+    sgctl(&["lab", "diff", "-c", old, "-c2", new], &[])
+}
+
 fn text(o: &Output) -> String {
     format!(
         "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
@@ -297,17 +303,7 @@ fn diff_lists_opened_and_closed_flows_offline() {
         ),
     )
     .unwrap();
-    let o = sgctl(
-        &[
-            "lab",
-            "diff",
-            "-c",
-            old.to_str().unwrap(),
-            "-c2",
-            new.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let o = lab_diff(&old, &new);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", text(&o));
     for line in [
@@ -318,17 +314,7 @@ fn diff_lists_opened_and_closed_flows_offline() {
     ] {
         assert!(out.contains(line), "`{line}` in: {}", text(&o));
     }
-    let same = sgctl(
-        &[
-            "lab",
-            "diff",
-            "-c",
-            old.to_str().unwrap(),
-            "-c2",
-            old.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let same = lab_diff(&old, &old);
     assert!(
         String::from_utf8_lossy(&same.stdout).contains("0 opened, 0 closed"),
         "{}",

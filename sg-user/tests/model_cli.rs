@@ -21,6 +21,13 @@ fn sgctl(args: &[&str]) -> Output {
         .expect("running sgctl")
 }
 
+/// `sgctl check -c CFG` and then `rest`, split at spaces as a shell would.
+fn check_args<'a>(cfg: &'a str, rest: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["check", "-c", cfg];
+    args.extend(rest.split_whitespace());
+    args
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -122,37 +129,15 @@ fn aws_scenarios_through_sgctl_check() {
 fn check_takes_protocol_numbers_and_reports_usage_errors_with_exit_2() {
     let dir = scratch("check");
     let cfg = write(&dir, "c.yaml", CONFIG);
-    let o = sgctl(&[
-        "check",
-        "-c",
+    let o = sgctl(&check_args(
         &cfg,
-        "--iface",
-        "eth0@web1",
-        "--in",
-        "--proto",
-        "6",
-        "--peer",
-        "198.18.1.1",
-        "--port",
-        "443",
-    ]);
+        "--iface eth0@web1 --in --proto 6 --peer 198.18.1.1 --port 443",
+    ));
     assert!(stdout(&o).starts_with("allow"), "{}", stdout(&o));
-    let o = sgctl(&[
-        "check",
-        "-c",
+    let o = sgctl(&check_args(
         &cfg,
-        "--iface",
-        "eth0",
-        "--netns",
-        "db1",
-        "--in",
-        "--proto",
-        "tcp",
-        "--peer",
-        "198.18.0.10",
-        "--port",
-        "3306",
-    ]);
+        "--iface eth0 --netns db1 --in --proto tcp --peer 198.18.0.10 --port 3306",
+    ));
     assert!(
         stdout(&o).starts_with("allow"),
         "--netns form: {}{}",
@@ -161,85 +146,31 @@ fn check_takes_protocol_numbers_and_reports_usage_errors_with_exit_2() {
     );
     for (args, needle) in [
         (
-            vec![
-                "--iface",
-                "eth9",
-                "--in",
-                "--proto",
-                "tcp",
-                "--peer",
-                "198.18.1.1",
-                "--port",
-                "1",
-            ],
+            "--iface eth9 --in --proto tcp --peer 198.18.1.1 --port 1",
             "not in the config",
         ),
         (
-            vec![
-                "--iface",
-                "eth0",
-                "--in",
-                "--proto",
-                "tcp",
-                "--peer",
-                "198.18.1.1",
-                "--port",
-                "1",
-            ],
+            "--iface eth0 --in --proto tcp --peer 198.18.1.1 --port 1",
             "NAME@NETNS",
         ),
         (
-            vec![
-                "--iface",
-                "eth0@web1",
-                "--in",
-                "--proto",
-                "tcp",
-                "--peer",
-                "198.18.1.1",
-            ],
+            "--iface eth0@web1 --in --proto tcp --peer 198.18.1.1",
             "needs --port",
         ),
         (
-            vec![
-                "--iface",
-                "eth0@web1",
-                "--in",
-                "--proto",
-                "icmp",
-                "--peer",
-                "198.18.1.1",
-            ],
+            "--iface eth0@web1 --in --proto icmp --peer 198.18.1.1",
             "--icmp-type",
         ),
         (
-            vec![
-                "--iface",
-                "eth0@web1",
-                "--in",
-                "--proto",
-                "bogus",
-                "--peer",
-                "198.18.1.1",
-            ],
+            "--iface eth0@web1 --in --proto bogus --peer 198.18.1.1",
             "--proto",
         ),
         (
-            vec![
-                "--iface",
-                "eth0@web1",
-                "--proto",
-                "tcp",
-                "--peer",
-                "198.18.1.1",
-                "--port",
-                "1",
-            ],
+            "--iface eth0@web1 --proto tcp --peer 198.18.1.1 --port 1",
             "--in",
         ),
     ] {
-        let mut a = vec!["check", "-c", cfg.as_str()];
-        a.extend(args);
+        let a = check_args(&cfg, args);
         let o = sgctl(&a);
         assert_eq!(o.status.code(), Some(2), "{a:?}: {}", stderr(&o));
         assert!(stderr(&o).contains(needle), "{a:?}: {}", stderr(&o));
@@ -249,20 +180,10 @@ fn check_takes_protocol_numbers_and_reports_usage_errors_with_exit_2() {
         "bad.yaml",
         "security_groups:\n  - id: g\n    ingress: [{ protocol: tcp, cidr: 198.18.0.1/15 }]\n",
     );
-    let o = sgctl(&[
-        "check",
-        "-c",
+    let o = sgctl(&check_args(
         &bad,
-        "--iface",
-        "e0",
-        "--in",
-        "--proto",
-        "tcp",
-        "--peer",
-        "198.18.1.1",
-        "--port",
-        "1",
-    ]);
+        "--iface e0 --in --proto tcp --peer 198.18.1.1 --port 1",
+    ));
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("sgctl validate"), "{}", stderr(&o));
     std::fs::remove_dir_all(dir).ok();
@@ -392,23 +313,10 @@ fn import_aws_prints_yaml_that_validates_and_matches() {
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     // Same verdicts from the JSON and from the YAML.
     for cfg in [aws.to_str().unwrap(), p.as_str()] {
-        let o = sgctl(&[
-            "check",
-            "-c",
+        let o = sgctl(&check_args(
             cfg,
-            "--attach",
-            "eth0=sg-0123456789abcdef1",
-            "--iface",
-            "eth0",
-            "--in",
-            "--proto",
-            "tcp",
-            "--peer",
-            "203.0.113.5",
-            "--port",
-            "22",
-            "--json",
-        ]);
+            "--attach eth0=sg-0123456789abcdef1 --iface eth0 --in --proto tcp --peer 203.0.113.5 --port 22 --json",
+        ));
         let j: serde_json::Value =
             serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&o)));
         assert_eq!(j["allowed"], true);
@@ -670,20 +578,10 @@ fn a_closed_pipe_ends_quietly() {
             "import-aws",
             "../examples/aws-describe-security-groups.json",
         ],
-        vec![
-            "check",
-            "-c",
+        check_args(
             web,
-            "--iface",
-            "eth0@web1",
-            "--in",
-            "--proto",
-            "tcp",
-            "--peer",
-            "198.18.7.1",
-            "--port",
-            "443",
-        ],
+            "--iface eth0@web1 --in --proto tcp --peer 198.18.7.1 --port 443",
+        ),
         vec!["--help"],
     ];
     if sg_user::sys::netns::is_root() {
@@ -720,20 +618,10 @@ fn exit_codes_agree_across_subcommands() {
         "security_groups:\n  - id: g\n    ingress: [{ protocol: tcp, cidr: 198.18.0.1/15 }]\ninterfaces: [{ name: e0, security_groups: [g] }]\n",
     );
     let check = |cfg: &str, port: &str| {
-        sgctl(&[
-            "check",
-            "-c",
+        sgctl(&check_args(
             cfg,
-            "--iface",
-            "eth0@web1",
-            "--in",
-            "--proto",
-            "tcp",
-            "--peer",
-            "198.18.1.1",
-            "--port",
-            port,
-        ])
+            &format!("--iface eth0@web1 --in --proto tcp --peer 198.18.1.1 --port {port}"),
+        ))
     };
     // 0 = yes, 1 = no.
     assert_eq!(check(&cfg, "443").status.code(), Some(0), "allowed");
@@ -746,20 +634,10 @@ fn exit_codes_agree_across_subcommands() {
         vec!["lint", "-c", &bad],
         vec!["lab", "diff", "-c", &bad, "-c2", &cfg],
         vec!["lab", "diff", "-c", &cfg, "-c2", &bad],
-        vec![
-            "check",
-            "-c",
+        check_args(
             &bad,
-            "--iface",
-            "e0",
-            "--in",
-            "--proto",
-            "tcp",
-            "--peer",
-            "198.18.1.1",
-            "--port",
-            "1",
-        ],
+            "--iface e0 --in --proto tcp --peer 198.18.1.1 --port 1",
+        ),
         vec!["import-aws", &bad],
         vec!["validate", "-c", "/nonexistent/sg.yaml"],
         vec!["validate"],

@@ -130,6 +130,16 @@ fn in_tcp(t: u64, flags: u8) -> Packet {
     Packet::tcp(t, Direction::Ingress, ip(THEM), 443, ip(ME), 40000, flags)
 }
 
+/// A fresh table of `c0` after our SYN, its SYN-ACK and our ACK at `times`
+/// (ms): one established flow.
+fn handshake(m: &Model, c0: &model::Interface, times: [u64; 3]) -> Conntrack {
+    let mut ct = Conntrack::for_interface(c0);
+    ct.step(m, c0, &out_tcp(times[0], SYN));
+    ct.step(m, c0, &in_tcp(times[1], SYN | ACK));
+    ct.step(m, c0, &out_tcp(times[2], ACK));
+    ct
+}
+
 #[test]
 fn tcp_replies_pass_by_state_and_strangers_do_not() {
     let m = load(CT);
@@ -166,10 +176,7 @@ fn tcp_replies_pass_by_state_and_strangers_do_not() {
 fn tcp_established_idles_out_at_the_configured_timeout() {
     let m = load(CT);
     let c0 = m.interface("c0").expect("c0");
-    let mut ct = Conntrack::for_interface(c0);
-    ct.step(&m, c0, &out_tcp(0, SYN));
-    ct.step(&m, c0, &in_tcp(100, SYN | ACK));
-    ct.step(&m, c0, &out_tcp(200, ACK));
+    let mut ct = handshake(&m, c0, [0, 100, 200]);
     // tcp_established is 60 s here: 59.9 s of silence keeps it...
     assert_eq!(
         ct.step(&m, c0, &in_tcp(60_100, ACK)).outcome,
@@ -203,10 +210,7 @@ fn tcp_handshake_and_closing_timeouts() {
     );
 
     // RST closes: TCP_CLOSED seconds.
-    let mut ct = Conntrack::for_interface(c0);
-    ct.step(&m, c0, &out_tcp(0, SYN));
-    ct.step(&m, c0, &in_tcp(1, SYN | ACK));
-    ct.step(&m, c0, &out_tcp(2, ACK));
+    let mut ct = handshake(&m, c0, [0, 1, 2]);
     ct.step(&m, c0, &in_tcp(3, RST));
     let closed = u64::from(model::ConntrackTimeouts::TCP_CLOSED) * 1000;
     assert_eq!(
@@ -219,10 +223,7 @@ fn tcp_handshake_and_closing_timeouts() {
     );
 
     // One FIN: TCP_FIN seconds, longer than established here (60 s).
-    let mut ct = Conntrack::for_interface(c0);
-    ct.step(&m, c0, &out_tcp(0, SYN));
-    ct.step(&m, c0, &in_tcp(1, SYN | ACK));
-    ct.step(&m, c0, &out_tcp(2, ACK));
+    let mut ct = handshake(&m, c0, [0, 1, 2]);
     ct.step(&m, c0, &out_tcp(3, FIN | ACK));
     assert_eq!(
         ct.flows().next().and_then(|f| f.tcp),

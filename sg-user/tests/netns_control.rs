@@ -7,14 +7,13 @@ mod common;
 
 use std::{
     collections::BTreeSet,
-    net::{Ipv6Addr, SocketAddr},
     os::unix::{fs::MetadataExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
-use common::Lab;
+use common::{Lab, scratch_config};
 use sg_user::{
     agent::apply,
     agent::daemon_state,
@@ -57,16 +56,7 @@ interfaces:
 }
 
 fn servers(lab: &Lab, ports: &[u16]) -> Vec<TcpServer> {
-    ports
-        .iter()
-        .map(|p| {
-            TcpServer::start(
-                lab.ns("a"),
-                SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), *p),
-            )
-            .unwrap()
-        })
-        .collect()
+    TcpServer::start_all(lab.ns("a"), ports).unwrap()
 }
 
 fn reach(lab: &Lab, port: u16) -> Reach {
@@ -103,13 +93,27 @@ fn installed_generations(stdout: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Writes [`config_allowing`] `port` to `name` in the lab's directory.
+fn write_config(lab: &Lab, name: &str, port: u16) -> PathBuf {
+    let path = lab.dir.join(name);
+    std::fs::write(&path, config_allowing(lab, port)).unwrap();
+    path
+}
+
+/// Runs `cmd`, which must fail (`what`); returns its standard error.
+fn run_failing(cmd: &mut Command, what: &str) -> String {
+    let out = run(cmd);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{what}: {stderr}");
+    stderr
+}
+
 #[test]
 fn parallel_first_applies_attach_once_and_enforce() {
     require_root!();
     let lab = Lab::new("ctl-parallel");
     let _srv = servers(&lab, &[80, 22]);
-    let path = lab.dir.join("same.yaml");
-    std::fs::write(&path, config_allowing(&lab, 80)).unwrap();
+    let path = write_config(&lab, "same.yaml", 80);
     assert_eq!(reach(&lab, 22), Reach::Connected, "nothing enforced yet");
 
     let children: Vec<Child> = (0..6)
@@ -302,8 +306,7 @@ fn hook_removed_out_of_band_is_reported_and_repaired_by_apply() {
     require_root!();
     let lab = Lab::new("ctl-repair");
     let _srv = servers(&lab, &[80, 22]);
-    let path = lab.dir.join("cfg.yaml");
-    std::fs::write(&path, config_allowing(&lab, 80)).unwrap();
+    let path = write_config(&lab, "cfg.yaml", 80);
     let apply_out = || {
         let out = run(sgctl().args(["apply", "-c"]).arg(&path));
         assert!(out.status.success(), "{}", text(&out.stderr));
@@ -392,17 +395,13 @@ fn deleted_namespace_is_shown_with_the_command_that_removes_the_leftovers() {
         }
     }
     let _cleanup = Detach(id.clone());
-    let dir = std::env::temp_dir().join(format!("sg-test-ctl-gone-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("cfg.yaml");
-    std::fs::write(
-        &path,
-        format!(
+    let (dir, path) = scratch_config(
+        "ctl-gone",
+        &format!(
             "security_groups:\n  - id: sg-a\n    ingress: []\n\
              interfaces:\n  - {{ name: eth0, netns: \"{ns}\", security_groups: [sg-a], addresses: [198.18.9.1] }}\n"
         ),
-    )
-    .unwrap();
+    );
     let out = run(sgctl().args(["apply", "-c"]).arg(&path));
     assert!(out.status.success(), "{}", text(&out.stderr));
     drop(gone); // ip netns del
@@ -430,19 +429,15 @@ fn apply_fails_when_no_interface_of_the_config_exists() {
     require_root!();
     let ns = Netns::create("ctl-typo").unwrap();
     let missing_ns = format!("{}-nope", ns.name());
-    let dir = std::env::temp_dir().join(format!("sg-test-ctl-typo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("cfg.yaml");
-    std::fs::write(
-        &path,
-        format!(
+    let (dir, path) = scratch_config(
+        "ctl-typo",
+        &format!(
             "security_groups:\n  - id: sg-a\n    ingress: []\n\
              interfaces:\n  - {{ name: eth9, netns: \"{}\", security_groups: [sg-a], addresses: [198.18.9.1] }}\n  \
              - {{ name: eth0, netns: \"{missing_ns}\", security_groups: [sg-a], addresses: [198.18.9.2] }}\n",
             ns.name()
         ),
-    )
-    .unwrap();
+    );
     let out = run(sgctl().args(["apply", "-c"]).arg(&path));
     let stderr = text(&out.stderr);
     let _ = std::fs::remove_dir_all(&dir);
@@ -463,22 +458,19 @@ fn full_state_directory_leaves_nothing_attached() {
     require_root!();
     let lab = Lab::new("ctl-full");
     let _srv = servers(&lab, &[22]);
-    let path = lab.dir.join("cfg.yaml");
-    std::fs::write(&path, config_allowing(&lab, 80)).unwrap();
+    let path = write_config(&lab, "cfg.yaml", 80);
     // A one-page tmpfs over the state directory, in a private mount
     // namespace (nobody else sees it): the lock file fits, the state does not.
     let script = format!(
         "mount --make-rprivate / && mount -t tmpfs -o size=4k,mode=0700 sgfull {} && exec \"$0\" apply -c \"$1\"",
         apply::STATE_DIR
     );
-    let out = run(Command::new("unshare")
-        .args(["--mount", "sh", "-c", &script, env!("CARGO_BIN_EXE_sgctl")])
-        .arg(&path)
-        .stdin(Stdio::null()));
-    let stderr = text(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "a full state directory fails the apply"
+    let stderr = run_failing(
+        Command::new("unshare")
+            .args(["--mount", "sh", "-c", &script, env!("CARGO_BIN_EXE_sgctl")])
+            .arg(&path)
+            .stdin(Stdio::null()),
+        "a full state directory fails the apply",
     );
     assert!(
         stderr.contains(&format!(
@@ -515,8 +507,7 @@ impl Drop for RunningDaemon {
 fn a_second_daemon_on_the_same_config_is_refused() {
     require_root!();
     let lab = Lab::new("ctl-daemon");
-    let path = lab.dir.join("cfg.yaml");
-    std::fs::write(&path, config_allowing(&lab, 80)).unwrap();
+    let path = write_config(&lab, "cfg.yaml", 80);
     let first = RunningDaemon(
         sgctl()
             .args(["run", "--detach-on-exit", "-c"])
@@ -535,9 +526,10 @@ fn a_second_daemon_on_the_same_config_is_refused() {
     }
     // The same file by another spelling.
     let same = lab.dir.join(".").join("cfg.yaml");
-    let out = run(sgctl().args(["run", "-c"]).arg(&same));
-    let stderr = text(&out.stderr);
-    assert!(!out.status.success(), "the second daemon refuses");
+    let stderr = run_failing(
+        sgctl().args(["run", "-c"]).arg(&same),
+        "the second daemon refuses",
+    );
     assert!(
         stderr.contains("already kept enforced") && stderr.contains(&format!("pid {pid}")),
         "names the first one's pid: {stderr}"
@@ -602,17 +594,14 @@ fn a_held_lock_makes_apply_wait_and_say_so_or_fail_with_no_wait() {
     require_root!();
     use std::io::{BufRead, BufReader};
     let lab = Lab::new("ctl-wait");
-    let path = lab.dir.join("cfg.yaml");
-    std::fs::write(&path, config_allowing(&lab, 80)).unwrap();
+    let path = write_config(&lab, "cfg.yaml", 80);
     // Wait: other tests of this file may hold it for a moment.
     let held = lock::state_lock("the test holding the lock", lock::Wait::Block, |_| {})
         .expect("the state lock");
 
-    let out = run(sgctl().args(["apply", "--no-wait", "-c"]).arg(&path));
-    let stderr = text(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "--no-wait fails while the lock is held"
+    let stderr = run_failing(
+        sgctl().args(["apply", "--no-wait", "-c"]).arg(&path),
+        "--no-wait fails while the lock is held",
     );
     assert!(
         stderr.contains(&format!(

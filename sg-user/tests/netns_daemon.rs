@@ -8,7 +8,7 @@
 mod common;
 
 use std::{
-    net::{Ipv6Addr, SocketAddr, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -235,14 +235,21 @@ fn passed_by_rule(lab: &Lab) -> u64 {
         .sum()
 }
 
+/// Writes [`config`] (both groups) to the lab's `config.yaml` and starts
+/// a's echo server on 8080: (config path, server).
+fn config_and_echo(lab: &Lab) -> (PathBuf, TcpEcho) {
+    let path = lab.dir.join("config.yaml");
+    write_atomically(&path, &config(lab, "", "sg-a, sg-x"));
+    let echo = TcpEcho::start(lab.ns("a"), "[::]:8080".parse().unwrap()).unwrap();
+    (path, echo)
+}
+
 #[test]
 fn config_rewritten_100_times_under_traffic_loses_nothing() {
     require_root!();
     let _turn = one_at_a_time();
     let lab = Lab::new("reload100");
-    let path = lab.dir.join("config.yaml");
-    write_atomically(&path, &config(&lab, "", "sg-a, sg-x"));
-    let _echo = TcpEcho::start(lab.ns("a"), "[::]:8080".parse().unwrap()).unwrap();
+    let (path, _echo) = config_and_echo(&lab);
     let _denied = TcpServer::start(lab.ns("a"), "[::]:23".parse().unwrap()).unwrap();
     let daemon = Daemon::start(&path, &["--detach-on-exit"]);
     let generation0 = daemon.state().generations[&a_iface(&lab).to_string()];
@@ -299,9 +306,7 @@ fn restarts_lose_nothing_and_adopt_the_pinned_state() {
     require_root!();
     let _turn = one_at_a_time();
     let lab = Lab::new("restart");
-    let path = lab.dir.join("config.yaml");
-    write_atomically(&path, &config(&lab, "", "sg-a, sg-x"));
-    let _echo = TcpEcho::start(lab.ns("a"), "[::]:8080".parse().unwrap()).unwrap();
+    let (path, _echo) = config_and_echo(&lab);
     let mut daemon = Daemon::start(&path, &[]);
     let iface = a_iface(&lab);
     let generation = daemon.state().generations[&iface.to_string()];
@@ -381,13 +386,7 @@ fn invalid_config_keeps_the_policy_and_shows_the_error_metrics_and_flow_logs() {
     let path = lab.dir.join("config.yaml");
     let flow_log = lab.dir.join("flows.log");
     write_atomically(&path, &config(&lab, "", "sg-a"));
-    let _srv = [8080u16, 9090, 23].map(|p| {
-        TcpServer::start(
-            lab.ns("a"),
-            SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), p),
-        )
-        .unwrap()
-    });
+    let _srv = TcpServer::start_all(lab.ns("a"), &[8080, 9090, 23]).unwrap();
     let metrics = "127.0.0.1:19977";
     let flow_arg = flow_log.to_str().unwrap();
     let daemon = Daemon::start(
@@ -420,15 +419,19 @@ fn invalid_config_keeps_the_policy_and_shows_the_error_metrics_and_flow_logs() {
         "error names the bad value: {state:?}"
     );
     assert_eq!(metric(&scrape(metrics), "sgctl_reload_success"), Some(0.0));
-    assert_eq!(
-        probe::tcp_connect(lab.ns("b"), lab.addr("a", false, 8080), T),
-        Reach::Connected,
-        "old policy still allows"
-    );
-    assert_eq!(
-        probe::tcp_connect(lab.ns("b"), lab.addr("a", false, 23), T),
-        Reach::Timeout,
-        "and still denies"
+    lab.expect_tcp(
+        T,
+        &[
+            (
+                "b",
+                "a",
+                false,
+                8080,
+                Reach::Connected,
+                "old policy still allows",
+            ),
+            ("b", "a", false, 23, Reach::Timeout, "and still denies"),
+        ],
     );
 
     let extra = "      - { protocol: tcp, ports: 9090, cidr: 198.18.0.2/32 }\n";

@@ -2,13 +2,13 @@
 //! the same code as `sgctl apply`, TCP/UDP/ICMP over IPv4 and IPv6. Needs root.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{Ipv4Addr, SocketAddr},
     time::Duration,
 };
 
 mod common;
 
-use common::{A_ONLY, Lab};
+use common::{A_ONLY, Lab, scratch_config};
 use sg_user::{
     agent::apply::{self, ApplyOptions},
     compile,
@@ -20,21 +20,8 @@ use sg_user::{
 
 const T: Duration = Duration::from_millis(700);
 
-fn tcp(lab: &Lab, from: &str, to: &str, v6: bool, port: u16) -> Reach {
-    probe::tcp_connect(lab.ns(from), lab.addr(to, v6, port), T)
-}
-
 fn servers(lab: &Lab, role: &str, ports: &[u16]) -> Vec<TcpServer> {
-    ports
-        .iter()
-        .map(|p| {
-            TcpServer::start(
-                lab.ns(role),
-                SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), *p),
-            )
-            .unwrap()
-        })
-        .collect()
+    TcpServer::start_all(lab.ns(role), ports).unwrap()
 }
 
 #[test]
@@ -58,65 +45,39 @@ prefix_lists:
 {A_ONLY}"
     ));
     for v6 in [false, true] {
-        assert_eq!(
-            tcp(&lab, "b", "a", v6, 80),
-            Reach::Connected,
-            "tcp 80 from b (v6={v6})"
-        );
-        assert_eq!(
-            tcp(&lab, "c", "a", v6, 80),
-            Reach::Connected,
-            "tcp 80 from c (v6={v6})"
-        );
-        assert_eq!(
-            tcp(&lab, "c", "a", v6, 22),
-            Reach::Timeout,
-            "ssh from c dropped (v6={v6})"
-        );
-        let udp_b = UdpPeer::bind(
-            lab.ns("b"),
-            SocketAddr::new(
-                if v6 {
-                    Ipv6Addr::UNSPECIFIED.into()
-                } else {
-                    Ipv4Addr::UNSPECIFIED.into()
-                },
-                0,
-            ),
+        lab.expect_tcp(
             T,
-        )
-        .unwrap();
-        assert!(
-            udp_b.roundtrip(lab.addr("a", v6, 53)),
-            "udp 53 from the prefix list (v6={v6})"
+            &[
+                ("b", "a", v6, 80, Reach::Connected, "tcp 80 from b"),
+                ("c", "a", v6, 80, Reach::Connected, "tcp 80 from c"),
+                ("c", "a", v6, 22, Reach::Timeout, "ssh from c dropped"),
+            ],
         );
-        let udp_c = UdpPeer::bind(
-            lab.ns("c"),
-            SocketAddr::new(
-                if v6 {
-                    Ipv6Addr::UNSPECIFIED.into()
-                } else {
-                    Ipv4Addr::UNSPECIFIED.into()
-                },
-                0,
-            ),
-            T,
-        )
-        .unwrap();
-        assert!(
-            !udp_c.roundtrip(lab.addr("a", v6, 53)),
-            "udp 53 from c dropped (v6={v6})"
-        );
+        for (from, answered, what) in [
+            ("b", true, "udp 53 from the prefix list"),
+            ("c", false, "udp 53 from c dropped"),
+        ] {
+            let udp = UdpPeer::bind_any(lab.ns(from), v6, T).unwrap();
+            assert_eq!(
+                udp.roundtrip(lab.addr("a", v6, 53)),
+                answered,
+                "{what} (v6={v6})"
+            );
+        }
     }
-    assert_eq!(
-        tcp(&lab, "b", "a", false, 22),
-        Reach::Connected,
-        "ssh from b's /32"
-    );
-    assert_eq!(
-        tcp(&lab, "b", "a", true, 22),
-        Reach::Timeout,
-        "the /32 rule is IPv4 only"
+    lab.expect_tcp(
+        T,
+        &[
+            ("b", "a", false, 22, Reach::Connected, "ssh from b's /32"),
+            (
+                "b",
+                "a",
+                true,
+                22,
+                Reach::Timeout,
+                "the /32 rule is IPv4 only",
+            ),
+        ],
     );
     let ping =
         |from: &str, v6: bool| probe::ping(lab.ns(from), lab.addr("a", v6, 0).ip(), T).unwrap();
@@ -138,22 +99,14 @@ fn replies_to_outbound_connections_need_no_inbound_rule() {
         "security_groups:\n  - id: sg-a\n    ingress: []\n{A_ONLY}"
     ));
     for v6 in [false, true] {
-        assert_eq!(
-            tcp(&lab, "a", "b", v6, 443),
-            Reach::Connected,
-            "a → b tcp (v6={v6})"
+        lab.expect_tcp(
+            T,
+            &[
+                ("a", "b", v6, 443, Reach::Connected, "a → b tcp"),
+                ("b", "a", v6, 443, Reach::Timeout, "b → a tcp denied"),
+            ],
         );
-        assert_eq!(
-            tcp(&lab, "b", "a", v6, 443),
-            Reach::Timeout,
-            "b → a tcp denied (v6={v6})"
-        );
-        let any = if v6 {
-            Ipv6Addr::UNSPECIFIED.into()
-        } else {
-            IpAddr::from(Ipv4Addr::UNSPECIFIED)
-        };
-        let udp = UdpPeer::bind(lab.ns("a"), SocketAddr::new(any, 0), T).unwrap();
+        let udp = UdpPeer::bind_any(lab.ns("a"), v6, T).unwrap();
         assert!(
             udp.roundtrip(lab.addr("b", v6, 5353)),
             "a → b udp and its reply (v6={v6})"
@@ -307,20 +260,20 @@ interfaces:
 ",
     );
     // Addresses were discovered from the interfaces (none declared).
-    assert_eq!(
-        tcp(&lab, "a", "b", false, 3306),
-        Reach::Connected,
-        "web → db by group"
-    );
-    assert_eq!(
-        tcp(&lab, "a", "b", true, 3306),
-        Reach::Connected,
-        "web → db by group (IPv6)"
-    );
-    assert_eq!(
-        tcp(&lab, "c", "b", false, 3306),
-        Reach::Timeout,
-        "non-member → db dropped"
+    lab.expect_tcp(
+        T,
+        &[
+            ("a", "b", false, 3306, Reach::Connected, "web → db by group"),
+            ("a", "b", true, 3306, Reach::Connected, "web → db by group"),
+            (
+                "c",
+                "b",
+                false,
+                3306,
+                Reach::Timeout,
+                "non-member → db dropped",
+            ),
+        ],
     );
 }
 
@@ -336,12 +289,9 @@ fn side_peer_protects_a_container_from_its_host_side_veth() {
         TcpServer::start(&container, SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), p)).unwrap()
     });
     let _hsrv = TcpServer::start(&host, "198.18.5.1:7000".parse().unwrap()).unwrap();
-    let dir = std::env::temp_dir().join(format!("sg-test-peer-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("config.yaml");
-    std::fs::write(
-        &path,
-        format!(
+    let (dir, path) = scratch_config(
+        "peer",
+        &format!(
             "security_groups:
   - id: sg-ctr
     ingress:
@@ -351,8 +301,7 @@ interfaces:
 ",
             host.name()
         ),
-    )
-    .unwrap();
+    );
     let model = apply::load(&path, &[]).unwrap();
     apply::apply(&model, &ApplyOptions::default()).unwrap();
     let id = IfaceId::new("vc0", Some(host.name()));

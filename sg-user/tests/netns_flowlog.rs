@@ -3,11 +3,7 @@
 
 mod common;
 
-use std::{
-    net::{Ipv6Addr, SocketAddr},
-    sync::Mutex,
-    time::Duration,
-};
+use std::{sync::Mutex, time::Duration};
 
 /// The tests of this file take turns: a new reader takes the events its
 /// interfaces left in the host's shared ring 0 (and drops the rest), so two
@@ -27,13 +23,7 @@ fn accepted_and_rejected_flows_become_v2_records() {
     require_root!();
     let _turn = SHARED_RING.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::new("flowlog");
-    let _srv = [80u16, 22].map(|p| {
-        TcpServer::start(
-            lab.ns("a"),
-            SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), p),
-        )
-        .unwrap()
-    });
+    let _srv = TcpServer::start_all(lab.ns("a"), &[80, 22]).unwrap();
     lab.apply(&format!(
         "security_groups:\n  - id: sg-a\n    ingress:\n      - {{ protocol: tcp, ports: 80, cidr: 198.18.0.2/32 }}\n{A_ONLY}"
     ));

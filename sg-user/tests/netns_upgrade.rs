@@ -101,15 +101,12 @@ fn legacy_attachment_moves_to_the_shared_data_plane_without_opening() {
     let _web = TcpServer::start(lab.ns("a"), lab.addr("a", false, 80)).unwrap();
     let _ssh = TcpServer::start(lab.ns("a"), lab.addr("a", false, 22)).unwrap();
     let _echo = TcpEcho::start(lab.ns("b"), lab.addr("b", false, 9000)).unwrap();
-    assert_eq!(
-        probe::tcp_connect(lab.ns("b"), lab.addr("a", false, 80), T),
-        Reach::Connected,
-        "legacy: 80 allowed"
-    );
-    assert_eq!(
-        probe::tcp_connect(lab.ns("b"), lab.addr("a", false, 22), T),
-        Reach::Timeout,
-        "legacy: 22 dropped"
+    lab.expect_tcp(
+        T,
+        &[
+            ("b", "a", false, 80, Reach::Connected, "legacy: 80 allowed"),
+            ("b", "a", false, 22, Reach::Timeout, "legacy: 22 dropped"),
+        ],
     );
     // An established flow that only its connection entry lets back in: a
     // opened it (egress allows all), no ingress rule admits b:9000.
@@ -163,15 +160,12 @@ fn legacy_attachment_moves_to_the_shared_data_plane_without_opening() {
         TcpSession::connect(lab.ns("a"), lab.addr("b", false, 9000), T).is_err(),
         "while a new outbound flow is refused by the new rules"
     );
-    assert_eq!(
-        probe::tcp_connect(lab.ns("b"), lab.addr("a", false, 80), T),
-        Reach::Connected,
-        "after: 80 allowed"
-    );
-    assert_eq!(
-        probe::tcp_connect(lab.ns("b"), lab.addr("a", false, 22), T),
-        Reach::Timeout,
-        "after: 22 dropped"
+    lab.expect_tcp(
+        T,
+        &[
+            ("b", "a", false, 80, Reach::Connected, "after: 80 allowed"),
+            ("b", "a", false, 22, Reach::Timeout, "after: 22 dropped"),
+        ],
     );
     let hooks = sg_user::kernel::loader::pinned_hooks(&id).unwrap();
     let shared: std::collections::BTreeSet<u32> = sg_user::kernel::dataplane::program_ids()

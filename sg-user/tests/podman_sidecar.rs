@@ -320,30 +320,24 @@ impl Lab {
         podman_ok(&["import", "--quiet", tar.to_str().unwrap(), &self.app_image]);
     }
 
+    /// Lab `index` with two clients, a member (host 20, the one the config
+    /// admits) and a stranger (host 30): (lab, member, stranger).
+    fn with_clients(index: u8) -> (Lab, String, String) {
+        let mut lab = Lab::new(index);
+        let member = lab.client("member", 20);
+        let stranger = lab.client("stranger", 30);
+        lab.write_config(&lab.ip(20));
+        (lab, member, stranger)
+    }
+
     fn write_config(&self, member_ip: &str) {
         std::fs::write(&self.config, config_text(member_ip)).unwrap();
     }
 
     /// An app answering `ok` on [`PORT`] to every connection.
     fn app(&mut self, name: &str, host: u8) -> String {
-        let name = format!("{}-{name}", self.tag);
         let port = PORT.to_string();
-        self.run(&[
-            "--name",
-            &name,
-            "--network",
-            &self.network.clone(),
-            "--ip",
-            &self.ip(host),
-            &self.app_image.clone(),
-            "nc",
-            "-ll",
-            "-p",
-            &port,
-            "-e",
-            "echo",
-            "ok",
-        ]);
+        let name = self.on_network(name, host, &["nc", "-ll", "-p", &port, "-e", "echo", "ok"]);
         let key = podman_ok(&[
             "inspect",
             "--format",
@@ -367,18 +361,17 @@ impl Lab {
 
     /// A client that idles so that probes can `podman exec` into it.
     fn client(&mut self, name: &str, host: u8) -> String {
+        self.on_network(name, host, &["sleep", "3600"])
+    }
+
+    /// Runs `command` in a container of the app image named `name` (with
+    /// the lab's tag) at `host` on the lab's network; returns its name.
+    fn on_network(&mut self, name: &str, host: u8, command: &[&str]) -> String {
         let name = format!("{}-{name}", self.tag);
-        self.run(&[
-            "--name",
-            &name,
-            "--network",
-            &self.network.clone(),
-            "--ip",
-            &self.ip(host),
-            &self.app_image.clone(),
-            "sleep",
-            "3600",
-        ]);
+        let (network, ip, image) = (self.network.clone(), self.ip(host), self.app_image.clone());
+        let mut args = vec!["--name", &name, "--network", &network, "--ip", &ip, &image];
+        args.extend_from_slice(command);
+        self.run(&args);
         name
     }
 
@@ -559,10 +552,7 @@ fn readme_sidecar_recipe_is_what_this_test_runs() {
 fn one_sidecar_admits_a_member_and_refuses_a_non_member() {
     require_podman!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut lab = Lab::new(0);
-    let member = lab.client("member", 20);
-    let stranger = lab.client("stranger", 30);
-    lab.write_config(&lab.ip(20));
+    let (mut lab, member, stranger) = Lab::with_clients(0);
     lab.app("app1", 10);
     lab.wait_reachable(&member, 10);
     assert!(
@@ -597,11 +587,8 @@ fn one_sidecar_admits_a_member_and_refuses_a_non_member() {
 fn two_sidecars_stay_apart_from_each_other_and_from_the_host() {
     require_podman!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut lab = Lab::new(1);
+    let (mut lab, member, stranger) = Lab::with_clients(1);
     let mut checks = Checks::default();
-    let member = lab.client("member", 20);
-    let stranger = lab.client("stranger", 30);
-    lab.write_config(&lab.ip(20));
     let app1 = lab.app("app1", 10);
     let app2 = lab.app("app2", 11);
     lab.wait_reachable(&member, 10);

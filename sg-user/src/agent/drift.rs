@@ -108,16 +108,7 @@ pub fn check_known(id: &IfaceId, state: Option<&IfaceState>, known: Known) -> Ve
     let Some(ifindex) = known.ifindex else {
         return vec![Drift::InterfaceGone];
     };
-    let mut found = Vec::new();
-    if let Some(s) = state
-        && s.ifindex != 0
-        && s.ifindex != ifindex
-    {
-        found.push(Drift::Recreated {
-            attached_ifindex: s.ifindex,
-            ifindex,
-        });
-    }
+    let mut found: Vec<Drift> = recreated(state, ifindex).into_iter().collect();
     found.extend(hooks_missing(id));
     if !known.maps_pinned {
         found.push(Drift::PinsMissing {
@@ -127,6 +118,16 @@ pub fn check_known(id: &IfaceId, state: Option<&IfaceState>, known: Known) -> Ve
         found.push(Drift::EndpointMissing);
     }
     found
+}
+
+/// The interface has another index than the one it was attached under.
+fn recreated(state: Option<&IfaceState>, ifindex: u32) -> Option<Drift> {
+    state
+        .filter(|s| s.ifindex != 0 && s.ifindex != ifindex)
+        .map(|s| Drift::Recreated {
+            attached_ifindex: s.ifindex,
+            ifindex,
+        })
 }
 
 /// Map pins of the data plane that are missing.
@@ -225,16 +226,7 @@ pub fn check_with(
     let Some(ifindex) = ifindex_of(id) else {
         return vec![Drift::InterfaceGone];
     };
-    let mut found = Vec::new();
-    if let Some(s) = state
-        && s.ifindex != 0
-        && s.ifindex != ifindex
-    {
-        found.push(Drift::Recreated {
-            attached_ifindex: s.ifindex,
-            ifindex,
-        });
-    }
+    let mut found: Vec<Drift> = recreated(state, ifindex).into_iter().collect();
     found.extend(missing_pins_with(id, has_endpoint));
     found
 }
@@ -246,25 +238,8 @@ pub fn missing_pins(id: &IfaceId) -> Vec<Drift> {
 }
 
 fn missing_pins_with(id: &IfaceId, has_endpoint: Option<bool>) -> Vec<Drift> {
-    let names: Vec<String> = std::fs::read_dir(id.dir())
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    let mut found = Vec::new();
-    for direction in ["ingress", "egress"] {
-        let prefix = format!("{}{direction}-", pins::LINK_PREFIX);
-        if !names.iter().any(|n| n.starts_with(&prefix)) {
-            found.push(Drift::HookMissing { direction });
-        }
-    }
-    let maps: Vec<String> = POLICY_MAPS
-        .iter()
-        .chain(STATE_MAPS.iter())
-        .filter(|m| !Path::new(pins::MAPS_DIR).join(m).exists())
-        .map(|m| m.to_string())
-        .collect();
+    let mut found = hooks_missing(id);
+    let maps = missing_maps();
     if !maps.is_empty() {
         found.push(Drift::PinsMissing { names: maps });
     } else if !has_endpoint.unwrap_or_else(|| crate::kernel::loader::endpoint(id).is_ok()) {

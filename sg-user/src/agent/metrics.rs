@@ -124,28 +124,27 @@ pub fn render(daemon: &DaemonState) -> Result<String> {
         "When the last reload was attempted",
         last,
     );
-    let overflows = Family::<Labels, Counter>::default();
-    for (netns, n) in &daemon.netlink_overflows {
-        overflows
-            .get_or_create(&labels(&[("netns", netns)]))
-            .inc_by(*n);
+    // Counters of the namespace watchers, labelled by namespace.
+    for (name, help, counts) in [
+        (
+            "sgctl_netlink_overflows",
+            "Times the kernel dropped link and address events (a watcher's socket buffer was full); each triggers a full reconcile",
+            &daemon.netlink_overflows,
+        ),
+        (
+            "sgctl_link_watch_failures",
+            "Times a namespace's link watcher failed and was reopened",
+            &daemon.link_watch_failures,
+        ),
+    ] {
+        let family = Family::<Labels, Counter>::default();
+        for (netns, n) in counts {
+            family
+                .get_or_create(&labels(&[("netns", netns)]))
+                .inc_by(*n);
+        }
+        registry.register(name, help, family);
     }
-    registry.register(
-        "sgctl_netlink_overflows",
-        "Times the kernel dropped link and address events (a watcher's socket buffer was full); each triggers a full reconcile",
-        overflows,
-    );
-    let watch_failures = Family::<Labels, Counter>::default();
-    for (netns, n) in &daemon.link_watch_failures {
-        watch_failures
-            .get_or_create(&labels(&[("netns", netns)]))
-            .inc_by(*n);
-    }
-    registry.register(
-        "sgctl_link_watch_failures",
-        "Times a namespace's link watcher failed and was reopened",
-        watch_failures,
-    );
     let mut out = String::new();
     encode(&mut out, &registry)?;
     Ok(out)

@@ -9,7 +9,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, lpm_trie::Key, lpm_trie::LpmTrie},
 };
-use sg_common::{conntrack::TIMEOUT_SLOTS, policy::PolicyHit};
+use sg_common::conntrack::TIMEOUT_SLOTS;
 
 use crate::{compile::CompiledPolicy, kernel::policy_maps::timeouts_ns};
 
@@ -84,33 +84,21 @@ pub fn install(
     timeouts_s: [u64; TIMEOUT_SLOTS],
     events_per_sec: u32,
 ) -> anyhow::Result<()> {
-    let mut v4: LpmTrie<_, AddrV4, u32> = LpmTrie::try_from(map(ebpf, "SG_ADDR_V4")?)?;
-    for (len, k, class) in &policy.addr_v4 {
-        let key = AddrV4 {
-            gen_dir: k.gen_dir,
-            addr: k.addr,
-        };
-        v4.insert(&Key::new(len - 32, key), class, 0)?;
-    }
-    let mut v6: LpmTrie<_, AddrV6, u32> = LpmTrie::try_from(map(ebpf, "SG_ADDR_V6")?)?;
-    for (len, k, class) in &policy.addr_v6 {
-        let key = AddrV6 {
-            gen_dir: k.gen_dir,
-            addr: k.addr,
-        };
-        v6.insert(&Key::new(len - 32, key), class, 0)?;
-    }
-    let mut ports: LpmTrie<_, PortKey, PolicyHit> = LpmTrie::try_from(map(ebpf, "SG_PORTS")?)?;
-    for (len, k, hit) in &policy.ports {
-        let key = PortKey {
-            gen_dir: k.gen_dir,
-            class: k.class,
-            proto: k.proto,
-            port: k.port,
-            pad: 0,
-        };
-        ports.insert(&Key::new(len - 32, key), hit, 0)?;
-    }
+    insert_all(ebpf, "SG_ADDR_V4", &policy.addr_v4, |k| AddrV4 {
+        gen_dir: k.gen_dir,
+        addr: k.addr,
+    })?;
+    insert_all(ebpf, "SG_ADDR_V6", &policy.addr_v6, |k| AddrV6 {
+        gen_dir: k.gen_dir,
+        addr: k.addr,
+    })?;
+    insert_all(ebpf, "SG_PORTS", &policy.ports, |k| PortKey {
+        gen_dir: k.gen_dir,
+        class: k.class,
+        proto: k.proto,
+        port: k.port,
+        pad: 0,
+    })?;
     let mut config: Array<_, Config> = Array::try_from(map(ebpf, "SG_CONFIG")?)?;
     config.set(
         0,
@@ -124,6 +112,22 @@ pub fn install(
         },
         0,
     )?;
+    Ok(())
+}
+
+/// Writes `entries` (LPM prefix length, key, value) into the LPM map
+/// `name`, each key rewritten to the legacy layout by `key` (no policy id:
+/// 32 bits less of prefix).
+fn insert_all<S, K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    entries: &[(u32, S, V)],
+    key: impl Fn(&S) -> K,
+) -> anyhow::Result<()> {
+    let mut map: LpmTrie<_, K, V> = LpmTrie::try_from(map(ebpf, name)?)?;
+    for (len, k, value) in entries {
+        map.insert(&Key::new(len - 32, key(k)), value, 0)?;
+    }
     Ok(())
 }
 

@@ -37,6 +37,13 @@ pub enum L4 {
     },
 }
 
+impl L4 {
+    /// A TCP segment from port `src` to port `dst` with `flags`.
+    pub fn tcp(src: u16, dst: u16, flags: u8) -> L4 {
+        L4::Tcp { src, dst, flags }
+    }
+}
+
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
@@ -52,7 +59,24 @@ pub struct Frame {
     pub payload: usize,
 }
 
+/// The bytes of a frame from `src` to `dst` (addresses as text) with no
+/// payload after the L4 header.
+pub fn frame(src: &str, dst: &str, l4: L4) -> Vec<u8> {
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap_or_else(|e| panic!("{s}: {e}"));
+    Frame::new(ip(src), ip(dst), l4).build()
+}
+
 impl Frame {
+    /// A frame with no payload after the L4 header.
+    pub fn new(src: impl Into<IpAddr>, dst: impl Into<IpAddr>, l4: L4) -> Frame {
+        Frame {
+            src: src.into(),
+            dst: dst.into(),
+            l4,
+            payload: 0,
+        }
+    }
+
     pub fn build(&self) -> Vec<u8> {
         let l4 = self.l4_bytes();
         let mut out = Vec::with_capacity(64);
@@ -248,19 +272,13 @@ pub fn ipv6_with_ext(frame: &[u8], chain: &[Ext]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn ipv4_tcp_layout() {
-        let f = Frame {
-            src: "198.18.0.1".parse().unwrap(),
-            dst: "198.18.0.2".parse().unwrap(),
-            l4: L4::Tcp {
-                src: 40000,
-                dst: 443,
-                flags: TCP_SYN,
-            },
-            payload: 0,
-        }
-        .build();
+        let f = frame("198.18.0.1", "198.18.0.2", L4::tcp(40000, 443, TCP_SYN));
         assert_eq!(f.len(), 14 + 20 + 20);
         assert_eq!(&f[12..14], &ETH_P_IP.to_be_bytes());
         assert_eq!(f[14 + 9], IPPROTO_TCP);
@@ -271,15 +289,14 @@ mod tests {
 
     #[test]
     fn ipv6_icmp_layout() {
+        let icmp = L4::Icmp {
+            kind: 128,
+            code: 0,
+            ident: 7,
+        };
         let f = Frame {
-            src: "2001:db8::1".parse().unwrap(),
-            dst: "2001:db8::2".parse().unwrap(),
-            l4: L4::Icmp {
-                kind: 128,
-                code: 0,
-                ident: 7,
-            },
             payload: 4,
+            ..Frame::new(ip("2001:db8::1"), ip("2001:db8::2"), icmp)
         }
         .build();
         assert_eq!(f.len(), 14 + 40 + 8 + 4);

@@ -13,13 +13,17 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use sg_common::{
-    Counter, Direction, IfaceConfig, Reason, conntrack::DEFAULT_TIMEOUTS_S, endpoint::EndpointKey,
-    endpoint_counter_index, names, policy::CONFIG_SIDE_PEER,
+    Counter, Direction, IfaceConfig, Reason,
+    conntrack::{DEFAULT_TIMEOUTS_S, TIMEOUT_SLOTS},
+    endpoint::EndpointKey,
+    endpoint_counter_index, names,
+    policy::CONFIG_SIDE_PEER,
 };
 
 use crate::{
+    compile::{Rule, compile},
     kernel::loader::SG_OBJECT,
-    kernel::policy_maps::{PolicyMaps, timeouts_ns},
+    kernel::policy_maps::{PolicyMapError, PolicyMaps, timeouts_ns},
 };
 
 /// Endpoint id of an instance's one interface.
@@ -104,6 +108,26 @@ impl Instance {
         Ok(Instance { ebpf, policy })
     }
 
+    /// [`Instance::load`] with `inbound` and `outbound` installed (default timeouts).
+    pub fn with_rules(inbound: &[Rule], outbound: &[Rule]) -> anyhow::Result<Instance> {
+        let mut inst = Self::load(false)?;
+        inst.install_rules(inbound, outbound, DEFAULT_TIMEOUTS_S)?;
+        Ok(inst)
+    }
+
+    /// Compiles `inbound` and `outbound` for the next generation and installs
+    /// it with `timeouts_s`.
+    pub fn install_rules(
+        &mut self,
+        inbound: &[Rule],
+        outbound: &[Rule],
+        timeouts_s: [u64; TIMEOUT_SLOTS],
+    ) -> Result<(), PolicyMapError> {
+        let generation = self.policy.next_generation()?;
+        self.policy
+            .install(&compile(generation, inbound, outbound), timeouts_s)
+    }
+
     fn options(frame: &[u8], repeat: u32) -> TestRunOptions<'_> {
         TestRunOptions {
             data_in: Some(frame),
@@ -112,26 +136,27 @@ impl Instance {
         }
     }
 
-    /// Runs the XDP ingress program; returns (verdict, mean ns per run).
-    pub fn xdp(&self, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, u64)> {
-        let prog: &Xdp = self
-            .ebpf
-            .program(names::PROG_XDP_INGRESS)
-            .expect("in object")
-            .try_into()?;
+    /// Runs XDP program `name` `repeat` times; returns (verdict, mean ns per run).
+    fn run_xdp(&self, name: &str, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, u64)> {
+        let prog: &Xdp = self.ebpf.program(name).expect("in object").try_into()?;
         let r = prog.test_run(Self::options(frame, repeat))?;
         Ok((r.return_value, r.duration.as_nanos() as u64))
     }
 
+    /// Runs the XDP ingress program; returns (verdict, mean ns per run).
+    pub fn xdp(&self, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, u64)> {
+        self.run_xdp(names::PROG_XDP_INGRESS, frame, repeat)
+    }
+
+    /// One run of the XDP ingress program: its verdict. Panics when the
+    /// test run itself fails.
+    pub fn xdp_verdict(&self, frame: &[u8]) -> u32 {
+        self.xdp(frame, 1).expect("test run").0
+    }
+
     /// Runs the counting-only XDP program (the floor); returns mean ns per run.
     pub fn floor(&self, frame: &[u8], repeat: u32) -> anyhow::Result<u64> {
-        let prog: &Xdp = self
-            .ebpf
-            .program(names::PROG_XDP_FLOOR)
-            .expect("in object")
-            .try_into()?;
-        let r = prog.test_run(Self::options(frame, repeat))?;
-        Ok(r.duration.as_nanos() as u64)
+        Ok(self.run_xdp(names::PROG_XDP_FLOOR, frame, repeat)?.1)
     }
 
     /// Runs a TC program (ingress or egress).
@@ -205,12 +230,15 @@ impl Instance {
         map.get(&u32::from(ipv6), 0).expect("slot readable")
     }
 
+    fn endpoint_key(&self) -> EndpointKey {
+        self.policy
+            .endpoint_key()
+            .expect("an instance has its endpoint")
+    }
+
     /// Rewrites the test endpoint's settings (endpoint id, limit …) in place.
     pub fn set_endpoint(&mut self, f: impl FnOnce(&mut IfaceConfig)) -> anyhow::Result<()> {
-        let key = self
-            .policy
-            .endpoint_key()
-            .expect("an instance has its endpoint");
+        let key = self.endpoint_key();
         let mut cfg = self.policy.config()?;
         f(&mut cfg);
         self.policy.write_endpoint(key, &cfg)?;
@@ -219,10 +247,7 @@ impl Instance {
 
     /// Removes the test endpoint (packets then meet an unknown interface).
     pub fn remove_endpoint(&mut self) -> anyhow::Result<()> {
-        let key = self
-            .policy
-            .endpoint_key()
-            .expect("an instance has its endpoint");
+        let key = self.endpoint_key();
         self.policy.remove_endpoint(&key)?;
         Ok(())
     }
@@ -241,12 +266,6 @@ impl Instance {
 
     /// Sum over CPUs of one (direction, reason) counter.
     pub fn counter(&self, direction: Direction, reason: Reason) -> Counter {
-        let map: PerCpuArray<&MapData, Counter> =
-            PerCpuArray::try_from(self.ebpf.map(names::MAP_COUNTERS).expect("in object"))
-                .expect("per-CPU array");
-        let values = map
-            .get(&endpoint_counter_index(TEST_ENDPOINT, direction, reason), 0)
-            .expect("slot readable");
-        values.iter().sum()
+        self.counter_of(TEST_ENDPOINT, direction, reason)
     }
 }

@@ -76,37 +76,28 @@ trait CtKey: aya::Pod {
     fn endpoint(&self) -> u32;
 }
 
-impl CtKey for CtKeyV4 {
-    fn endpoint(&self) -> u32 {
-        self.endpoint
-    }
+/// The same fields in both families' keys (addresses of 4 or 16 bytes).
+macro_rules! impl_ct_key {
+    ($($key:ty),*) => {$(
+        impl CtKey for $key {
+            fn endpoint(&self) -> u32 {
+                self.endpoint
+            }
 
-    fn endpoints(&self) -> (IpAddr, IpAddr, [u8; 2], [u8; 2], u8) {
-        (
-            self.local.into(),
-            self.remote.into(),
-            self.local_port,
-            self.remote_port,
-            self.proto,
-        )
-    }
+            fn endpoints(&self) -> (IpAddr, IpAddr, [u8; 2], [u8; 2], u8) {
+                (
+                    self.local.into(),
+                    self.remote.into(),
+                    self.local_port,
+                    self.remote_port,
+                    self.proto,
+                )
+            }
+        }
+    )*};
 }
 
-impl CtKey for CtKeyV6 {
-    fn endpoint(&self) -> u32 {
-        self.endpoint
-    }
-
-    fn endpoints(&self) -> (IpAddr, IpAddr, [u8; 2], [u8; 2], u8) {
-        (
-            self.local.into(),
-            self.remote.into(),
-            self.local_port,
-            self.remote_port,
-            self.proto,
-        )
-    }
-}
+impl_ct_key!(CtKeyV4, CtKeyV6);
 
 fn flow(key: &impl CtKey, e: &CtEntry, now: u64, cfg: &IfaceConfig) -> Flow {
     let (local, remote, lp, rp, proto) = key.endpoints();
@@ -252,6 +243,17 @@ pub fn reclaim_expired(_iface: &IfaceId, cfg: &IfaceConfig) -> Result<usize, Map
     remove_where(cfg, |f| f.expired)
 }
 
+/// Removes the keys of `table` that `pick` selects; returns how many went
+/// (an entry already gone is not an error: the data path may replace it).
+fn remove_keys<K: CtKey>(table: &mut Table<K>, pick: impl Fn(&K) -> bool) -> usize {
+    let keys: Vec<K> = table
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| pick(k))
+        .collect();
+    keys.iter().filter(|k| table.remove(k).is_ok()).count()
+}
+
 /// Deletes every entry of endpoint id `endpoint` (its interface is gone or
 /// being registered anew) and zeroes its counts. Nothing to do before the
 /// data plane exists.
@@ -259,23 +261,8 @@ pub fn remove_endpoint_flows(endpoint: u32) -> Result<usize, MapError> {
     let Ok(mut t) = Tables::open() else {
         return Ok(0);
     };
-    let mut n = 0;
-    let v4: Vec<CtKeyV4> =
-        t.v4.keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.endpoint == endpoint)
-            .collect();
-    for k in v4 {
-        n += usize::from(t.v4.remove(&k).is_ok());
-    }
-    let v6: Vec<CtKeyV6> =
-        t.v6.keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.endpoint == endpoint)
-            .collect();
-    for k in v6 {
-        n += usize::from(t.v6.remove(&k).is_ok());
-    }
+    let n = remove_keys(&mut t.v4, |k| k.endpoint == endpoint)
+        + remove_keys(&mut t.v6, |k| k.endpoint == endpoint);
     let mut counts = open_count()?;
     for slot in [CT_COUNT_KERNEL, CT_COUNT_USER] {
         counts.set(ct_count_index(endpoint, slot), 0, 0)?;

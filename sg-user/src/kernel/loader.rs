@@ -243,6 +243,22 @@ struct KernelIface {
     physical: bool,
 }
 
+impl Prepared {
+    /// Creates the links, inside the interface's namespace.
+    fn link(&self, iface: &IfaceId, opts: &AttachOptions) -> Result<AttachedHook, LoaderError> {
+        let dir = iface.dir();
+        in_iface_netns(iface, || attach_here(iface, opts, self.physical, &dir)).and_then(|r| r)
+    }
+
+    /// Undoes a failed attachment: links first (removing the pins
+    /// detaches), then the endpoint.
+    fn abandon(self, session: &mut Session, iface: &IfaceId) {
+        let _ = pins::remove_iface_dir(iface);
+        let _ = session.dp.maps.remove_endpoint(&self.key);
+        session.release_endpoint(self.endpoint);
+    }
+}
+
 fn kernel_iface(iface: &IfaceId) -> Result<KernelIface, LoaderError> {
     in_iface_netns(iface, || -> Result<KernelIface, LoaderError> {
         let name = std::ffi::CString::new(iface.iface.as_str())
@@ -325,36 +341,15 @@ pub fn attach_in(
     opts: &AttachOptions,
     initial: InitialPolicy,
 ) -> Result<Attached, LoaderError> {
-    let dir = iface.dir();
-    if session.dp.endpoint_of(iface)?.is_some() {
-        return Err(LoaderError::AlreadyAttached {
-            iface: iface.clone(),
-        });
-    }
-    if dir.exists() {
-        // Links without an endpoint: a leftover of an interface that is
-        // gone (its namespace deleted and the name given to a new one).
-        detach_links(&dir);
-        let _ = pins::remove_iface_dir(iface);
-    }
-    let kernel = kernel_iface(iface)?;
-    let endpoint = session.allocate_endpoint()?;
-    let cfg = endpoint_config(iface, endpoint, opts, initial);
-    let result = register(session, kernel.key, &cfg).and_then(|()| {
-        crate::sys::private_dir::create_subdir(&dir).map_err(io::Error::other)?;
-        in_iface_netns(iface, || attach_here(iface, opts, kernel.physical, &dir))?
-    });
-    match result {
+    let prepared = prepare(session, iface, opts, initial)?;
+    match prepared.link(iface, opts) {
         Ok(ingress_hook) => Ok(Attached {
             iface: iface.clone(),
             ingress_hook,
             side: opts.side,
         }),
         Err(e) => {
-            // Links first (removing the pins detaches), then the endpoint.
-            let _ = pins::remove_iface_dir(iface);
-            let _ = session.dp.maps.remove_endpoint(&kernel.key);
-            session.release_endpoint(endpoint);
+            prepared.abandon(session, iface);
             Err(e)
         }
     }
@@ -386,7 +381,7 @@ pub fn attach_many(
 ) -> Vec<Result<Attached, LoaderError>> {
     let mut prepared: Vec<Result<Prepared, LoaderError>> = Vec::with_capacity(items.len());
     for item in items {
-        prepared.push(prepare(session, item));
+        prepared.push(prepare(session, &item.iface, &item.opts, item.initial));
     }
     let _expedited = (items.len() >= EXPEDITE_FROM)
         .then(ExpeditedRcu::start)
@@ -402,11 +397,7 @@ pub fn attach_many(
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(item) = items.get(i) else { break };
                     let Ok(p) = &prepared[i] else { continue };
-                    let dir = item.iface.dir();
-                    let result = in_iface_netns(&item.iface, || {
-                        attach_here(&item.iface, &item.opts, p.physical, &dir)
-                    })
-                    .and_then(|r| r);
+                    let result = p.link(&item.iface, &item.opts);
                     *linked[i].lock().expect("not poisoned") = Some(result);
                 }
             });
@@ -428,11 +419,8 @@ pub fn attach_many(
                 side: item.opts.side,
             })),
             other => {
-                // Links first (removing the pins detaches), then the endpoint.
                 detach_links(&item.iface.dir());
-                let _ = pins::remove_iface_dir(&item.iface);
-                let _ = session.dp.maps.remove_endpoint(&prepared.key);
-                session.release_endpoint(prepared.endpoint);
+                prepared.abandon(session, &item.iface);
                 out.push(Err(match other {
                     Some(Err(e)) => e,
                     _ => io::Error::other("linking did not run").into(),
@@ -480,8 +468,12 @@ impl Drop for ExpeditedRcu {
 }
 
 /// Registers an interface's endpoint and makes its link directory.
-fn prepare(session: &mut Session, item: &AttachItem) -> Result<Prepared, LoaderError> {
-    let iface = &item.iface;
+fn prepare(
+    session: &mut Session,
+    iface: &IfaceId,
+    opts: &AttachOptions,
+    initial: InitialPolicy,
+) -> Result<Prepared, LoaderError> {
     let dir = iface.dir();
     if session.dp.endpoint_of(iface)?.is_some() {
         return Err(LoaderError::AlreadyAttached {
@@ -489,23 +481,25 @@ fn prepare(session: &mut Session, item: &AttachItem) -> Result<Prepared, LoaderE
         });
     }
     if dir.exists() {
+        // Links without an endpoint: a leftover of an interface that is
+        // gone (its namespace deleted and the name given to a new one).
         detach_links(&dir);
         let _ = pins::remove_iface_dir(iface);
     }
     let kernel = kernel_iface(iface)?;
     let endpoint = session.allocate_endpoint()?;
-    let cfg = endpoint_config(iface, endpoint, &item.opts, item.initial);
+    let cfg = endpoint_config(iface, endpoint, opts, initial);
+    let prepared = Prepared {
+        key: kernel.key,
+        endpoint,
+        physical: kernel.physical,
+    };
     let result = register(session, kernel.key, &cfg)
         .and_then(|()| Ok(crate::sys::private_dir::create_subdir(&dir).map_err(io::Error::other)?));
     match result {
-        Ok(()) => Ok(Prepared {
-            key: kernel.key,
-            endpoint,
-            physical: kernel.physical,
-        }),
+        Ok(()) => Ok(prepared),
         Err(e) => {
-            let _ = session.dp.maps.remove_endpoint(&kernel.key);
-            session.release_endpoint(endpoint);
+            prepared.abandon(session, iface);
             Err(e)
         }
     }
@@ -770,38 +764,49 @@ pub struct PinnedHook {
     pub program_id: u32,
 }
 
-pub fn pinned_hooks(iface: &IfaceId) -> Result<Vec<PinnedHook>, LoaderError> {
-    let dir = iface.dir();
-    let mut hooks = Vec::new();
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(hooks),
-        Err(e) => return Err(e.into()),
-    };
-    for entry in entries {
+/// The link pins in `dir`, from their names (see [`link_pin_name`]):
+/// (path, direction, hook). Other files are passed over.
+fn link_pins(dir: &Path) -> io::Result<Vec<(PathBuf, String, AttachedHook)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let file = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = file.strip_prefix(pins::LINK_PREFIX) else {
-            continue;
-        };
-        let Some((direction, hook)) = rest.split_once('-') else {
+        let Some((direction, hook)) = file
+            .strip_prefix(pins::LINK_PREFIX)
+            .and_then(|rest| rest.split_once('-'))
+        else {
             continue;
         };
         let Some(hook) = AttachedHook::from_name(hook) else {
             continue;
         };
-        let link: FdLink = PinnedLink::from_pin(entry.path())
-            .map_err(|e| LoaderError::Pinned {
-                path: entry.path().display().to_string(),
-                detail: e.to_string(),
-            })?
+        out.push((entry.path(), direction.to_string(), hook));
+    }
+    Ok(out)
+}
+
+/// A pinned link at `path` that could not be opened or used.
+fn pinned_error(path: &Path, e: &dyn std::fmt::Display) -> LoaderError {
+    LoaderError::Pinned {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    }
+}
+
+pub fn pinned_hooks(iface: &IfaceId) -> Result<Vec<PinnedHook>, LoaderError> {
+    let mut hooks = Vec::new();
+    let found = match link_pins(&iface.dir()) {
+        Ok(found) => found,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(hooks),
+        Err(e) => return Err(e.into()),
+    };
+    for (path, direction, hook) in found {
+        let link: FdLink = PinnedLink::from_pin(&path)
+            .map_err(|e| pinned_error(&path, &e))?
             .into();
-        let info = link.info().map_err(|e| LoaderError::Pinned {
-            path: entry.path().display().to_string(),
-            detail: e.to_string(),
-        })?;
+        let info = link.info().map_err(|e| pinned_error(&path, &e))?;
         hooks.push(PinnedHook {
-            direction: direction.to_string(),
+            direction,
             hook,
             program_id: info.program_id(),
         });
@@ -979,23 +984,9 @@ fn copy_legacy_flows(legacy_dir: &Path, endpoint: u32) -> Result<(), LoaderError
 /// pins it under `dir` (then the legacy pin can go without detaching it).
 fn switch_legacy_links(legacy_dir: &Path, dir: &Path) -> Result<AttachedHook, LoaderError> {
     let mut ingress = AttachedHook::Tc;
-    for entry in std::fs::read_dir(legacy_dir)? {
-        let entry = entry?;
-        let file = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = file.strip_prefix(pins::LINK_PREFIX) else {
-            continue;
-        };
-        let Some((direction, hook)) = rest.split_once('-') else {
-            continue;
-        };
-        let Some(hook) = AttachedHook::from_name(hook) else {
-            continue;
-        };
-        let pinned_err = |e: &dyn std::fmt::Display| LoaderError::Pinned {
-            path: entry.path().display().to_string(),
-            detail: e.to_string(),
-        };
-        let link: FdLink = PinnedLink::from_pin(entry.path())
+    for (path, direction, hook) in link_pins(legacy_dir)? {
+        let pinned_err = |e: &dyn std::fmt::Display| pinned_error(&path, e);
+        let link: FdLink = PinnedLink::from_pin(&path)
             .map_err(|e| pinned_err(&e))?
             .into();
         let program_error = |name, source| LoaderError::Program {
@@ -1030,7 +1021,7 @@ fn switch_legacy_links(legacy_dir: &Path, dir: &Path) -> Result<AttachedHook, Lo
                 link.try_into().map_err(|e: LinkError| pinned_err(&e))?
             }
         };
-        pin_link(new_link, &dir.join(link_pin_name(direction, hook)))?;
+        pin_link(new_link, &dir.join(link_pin_name(&direction, hook)))?;
     }
     Ok(ingress)
 }

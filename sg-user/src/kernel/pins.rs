@@ -361,17 +361,20 @@ pub fn remove_iface_dir(iface: &IfaceId) -> io::Result<()> {
     Ok(())
 }
 
+/// The entries of directory `dir`; none when it does not exist.
+fn entries_if_any(dir: &str) -> io::Result<Vec<std::fs::DirEntry>> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries.collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Interfaces with link pins under [`IFACES_DIR`]: (namespace directory,
 /// interface name).
 pub fn linked_ifaces() -> io::Result<Vec<(String, String)>> {
     let mut found = Vec::new();
-    let scopes = match std::fs::read_dir(IFACES_DIR) {
-        Ok(s) => s,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
-        Err(e) => return Err(e),
-    };
-    for scope in scopes {
-        let scope = scope?;
+    for scope in entries_if_any(IFACES_DIR)? {
         let ns = scope.file_name().to_string_lossy().into_owned();
         for iface in std::fs::read_dir(scope.path())? {
             found.push((
@@ -399,13 +402,7 @@ pub fn ensure_root() -> io::Result<()> {
 /// `sg/netns-<name>/<iface>/`.
 pub fn legacy_attachments() -> io::Result<Vec<(IfaceId, PathBuf)>> {
     let mut found = Vec::new();
-    let scopes = match std::fs::read_dir(ROOT) {
-        Ok(s) => s,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
-        Err(e) => return Err(e),
-    };
-    for scope in scopes {
-        let scope = scope?;
+    for scope in entries_if_any(ROOT)? {
         let scope_name = scope.file_name().to_string_lossy().into_owned();
         let netns = if scope_name == "host" {
             None

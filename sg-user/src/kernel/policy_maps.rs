@@ -106,6 +106,38 @@ pub struct PolicyMaps {
 /// Entries of one policy as (generation, key), per map.
 type Keyed<K> = Vec<(u32, aya::maps::lpm_trie::Key<K>)>;
 
+/// The fields every key of the policy maps starts with.
+trait PolicyKey: aya::Pod {
+    /// Policy id and [`gen_dir`](sg_common::policy::gen_dir), both big-endian.
+    fn policy_and_gen_dir(&self) -> ([u8; 4], [u8; 4]);
+}
+
+macro_rules! impl_policy_key {
+    ($($key:ty),*) => {$(
+        impl PolicyKey for $key {
+            fn policy_and_gen_dir(&self) -> ([u8; 4], [u8; 4]) {
+                (self.policy, self.gen_dir)
+            }
+        }
+    )*};
+}
+
+impl_policy_key!(AddrKeyV4, AddrKeyV6, PortKey);
+
+/// The entries of policy `id` (big-endian) in `map`, with their generation.
+fn keys_of_policy<K: PolicyKey, V: aya::Pod>(
+    map: &LpmTrie<MapData, K, V>,
+    id: [u8; 4],
+) -> Keyed<K> {
+    map.keys()
+        .filter_map(Result::ok)
+        .filter_map(|k| {
+            let (policy, gen_dir) = k.data().policy_and_gen_dir();
+            (policy == id).then(|| (u32::from_be_bytes(gen_dir) >> 1, k))
+        })
+        .collect()
+}
+
 struct PolicyKeys {
     addr_v4: Keyed<AddrKeyV4>,
     addr_v6: Keyed<AddrKeyV6>,
@@ -584,29 +616,10 @@ impl PolicyMaps {
     /// each map (an install walks once and deletes twice from the result).
     fn keys_by_generation(&self) -> Result<PolicyKeys, PolicyMapError> {
         let id = self.policy.to_be_bytes();
-        let generation = |gen_dir: [u8; 4]| u32::from_be_bytes(gen_dir) >> 1;
         Ok(PolicyKeys {
-            addr_v4: self
-                .addr_v4
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| k.data().policy == id)
-                .map(|k| (generation(k.data().gen_dir), k))
-                .collect(),
-            addr_v6: self
-                .addr_v6
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| k.data().policy == id)
-                .map(|k| (generation(k.data().gen_dir), k))
-                .collect(),
-            ports: self
-                .ports
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| k.data().policy == id)
-                .map(|k| (generation(k.data().gen_dir), k))
-                .collect(),
+            addr_v4: keys_of_policy(&self.addr_v4, id),
+            addr_v6: keys_of_policy(&self.addr_v6, id),
+            ports: keys_of_policy(&self.ports, id),
         })
     }
 
@@ -632,21 +645,9 @@ impl PolicyMaps {
     pub fn sizes(&self) -> (usize, usize, usize) {
         let id = self.policy.to_be_bytes();
         (
-            self.addr_v4
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| k.data().policy == id)
-                .count(),
-            self.addr_v6
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| k.data().policy == id)
-                .count(),
-            self.ports
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| k.data().policy == id)
-                .count(),
+            keys_of_policy(&self.addr_v4, id).len(),
+            keys_of_policy(&self.addr_v6, id).len(),
+            keys_of_policy(&self.ports, id).len(),
         )
     }
 }

@@ -143,6 +143,18 @@ pub fn load_config(path: &Path, attach: &[Attachment]) -> Result<Model, Vec<Prob
     )
 }
 
+/// [`load_config`], its problems in one error that says how to list them.
+fn load_valid(config: &Path, attach: &[Attachment]) -> Result<Model> {
+    load_config(config, attach).map_err(|p| {
+        anyhow!(
+            "{} is invalid: {}; `sgctl validate -c {}` lists every problem",
+            config.display(),
+            problems_line(&p),
+            config.display()
+        )
+    })
+}
+
 /// Options of [`up`].
 #[derive(Clone, Debug, Default)]
 pub struct UpOptions {
@@ -175,14 +187,7 @@ pub fn up(
     plan::check_name(lab).map_err(|e| anyhow!(e))?;
     let config =
         std::fs::canonicalize(config).with_context(|| format!("reading {}", config.display()))?;
-    let user = load_config(&config, attach).map_err(|p| {
-        anyhow!(
-            "{} is invalid: {}; `sgctl validate -c {}` lists every problem",
-            config.display(),
-            problems_line(&p),
-            config.display()
-        )
-    })?;
+    let user = load_valid(&config, attach)?;
     down(lab).context("removing what an earlier lab of this name left")?;
     let plan = plan::plan(lab, &[&user]);
     match build(&plan, &user, &config, attach_args, opts) {
@@ -422,18 +427,8 @@ pub fn down(lab: &str) -> Result<DownReport> {
             report.detached.push(id.to_string());
         }
     }
-    let scoped = format!("netns-{prefix}");
-    for root in [
-        Path::new(pins::ROOT),
-        Path::new(pins::IFACES_DIR),
-        Path::new(apply::STATE_DIR),
-    ] {
-        for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&scoped) {
-                std::fs::remove_dir_all(entry.path())
-                    .with_context(|| format!("removing {}", entry.path().display()))?;
-            }
-        }
+    for path in scoped_dirs(&prefix) {
+        std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
     }
     // Hosts first, the switch last (its veth ends go with the hosts).
     let mut names = netns::namespaces_with_prefix(&prefix);
@@ -454,6 +449,17 @@ pub fn down(lab: &str) -> Result<DownReport> {
     Ok(report)
 }
 
+/// Pin and state directories of the lab's namespaces (named
+/// `netns-{prefix}…`).
+fn scoped_dirs(prefix: &str) -> impl Iterator<Item = std::path::PathBuf> {
+    let scoped = format!("netns-{prefix}");
+    [pins::ROOT, pins::IFACES_DIR, apply::STATE_DIR]
+        .into_iter()
+        .flat_map(|root| std::fs::read_dir(root).into_iter().flatten().flatten())
+        .filter(move |entry| entry.file_name().to_string_lossy().starts_with(&scoped))
+        .map(|entry| entry.path())
+}
+
 /// What is left of lab `lab` (empty when nothing): for tests and `down`.
 pub fn leftovers(lab: &str) -> Vec<String> {
     let prefix = plan::netns_prefix(lab);
@@ -461,18 +467,7 @@ pub fn leftovers(lab: &str) -> Vec<String> {
         .into_iter()
         .map(|n| format!("namespace {n}"))
         .collect();
-    let scoped = format!("netns-{prefix}");
-    for root in [
-        Path::new(pins::ROOT),
-        Path::new(pins::IFACES_DIR),
-        Path::new(apply::STATE_DIR),
-    ] {
-        for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&scoped) {
-                left.push(entry.path().display().to_string());
-            }
-        }
-    }
+    left.extend(scoped_dirs(&prefix).map(|p| p.display().to_string()));
     if state_dir(lab).exists() {
         left.push(state_dir(lab).display().to_string());
     }
@@ -487,14 +482,7 @@ pub fn leftovers(lab: &str) -> Vec<String> {
 /// config is invalid.
 pub fn reapply(state: &mut LabState, config: &Path, attach: &[Attachment]) -> Result<()> {
     let lab = state.plan.lab.clone();
-    let user = load_config(config, attach).map_err(|p| {
-        anyhow!(
-            "{} is invalid: {}; `sgctl validate -c {}` lists every problem",
-            config.display(),
-            problems_line(&p),
-            config.display()
-        )
-    })?;
+    let user = load_valid(config, attach)?;
     let plan = plan::plan(&lab, &[&user]);
     if plan.hosts != state.plan.hosts || plan.services != state.plan.services {
         bail!(

@@ -3,7 +3,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -104,6 +104,14 @@ impl TcpServer {
             _loop: accept_loop(ns, addr, answer)?,
             addr,
         })
+    }
+
+    /// One server per port on `[::]` (IPv4 and IPv6) inside `ns`.
+    pub fn start_all(ns: &Netns, ports: &[u16]) -> std::io::Result<Vec<TcpServer>> {
+        ports
+            .iter()
+            .map(|&p| TcpServer::start(ns, SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), p)))
+            .collect()
     }
 }
 
@@ -240,6 +248,16 @@ impl UdpPeer {
         let socket = ns.run(|| std::net::UdpSocket::bind(local))?;
         socket.set_read_timeout(Some(timeout))?;
         Ok(UdpPeer { socket })
+    }
+
+    /// Binds an ephemeral port on the unspecified address of IPv6 or IPv4.
+    pub fn bind_any(ns: &Netns, v6: bool, timeout: Duration) -> std::io::Result<UdpPeer> {
+        let any: IpAddr = if v6 {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        };
+        UdpPeer::bind(ns, SocketAddr::new(any, 0), timeout)
     }
 
     /// Sends to `dst` and waits for any datagram back from it.

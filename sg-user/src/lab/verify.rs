@@ -12,7 +12,7 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::{
         Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -105,15 +105,8 @@ fn probe_flow(plan: &Plan, nss: &[Netns], flow: &Flow) -> bool {
             probe::tcp_connect(src, SocketAddr::new(dst, service.port), PROBE_TIMEOUT),
             Reach::Connected | Reach::Refused
         ),
-        Proto::Udp => {
-            let local: IpAddr = if flow.v6 {
-                Ipv6Addr::UNSPECIFIED.into()
-            } else {
-                Ipv4Addr::UNSPECIFIED.into()
-            };
-            UdpPeer::bind(src, SocketAddr::new(local, 0), PROBE_TIMEOUT)
-                .is_ok_and(|p| p.roundtrip(SocketAddr::new(dst, service.port)))
-        }
+        Proto::Udp => UdpPeer::bind_any(src, flow.v6, PROBE_TIMEOUT)
+            .is_ok_and(|p| p.roundtrip(SocketAddr::new(dst, service.port))),
         Proto::Ping => probe::ping(src, dst, PROBE_TIMEOUT).unwrap_or(false),
     }
 }
@@ -184,20 +177,12 @@ pub fn verify(plan: &Plan, lab_model: &Model) -> Result<Report> {
 /// The hosts and what they stand for, the interface mapping and the notes.
 pub fn render_plan(plan: &Plan) -> String {
     let mut out = String::new();
-    let w = plan
-        .hosts
-        .iter()
-        .map(|h| h.role.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let n = plan
-        .hosts
-        .iter()
-        .map(|h| h.netns.len())
-        .max()
-        .unwrap_or(9)
-        .max(9);
+    // Column widths: the longest entry, at least the heading.
+    let widest = |len: fn(&super::plan::Host) -> usize, heading: usize| {
+        plan.hosts.iter().map(len).max().unwrap_or(0).max(heading)
+    };
+    let w = widest(|h| h.role.len(), 4);
+    let n = widest(|h| h.netns.len(), 9);
     let _ = writeln!(
         out,
         "{:<w$}  {:<n$} {:<7} {:<15} {:<24} stands for",

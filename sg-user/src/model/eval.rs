@@ -734,39 +734,21 @@ mod tests {
     fn a_packet_matched_by_a_tracked_rule_is_tracked() {
         let m = crate::model::from_str(CFG, &[]).unwrap();
         let i = m.interface("e0").unwrap();
-        let world = decide(
-            &m,
-            i,
-            Direction::Ingress,
-            &PacketDesc::tcp("203.0.113.1".parse().unwrap(), 22),
-        );
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let inbound = |p: PacketDesc| decide(&m, i, Direction::Ingress, &p);
+        let world = inbound(PacketDesc::tcp(ip("203.0.113.1"), 22));
         assert!(world.allowed && !world.tracked, "{world:?}");
-        let both = decide(
-            &m,
-            i,
-            Direction::Ingress,
-            &PacketDesc::tcp("198.18.0.7".parse().unwrap(), 22),
-        );
+        let both = inbound(PacketDesc::tcp(ip("198.18.0.7"), 22));
         assert!(
             both.allowed && both.tracked && both.rules.len() == 2,
             "{both:?}"
         );
-        let gre = decide(
-            &m,
-            i,
-            Direction::Ingress,
-            &PacketDesc::other("198.18.1.1".parse().unwrap(), 47),
-        );
+        let gre = inbound(PacketDesc::other(ip("198.18.1.1"), 47));
         assert!(
             gre.allowed && gre.tracked,
             "other protocols are tracked: {gre:?}"
         );
-        let denied = decide(
-            &m,
-            i,
-            Direction::Ingress,
-            &PacketDesc::tcp("198.18.0.7".parse().unwrap(), 23),
-        );
+        let denied = inbound(PacketDesc::tcp(ip("198.18.0.7"), 23));
         assert!(
             !denied.allowed && !denied.tracked && denied.rules.is_empty(),
             "no rule for port 23: {denied:?}"

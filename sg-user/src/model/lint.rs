@@ -415,6 +415,11 @@ mod tests {
             .collect()
     }
 
+    /// [`ids`] with the default options.
+    fn default_ids(yaml: &str) -> Vec<(&'static str, Option<String>)> {
+        ids(yaml, &LintOptions::default())
+    }
+
     fn has(found: &[(&'static str, Option<String>)], id: &str, rule: Option<&str>) -> bool {
         found
             .iter()
@@ -426,12 +431,9 @@ mod tests {
 
     #[test]
     fn world_exposure_checks() {
-        let f = ids(
-            &format!(
-                "security_groups:\n  - id: g\n    ingress:\n      - {{ protocol: tcp, ports: \"20-23\", cidr: 0.0.0.0/0 }}\n      - {{ protocol: tcp, ports: 3389, cidr: 198.18.0.0/15 }}\n      - {{ protocol: tcp, ports: 5432, cidr: \"::/0\" }}\n      - {{ protocol: all, cidr: \"::/0\" }}\n{IFACE}"
-            ),
-            &LintOptions::default(),
-        );
+        let f = default_ids(&format!(
+            "security_groups:\n  - id: g\n    ingress:\n      - {{ protocol: tcp, ports: \"20-23\", cidr: 0.0.0.0/0 }}\n      - {{ protocol: tcp, ports: 3389, cidr: 198.18.0.0/15 }}\n      - {{ protocol: tcp, ports: 5432, cidr: \"::/0\" }}\n      - {{ protocol: all, cidr: \"::/0\" }}\n{IFACE}"
+        ));
         assert!(has(&f, "SG001", Some("g/in/tcp:20-23/0.0.0.0/0")), "{f:?}");
         assert!(
             !has(&f, "SG001", Some("g/in/tcp:3389/198.18.0.0/15")),
@@ -449,7 +451,7 @@ mod tests {
             "security_groups:\n  - id: g\n    ingress:\n      - {{ protocol: udp, ports: \"1000-2000\", cidr: 198.18.0.0/15 }}\n      - {{ protocol: tcp, group: g }}\n{IFACE}"
         );
         assert!(has(
-            &ids(&y, &LintOptions::default()),
+            &default_ids(&y),
             "SG003",
             Some("g/in/udp:1000-2000/198.18.0.0/15")
         ));
@@ -463,11 +465,7 @@ mod tests {
             "SG003",
             None
         ));
-        assert!(!has(
-            &ids(&y, &LintOptions::default()),
-            "SG003",
-            Some("g/in/tcp:all/sg:g")
-        ));
+        assert!(!has(&default_ids(&y), "SG003", Some("g/in/tcp:all/sg:g")));
     }
 
     #[test]
@@ -475,7 +473,7 @@ mod tests {
         let y = format!(
             "security_groups:\n  - id: g\n    ingress:\n      - {{ protocol: tcp, ports: \"80-90\", cidr: 198.18.0.0/15 }}\n      - {{ protocol: tcp, ports: 85, cidr: 198.18.1.0/24 }}\n      - {{ protocol: tcp, ports: 95, cidr: 198.18.1.0/24 }}\n      - {{ protocol: udp, ports: 85, cidr: 198.18.1.0/24 }}\n      - {{ protocol: icmp, icmp_type: 3, cidr: 198.18.0.0/15 }}\n      - {{ protocol: icmp, icmp_type: 3, icmp_code: 4, cidr: 198.18.0.0/15 }}\n{IFACE}"
         );
-        let f = ids(&y, &LintOptions::default());
+        let f = default_ids(&y);
         let shadowed: Vec<&str> = f
             .iter()
             .filter(|(i, _)| *i == "SG006")
@@ -489,9 +487,8 @@ mod tests {
 
     #[test]
     fn default_group_unused_groups_and_dead_references() {
-        let f = ids(
+        let f = default_ids(
             "security_groups:\n  - id: default\n    ingress: [{ protocol: all, group: default }]\n  - id: lonely\n  - id: ref\n    ingress: [{ protocol: tcp, ports: 1, group: nobody }]\n  - id: nobody\ninterfaces:\n  - { name: e0, addresses: [198.18.0.1] }\n  - { name: e1, security_groups: [ref], addresses: [198.18.0.2] }\n",
-            &LintOptions::default(),
         );
         assert!(has(&f, "SG005", None), "{f:?}");
         assert!(has(&f, "SG010", None), "{f:?}");
@@ -502,12 +499,9 @@ mod tests {
 
     #[test]
     fn inconsistent_family_and_pmtud() {
-        let f = ids(
-            &format!(
-                "security_groups:\n  - id: g\n    ingress:\n      - {{ protocol: tcp, ports: 443, cidr: 0.0.0.0/0 }}\n      - {{ protocol: tcp, ports: 443, cidr: \"::/0\" }}\n      - {{ protocol: tcp, ports: 80, cidr: 0.0.0.0/0 }}\n      - {{ protocol: icmp, icmp_type: 3, icmp_code: 4, cidr: 0.0.0.0/0 }}\n    egress: []\n{IFACE}"
-            ),
-            &LintOptions::default(),
-        );
+        let f = default_ids(&format!(
+            "security_groups:\n  - id: g\n    ingress:\n      - {{ protocol: tcp, ports: 443, cidr: 0.0.0.0/0 }}\n      - {{ protocol: tcp, ports: 443, cidr: \"::/0\" }}\n      - {{ protocol: tcp, ports: 80, cidr: 0.0.0.0/0 }}\n      - {{ protocol: icmp, icmp_type: 3, icmp_code: 4, cidr: 0.0.0.0/0 }}\n    egress: []\n{IFACE}"
+        ));
         assert!(has(&f, "SG008", Some("g/in/tcp:80/0.0.0.0/0")), "{f:?}");
         assert!(!has(&f, "SG008", Some("g/in/tcp:443/0.0.0.0/0")), "{f:?}");
         let pmtud: Vec<_> = f.iter().filter(|(i, _)| *i == "SG009").collect();

@@ -65,22 +65,7 @@ where
     let file = File::open(&path).map_err(|_| NetnsError::NotFound {
         name: name.to_string(),
     })?;
-    std::thread::scope(|scope| {
-        let worker = scope.spawn(|| {
-            // SAFETY: a valid namespace fd; affects only this thread.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(NetnsError::Setns {
-                    name: name.to_string(),
-                    source: io::Error::last_os_error(),
-                });
-            }
-            Ok(f())
-        });
-        match worker.join() {
-            Ok(result) => result,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    })
+    in_netns_file(&file, name, f)
 }
 
 /// Runs `f` on a thread inside the namespace that `path` refers to (a
@@ -92,12 +77,22 @@ where
 {
     let name = path.display().to_string();
     let file = File::open(path).map_err(|_| NetnsError::NotFound { name: name.clone() })?;
+    in_netns_file(&file, &name, f)
+}
+
+/// Runs `f` on a scoped thread that enters the namespace `file` is open on
+/// (`name` for errors); see [`in_netns`].
+fn in_netns_file<F, R>(file: &File, name: &str, f: F) -> Result<R, NetnsError>
+where
+    F: FnOnce() -> R + Send,
+    R: Send,
+{
     std::thread::scope(|scope| {
         let worker = scope.spawn(|| {
             // SAFETY: a valid namespace fd; affects only this thread.
             if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(NetnsError::Setns {
-                    name: name.clone(),
+                    name: name.to_string(),
                     source: io::Error::last_os_error(),
                 });
             }

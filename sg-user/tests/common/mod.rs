@@ -1,18 +1,36 @@
 //! Shared by the netns test files: a small lab of namespaces with a config
 //! applied through the same code as `sgctl apply`, cleaned up on drop.
-#![allow(dead_code)] // each test file uses a different part
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
+    time::Duration,
 };
 
 use sg_user::{
     agent::apply::{self, ApplyOptions},
     kernel::pins::IfaceId,
+    lab::probe::{self, Reach},
     model::Model,
     sys::netns::{Host, Netns, Segment},
 };
+
+/// A directory of its own for a test (`tag`), in the temporary directory.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sg-test-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// [`scratch_dir`] with `yaml` written to `cfg.yaml` in it, for a test
+/// without a [`Lab`]: (directory, config path).
+#[allow(dead_code, reason = "used by the tests that build no Lab")]
+pub fn scratch_config(tag: &str, yaml: &str) -> (PathBuf, PathBuf) {
+    let dir = scratch_dir(tag);
+    let path = dir.join("cfg.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    (dir, path)
+}
 
 /// Hosts `a` (protected), `b` and `c` on one bridge, and a config file.
 pub struct Lab {
@@ -32,8 +50,7 @@ impl Lab {
             seg.add_host(role, Ipv4Addr::from(v4), v6.parse().unwrap())
                 .unwrap();
         }
-        let dir = std::env::temp_dir().join(format!("sg-test-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir(tag);
         Lab {
             seg,
             dir,
@@ -55,8 +72,24 @@ impl Lab {
         SocketAddr::new(ip, port)
     }
 
+    /// A TCP connection attempt from `from` to `port` of `to`, waiting at
+    /// most `timeout`.
+    pub fn tcp(&self, from: &str, to: &str, v6: bool, port: u16, timeout: Duration) -> Reach {
+        probe::tcp_connect(self.ns(from), self.addr(to, v6, port), timeout)
+    }
+
+    /// Asserts how each connection attempt `(from, to, v6, port)` ends.
+    #[allow(dead_code, reason = "not every test file checks tables of probes")]
+    pub fn expect_tcp(&self, timeout: Duration, cases: &[(&str, &str, bool, u16, Reach, &str)]) {
+        for &(from, to, v6, port, reach, what) in cases {
+            let got = self.tcp(from, to, v6, port, timeout);
+            assert_eq!(got, reach, "{what} (v6={v6})");
+        }
+    }
+
     /// Applies `groups_yaml` with an `interfaces:` entry protecting a's eth0
     /// (`{a}`, `{b}` in the text become the namespaces' names).
+    #[allow(dead_code, reason = "some test files apply through sgctl")]
     pub fn apply_with(&mut self, yaml: &str, opts: &ApplyOptions) -> Model {
         let text = yaml
             .replace("{a}", self.ns("a").name())
@@ -75,6 +108,7 @@ impl Lab {
         model
     }
 
+    #[allow(dead_code, reason = "some test files apply through sgctl")]
     pub fn apply(&mut self, yaml: &str) -> Model {
         self.apply_with(yaml, &ApplyOptions::default())
     }
@@ -101,4 +135,5 @@ impl Drop for Lab {
     }
 }
 
+#[allow(dead_code, reason = "some test files write whole configs")]
 pub const A_ONLY: &str = "interfaces:\n  - { name: eth0, netns: \"{a}\", security_groups: [sg-a], addresses: [198.18.0.1, \"2001:db8::1\"] }\n";

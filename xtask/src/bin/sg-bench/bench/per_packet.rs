@@ -160,14 +160,8 @@ fn syn(src: IpAddr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     // 64-byte frames for IPv4 (14 + 20 + 20 + 10 bytes payload).
     let payload = if src.is_ipv6() { 0 } else { 10 };
     Frame {
-        src,
-        dst,
-        l4: L4::Tcp {
-            src: sport,
-            dst: dport,
-            flags,
-        },
         payload,
+        ..Frame::new(src, dst, L4::tcp(sport, dport, flags))
     }
     .build()
 }
@@ -183,13 +177,7 @@ pub fn measure(set: &RuleSet, v6: bool, repeat: u32, new_flows: u32, runs: usize
     inst.policy.install(&policy, DEFAULT_TIMEOUTS_S)?;
     let install_ms = t.elapsed().as_secs_f64() * 1e3;
     let client = client(v6);
-    let best = |f: &mut dyn FnMut() -> Result<f64>| -> Result<f64> {
-        let mut best = f64::MAX;
-        for _ in 0..runs {
-            best = best.min(f()?);
-        }
-        Ok(best)
-    };
+    let best = |f: &mut dyn FnMut() -> Result<f64>| best_of(runs, f);
     // Established flow: open it once, then measure its later packets.
     let open = syn(client, 40000, 443, TCP_SYN);
     anyhow::ensure!(
@@ -214,10 +202,7 @@ pub fn measure(set: &RuleSet, v6: bool, repeat: u32, new_flows: u32, runs: usize
     // same order, so both tables fill alike and no setting changes between
     // runs (a settings write would evict the cache lines the program reads).
     let mut quiet = Instance::load_with(false, new_flows * 2 + 1024)?;
-    quiet.policy.install(
-        &compile(quiet.policy.next_generation()?, &set.rules, &[]),
-        DEFAULT_TIMEOUTS_S,
-    )?;
+    quiet.install_rules(&set.rules, &[], DEFAULT_TIMEOUTS_S)?;
     quiet.policy.set_events_per_sec(0)?;
     anyhow::ensure!(
         quiet.xdp(&open, 1)?.0 == XDP_PASS,
@@ -280,6 +265,15 @@ pub fn measure(set: &RuleSet, v6: bool, repeat: u32, new_flows: u32, runs: usize
     })
 }
 
+/// The smallest of `runs` measurements.
+fn best_of(runs: usize, f: &mut dyn FnMut() -> Result<f64>) -> Result<f64> {
+    let mut best = f64::MAX;
+    for _ in 0..runs {
+        best = best.min(f()?);
+    }
+    Ok(best)
+}
+
 /// The same three rows through the previous release's programs.
 fn legacy_rows(
     set: &RuleSet,
@@ -290,13 +284,7 @@ fn legacy_rows(
 ) -> Result<(f64, f64, f64)> {
     let policy = compile(1, &set.rules, &[]);
     let mut old = super::legacy::Legacy::load(&policy, new_flows * 2 + 1024, u32::MAX)?;
-    let best = |f: &mut dyn FnMut() -> Result<f64>| -> Result<f64> {
-        let mut best = f64::MAX;
-        for _ in 0..runs {
-            best = best.min(f()?);
-        }
-        Ok(best)
-    };
+    let best = |f: &mut dyn FnMut() -> Result<f64>| best_of(runs, f);
     let open = syn(client, 40000, 443, TCP_SYN);
     anyhow::ensure!(old.xdp(&open, 1)?.0 == XDP_PASS, "legacy: flow not allowed");
     let ack = syn(client, 40000, 443, TCP_ACK);

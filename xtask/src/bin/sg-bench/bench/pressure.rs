@@ -32,15 +32,10 @@ fn src(i: u32) -> IpAddr {
 }
 
 fn frame(i: u32, sport: u16, flags: u8) -> Vec<u8> {
+    let dst = Ipv4Addr::new(198, 19, 255, 1);
     Frame {
-        src: src(i),
-        dst: Ipv4Addr::new(198, 19, 255, 1).into(),
-        l4: L4::Tcp {
-            src: sport,
-            dst: 443,
-            flags,
-        },
         payload: 10,
+        ..Frame::new(src(i), dst, L4::tcp(sport, 443, flags))
     }
     .build()
 }
