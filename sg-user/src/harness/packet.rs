@@ -4,14 +4,11 @@
 
 use std::net::IpAddr;
 
+use sg_common::proto;
+
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_ARP: u16 = 0x0806;
-
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// Layer-4 part of a crafted packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,10 +107,10 @@ impl Frame {
     /// The IP protocol number of this frame.
     pub fn proto(&self) -> u8 {
         match self.l4 {
-            L4::Tcp { .. } => IPPROTO_TCP,
-            L4::Udp { .. } => IPPROTO_UDP,
-            L4::Icmp { .. } if self.src.is_ipv6() => IPPROTO_ICMPV6,
-            L4::Icmp { .. } => IPPROTO_ICMP,
+            L4::Tcp { .. } => proto::TCP,
+            L4::Udp { .. } => proto::UDP,
+            L4::Icmp { .. } if self.src.is_ipv6() => proto::ICMPV6,
+            L4::Icmp { .. } => proto::ICMP,
             L4::Other { proto } => proto,
         }
     }
@@ -281,7 +278,7 @@ mod tests {
         let f = frame("198.18.0.1", "198.18.0.2", L4::tcp(40000, 443, TCP_SYN));
         assert_eq!(f.len(), 14 + 20 + 20);
         assert_eq!(&f[12..14], &ETH_P_IP.to_be_bytes());
-        assert_eq!(f[14 + 9], IPPROTO_TCP);
+        assert_eq!(f[14 + 9], proto::TCP);
         assert_eq!(u16::from_be_bytes([f[16], f[17]]), 40);
         assert_eq!(u16::from_be_bytes([f[36], f[37]]), 443);
         assert_eq!(f[34 + 13], TCP_SYN);
@@ -300,7 +297,7 @@ mod tests {
         }
         .build();
         assert_eq!(f.len(), 14 + 40 + 8 + 4);
-        assert_eq!(f[14 + 6], IPPROTO_ICMPV6);
+        assert_eq!(f[14 + 6], proto::ICMPV6);
         assert_eq!(u16::from_be_bytes([f[18], f[19]]), 12);
         assert_eq!(f[54], 128);
     }
