@@ -25,7 +25,7 @@ use serde::Serialize;
 use super::{
     Model,
     eval::PacketDesc,
-    types::{Direction, Group, L4Match, Peer, PortRange, Protocol, Rule, RuleId},
+    types::{Direction, Group, Interface, L4Match, Peer, PortRange, Protocol, Rule, RuleId},
 };
 
 /// Administration ports that must not be open to the world.
@@ -206,87 +206,14 @@ pub fn lint(model: &Model, opts: &LintOptions) -> Vec<Finding> {
     for g in &model.groups {
         for dir in [Direction::Ingress, Direction::Egress] {
             let rules = g.rules(dir);
-            for (i, r) in rules.iter().enumerate() {
-                if dir == Direction::Ingress && r.peer.is_world() {
-                    if let Some(p) = exposed_ports(r) {
-                        for (list, check, what) in [
-                            (ADMIN_PORTS, ADMIN_PORT, "administration"),
-                            (DATABASE_PORTS, DATABASE_PORT, "database"),
-                        ] {
-                            for (port, svc) in list.iter().filter(|(port, _)| p.contains(*port)) {
-                                out.push(finding(
-                                    check,
-                                    g,
-                                    dir,
-                                    r,
-                                    format!("{what} port {port} ({svc}) is open to {} over {}", r.peer, r.protocol),
-                                    "allow it only from the addresses that need it (an office prefix list, a bastion /32) or from a group".to_owned(),
-                                ));
-                            }
-                        }
-                    }
-                    if r.protocol == Protocol::All {
-                        out.push(finding(
-                            ALL_TRAFFIC,
-                            g,
-                            dir,
-                            r,
-                            format!("all protocols and ports are open to {}", r.peer),
-                            "allow only the protocols and ports the service needs".to_owned(),
-                        ));
-                    }
-                }
-                if let Some(p) = exposed_ports(r)
-                    && p.len() > opts.max_port_range
-                    && !matches!(r.peer, Peer::Group(_))
-                {
-                    out.push(finding(
-                        LARGE_RANGE,
-                        g,
-                        dir,
-                        r,
-                        format!(
-                            "{} {} ports ({}) are open to {}",
-                            p.len(),
-                            r.protocol,
-                            p,
-                            r.peer
-                        ),
-                        format!(
-                            "open only the ports in use (threshold: {} ports)",
-                            opts.max_port_range
-                        ),
-                    ));
-                }
-                if let Some(o) = rules
-                    .iter()
-                    .enumerate()
-                    .find(|(j, o)| *j != i && covers(o, r))
-                    .map(|(_, o)| o)
-                {
-                    out.push(finding(
-                        SHADOWED,
-                        g,
-                        dir,
-                        r,
-                        format!("rule {} already allows everything this rule allows", o.id),
-                        "remove this rule, or narrow the broader one".to_owned(),
-                    ));
-                }
-                if has_interfaces
-                    && let Peer::Group(id) = &r.peer
-                    && !attached(id)
-                    && model.members.get(id).is_none_or(Vec::is_empty)
-                {
-                    out.push(finding(
-                        UNUSED_REFERENCE,
-                        g,
-                        dir,
-                        r,
-                        format!("group {id} is attached to no interface and has no members, so this rule matches nothing"),
-                        format!("attach {id} to the interfaces it stands for, or list them under `members: {{ {id}: [...] }}`"),
-                    ));
-                }
+            for i in 0..rules.len() {
+                let rule = RuleAt {
+                    group: g,
+                    dir,
+                    rules,
+                    index: i,
+                };
+                lint_rule(model, opts, &rule, has_interfaces, &attached, &mut out);
             }
             if dir == Direction::Ingress {
                 inconsistent_family(g, rules, &mut out);
@@ -308,55 +235,7 @@ pub fn lint(model: &Model, opts: &LintOptions) -> Vec<Finding> {
         }
     }
     for iface in &model.interfaces {
-        let key = iface.key();
-        if let Some(g) = iface
-            .groups
-            .iter()
-            .filter_map(|id| model.group(id))
-            .find(|g| g.is_default())
-        {
-            out.push(Finding {
-                group: Some(g.id.clone()),
-                interface: Some(key.clone()),
-                ..DEFAULT_GROUP.finding(
-                    "the default group is attached to a workload interface".to_owned(),
-                    "create a group for this workload with only the rules it needs and attach that instead".to_owned(),
-                )
-            });
-        }
-        for (world, probe, what) in [
-            (
-                "0.0.0.0/0",
-                PacketDesc::icmp("0.0.0.0".parse().expect("const"), 3, 4),
-                "ICMP type 3 code 4 (fragmentation needed)",
-            ),
-            (
-                "::/0",
-                PacketDesc::icmp("::".parse().expect("const"), 2, 0),
-                "ICMPv6 type 2 (packet too big)",
-            ),
-        ] {
-            let world: IpNet = world.parse().expect("const");
-            // Talks to the world in either direction (replies to world clients need PMTUD too).
-            let talks_to_world = [Direction::Ingress, Direction::Egress]
-                .into_iter()
-                .any(|d| model.rules_for(iface, d).any(|r| r.peers.contains(&world)));
-            let pmtud_ok = model.rules_for(iface, Direction::Ingress).any(|r| {
-                r.peers.contains(&world)
-                    && r.protocol.matches(probe.proto)
-                    && r.l4.matches(None, probe.icmp)
-            });
-            if talks_to_world && !pmtud_ok {
-                out.push(Finding {
-                    direction: Some(Direction::Ingress),
-                    interface: Some(key.clone()),
-                    ..PMTUD.finding(
-                        format!("talks to {world} but does not allow inbound {what} from {world}; path MTU discovery will break"),
-                        format!("add an ingress rule for {what} from {world}"),
-                    )
-                });
-            }
-        }
+        lint_interface(model, iface, &mut out);
     }
     out.sort_by(|a, b| {
         b.severity.cmp(&a.severity).then_with(|| {
@@ -364,6 +243,162 @@ pub fn lint(model: &Model, opts: &LintOptions) -> Vec<Finding> {
         })
     });
     out
+}
+
+/// One rule, with the rules of its group and direction it is checked against.
+struct RuleAt<'m> {
+    group: &'m Group,
+    dir: Direction,
+    rules: &'m [Rule],
+    index: usize,
+}
+
+/// The checks of one rule: admin/database ports and all traffic open to
+/// the world, large ranges, shadowed rules, references to unused groups.
+fn lint_rule(
+    model: &Model,
+    opts: &LintOptions,
+    at: &RuleAt<'_>,
+    has_interfaces: bool,
+    attached: &dyn Fn(&str) -> bool,
+    out: &mut Vec<Finding>,
+) {
+    let (g, dir, rules, i) = (at.group, at.dir, at.rules, at.index);
+    let r = &rules[i];
+    if dir == Direction::Ingress && r.peer.is_world() {
+        if let Some(p) = exposed_ports(r) {
+            for (list, check, what) in [
+                (ADMIN_PORTS, ADMIN_PORT, "administration"),
+                (DATABASE_PORTS, DATABASE_PORT, "database"),
+            ] {
+                for (port, svc) in list.iter().filter(|(port, _)| p.contains(*port)) {
+                    out.push(finding(
+                        check,
+                        g,
+                        dir,
+                        r,
+                        format!("{what} port {port} ({svc}) is open to {} over {}", r.peer, r.protocol),
+                        "allow it only from the addresses that need it (an office prefix list, a bastion /32) or from a group".to_owned(),
+                    ));
+                }
+            }
+        }
+        if r.protocol == Protocol::All {
+            out.push(finding(
+                ALL_TRAFFIC,
+                g,
+                dir,
+                r,
+                format!("all protocols and ports are open to {}", r.peer),
+                "allow only the protocols and ports the service needs".to_owned(),
+            ));
+        }
+    }
+    if let Some(p) = exposed_ports(r)
+        && p.len() > opts.max_port_range
+        && !matches!(r.peer, Peer::Group(_))
+    {
+        out.push(finding(
+            LARGE_RANGE,
+            g,
+            dir,
+            r,
+            format!(
+                "{} {} ports ({}) are open to {}",
+                p.len(),
+                r.protocol,
+                p,
+                r.peer
+            ),
+            format!(
+                "open only the ports in use (threshold: {} ports)",
+                opts.max_port_range
+            ),
+        ));
+    }
+    if let Some(o) = rules
+        .iter()
+        .enumerate()
+        .find(|(j, o)| *j != i && covers(o, r))
+        .map(|(_, o)| o)
+    {
+        out.push(finding(
+            SHADOWED,
+            g,
+            dir,
+            r,
+            format!("rule {} already allows everything this rule allows", o.id),
+            "remove this rule, or narrow the broader one".to_owned(),
+        ));
+    }
+    if has_interfaces
+        && let Peer::Group(id) = &r.peer
+        && !attached(id)
+        && model.members.get(id).is_none_or(Vec::is_empty)
+    {
+        out.push(finding(
+            UNUSED_REFERENCE,
+            g,
+            dir,
+            r,
+            format!("group {id} is attached to no interface and has no members, so this rule matches nothing"),
+            format!("attach {id} to the interfaces it stands for, or list them under `members: {{ {id}: [...] }}`"),
+        ));
+    }
+}
+
+/// The checks of one interface: the default group attached, path MTU
+/// discovery blocked.
+fn lint_interface(model: &Model, iface: &Interface, out: &mut Vec<Finding>) {
+    let key = iface.key();
+    if let Some(g) = iface
+        .groups
+        .iter()
+        .filter_map(|id| model.group(id))
+        .find(|g| g.is_default())
+    {
+        out.push(Finding {
+            group: Some(g.id.clone()),
+            interface: Some(key.clone()),
+            ..DEFAULT_GROUP.finding(
+                "the default group is attached to a workload interface".to_owned(),
+                "create a group for this workload with only the rules it needs and attach that instead".to_owned(),
+            )
+        });
+    }
+    for (world, probe, what) in [
+        (
+            "0.0.0.0/0",
+            PacketDesc::icmp("0.0.0.0".parse().expect("const"), 3, 4),
+            "ICMP type 3 code 4 (fragmentation needed)",
+        ),
+        (
+            "::/0",
+            PacketDesc::icmp("::".parse().expect("const"), 2, 0),
+            "ICMPv6 type 2 (packet too big)",
+        ),
+    ] {
+        let world: IpNet = world.parse().expect("const");
+        // Talks to the world in either direction (replies to world clients need PMTUD too).
+        let talks_to_world = [Direction::Ingress, Direction::Egress]
+            .into_iter()
+            .any(|d| model.rules_for(iface, d).any(|r| r.peers.contains(&world)));
+        let pmtud_ok = model.rules_for(iface, Direction::Ingress).any(|r| {
+            r.peers.contains(&world)
+                && r.protocol.matches(probe.proto)
+                && r.l4.matches(None, probe.icmp)
+        });
+        if talks_to_world && !pmtud_ok {
+            out.push(Finding {
+                direction: Some(Direction::Ingress),
+                interface: Some(key.clone()),
+                ..PMTUD.finding(
+                    format!("talks to {world} but does not allow inbound {what} from {world}; path MTU discovery will break"),
+                    format!("add an ingress rule for {what} from {world}"),
+                )
+            });
+        }
+    }
 }
 
 /// SG008: the group opens some inbound traffic to both `0.0.0.0/0` and `::/0`,

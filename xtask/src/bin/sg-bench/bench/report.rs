@@ -326,6 +326,22 @@ fn limits(r: &Results, ts: &[Target]) -> String {
 /// Renders the markdown; `charts` names the SVG files written beside it.
 pub fn markdown(r: &Results, command: &str, charts: &[(&str, &str)]) -> String {
     let mut s = String::new();
+    header_and_targets(&mut s, r, command);
+    per_packet_section(&mut s, r);
+    traffic_section(&mut s, r);
+    control_section(&mut s, r);
+    pressure_section(&mut s, r);
+    if !charts.is_empty() {
+        let _ = writeln!(s, "## Charts\n");
+        for (file, title) in charts {
+            let _ = writeln!(s, "![{title}]({file})\n");
+        }
+    }
+    s
+}
+
+/// The title, the run's facts and the targets table.
+fn header_and_targets(s: &mut String, r: &Results, command: &str) {
     let date = std::process::Command::new("date")
         .arg("-u")
         .arg("+%Y-%m-%d %H:%M UTC")
@@ -368,6 +384,10 @@ pub fn markdown(r: &Results, command: &str, charts: &[(&str, &str)]) -> String {
             limits(r, &ts)
         );
     }
+}
+
+/// Section 1: per-packet cost, and against the previous release.
+fn per_packet_section(s: &mut String, r: &Results) {
     let _ = writeln!(
         s,
         "## 1. Per-packet cost (BPF_PROG_TEST_RUN, XDP ingress program)\n"
@@ -429,6 +449,10 @@ pub fn markdown(r: &Results, command: &str, charts: &[(&str, &str)]) -> String {
         s,
         "\nThe policy lookup is two kernel LPM tries; their cost grows with trie depth (prefix count and key length), which is what the denied column shows. Established flows never reach them.\n"
     );
+}
+
+/// Section 2: real traffic and connection rates against the peers.
+fn traffic_section(s: &mut String, r: &Results) {
     let _ = writeln!(
         s,
         "## 2. Real traffic between namespaces (veth, server side filtered)\n"
@@ -469,6 +493,10 @@ pub fn markdown(r: &Results, command: &str, charts: &[(&str, &str)]) -> String {
             row.peer, row.rules, row.conns_per_sec
         );
     }
+}
+
+/// Section 3: the control plane.
+fn control_section(s: &mut String, r: &Results) {
     let _ = writeln!(
         s,
         "\n## 3. Control plane\n\n| what | wall time | peak RSS | detail |\n|---|---|---|---|"
@@ -486,6 +514,10 @@ pub fn markdown(r: &Results, command: &str, charts: &[(&str, &str)]) -> String {
         };
         let _ = writeln!(s, "| {} | {wall} | {rss} | {} |", row.what, row.detail);
     }
+}
+
+/// Section 4: conntrack under pressure and in-kernel reclaim.
+fn pressure_section(s: &mut String, r: &Results) {
     let _ = writeln!(
         s,
         "\n## 4. Conntrack under pressure (BPF_PROG_TEST_RUN)\n\nA SYN flood from distinct sources at port 443 after 100 (or fewer) flows were established; then every established flow sends one more packet.\n\n| port | table capacity | flood SYNs | admitted | dropped `conntrack_full` | table entries | established flows still passing |\n|---|---|---|---|---|---|---|"
@@ -530,13 +562,6 @@ pub fn markdown(r: &Results, command: &str, charts: &[(&str, &str)]) -> String {
             first.table_capacity
         );
     }
-    if !charts.is_empty() {
-        let _ = writeln!(s, "## Charts\n");
-        for (file, title) in charts {
-            let _ = writeln!(s, "![{title}]({file})\n");
-        }
-    }
-    s
 }
 
 /// One named line of a [`log_line_chart`].
