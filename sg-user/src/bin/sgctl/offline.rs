@@ -270,35 +270,89 @@ struct RuleJson<'a> {
 
 pub fn check(args: CheckArgs) -> Result<ExitCode> {
     let m = load_valid(&args.cfg)?;
+    let iface = checked_interface(&m, &args)?;
+    let (protocol, pkt) = checked_packet(&args)?;
+    let direction = if args.inbound {
+        Direction::Ingress
+    } else {
+        Direction::Egress
+    };
+    let (d, bypass) = decide_check(&m, iface, direction, &pkt, &args);
+    let rules: Vec<&model::ResolvedRule> = m
+        .rules_for(iface, direction)
+        .filter(|r| d.rules.contains(&r.id))
+        .collect();
+    let verdict = if d.allowed { "allow" } else { "deny" };
+    if args.json {
+        let j = CheckJson {
+            verdict,
+            allowed: d.allowed,
+            tracked: d.tracked,
+            bypass,
+            interface: iface.key(),
+            direction,
+            packet: &pkt,
+            rules: rules
+                .iter()
+                .map(|r| RuleJson {
+                    id: r.id.as_str(),
+                    group: &r.group,
+                    description: r.description.as_deref(),
+                })
+                .collect(),
+        };
+        emit(&(serde_json::to_string_pretty(&j)? + "\n"))?;
+        return Ok(verdict_code(d.allowed));
+    }
+    let answer = CheckAnswer {
+        verdict,
+        protocol,
+        pkt: &pkt,
+        direction,
+        bypass,
+        decision: &d,
+        rules: &rules,
+    };
+    emit(&check_text(&args, iface, &answer))?;
+    Ok(verdict_code(d.allowed))
+}
+
+/// The interface `check` asks about, by `--iface` (and `--netns`).
+fn checked_interface<'m>(m: &'m Model, args: &CheckArgs) -> Result<&'m model::Interface> {
     let key = match &args.netns {
         Some(ns) => format!("{}@{ns}", args.iface),
         None => args.iface.clone(),
     };
-    let Some(iface) = m.interface(&key) else {
-        let known: Vec<String> = m.interfaces.iter().map(|i| i.key()).collect();
-        let same_name: Vec<&String> = known
-            .iter()
-            .filter(|k| k.split('@').next() == Some(key.as_str()))
-            .collect();
-        if same_name.len() > 1 {
-            return Err(invalid(format!(
-                "interface {key} is in the config more than once ({}); name one as NAME@NETNS or add --netns",
-                same_name
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
+    if let Some(iface) = m.interface(&key) {
+        return Ok(iface);
+    }
+    let known: Vec<String> = m.interfaces.iter().map(|i| i.key()).collect();
+    let same_name: Vec<&String> = known
+        .iter()
+        .filter(|k| k.split('@').next() == Some(key.as_str()))
+        .collect();
+    if same_name.len() > 1 {
         return Err(invalid(format!(
-            "interface {key} is not in the config (it has: {}); add it under `interfaces:` or pass --attach {key}=SG-ID",
-            if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            }
+            "interface {key} is in the config more than once ({}); name one as NAME@NETNS or add --netns",
+            same_name
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
-    };
+    }
+    Err(invalid(format!(
+        "interface {key} is not in the config (it has: {}); add it under `interfaces:` or pass --attach {key}=SG-ID",
+        if known.is_empty() {
+            "none".to_owned()
+        } else {
+            known.join(", ")
+        }
+    )))
+}
+
+/// The packet `check` asks about, from `--proto`, `--port`, `--icmp-type`.
+fn checked_packet(args: &CheckArgs) -> Result<(Protocol, PacketDesc)> {
     let protocol = Protocol::parse(&args.proto)
         .filter(|p| *p != Protocol::All)
         .ok_or_else(|| {
@@ -347,11 +401,18 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
             PacketDesc::other(args.peer, proto)
         }
     };
-    let direction = if args.inbound {
-        Direction::Ingress
-    } else {
-        Direction::Egress
-    };
+    Ok((protocol, pkt))
+}
+
+/// The evaluator's decision, with neighbour discovery let through before
+/// any rule as the kernel does; `true` when that bypass applied.
+fn decide_check(
+    m: &Model,
+    iface: &model::Interface,
+    direction: Direction,
+    pkt: &PacketDesc,
+    args: &CheckArgs,
+) -> (eval::Decision, bool) {
     // The kernel lets neighbour discovery through before any rule; so does
     // this answer. Outbound, the peer is the destination it checks, against
     // the interface's own address in the same /64 when the config lists one.
@@ -374,7 +435,7 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
         direction,
         src,
         dst,
-        proto,
+        pkt.proto,
         pkt.icmp,
         args.hop_limit,
         false,
@@ -386,34 +447,31 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
             tracked: false,
         }
     } else {
-        eval::decide(&m, iface, direction, &pkt)
+        eval::decide(m, iface, direction, pkt)
     };
-    let rules: Vec<&model::ResolvedRule> = m
-        .rules_for(iface, direction)
-        .filter(|r| d.rules.contains(&r.id))
-        .collect();
-    let verdict = if d.allowed { "allow" } else { "deny" };
-    if args.json {
-        let j = CheckJson {
-            verdict,
-            allowed: d.allowed,
-            tracked: d.tracked,
-            bypass,
-            interface: iface.key(),
-            direction,
-            packet: &pkt,
-            rules: rules
-                .iter()
-                .map(|r| RuleJson {
-                    id: r.id.as_str(),
-                    group: &r.group,
-                    description: r.description.as_deref(),
-                })
-                .collect(),
-        };
-        emit(&(serde_json::to_string_pretty(&j)? + "\n"))?;
-        return Ok(verdict_code(d.allowed));
-    }
+    (d, bypass)
+}
+
+/// What `check` found, for its text answer.
+struct CheckAnswer<'a> {
+    verdict: &'static str,
+    protocol: Protocol,
+    pkt: &'a PacketDesc,
+    direction: Direction,
+    bypass: bool,
+    decision: &'a eval::Decision,
+    rules: &'a [&'a model::ResolvedRule],
+}
+
+fn check_text(args: &CheckArgs, iface: &model::Interface, a: &CheckAnswer<'_>) -> String {
+    let (verdict, protocol, pkt, direction, bypass, d) = (
+        a.verdict,
+        a.protocol,
+        a.pkt,
+        a.direction,
+        a.bypass,
+        a.decision,
+    );
     let what = match (pkt.port, pkt.icmp) {
         (Some(p), _) => format!("{protocol} port {p}"),
         (_, Some((t, c))) => format!("{protocol} type {t} code {c}"),
@@ -437,7 +495,7 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
         } else {
             ", untracked (no connection state)\n"
         });
-        for r in rules {
+        for r in a.rules {
             s.push_str(&format!("  {}", escape(r.id.as_str())));
             if let Some(desc) = &r.description {
                 s.push_str(&format!("  ({})", escape(desc)));
@@ -450,8 +508,7 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
             iface.groups.join(", ")
         ));
     }
-    emit(&s)?;
-    Ok(verdict_code(d.allowed))
+    s
 }
 
 /// `check`'s answer as an exit code: 0 allowed, 1 denied (like grep's match / no match).
