@@ -337,148 +337,10 @@ impl RuleCtx<'_> {
 /// Checks one rule's own fields (references are checked later, once all ids are known).
 fn parse_rule(cx: &mut Ctx, rc: &RuleCtx, raw: &RawRule) -> Option<Rule> {
     let before = cx.problems.len();
-    let protocol = match &raw.protocol {
-        None | Some(Scalar::Null) => {
-            cx.push(rc.err(
-                "protocol",
-                "the rule has no protocol",
-                "add `protocol:` (tcp, udp, icmp, icmpv6, all, -1 or a number 0-255)",
-            ));
-            None
-        }
-        Some(v) => {
-            let p = parse_protocol(v);
-            if p.is_none() {
-                cx.push(rc.err(
-                    "protocol",
-                    format!("unknown protocol {v}"),
-                    "use tcp, udp, icmp, icmpv6, all, -1 or an IANA protocol number 0-255",
-                ));
-            }
-            p
-        }
-    };
-    let mut l4 = L4Match::Any;
-    if let Some(p) = protocol {
-        let ports = raw.ports.as_ref().filter(|v| **v != Scalar::Null);
-        if p.has_ports() {
-            l4 = L4Match::Ports(PortRange::ALL);
-            if let Some(v) = ports {
-                match parse_ports(v) {
-                    Ok(r) => l4 = L4Match::Ports(r),
-                    Err((m, f)) => cx.push(rc.err("ports", m, f)),
-                }
-            }
-        } else if let Some(v) = ports {
-            let fix = if p.is_icmp() {
-                "remove `ports`; ICMP rules use `icmp_type` and `icmp_code`".to_owned()
-            } else {
-                format!("remove `ports` (protocol {p} has no ports), or use tcp or udp")
-            };
-            cx.push(rc.err(
-                "ports",
-                format!("ports {v} given for protocol {p}, which has none"),
-                fix,
-            ));
-        }
-        let ty = int_in(&raw.icmp_type, -1, 255);
-        let code = int_in(&raw.icmp_code, -1, 255);
-        if p.is_icmp() {
-            let ty = ty.unwrap_or_else(|m| {
-                cx.push(rc.err("icmp_type", m, "use an ICMP type 0-255, or -1 for any"));
-                None
-            });
-            let code = code.unwrap_or_else(|m| {
-                cx.push(rc.err("icmp_code", m, "use an ICMP code 0-255, or -1 for any"));
-                None
-            });
-            let ty = ty.filter(|t| *t >= 0).map(|t| t as u8);
-            let code = code.filter(|c| *c >= 0).map(|c| c as u8);
-            if ty.is_none() && code.is_some() {
-                cx.push(rc.err(
-                    "icmp_code",
-                    "an ICMP code without a type (type -1 means any type and forces code -1)",
-                    "add `icmp_type:` for this code, or remove `icmp_code`",
-                ));
-            }
-            l4 = L4Match::Icmp {
-                icmp_type: ty,
-                icmp_code: code,
-            };
-        } else {
-            for (field, v) in [("icmp_type", &raw.icmp_type), ("icmp_code", &raw.icmp_code)] {
-                if v.as_ref().is_some_and(|v| *v != Scalar::Null) {
-                    cx.push(rc.err(
-                        field,
-                        format!("`{field}` given for protocol {p}"),
-                        format!("remove `{field}`, or use protocol icmp or icmpv6"),
-                    ));
-                }
-            }
-        }
-    }
-    let given: Vec<(&'static str, String)> = [
-        ("cidr", &raw.cidr),
-        ("prefix_list", &raw.prefix_list),
-        ("group", &raw.group),
-    ]
-    .into_iter()
-    .filter_map(|(k, v)| text(v).map(|t| (k, t)))
-    .collect();
-    let peer = match given.as_slice() {
-        [] => {
-            cx.push(rc.err(
-                "cidr",
-                "the rule has no peer",
-                "add exactly one of `cidr:`, `prefix_list:` or `group:`",
-            ));
-            None
-        }
-        [(kind, v)] => match *kind {
-            "cidr" => match parse_cidr(v) {
-                Ok(n) => Some(Peer::Cidr(n)),
-                Err((m, f)) => {
-                    cx.push(rc.err("cidr", m, f));
-                    None
-                }
-            },
-            "prefix_list" => Some(Peer::PrefixList(v.clone())),
-            _ => Some(Peer::Group(v.clone())),
-        },
-        many => {
-            let names: Vec<&str> = many.iter().map(|(k, _)| *k).collect();
-            cx.push(rc.err(
-                names[1],
-                format!("the rule has several peers ({})", names.join(", ")),
-                "keep exactly one peer per rule; write one rule per peer",
-            ));
-            None
-        }
-    };
-    if let (Some(Protocol::Icmp), Some(Peer::Cidr(IpNet::V6(_)))) = (protocol, &peer) {
-        cx.push(
-            Problem::warning(
-                "protocol icmp (IPv4 ICMP) with an IPv6 peer matches nothing",
-                "use protocol icmpv6 for IPv6 peers",
-            )
-            .at(rc.origin)
-            .group(rc.group)
-            .rule(rc.dir, rc.idx)
-            .field("protocol"),
-        );
-    }
-    if let (Some(Protocol::Icmpv6), Some(Peer::Cidr(IpNet::V4(_)))) = (protocol, &peer) {
-        cx.push(
-            Problem::warning(
-                "protocol icmpv6 with an IPv4 peer matches nothing",
-                "use protocol icmp for IPv4 peers",
-            )
-            .at(rc.origin)
-            .group(rc.group)
-            .rule(rc.dir, rc.idx)
-            .field("protocol"),
-        );
-    }
+    let protocol = rule_protocol(cx, rc, raw);
+    let l4 = protocol.map_or(L4Match::Any, |p| rule_l4(cx, rc, raw, p));
+    let peer = rule_peer(cx, rc, raw);
+    family_mismatch(cx, rc, protocol, peer.as_ref());
     let explicit_id = match &raw.id {
         None | Some(Scalar::Null) => None,
         Some(v) => {
@@ -513,6 +375,164 @@ fn parse_rule(cx: &mut Ctx, rc: &RuleCtx, raw: &RawRule) -> Option<Rule> {
         origin: rc.origin.clone(),
         index: rc.idx,
     })
+}
+
+/// The rule's protocol (an error when missing or unknown).
+fn rule_protocol(cx: &mut Ctx, rc: &RuleCtx, raw: &RawRule) -> Option<Protocol> {
+    match &raw.protocol {
+        None | Some(Scalar::Null) => {
+            cx.push(rc.err(
+                "protocol",
+                "the rule has no protocol",
+                "add `protocol:` (tcp, udp, icmp, icmpv6, all, -1 or a number 0-255)",
+            ));
+            None
+        }
+        Some(v) => {
+            let p = parse_protocol(v);
+            if p.is_none() {
+                cx.push(rc.err(
+                    "protocol",
+                    format!("unknown protocol {v}"),
+                    "use tcp, udp, icmp, icmpv6, all, -1 or an IANA protocol number 0-255",
+                ));
+            }
+            p
+        }
+    }
+}
+
+/// What the rule matches beyond the protocol: ports for TCP/UDP, type and
+/// code for ICMP; fields that do not apply to the protocol are errors.
+fn rule_l4(cx: &mut Ctx, rc: &RuleCtx, raw: &RawRule, p: Protocol) -> L4Match {
+    let mut l4 = L4Match::Any;
+    let ports = raw.ports.as_ref().filter(|v| **v != Scalar::Null);
+    if p.has_ports() {
+        l4 = L4Match::Ports(PortRange::ALL);
+        if let Some(v) = ports {
+            match parse_ports(v) {
+                Ok(r) => l4 = L4Match::Ports(r),
+                Err((m, f)) => cx.push(rc.err("ports", m, f)),
+            }
+        }
+    } else if let Some(v) = ports {
+        let fix = if p.is_icmp() {
+            "remove `ports`; ICMP rules use `icmp_type` and `icmp_code`".to_owned()
+        } else {
+            format!("remove `ports` (protocol {p} has no ports), or use tcp or udp")
+        };
+        cx.push(rc.err(
+            "ports",
+            format!("ports {v} given for protocol {p}, which has none"),
+            fix,
+        ));
+    }
+    let ty = int_in(&raw.icmp_type, -1, 255);
+    let code = int_in(&raw.icmp_code, -1, 255);
+    if p.is_icmp() {
+        let ty = ty.unwrap_or_else(|m| {
+            cx.push(rc.err("icmp_type", m, "use an ICMP type 0-255, or -1 for any"));
+            None
+        });
+        let code = code.unwrap_or_else(|m| {
+            cx.push(rc.err("icmp_code", m, "use an ICMP code 0-255, or -1 for any"));
+            None
+        });
+        let ty = ty.filter(|t| *t >= 0).map(|t| t as u8);
+        let code = code.filter(|c| *c >= 0).map(|c| c as u8);
+        if ty.is_none() && code.is_some() {
+            cx.push(rc.err(
+                "icmp_code",
+                "an ICMP code without a type (type -1 means any type and forces code -1)",
+                "add `icmp_type:` for this code, or remove `icmp_code`",
+            ));
+        }
+        l4 = L4Match::Icmp {
+            icmp_type: ty,
+            icmp_code: code,
+        };
+    } else {
+        for (field, v) in [("icmp_type", &raw.icmp_type), ("icmp_code", &raw.icmp_code)] {
+            if v.as_ref().is_some_and(|v| *v != Scalar::Null) {
+                cx.push(rc.err(
+                    field,
+                    format!("`{field}` given for protocol {p}"),
+                    format!("remove `{field}`, or use protocol icmp or icmpv6"),
+                ));
+            }
+        }
+    }
+    l4
+}
+
+/// The rule's one peer: a CIDR, a prefix list or a group.
+fn rule_peer(cx: &mut Ctx, rc: &RuleCtx, raw: &RawRule) -> Option<Peer> {
+    let given: Vec<(&'static str, String)> = [
+        ("cidr", &raw.cidr),
+        ("prefix_list", &raw.prefix_list),
+        ("group", &raw.group),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| text(v).map(|t| (k, t)))
+    .collect();
+    match given.as_slice() {
+        [] => {
+            cx.push(rc.err(
+                "cidr",
+                "the rule has no peer",
+                "add exactly one of `cidr:`, `prefix_list:` or `group:`",
+            ));
+            None
+        }
+        [(kind, v)] => match *kind {
+            "cidr" => match parse_cidr(v) {
+                Ok(n) => Some(Peer::Cidr(n)),
+                Err((m, f)) => {
+                    cx.push(rc.err("cidr", m, f));
+                    None
+                }
+            },
+            "prefix_list" => Some(Peer::PrefixList(v.clone())),
+            _ => Some(Peer::Group(v.clone())),
+        },
+        many => {
+            let names: Vec<&str> = many.iter().map(|(k, _)| *k).collect();
+            cx.push(rc.err(
+                names[1],
+                format!("the rule has several peers ({})", names.join(", ")),
+                "keep exactly one peer per rule; write one rule per peer",
+            ));
+            None
+        }
+    }
+}
+
+/// Warns about an ICMP rule whose peer is of the other address family.
+fn family_mismatch(cx: &mut Ctx, rc: &RuleCtx, protocol: Option<Protocol>, peer: Option<&Peer>) {
+    if let (Some(Protocol::Icmp), Some(Peer::Cidr(IpNet::V6(_)))) = (protocol, peer) {
+        cx.push(
+            Problem::warning(
+                "protocol icmp (IPv4 ICMP) with an IPv6 peer matches nothing",
+                "use protocol icmpv6 for IPv6 peers",
+            )
+            .at(rc.origin)
+            .group(rc.group)
+            .rule(rc.dir, rc.idx)
+            .field("protocol"),
+        );
+    }
+    if let (Some(Protocol::Icmpv6), Some(Peer::Cidr(IpNet::V4(_)))) = (protocol, peer) {
+        cx.push(
+            Problem::warning(
+                "protocol icmpv6 with an IPv4 peer matches nothing",
+                "use protocol icmp for IPv4 peers",
+            )
+            .at(rc.origin)
+            .group(rc.group)
+            .rule(rc.dir, rc.idx)
+            .field("protocol"),
+        );
+    }
 }
 
 /// The AWS default outbound rules: all protocols to 0.0.0.0/0 and ::/0.
@@ -769,6 +789,43 @@ fn parse_interface(
             Side::Host
         }
     };
+    let ids = interface_groups(cx, raw, groups, q, &key);
+    let addresses = raw.addresses.as_ref().map(|v| {
+        v.iter()
+            .filter_map(|a| match parse_addr(&a.text()) {
+                Ok(ip) => Some(ip),
+                Err((m, f)) => {
+                    cx.push(Problem::error(m, f).at(o).iface(&key).field("addresses"));
+                    None
+                }
+            })
+            .collect::<Vec<_>>()
+    });
+    let conntrack = interface_conntrack(cx, raw, &key);
+    if cx.problems[before..].iter().any(Problem::is_error) {
+        return None;
+    }
+    Some(Interface {
+        name,
+        netns,
+        side,
+        groups: ids,
+        addresses,
+        conntrack,
+        origin: o.clone(),
+    })
+}
+
+/// The groups an interface names (each known, once, within the quota), or
+/// `default` when it names none.
+fn interface_groups(
+    cx: &mut Ctx,
+    raw: &RawInterface,
+    groups: &BTreeSet<String>,
+    q: &Quotas,
+    key: &str,
+) -> Vec<String> {
+    let o = &raw.origin;
     let mut ids: Vec<String> = vec![];
     for g in raw.security_groups.iter().flatten() {
         let g = g.text();
@@ -779,7 +836,7 @@ fn parse_interface(
                     "define it under `security_groups:` or fix the id",
                 )
                 .at(o)
-                .iface(&key)
+                .iface(key)
                 .field("security_groups"),
             );
         } else if ids.contains(&g) {
@@ -789,7 +846,7 @@ fn parse_interface(
                     "list each group once",
                 )
                 .at(o)
-                .iface(&key)
+                .iface(key)
                 .field("security_groups"),
             );
         } else {
@@ -806,7 +863,7 @@ fn parse_interface(
                     "add `security_groups: [...]` to the interface, or define a group with `id: default`",
                 )
                 .at(o)
-                .iface(&key)
+                .iface(key)
                 .field("security_groups"),
             );
         }
@@ -825,21 +882,16 @@ fn parse_interface(
                 ),
             )
             .at(o)
-            .iface(&key)
+            .iface(key)
             .field("security_groups"),
         );
     }
-    let addresses = raw.addresses.as_ref().map(|v| {
-        v.iter()
-            .filter_map(|a| match parse_addr(&a.text()) {
-                Ok(ip) => Some(ip),
-                Err((m, f)) => {
-                    cx.push(Problem::error(m, f).at(o).iface(&key).field("addresses"));
-                    None
-                }
-            })
-            .collect::<Vec<_>>()
-    });
+    ids
+}
+
+/// An interface's idle timeouts, each within the AWS range.
+fn interface_conntrack(cx: &mut Ctx, raw: &RawInterface, key: &str) -> ConntrackTimeouts {
+    let o = &raw.origin;
     let mut conntrack = ConntrackTimeouts::default();
     if let Some(ct) = &raw.conntrack {
         let fields: [TimeoutField; 3] = [
@@ -872,24 +924,13 @@ fn parse_interface(
                         format!("use {lo}..={hi} seconds (the AWS range)"),
                     )
                     .at(o)
-                    .iface(&key)
+                    .iface(key)
                     .field(fname),
                 ),
             }
         }
     }
-    if cx.problems[before..].iter().any(Problem::is_error) {
-        return None;
-    }
-    Some(Interface {
-        name,
-        netns,
-        side,
-        groups: ids,
-        addresses,
-        conntrack,
-        origin: o.clone(),
-    })
+    conntrack
 }
 
 /// Validates a raw document and builds the model, resolving group
