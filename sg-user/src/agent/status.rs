@@ -99,7 +99,7 @@ pub fn iface_status(id: IfaceId) -> Result<IfaceStatus> {
             bytes: c.bytes,
         })
         .collect();
-    let (conntrack_entries, conntrack_capacity) = crate::kernel::conntrack::usage(&cfg)?;
+    let (conntrack_entries, conntrack_capacity) = crate::kernel::conntrack::usage(&id, &cfg)?;
     let hits = if cfg.policy == 0 {
         Default::default()
     } else {
