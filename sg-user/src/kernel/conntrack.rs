@@ -27,9 +27,9 @@ use crate::{
 /// A connection table or count that could not be read or changed, with
 /// the interface it was about.
 #[derive(Debug, Error)]
-#[error("{what} the connection entries of {iface}")]
+#[error("{iface}: {what}")]
 pub struct ConntrackError {
-    /// What was being done ("listing", "flushing", ...).
+    /// What was being done ("listing its connections", ...).
     pub what: &'static str,
     pub iface: IfaceId,
     #[source]
@@ -192,7 +192,7 @@ pub fn list_all(iface: &IfaceId, cfg: &IfaceConfig) -> Result<Vec<Flow>, Conntra
         let v6 = entries(&t.v6, cfg)?.into_iter().map(|(_, f)| f);
         Ok(v4.chain(v6).collect())
     };
-    all().map_err(about("listing", iface))
+    all().map_err(about("listing its connections", iface))
 }
 
 /// Live flows of an interface (expired entries not yet reclaimed are hidden).
@@ -208,7 +208,7 @@ pub fn list(iface: &IfaceId, cfg: &IfaceConfig) -> Result<Vec<Flow>, ConntrackEr
 pub fn usage(iface: &IfaceId, cfg: &IfaceConfig) -> Result<(usize, u32), ConntrackError> {
     let capacity = MapData::from_pin(Path::new(pins::MAPS_DIR).join(names::MAP_CT_V4))
         .and_then(|map| map.info())
-        .map_err(about("sizing", iface))?
+        .map_err(about("reading the capacity of the connection table", iface))?
         .max_entries();
     let limit = if cfg.ct_limit == 0 {
         capacity
@@ -226,7 +226,7 @@ pub fn in_use(iface: &IfaceId, endpoint: u32) -> Result<u64, ConntrackError> {
         let user = counts.get(&ct_count_index(endpoint, CT_COUNT_USER), 0)?;
         Ok(kernel.wrapping_sub(user))
     };
-    count().map_err(about("counting", iface))
+    count().map_err(about("counting its connections", iface))
 }
 
 /// Records that user space removed `n` entries of `endpoint`.
@@ -250,7 +250,7 @@ pub fn add_kernel_count(iface: &IfaceId, endpoint: u32, n: u64) -> Result<(), Co
         let kernel = counts.get(&index, 0)?;
         counts.set(index, kernel.wrapping_add(n), 0)
     };
-    add().map_err(about("counting copied", iface))
+    add().map_err(about("counting its copied connections", iface))
 }
 
 /// Removes the entries `doomed` selects; returns how many.
@@ -270,13 +270,13 @@ fn remove_where(cfg: &IfaceConfig, doomed: impl Fn(&Flow) -> bool) -> Result<usi
 
 /// Deletes every entry of an interface.
 pub fn flush(iface: &IfaceId, cfg: &IfaceConfig) -> Result<usize, ConntrackError> {
-    remove_where(cfg, |_| true).map_err(about("flushing", iface))
+    remove_where(cfg, |_| true).map_err(about("flushing its connections", iface))
 }
 
 /// Reclaims an interface's entries idle past their timeout (the data path
 /// already treats them as absent).
 pub fn reclaim_expired(iface: &IfaceId, cfg: &IfaceConfig) -> Result<usize, ConntrackError> {
-    remove_where(cfg, |f| f.expired).map_err(about("reclaiming expired", iface))
+    remove_where(cfg, |f| f.expired).map_err(about("reclaiming its expired connections", iface))
 }
 
 /// Removes the keys of `table` that `pick` selects; returns how many went
@@ -306,7 +306,7 @@ pub fn remove_endpoint_flows(iface: &IfaceId, endpoint: u32) -> Result<usize, Co
         }
         Ok(())
     };
-    zero().map_err(about("removing", iface))?;
+    zero().map_err(about("removing its connections", iface))?;
     Ok(n)
 }
 
@@ -352,5 +352,5 @@ pub fn revoke(
         };
         compile::lookup(policy, direction, f.remote, f.proto, opening_port(f)).is_none()
     })
-    .map_err(about("revoking", iface))
+    .map_err(about("revoking its flows", iface))
 }
