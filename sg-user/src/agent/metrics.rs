@@ -187,7 +187,10 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<Mutex<DaemonSta
                 // worker threads, which run the daemon's event loop.
                 match tokio::task::spawn_blocking(move || render(&snapshot)).await {
                     Ok(Ok(text)) => ("200 OK", text),
-                    Ok(Err(e)) => ("500 Internal Server Error", format!("{e:#}\n")),
+                    Ok(Err(e)) => (
+                        "500 Internal Server Error",
+                        format!("{}\n", crate::model::text::Chain(&e)),
+                    ),
                     Err(e) => (
                         "500 Internal Server Error",
                         format!("rendering failed: {e}\n"),
