@@ -52,7 +52,7 @@ pub enum ApplyError {
     WriteState {
         iface: IfaceId,
         #[source]
-        source: StateError,
+        source: Box<StateError>,
     },
     #[error("attaching {iface}")]
     Attach {
@@ -437,7 +437,7 @@ fn attach_new(
         )
         .map_err(|source| ApplyError::WriteState {
             iface: plan.id.clone(),
-            source,
+            source: Box::new(source),
         })?;
     }
     let items: Vec<loader::AttachItem> = new
@@ -739,7 +739,7 @@ fn carry_out(
     write_state(&plan.id, &new_state(model, plan, policy, identity)).map_err(|source| {
         ApplyError::WriteState {
             iface: plan.id.clone(),
-            source,
+            source: Box::new(source),
         }
     })?;
     let changed = change_kernel(plan, policy, session, opts, &mut change);
