@@ -16,19 +16,93 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result, bail};
 use serde::Serialize;
+use thiserror::Error;
 
 use crate::{
     agent::drift,
-    agent::lock::{self, StateLock},
+    agent::lock::{self, LockError, StateLock},
+    agent::state::StateError,
     compile::{self, CompiledPolicy},
-    kernel::conntrack,
-    kernel::dataplane::Session,
-    kernel::loader::{self, AttachOptions, InitialPolicy},
+    kernel::conntrack::{self, ConntrackError},
+    kernel::dataplane::{DataPlaneError, Session},
+    kernel::loader::{self, AttachOptions, InitialPolicy, LoaderError},
     kernel::pins::{self, IfaceId},
+    kernel::policy_maps::PolicyMapError,
     model::{Choice, Interface, Model},
+    sys::private_dir::PrivateDirError,
 };
+
+/// Why an apply or a detach failed. Each step that changes an interface
+/// names it; the cause is the source.
+#[derive(Debug, Error)]
+pub enum ApplyError {
+    /// `require_present` and none of the config's interfaces exist here
+    /// (the message lists them and what to check).
+    #[error("{0}")]
+    NonePresent(String),
+    #[error("installing policy {id}")]
+    InstallPolicy {
+        id: u32,
+        #[source]
+        source: PolicyMapError,
+    },
+    /// The state file could not be written before the kernel change.
+    #[error("{iface}: nothing was changed for this interface")]
+    WriteState {
+        iface: IfaceId,
+        #[source]
+        source: Box<StateError>,
+    },
+    #[error("attaching {iface}")]
+    Attach {
+        iface: IfaceId,
+        #[source]
+        source: Box<LoaderError>,
+    },
+    #[error("moving {iface} to the host's data plane")]
+    Upgrade {
+        iface: IfaceId,
+        #[source]
+        source: Box<LoaderError>,
+    },
+    #[error("repairing {iface}")]
+    Repair {
+        iface: IfaceId,
+        #[source]
+        source: Box<LoaderError>,
+    },
+    #[error("updating {iface}")]
+    Update {
+        iface: IfaceId,
+        #[source]
+        source: Box<LoaderError>,
+    },
+    #[error("every policy slot of the data plane is in use")]
+    PoliciesFull,
+    #[error("{iface}: the interface's endpoint vanished")]
+    EndpointVanished { iface: IfaceId },
+    #[error(transparent)]
+    Conntrack(#[from] ConntrackError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Dir(#[from] PrivateDirError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    DataPlane(#[from] DataPlaneError),
+    #[error(transparent)]
+    Policy(#[from] PolicyMapError),
+    /// Not root, or the legacy layout could not be read or removed (the
+    /// error says which).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+type Result<T, E = ApplyError> = std::result::Result<T, E>;
 
 /// Loads a config for enforcement: like [`crate::model::load_with`], with
 /// interface addresses that are not declared discovered from the kernel (so
@@ -178,7 +252,7 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
         && !plans.is_empty()
         && plans.iter().all(|p| matches!(p.step, Step::Absent))
     {
-        bail!(none_present(model, &plans));
+        return Err(ApplyError::NonePresent(none_present(model, &plans)));
     }
     let last_issued = session.dp.maps.last_generation()?;
     let policies = plan_policies(
@@ -335,7 +409,7 @@ fn install_policies(session: &mut Session, policies: &[PolicyPlan]) -> Result<()
             .dp
             .maps
             .install_policy(&p.compiled, p.fingerprint)
-            .with_context(|| format!("installing policy {}", p.id))?;
+            .map_err(|source| ApplyError::InstallPolicy { id: p.id, source })?;
     }
     Ok(())
 }
@@ -361,7 +435,10 @@ fn attach_new(
             &plan.id,
             &new_state(model, plan, &policies[plan.policy], identity),
         )
-        .with_context(|| format!("{}: nothing was changed for this interface", plan.id))?;
+        .map_err(|source| ApplyError::WriteState {
+            iface: plan.id.clone(),
+            source: Box::new(source),
+        })?;
     }
     let items: Vec<loader::AttachItem> = new
         .iter()
@@ -395,9 +472,10 @@ fn attach_new(
             }
             Err(e) => {
                 remove_state(&plan.id);
-                failed.get_or_insert(
-                    anyhow::Error::from(e).context(format!("attaching {}", plan.id)),
-                );
+                failed.get_or_insert(ApplyError::Attach {
+                    iface: plan.id.clone(),
+                    source: Box::new(e),
+                });
             }
         }
     }
@@ -494,7 +572,7 @@ fn plan_policies(
                     .find(|i| {
                         !live.contains_key(i) && !users.contains_key(i) && !claimed.contains(i)
                     })
-                    .context("every policy slot of the data plane is in use")?;
+                    .ok_or(ApplyError::PoliciesFull)?;
                 (free, true)
             }
         };
@@ -658,8 +736,12 @@ fn carry_out(
         _ => {}
     }
     let previous = std::fs::read(state_path(&plan.id)).ok();
-    write_state(&plan.id, &new_state(model, plan, policy, identity))
-        .with_context(|| format!("{}: nothing was changed for this interface", plan.id))?;
+    write_state(&plan.id, &new_state(model, plan, policy, identity)).map_err(|source| {
+        ApplyError::WriteState {
+            iface: plan.id.clone(),
+            source: Box::new(source),
+        }
+    })?;
     let changed = change_kernel(plan, policy, session, opts, &mut change);
     if let Err(e) = changed {
         match plan.step {
@@ -690,8 +772,12 @@ fn change_kernel(
     match &plan.step {
         Step::Attach => {
             change.action = "attached";
-            loader::attach_in(session, &plan.id, &attach, initial)
-                .with_context(|| format!("attaching {}", plan.id))?;
+            loader::attach_in(session, &plan.id, &attach, initial).map_err(|e| {
+                ApplyError::Attach {
+                    iface: plan.id.clone(),
+                    source: Box::new(e),
+                }
+            })?;
         }
         Step::Upgrade { legacy_dir } => {
             change.action = "upgraded";
@@ -699,30 +785,42 @@ fn change_kernel(
                 "moved from its own programs and maps ({}) to the host's data plane",
                 legacy_dir.display()
             ));
-            loader::upgrade_legacy(session, &plan.id, legacy_dir, &attach, initial)
-                .with_context(|| format!("moving {} to the host's data plane", plan.id))?;
+            loader::upgrade_legacy(session, &plan.id, legacy_dir, &attach, initial).map_err(
+                |e| ApplyError::Upgrade {
+                    iface: plan.id.clone(),
+                    source: Box::new(e),
+                },
+            )?;
         }
         Step::Reattach { action, why } => {
             change.action = action;
             change.detail = Some(why.clone());
-            loader::ensure_in(session, &plan.id, &attach, initial)
-                .with_context(|| format!("repairing {}", plan.id))?;
+            loader::ensure_in(session, &plan.id, &attach, initial).map_err(|e| {
+                ApplyError::Repair {
+                    iface: plan.id.clone(),
+                    source: Box::new(e),
+                }
+            })?;
         }
         Step::Update => {
-            loader::ensure_in(session, &plan.id, &attach, initial)
-                .with_context(|| format!("updating {}", plan.id))?;
+            loader::ensure_in(session, &plan.id, &attach, initial).map_err(|e| {
+                ApplyError::Update {
+                    iface: plan.id.clone(),
+                    source: Box::new(e),
+                }
+            })?;
             // A good moment to reclaim what idled out (the data path already
             // ignores it; this frees room in the table).
             let cfg = session
                 .dp
                 .endpoint_of(&plan.id)?
                 .map(|e| e.cfg)
-                .context("the interface's endpoint vanished")?;
-            conntrack::reclaim_expired(&plan.id, &cfg)
-                .with_context(|| format!("{}: reclaiming expired connections", plan.id))?;
+                .ok_or_else(|| ApplyError::EndpointVanished {
+                    iface: plan.id.clone(),
+                })?;
+            conntrack::reclaim_expired(&plan.id, &cfg)?;
             if opts.revoke {
-                change.revoked = conntrack::revoke(&plan.id, &cfg, &policy.compiled)
-                    .with_context(|| format!("{}: revoking flows", plan.id))?;
+                change.revoked = conntrack::revoke(&plan.id, &cfg, &policy.compiled)?;
             }
         }
         Step::Absent | Step::Unchanged => unreachable!("handled by the caller"),

@@ -27,7 +27,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context, Result};
+use thiserror::Error;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
@@ -40,12 +40,53 @@ use crate::{
     agent::discover::KernelAddresses,
     agent::flowlog::Collector,
     agent::linkwatch::{LinkSocket, Notice},
-    agent::lock::{self, StateLock},
+    agent::lock::{self, LockError, StateLock},
     agent::metrics,
     kernel::pins::{self, IfaceId, NsIdent},
-    model::{Attachment, Model},
-    sys::netns::NETNS_RUN_DIR,
+    model::{Attachment, Model, text::Chain},
+    sys::{netns::NETNS_RUN_DIR, private_dir::PrivateDirError},
 };
+
+/// Why `sgctl run` could not start. (Once running, failures are logged and
+/// shown in `sgctl status`; the daemon keeps going.)
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error("{}: the directory of the config does not exist; check the path given to -c", .config.display())]
+    ConfigDir { config: PathBuf },
+    #[error("the config path names no file")]
+    ConfigName,
+    #[error("installing a signal handler")]
+    Signal(#[source] std::io::Error),
+    #[error("inotify")]
+    Inotify(#[source] std::io::Error),
+    #[error("watching {}", .path.display())]
+    Watch {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("creating {}", .path.display())]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listening for metrics on {addr} (is the port in use?)")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Dir(#[from] PrivateDirError),
+    /// Not root (the error says so).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+type Result<T, E = DaemonError> = std::result::Result<T, E>;
 
 /// Everything `sgctl run` is told.
 #[derive(Clone, Debug)]
@@ -102,11 +143,10 @@ struct Daemon {
 pub async fn run(opts: DaemonOptions) -> Result<()> {
     pins::ensure_root()?;
     lock::ensure_state_dir()?;
-    let identity = crate::agent::state::config_identity(&opts.config).with_context(|| {
-        format!(
-            "{}: the directory of the config does not exist; check the path given to -c",
-            opts.config.display()
-        )
+    let identity = crate::agent::state::config_identity(&opts.config).ok_or_else(|| {
+        DaemonError::ConfigDir {
+            config: opts.config.clone(),
+        }
     })?;
     // Held until we return: our daemon-KEY.json is ours alone.
     let daemon_lock = lock::daemon_lock(&identity)?;
@@ -127,7 +167,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     if let Some(addr) = opts.metrics {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .with_context(|| format!("listening for metrics on {addr} (is the port in use?)"))?;
+            .map_err(|source| DaemonError::Metrics { addr, source })?;
         info!(%addr, "serving Prometheus metrics at /metrics");
         tokio::spawn(metrics::serve(listener, state.clone()));
     }
@@ -212,7 +252,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         for id in daemon.attached() {
             match apply::detach_locked(&id, &held) {
                 Ok(()) => info!(iface = %id, "detached (--detach-on-exit)"),
-                Err(e) => warn!(iface = %id, "detach failed: {e:#}"),
+                Err(e) => warn!(iface = %id, "detach failed: {}", Chain(&e)),
             }
         }
     } else {
@@ -241,7 +281,7 @@ impl Daemon {
         match taken {
             Ok(Ok(held)) => Some(held),
             Ok(Err(e)) => {
-                self.failed(why, format!("{e:#}"));
+                self.failed(why, Chain(&e).to_string());
                 None
             }
             Err(e) => {
@@ -336,7 +376,7 @@ impl Daemon {
                     f.reopen(&attached);
                 }
             }
-            Err(e) => return self.failed(why, format!("{e:#}")),
+            Err(e) => return self.failed(why, Chain(&e).to_string()),
         }
         self.publish();
     }
@@ -356,16 +396,19 @@ impl Daemon {
         let _held = match lock::try_state_lock("sgctl run (conntrack gc)") {
             Ok(Some(held)) => held,
             Ok(None) => return,
-            Err(e) => return warn!("conntrack gc skipped: {e:#}"),
+            Err(e) => return warn!("conntrack gc skipped: {}", Chain(&e)),
         };
         for id in self.attached() {
             let reclaimed = crate::kernel::loader::settings(&id)
-                .map_err(anyhow::Error::from)
-                .and_then(|(cfg, _)| Ok(crate::kernel::conntrack::reclaim_expired(&id, &cfg)?));
+                .map_err(|e| Chain(&e).to_string())
+                .and_then(|(cfg, _)| {
+                    crate::kernel::conntrack::reclaim_expired(&id, &cfg)
+                        .map_err(|e| Chain(&e).to_string())
+                });
             match reclaimed {
                 Ok(0) => {}
                 Ok(n) => info!(iface = %id, reclaimed = n, "expired connections reclaimed"),
-                Err(e) => warn!(iface = %id, "conntrack gc failed: {e:#}"),
+                Err(e) => warn!(iface = %id, "conntrack gc failed: {e}"),
             }
         }
     }
@@ -425,8 +468,8 @@ impl Daemon {
                     self.watch_retry.insert(ns, Retry { wait, at });
                     error!(
                         netns = %label,
-                        "cannot watch links and addresses, retrying in {wait:?}: {:#}",
-                        anyhow::Error::from(e)
+                        "cannot watch links and addresses, retrying in {wait:?}: {}",
+                        Chain(&e)
                     );
                     count(&self.state, |s| &mut s.link_watch_failures, &label);
                     let tx = self.tx.clone();
@@ -453,7 +496,7 @@ impl Daemon {
 }
 
 fn spawn_signal(tx: &mpsc::UnboundedSender<Event>, kind: SignalKind, event: Event) -> Result<()> {
-    let mut stream = signal(kind).context("installing a signal handler")?;
+    let mut stream = signal(kind).map_err(DaemonError::Signal)?;
     let tx = tx.clone();
     let make = move || match &event {
         Event::Reload(w) => Event::Reload(w),
@@ -493,16 +536,19 @@ fn spawn_config_watch(tx: &mpsc::UnboundedSender<Event>, config: &Path) -> Resul
         .unwrap_or(Path::new("."));
     let name: OsString = config
         .file_name()
-        .context("the config path names no file")?
+        .ok_or(DaemonError::ConfigName)?
         .to_owned();
-    let inotify = Inotify::init().context("inotify")?;
+    let inotify = Inotify::init().map_err(DaemonError::Inotify)?;
     inotify
         .watches()
         .add(
             dir,
             WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::CREATE | WatchMask::DELETE,
         )
-        .with_context(|| format!("watching {}", dir.display()))?;
+        .map_err(|source| DaemonError::Watch {
+            path: dir.to_path_buf(),
+            source,
+        })?;
     let tx = tx.clone();
     tokio::spawn(async move {
         use futures_util::StreamExt;
@@ -523,15 +569,21 @@ fn spawn_config_watch(tx: &mpsc::UnboundedSender<Event>, config: &Path) -> Resul
 /// inotify on /run/netns: namespaces created or deleted.
 fn spawn_netns_watch(tx: &mpsc::UnboundedSender<Event>) -> Result<()> {
     use inotify::{Inotify, WatchMask};
-    std::fs::create_dir_all(NETNS_RUN_DIR).with_context(|| format!("creating {NETNS_RUN_DIR}"))?;
-    let inotify = Inotify::init().context("inotify")?;
+    std::fs::create_dir_all(NETNS_RUN_DIR).map_err(|source| DaemonError::Create {
+        path: NETNS_RUN_DIR.into(),
+        source,
+    })?;
+    let inotify = Inotify::init().map_err(DaemonError::Inotify)?;
     inotify
         .watches()
         .add(
             NETNS_RUN_DIR,
             WatchMask::CREATE | WatchMask::DELETE | WatchMask::MOVED_TO,
         )
-        .with_context(|| format!("watching {NETNS_RUN_DIR}"))?;
+        .map_err(|source| DaemonError::Watch {
+            path: NETNS_RUN_DIR.into(),
+            source,
+        })?;
     let tx = tx.clone();
     tokio::spawn(async move {
         use futures_util::StreamExt;
@@ -615,8 +667,8 @@ async fn keep_watching(
                 count(&state, |s| &mut s.link_watch_failures, &label);
                 error!(
                     netns = %label,
-                    "watching links failed, reopening in {backoff:?}: {:#}",
-                    anyhow::Error::from(e)
+                    "watching links failed, reopening in {backoff:?}: {}",
+                    Chain(&e)
                 );
                 socket = loop {
                     tokio::time::sleep(backoff).await;
@@ -634,8 +686,8 @@ async fn keep_watching(
                         }
                         Err(e) => error!(
                             netns = %label,
-                            "reopening the link watcher failed, retrying in {backoff:?}: {:#}",
-                            anyhow::Error::from(e)
+                            "reopening the link watcher failed, retrying in {backoff:?}: {}",
+                            Chain(&e)
                         ),
                     }
                 };
@@ -665,7 +717,10 @@ struct FlowLog {
 impl FlowLog {
     fn new(path: PathBuf, max_bytes: u64, account_id: &str, since_ns: u64) -> Result<FlowLog> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|source| DaemonError::Create {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         }
         Ok(FlowLog {
             path,
@@ -682,7 +737,7 @@ impl FlowLog {
         self.collector = match Collector::open_since(ifaces, &self.account_id, self.since_ns) {
             Ok(c) => Some(c),
             Err(e) => {
-                warn!("flow logs paused: {e:#}");
+                warn!("flow logs paused: {}", Chain(&e));
                 None
             }
         };

@@ -20,11 +20,14 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context, Result};
-use aya::maps::{Map, MapData, RingBuf};
+use aya::maps::{Map, MapData, MapError, RingBuf};
 use sg_common::{Direction, Reason, events::FlowEvent};
+use thiserror::Error;
 
-use crate::{kernel::conntrack, kernel::pins::IfaceId};
+use crate::{
+    kernel::conntrack, kernel::dataplane::DataPlaneError, kernel::loader::LoaderError,
+    kernel::pins::IfaceId, kernel::policy_maps::PolicyMapError,
+};
 
 /// The field names of the version 2 format, in order.
 pub const V2_FIELDS: [&str; 14] = [
@@ -182,8 +185,31 @@ fn claim_ring() -> (u32, Option<std::fs::File>) {
     (0, None)
 }
 
+/// Why flow logs could not be collected.
+#[derive(Debug, Error)]
+pub enum FlowLogError {
+    #[error("no event ring buffer pinned at {path}; is anything attached (`sgctl status`)?")]
+    NoRing {
+        path: String,
+        #[source]
+        source: Box<MapError>,
+    },
+    #[error("opening the event ring buffer {path}")]
+    Ring {
+        path: String,
+        #[source]
+        source: Box<MapError>,
+    },
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    DataPlane(#[from] DataPlaneError),
+    #[error(transparent)]
+    Policy(#[from] PolicyMapError),
+}
+
 /// Points the endpoints of `ifaces` at event ring `ring`.
-fn point_at_ring(ifaces: &[IfaceId], ring: u32) -> Result<()> {
+fn point_at_ring(ifaces: &[IfaceId], ring: u32) -> Result<(), FlowLogError> {
     let mut session = crate::kernel::dataplane::Session::open_or_load(
         &crate::kernel::loader::AttachOptions::default().load_options(),
     )?;
@@ -213,7 +239,7 @@ impl Collector {
     ///
     /// # Errors
     /// An interface has no event ring buffer pinned or it cannot be read.
-    pub fn open(ifaces: &[IfaceId], account_id: &str) -> Result<Collector> {
+    pub fn open(ifaces: &[IfaceId], account_id: &str) -> Result<Collector, FlowLogError> {
         Self::open_since(ifaces, account_id, conntrack::monotonic_ns())
     }
 
@@ -222,18 +248,23 @@ impl Collector {
     ///
     /// # Errors
     /// As [`Collector::open`].
-    pub fn open_since(ifaces: &[IfaceId], account_id: &str, since_ns: u64) -> Result<Collector> {
+    pub fn open_since(
+        ifaces: &[IfaceId],
+        account_id: &str,
+        since_ns: u64,
+    ) -> Result<Collector, FlowLogError> {
         let mut sources = Vec::new();
         let (ring_index, claim) = claim_ring();
         let path = std::path::Path::new(crate::kernel::pins::MAPS_DIR)
             .join(sg_common::events::event_ring_name(ring_index));
-        let ring = MapData::from_pin(&path).with_context(|| {
-            format!(
-                "no event ring buffer pinned at {}; is anything attached (`sgctl status`)?",
-                path.display()
-            )
+        let ring = MapData::from_pin(&path).map_err(|source| FlowLogError::NoRing {
+            path: path.display().to_string(),
+            source: Box::new(source),
         })?;
-        let ring = RingBuf::try_from(Map::RingBuf(ring))?;
+        let ring = RingBuf::try_from(Map::RingBuf(ring)).map_err(|source| FlowLogError::Ring {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        })?;
         for id in ifaces {
             let (_, ep) = crate::kernel::loader::endpoint(id)?;
             let lost_seen = crate::kernel::loader::read_events_lost(id)?;

@@ -4,12 +4,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::Result;
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
+use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{agent::daemon_state::DaemonState, agent::status};
@@ -23,8 +23,17 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
+/// Why the metrics could not be rendered.
+#[derive(Debug, Error)]
+pub enum MetricsError {
+    #[error("listing the attached interfaces")]
+    Ifaces(#[source] std::io::Error),
+    #[error("encoding the metrics")]
+    Encode(#[source] std::fmt::Error),
+}
+
 /// The exposition text for the current state.
-pub fn render(daemon: &DaemonState) -> Result<String> {
+pub fn render(daemon: &DaemonState) -> Result<String, MetricsError> {
     let mut registry = Registry::default();
     let packets = Family::<Labels, Counter>::default();
     let bytes = Family::<Labels, Counter>::default();
@@ -34,7 +43,7 @@ pub fn render(daemon: &DaemonState) -> Result<String> {
     let ct_capacity = Family::<Labels, Gauge>::default();
     let generation = Family::<Labels, Gauge>::default();
     let events_lost = Family::<Labels, Counter>::default();
-    for id in crate::kernel::dataplane::attached_ifaces()? {
+    for id in crate::kernel::dataplane::attached_ifaces().map_err(MetricsError::Ifaces)? {
         let Ok(s) = status::iface_status(id.clone()) else {
             continue; // detached while we looked
         };
@@ -146,7 +155,7 @@ pub fn render(daemon: &DaemonState) -> Result<String> {
         registry.register(name, help, family);
     }
     let mut out = String::new();
-    encode(&mut out, &registry)?;
+    encode(&mut out, &registry).map_err(MetricsError::Encode)?;
     Ok(out)
 }
 
@@ -178,7 +187,10 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<Mutex<DaemonSta
                 // worker threads, which run the daemon's event loop.
                 match tokio::task::spawn_blocking(move || render(&snapshot)).await {
                     Ok(Ok(text)) => ("200 OK", text),
-                    Ok(Err(e)) => ("500 Internal Server Error", format!("{e:#}\n")),
+                    Ok(Err(e)) => (
+                        "500 Internal Server Error",
+                        format!("{}\n", crate::model::text::Chain(&e)),
+                    ),
                     Err(e) => (
                         "500 Internal Server Error",
                         format!("rendering failed: {e}\n"),

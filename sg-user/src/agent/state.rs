@@ -8,10 +8,27 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::Result;
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
-use crate::{agent::lock::STATE_DIR, kernel::pins::IfaceId};
+use crate::{agent::lock::STATE_DIR, kernel::pins::IfaceId, sys::private_dir::PrivateDirError};
+
+/// An interface's state file could not be written.
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("encoding the state of {iface}")]
+    Encode {
+        iface: IfaceId,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Its directory (the error names it and says what to check).
+    #[error(transparent)]
+    Dir(#[from] PrivateDirError),
+    /// The file (the error names it and says what to check).
+    #[error(transparent)]
+    Write(#[from] std::io::Error),
+}
 
 /// What `sgctl status` and the daemon need that the kernel does not keep.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -52,10 +69,14 @@ pub fn read_state(id: &IfaceId) -> Option<IfaceState> {
 }
 
 /// Writes an interface's state (0600, atomically). The error names the file.
-pub(crate) fn write_state(id: &IfaceId, state: &IfaceState) -> Result<()> {
+pub(crate) fn write_state(id: &IfaceId, state: &IfaceState) -> Result<(), StateError> {
     let path = state_path(id);
+    let bytes = serde_json::to_vec_pretty(state).map_err(|source| StateError::Encode {
+        iface: id.clone(),
+        source,
+    })?;
     crate::sys::private_dir::create_subdir(path.parent().expect("has a parent"))?;
-    crate::sys::private_dir::write_state_file(&path, &serde_json::to_vec_pretty(state)?)?;
+    crate::sys::private_dir::write_state_file(&path, &bytes)?;
     Ok(())
 }
 

@@ -3,14 +3,38 @@
 
 use std::fmt::Write as _;
 
-use anyhow::Result;
+use thiserror::Error;
 
 use crate::{
     agent::drift::{self, Drift},
-    kernel::loader,
+    kernel::conntrack::ConntrackError,
+    kernel::dataplane::DataPlaneError,
+    kernel::loader::{self, LoaderError},
     kernel::pins::IfaceId,
+    kernel::policy_maps::PolicyMapError,
     model::text::escape,
 };
+
+/// Why an interface's status could not be read.
+#[derive(Debug, Error)]
+pub enum StatusError {
+    #[error(
+        "{iface} is enforced by an older sgctl (its own programs and maps under {}); \
+         `sgctl apply` of its config moves it to the shared data plane without opening it, \
+         or `{}` removes it",
+        .iface.legacy_dir().display(),
+        .iface.detach_command()
+    )]
+    Legacy { iface: IfaceId },
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    DataPlane(#[from] DataPlaneError),
+    #[error(transparent)]
+    Policy(#[from] PolicyMapError),
+    #[error(transparent)]
+    Conntrack(#[from] ConntrackError),
+}
 
 #[derive(serde::Serialize)]
 pub struct IfaceStatus {
@@ -64,15 +88,9 @@ pub struct RuleHitRow {
     pub bytes: u64,
 }
 
-pub fn iface_status(id: IfaceId) -> Result<IfaceStatus> {
+pub fn iface_status(id: IfaceId) -> Result<IfaceStatus, StatusError> {
     if !id.dir().exists() && id.legacy_dir().exists() {
-        anyhow::bail!(
-            "{id} is enforced by an older sgctl (its own programs and maps under {}); \
-             `sgctl apply` of its config moves it to the shared data plane without opening it, \
-             or `{}` removes it",
-            id.legacy_dir().display(),
-            id.detach_command()
-        );
+        return Err(StatusError::Legacy { iface: id });
     }
     // One look at the data plane for everything below.
     let (mut dp, ep) = loader::endpoint(&id)?;
@@ -99,7 +117,7 @@ pub fn iface_status(id: IfaceId) -> Result<IfaceStatus> {
             bytes: c.bytes,
         })
         .collect();
-    let (conntrack_entries, conntrack_capacity) = crate::kernel::conntrack::usage(&cfg)?;
+    let (conntrack_entries, conntrack_capacity) = crate::kernel::conntrack::usage(&id, &cfg)?;
     let hits = if cfg.policy == 0 {
         Default::default()
     } else {

@@ -17,10 +17,36 @@ use sg_common::{
     names,
 };
 
+use thiserror::Error;
+
 use crate::{
     compile::{self, CompiledPolicy},
     kernel::pins::{self, IfaceId},
 };
+
+/// A connection table or count that could not be read or changed, with
+/// the interface it was about.
+#[derive(Debug, Error)]
+#[error("{iface}: {what}")]
+pub struct ConntrackError {
+    /// What was being done ("listing its connections", ...).
+    pub what: &'static str,
+    pub iface: IfaceId,
+    #[source]
+    pub source: Box<MapError>,
+}
+
+/// Wraps a map error of an operation `what` on `iface`'s entries.
+fn about<'a>(
+    what: &'static str,
+    iface: &'a IfaceId,
+) -> impl FnOnce(MapError) -> ConntrackError + 'a {
+    move |source| ConntrackError {
+        what,
+        iface: iface.clone(),
+        source: Box::new(source),
+    }
+}
 
 /// One tracked flow, for display.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -159,15 +185,18 @@ impl Tables {
 
 /// Every entry of an interface (settings `cfg`, from its endpoint),
 /// expired ones not yet reclaimed included.
-pub fn list_all(_iface: &IfaceId, cfg: &IfaceConfig) -> Result<Vec<Flow>, MapError> {
-    let t = Tables::open()?;
-    let v4 = entries(&t.v4, cfg)?.into_iter().map(|(_, f)| f);
-    let v6 = entries(&t.v6, cfg)?.into_iter().map(|(_, f)| f);
-    Ok(v4.chain(v6).collect())
+pub fn list_all(iface: &IfaceId, cfg: &IfaceConfig) -> Result<Vec<Flow>, ConntrackError> {
+    let all = || -> Result<Vec<Flow>, MapError> {
+        let t = Tables::open()?;
+        let v4 = entries(&t.v4, cfg)?.into_iter().map(|(_, f)| f);
+        let v6 = entries(&t.v6, cfg)?.into_iter().map(|(_, f)| f);
+        Ok(v4.chain(v6).collect())
+    };
+    all().map_err(about("listing its connections", iface))
 }
 
 /// Live flows of an interface (expired entries not yet reclaimed are hidden).
-pub fn list(iface: &IfaceId, cfg: &IfaceConfig) -> Result<Vec<Flow>, MapError> {
+pub fn list(iface: &IfaceId, cfg: &IfaceConfig) -> Result<Vec<Flow>, ConntrackError> {
     Ok(list_all(iface, cfg)?
         .into_iter()
         .filter(|f| !f.expired)
@@ -176,24 +205,28 @@ pub fn list(iface: &IfaceId, cfg: &IfaceConfig) -> Result<Vec<Flow>, MapError> {
 
 /// Entries endpoint `endpoint` holds (live or not yet reclaimed), and its
 /// limit (the capacity of the host-wide table when it has none).
-pub fn usage(cfg: &IfaceConfig) -> Result<(usize, u32), MapError> {
-    let capacity = MapData::from_pin(Path::new(pins::MAPS_DIR).join(names::MAP_CT_V4))?
-        .info()?
+pub fn usage(iface: &IfaceId, cfg: &IfaceConfig) -> Result<(usize, u32), ConntrackError> {
+    let capacity = MapData::from_pin(Path::new(pins::MAPS_DIR).join(names::MAP_CT_V4))
+        .and_then(|map| map.info())
+        .map_err(about("reading the capacity of the connection table", iface))?
         .max_entries();
     let limit = if cfg.ct_limit == 0 {
         capacity
     } else {
         cfg.ct_limit.min(capacity)
     };
-    Ok((in_use(cfg.endpoint)? as usize, limit))
+    Ok((in_use(iface, cfg.endpoint)? as usize, limit))
 }
 
-/// Entries of `endpoint` by the counts the data path keeps.
-pub fn in_use(endpoint: u32) -> Result<u64, MapError> {
-    let counts = open_count()?;
-    let kernel = counts.get(&ct_count_index(endpoint, CT_COUNT_KERNEL), 0)?;
-    let user = counts.get(&ct_count_index(endpoint, CT_COUNT_USER), 0)?;
-    Ok(kernel.wrapping_sub(user))
+/// Entries of `endpoint` (`iface`'s) by the counts the data path keeps.
+pub fn in_use(iface: &IfaceId, endpoint: u32) -> Result<u64, ConntrackError> {
+    let count = || -> Result<u64, MapError> {
+        let counts = open_count()?;
+        let kernel = counts.get(&ct_count_index(endpoint, CT_COUNT_KERNEL), 0)?;
+        let user = counts.get(&ct_count_index(endpoint, CT_COUNT_USER), 0)?;
+        Ok(kernel.wrapping_sub(user))
+    };
+    count().map_err(about("counting its connections", iface))
 }
 
 /// Records that user space removed `n` entries of `endpoint`.
@@ -210,11 +243,14 @@ fn add_user_count(endpoint: u32, n: u64) -> Result<(), MapError> {
 /// Adds entries user space put into the tables (an upgrade copying legacy
 /// entries) to `endpoint`'s count. Only while its interface is not yet
 /// linked (the data path does not write the slot meanwhile).
-pub fn add_kernel_count(endpoint: u32, n: u64) -> Result<(), MapError> {
-    let mut counts = open_count()?;
-    let index = ct_count_index(endpoint, CT_COUNT_KERNEL);
-    let kernel = counts.get(&index, 0)?;
-    counts.set(index, kernel.wrapping_add(n), 0)
+pub fn add_kernel_count(iface: &IfaceId, endpoint: u32, n: u64) -> Result<(), ConntrackError> {
+    let add = || -> Result<(), MapError> {
+        let mut counts = open_count()?;
+        let index = ct_count_index(endpoint, CT_COUNT_KERNEL);
+        let kernel = counts.get(&index, 0)?;
+        counts.set(index, kernel.wrapping_add(n), 0)
+    };
+    add().map_err(about("counting its copied connections", iface))
 }
 
 /// Removes the entries `doomed` selects; returns how many.
@@ -233,14 +269,14 @@ fn remove_where(cfg: &IfaceConfig, doomed: impl Fn(&Flow) -> bool) -> Result<usi
 }
 
 /// Deletes every entry of an interface.
-pub fn flush(_iface: &IfaceId, cfg: &IfaceConfig) -> Result<usize, MapError> {
-    remove_where(cfg, |_| true)
+pub fn flush(iface: &IfaceId, cfg: &IfaceConfig) -> Result<usize, ConntrackError> {
+    remove_where(cfg, |_| true).map_err(about("flushing its connections", iface))
 }
 
 /// Reclaims an interface's entries idle past their timeout (the data path
 /// already treats them as absent).
-pub fn reclaim_expired(_iface: &IfaceId, cfg: &IfaceConfig) -> Result<usize, MapError> {
-    remove_where(cfg, |f| f.expired)
+pub fn reclaim_expired(iface: &IfaceId, cfg: &IfaceConfig) -> Result<usize, ConntrackError> {
+    remove_where(cfg, |f| f.expired).map_err(about("reclaiming its expired connections", iface))
 }
 
 /// Removes the keys of `table` that `pick` selects; returns how many went
@@ -254,19 +290,23 @@ fn remove_keys<K: CtKey>(table: &mut Table<K>, pick: impl Fn(&K) -> bool) -> usi
     keys.iter().filter(|k| table.remove(k).is_ok()).count()
 }
 
-/// Deletes every entry of endpoint id `endpoint` (its interface is gone or
-/// being registered anew) and zeroes its counts. Nothing to do before the
+/// Deletes every entry of endpoint id `endpoint` (of `iface`, which is gone
+/// or being registered anew) and zeroes its counts. Nothing to do before the
 /// data plane exists.
-pub fn remove_endpoint_flows(endpoint: u32) -> Result<usize, MapError> {
+pub fn remove_endpoint_flows(iface: &IfaceId, endpoint: u32) -> Result<usize, ConntrackError> {
     let Ok(mut t) = Tables::open() else {
         return Ok(0);
     };
     let n = remove_keys(&mut t.v4, |k| k.endpoint == endpoint)
         + remove_keys(&mut t.v6, |k| k.endpoint == endpoint);
-    let mut counts = open_count()?;
-    for slot in [CT_COUNT_KERNEL, CT_COUNT_USER] {
-        counts.set(ct_count_index(endpoint, slot), 0, 0)?;
-    }
+    let zero = || -> Result<(), MapError> {
+        let mut counts = open_count()?;
+        for slot in [CT_COUNT_KERNEL, CT_COUNT_USER] {
+            counts.set(ct_count_index(endpoint, slot), 0, 0)?;
+        }
+        Ok(())
+    };
+    zero().map_err(about("removing its connections", iface))?;
     Ok(n)
 }
 
@@ -300,10 +340,10 @@ fn opening_port(f: &Flow) -> u16 {
 /// `--revoke`: deletes tracked flows whose opening packet `policy` would no
 /// longer allow (OpenStack Neutron's behaviour; AWS keeps them).
 pub fn revoke(
-    _iface: &IfaceId,
+    iface: &IfaceId,
     cfg: &IfaceConfig,
     policy: &CompiledPolicy,
-) -> Result<usize, MapError> {
+) -> Result<usize, ConntrackError> {
     remove_where(cfg, |f| {
         let direction = if f.opened == "inbound" {
             Direction::Inbound
@@ -312,4 +352,5 @@ pub fn revoke(
         };
         compile::lookup(policy, direction, f.remote, f.proto, opening_port(f)).is_none()
     })
+    .map_err(about("revoking its flows", iface))
 }

@@ -67,6 +67,7 @@ use sg_common::{
 use thiserror::Error;
 
 use crate::{
+    kernel::BoxError,
     kernel::pins::{self, IfaceId, NsIdent},
     kernel::policy_maps::{PolicyMapError, PolicyMaps},
     model::Choice,
@@ -167,21 +168,29 @@ pub const PROGRAMS: [&str; 3] = [
 #[derive(Debug, Error)]
 pub enum DataPlaneError {
     #[error(
-        "loading the eBPF programs failed: {0}\nhint: are you root, and does the kernel have BPF and BTF (/sys/kernel/btf/vmlinux)?"
+        "loading the eBPF programs failed (hint: are you root, and does the kernel have BPF and BTF (/sys/kernel/btf/vmlinux)?)"
     )]
     Load(#[source] Box<aya::EbpfError>),
-    #[error("program `{name}` failed: {source}")]
+    #[error("program `{name}` failed")]
     Program {
         name: &'static str,
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
     #[error(
-        "pinning under {path} failed: {detail}; is bpffs mounted at /sys/fs/bpf (`cargo xtask setup` mounts it)?"
+        "pinning under {path} failed (is bpffs mounted at /sys/fs/bpf? `cargo xtask setup` mounts it)"
     )]
-    Pin { path: String, detail: String },
-    #[error("reading the data plane's map {path}: {detail}")]
-    Pinned { path: String, detail: String },
+    Pin {
+        path: String,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("reading the data plane's map {path}")]
+    Pinned {
+        path: String,
+        #[source]
+        source: BoxError,
+    },
     #[error(transparent)]
     Policy(#[from] PolicyMapError),
     #[error(
@@ -189,7 +198,7 @@ pub enum DataPlaneError {
         max = MAX_ENDPOINTS - 1
     )]
     Full,
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 
@@ -221,10 +230,10 @@ fn map_path(name: &str) -> PathBuf {
     Path::new(pins::MAPS_DIR).join(name)
 }
 
-fn pinned_error(path: &Path, detail: impl std::fmt::Display) -> DataPlaneError {
+fn pinned_error(path: &Path, source: impl Into<BoxError>) -> DataPlaneError {
     DataPlaneError::Pinned {
         path: path.display().to_string(),
-        detail: detail.to_string(),
+        source: source.into(),
     }
 }
 
@@ -619,9 +628,9 @@ fn load(opts: &LoadOptions) -> Result<(), DataPlaneError> {
         for name in names {
             let path = map_path(&name);
             let map = ebpf.map(&name).expect("listed above");
-            map.pin(&path).map_err(|e| DataPlaneError::Pin {
+            map.pin(&path).map_err(|source| DataPlaneError::Pin {
                 path: path.display().to_string(),
-                detail: e.to_string(),
+                source,
             })?;
         }
         for name in PROGRAMS {
@@ -631,9 +640,9 @@ fn load(opts: &LoadOptions) -> Result<(), DataPlaneError> {
                 name,
                 source: Box::new(source),
             };
-            let pin_error = |e: aya::pin::PinError| DataPlaneError::Pin {
+            let pin_error = |source: aya::pin::PinError| DataPlaneError::Pin {
                 path: path.display().to_string(),
-                detail: e.to_string(),
+                source,
             };
             if name == names::PROG_XDP_INGRESS {
                 let p: &mut Xdp = prog.try_into().map_err(program_error)?;

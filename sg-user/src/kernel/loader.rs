@@ -34,6 +34,8 @@ pub use crate::kernel::dataplane::CounterTable;
 pub use crate::kernel::dataplane::{BpfLog, SG_OBJECT, STATE_MAPS};
 pub use crate::model::Side;
 use crate::{
+    kernel::BoxError,
+    kernel::conntrack::ConntrackError,
     kernel::dataplane::{self, DataPlane, DataPlaneError, LoadOptions, Session, padded},
     kernel::pins::{self, IfaceId},
     kernel::policy_maps::{PolicyMapError, timeouts_ns},
@@ -173,7 +175,7 @@ pub enum LoaderError {
     NotAttached { iface: IfaceId },
     #[error(transparent)]
     DataPlane(#[from] DataPlaneError),
-    #[error("program `{name}` failed: {source}")]
+    #[error("program `{name}` failed")]
     Program {
         name: &'static str,
         #[source]
@@ -188,11 +190,35 @@ pub enum LoaderError {
         source: Box<aya::programs::ProgramError>,
     },
     #[error(
-        "pinning under {path} failed: {detail}; is bpffs mounted at /sys/fs/bpf (`cargo xtask setup` mounts it)?"
+        "pinning under {path} failed (is bpffs mounted at /sys/fs/bpf? `cargo xtask setup` mounts it)"
     )]
-    Pin { path: String, detail: String },
-    #[error("reading pinned state under {path}: {detail}")]
-    Pinned { path: String, detail: String },
+    Pin {
+        path: String,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    /// A link made through netlink (`what`: XDP, or TC without tcx).
+    #[error("{what} attached through netlink, which cannot be pinned under {path}")]
+    Unpinnable {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: Box<LinkError>,
+    },
+    #[error("reading pinned state under {path}")]
+    Pinned {
+        path: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("opening the kernel log ring buffer of the programs under {path}")]
+    KernelLog {
+        path: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error(transparent)]
+    Conntrack(#[from] ConntrackError),
     #[error(transparent)]
     Netns(#[from] NetnsError),
     #[error(transparent)]
@@ -494,7 +520,7 @@ fn prepare(
         endpoint,
         physical: kernel.physical,
     };
-    let result = register(session, kernel.key, &cfg)
+    let result = register(session, iface, kernel.key, &cfg)
         .and_then(|()| Ok(crate::sys::private_dir::create_subdir(&dir).map_err(io::Error::other)?));
     match result {
         Ok(()) => Ok(prepared),
@@ -506,13 +532,17 @@ fn prepare(
 }
 
 /// Writes a new endpoint: a clean counter row, then its entry.
-fn register(session: &mut Session, key: EndpointKey, cfg: &IfaceConfig) -> Result<(), LoaderError> {
+fn register(
+    session: &mut Session,
+    iface: &IfaceId,
+    key: EndpointKey,
+    cfg: &IfaceConfig,
+) -> Result<(), LoaderError> {
     // Connections a previous endpoint of this id left (it was removed
     // without its tables being cleaned) must not count for this one; its
     // count says whether there are any (a walk of the tables otherwise).
-    if crate::kernel::conntrack::in_use(cfg.endpoint).map_or(true, |n| n != 0) {
-        crate::kernel::conntrack::remove_endpoint_flows(cfg.endpoint)
-            .map_err(|e| io::Error::other(format!("cleaning connection entries: {e}")))?;
+    if crate::kernel::conntrack::in_use(iface, cfg.endpoint).map_or(true, |n| n != 0) {
+        crate::kernel::conntrack::remove_endpoint_flows(iface, cfg.endpoint)?;
     }
     session.dp.reset_endpoint_row(cfg.endpoint)?;
     session.dp.maps.write_endpoint(key, cfg)?;
@@ -553,9 +583,9 @@ fn attach_here(
 }
 
 fn pin_link(link: FdLink, path: &Path) -> Result<(), LoaderError> {
-    link.pin(path).map_err(|e| LoaderError::Pin {
+    link.pin(path).map_err(|source| LoaderError::Pin {
         path: path.display().to_string(),
-        detail: e.to_string(),
+        source,
     })?;
     Ok(())
 }
@@ -570,10 +600,13 @@ fn attach_xdp(iface: &IfaceId, mode: XdpMode, dir: &Path) -> Result<(), LoaderEr
     };
     let link_id = prog.attach(&iface.iface, mode).map_err(attach_error)?;
     let link = prog.take_link(link_id).map_err(attach_error)?;
-    let link: FdLink = link.try_into().map_err(|e: LinkError| LoaderError::Pin {
-        path: dir.display().to_string(),
-        detail: format!("XDP attached through netlink, which cannot be pinned ({e})"),
-    })?;
+    let link: FdLink = link
+        .try_into()
+        .map_err(|source: LinkError| LoaderError::Unpinnable {
+            what: "XDP",
+            path: dir.display().to_string(),
+            source: Box::new(source),
+        })?;
     let hook = if mode == XdpMode::Skb {
         AttachedHook::XdpGeneric
     } else {
@@ -598,10 +631,13 @@ fn attach_tc(iface: &IfaceId, attach_type: TcAttachType, dir: &Path) -> Result<(
         .attach(&iface.iface, attach_type)
         .map_err(attach_error)?;
     let link = prog.take_link(link_id).map_err(attach_error)?;
-    let link: FdLink = link.try_into().map_err(|e: LinkError| LoaderError::Pin {
-        path: dir.display().to_string(),
-        detail: format!("TC attached through netlink (no tcx), which cannot be pinned ({e})"),
-    })?;
+    let link: FdLink = link
+        .try_into()
+        .map_err(|source: LinkError| LoaderError::Unpinnable {
+            what: "TC (no tcx)",
+            path: dir.display().to_string(),
+            source: Box::new(source),
+        })?;
     pin_link(link, &dir.join(link_pin_name(direction, AttachedHook::Tc)))
 }
 
@@ -668,8 +704,7 @@ pub fn detach_in(session: &mut Session, iface: &IfaceId) -> Result<(), LoaderErr
         };
     };
     session.dp.maps.remove_endpoint(&ep.key)?;
-    crate::kernel::conntrack::remove_endpoint_flows(ep.cfg.endpoint)
-        .map_err(|e| io::Error::other(format!("{iface}: removing its connections: {e}")))?;
+    crate::kernel::conntrack::remove_endpoint_flows(iface, ep.cfg.endpoint)?;
     session.release_endpoint(ep.cfg.endpoint);
     Ok(())
 }
@@ -786,10 +821,10 @@ fn link_pins(dir: &Path) -> io::Result<Vec<(PathBuf, String, AttachedHook)>> {
 }
 
 /// A pinned link at `path` that could not be opened or used.
-fn pinned_error(path: &Path, e: &dyn std::fmt::Display) -> LoaderError {
+fn pinned_error(path: &Path, source: impl Into<BoxError>) -> LoaderError {
     LoaderError::Pinned {
         path: path.display().to_string(),
-        detail: e.to_string(),
+        source: source.into(),
     }
 }
 
@@ -802,9 +837,9 @@ pub fn pinned_hooks(iface: &IfaceId) -> Result<Vec<PinnedHook>, LoaderError> {
     };
     for (path, direction, hook) in found {
         let link: FdLink = PinnedLink::from_pin(&path)
-            .map_err(|e| pinned_error(&path, &e))?
+            .map_err(|e| pinned_error(&path, e))?
             .into();
-        let info = link.info().map_err(|e| pinned_error(&path, &e))?;
+        let info = link.info().map_err(|e| pinned_error(&path, e))?;
         hooks.push(PinnedHook {
             direction,
             hook,
@@ -825,9 +860,9 @@ pub fn kernel_logger(
     let hook = hooks.first().ok_or_else(|| LoaderError::NotAttached {
         iface: iface.clone(),
     })?;
-    aya_log::EbpfLogger::init_from_id(hook.program_id).map_err(|e| LoaderError::Pinned {
+    aya_log::EbpfLogger::init_from_id(hook.program_id).map_err(|e| LoaderError::KernelLog {
         path: iface.dir().display().to_string(),
-        detail: format!("opening the kernel log ring buffer: {e}"),
+        source: e.into(),
     })
 }
 
@@ -872,8 +907,8 @@ pub fn upgrade_legacy(
     let endpoint = session.allocate_endpoint()?;
     let cfg = endpoint_config(iface, endpoint, opts, initial);
     let dir = iface.dir();
-    let result = register(session, kernel.key, &cfg).and_then(|()| {
-        copy_legacy_flows(legacy_dir, endpoint)?;
+    let result = register(session, iface, kernel.key, &cfg).and_then(|()| {
+        copy_legacy_flows(iface, legacy_dir, endpoint)?;
         crate::sys::private_dir::create_subdir(&dir).map_err(io::Error::other)?;
         switch_legacy_links(legacy_dir, &dir)
     });
@@ -908,7 +943,7 @@ fn copy_legacy_table<Old: aya::Pod, New: aya::Pod>(
 ) -> Result<u64, LoaderError> {
     let pinned = |e: aya::maps::MapError| LoaderError::Pinned {
         path: name.to_string(),
-        detail: e.to_string(),
+        source: e.into(),
     };
     let Ok(old) = MapData::from_pin(legacy_dir.join(name)) else {
         return Ok(0);
@@ -930,7 +965,7 @@ fn copy_legacy_table<Old: aya::Pod, New: aya::Pod>(
 
 /// Copies the connection entries of a legacy attachment into the host-wide
 /// tables under `endpoint`.
-fn copy_legacy_flows(legacy_dir: &Path, endpoint: u32) -> Result<(), LoaderError> {
+fn copy_legacy_flows(iface: &IfaceId, legacy_dir: &Path, endpoint: u32) -> Result<(), LoaderError> {
     #[repr(C)]
     #[derive(Clone, Copy)]
     struct OldV4 {
@@ -975,8 +1010,7 @@ fn copy_legacy_flows(legacy_dir: &Path, endpoint: u32) -> Result<(), LoaderError
         proto: k.proto,
         _pad: [0; 3],
     })?;
-    crate::kernel::conntrack::add_kernel_count(endpoint, copied)
-        .map_err(|e| io::Error::other(format!("counting copied connections: {e}")))?;
+    crate::kernel::conntrack::add_kernel_count(iface, endpoint, copied)?;
     Ok(())
 }
 
@@ -985,9 +1019,9 @@ fn copy_legacy_flows(legacy_dir: &Path, endpoint: u32) -> Result<(), LoaderError
 fn switch_legacy_links(legacy_dir: &Path, dir: &Path) -> Result<AttachedHook, LoaderError> {
     let mut ingress = AttachedHook::Tc;
     for (path, direction, hook) in link_pins(legacy_dir)? {
-        let pinned_err = |e: &dyn std::fmt::Display| pinned_error(&path, e);
+        let pinned_err = |e: BoxError| pinned_error(&path, e);
         let link: FdLink = PinnedLink::from_pin(&path)
-            .map_err(|e| pinned_err(&e))?
+            .map_err(|e| pinned_err(e.into()))?
             .into();
         let program_error = |name, source| LoaderError::Program {
             name,
@@ -997,14 +1031,15 @@ fn switch_legacy_links(legacy_dir: &Path, dir: &Path) -> Result<AttachedHook, Lo
             AttachedHook::Xdp | AttachedHook::XdpGeneric => {
                 ingress = hook;
                 let mut prog: Xdp = dataplane::xdp_program()?;
-                let link = XdpLink::try_from(link).map_err(|e| pinned_err(&e))?;
+                let link = XdpLink::try_from(link).map_err(|e| pinned_err(e.into()))?;
                 let id = prog
                     .attach_to_link(link)
                     .map_err(|e| program_error(names::PROG_XDP_INGRESS, e))?;
                 let link = prog
                     .take_link(id)
                     .map_err(|e| program_error(names::PROG_XDP_INGRESS, e))?;
-                link.try_into().map_err(|e: LinkError| pinned_err(&e))?
+                link.try_into()
+                    .map_err(|e: LinkError| pinned_err(e.into()))?
             }
             AttachedHook::Tc => {
                 let name = if direction == "egress" {
@@ -1013,12 +1048,13 @@ fn switch_legacy_links(legacy_dir: &Path, dir: &Path) -> Result<AttachedHook, Lo
                     names::PROG_TC_INGRESS
                 };
                 let mut prog: SchedClassifier = dataplane::tc_program(name)?;
-                let link = SchedClassifierLink::try_from(link).map_err(|e| pinned_err(&e))?;
+                let link = SchedClassifierLink::try_from(link).map_err(|e| pinned_err(e.into()))?;
                 let id = prog
                     .attach_to_link(link)
                     .map_err(|e| program_error(name, e))?;
                 let link = prog.take_link(id).map_err(|e| program_error(name, e))?;
-                link.try_into().map_err(|e: LinkError| pinned_err(&e))?
+                link.try_into()
+                    .map_err(|e: LinkError| pinned_err(e.into()))?
             }
         };
         pin_link(new_link, &dir.join(link_pin_name(&direction, hook)))?;
@@ -1037,7 +1073,7 @@ where
         .and_then(T::try_from)
         .map_err(|e| LoaderError::Pinned {
             path: path.display().to_string(),
-            detail: e.to_string(),
+            source: e.into(),
         })?;
     Ok((map, path))
 }
@@ -1152,6 +1188,18 @@ mod error_tests {
             libc::ENOENT,
         )));
         assert_eq!(format!("{e:#}").matches("os error 2").count(), 1, "{e:#}");
+        let e = anyhow::Error::from(LoaderError::DataPlane(DataPlaneError::Pin {
+            path: "/sys/fs/bpf/sg/maps/SG_X".into(),
+            source: aya::pin::PinError::SyscallError(aya::sys::SyscallError {
+                call: "BPF_OBJ_PIN",
+                io_error: io::Error::from_raw_os_error(libc::EEXIST),
+            }),
+        }));
+        let text = format!("{e:#}");
+        assert!(text.contains("/sys/fs/bpf/sg/maps/SG_X"), "{text}");
+        assert!(text.contains("is bpffs mounted"), "{text}");
+        assert_eq!(text.matches("os error 17").count(), 1, "{text}");
+        assert_eq!(text.matches("BPF_OBJ_PIN").count(), 1, "{text}");
     }
 }
 

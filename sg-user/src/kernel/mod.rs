@@ -9,3 +9,7 @@ pub mod loader;
 pub mod offsets;
 pub mod pins;
 pub mod policy_maps;
+
+/// Any error of a lower layer kept as the source of a kernel error (aya's
+/// map, program and link errors differ by call; the chain prints the cause).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

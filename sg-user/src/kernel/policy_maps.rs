@@ -53,8 +53,12 @@ pub enum PolicyMapError {
         #[source]
         source: Box<MapError>,
     },
-    #[error("pinning map {name}: {detail}")]
-    Pin { name: &'static str, detail: String },
+    #[error("pinning map {name}")]
+    Pin {
+        name: &'static str,
+        #[source]
+        source: aya::pin::PinError,
+    },
     #[error("counting CPUs (/sys/devices/system/cpu/possible)")]
     Cpus(#[from] std::io::Error),
     #[error("map {name} is missing from the eBPF object or from {dir}; run `sgctl apply` again")]
@@ -208,10 +212,8 @@ impl PolicyMaps {
                 dir: "the object".into(),
             })?;
             if let Some(dir) = pin_dir {
-                map.pin(dir.join(name)).map_err(|e| PolicyMapError::Pin {
-                    name,
-                    detail: e.to_string(),
-                })?;
+                map.pin(dir.join(name))
+                    .map_err(|source| PolicyMapError::Pin { name, source })?;
             }
             Ok(map)
         })

@@ -8,12 +8,12 @@
 
 use std::fmt::Write as _;
 
-use anyhow::{Context, Result, bail};
-
 use crate::{
     kernel::pins::IfaceId,
-    lab::{self, verify},
+    lab::{self, LabError, verify},
 };
+
+type Result<T, E = LabError> = std::result::Result<T, E>;
 
 /// The name of the demo's lab (namespaces `sgl-demo-*`).
 pub const LAB: &str = "demo";
@@ -55,11 +55,11 @@ pub fn run() -> Result<String> {
     let down = lab::down(LAB);
     let _ = std::fs::remove_dir_all(&dir);
     let (mut out, disagreements) = result?;
-    down.context("removing the demo lab (`sgctl lab down --name demo` retries)")?;
+    down.map_err(|e| LabError::DemoDown(Box::new(e)))?;
     writeln!(out, "\nlab removed: namespaces, attachments, listeners.")?;
     if disagreements > 0 {
         print!("{out}");
-        bail!("{disagreements} flows disagree with the reference evaluator (listed above)");
+        return Err(LabError::Disagreements(disagreements));
     }
     Ok(out)
 }
@@ -67,7 +67,7 @@ pub fn run() -> Result<String> {
 fn run_lab(config: &std::path::Path) -> Result<(String, usize)> {
     let mut out = String::new();
     let up = lab::up(LAB, config, &[], &[], &lab::UpOptions::default())
-        .context("building the demo lab")?;
+        .map_err(|e| LabError::DemoUp(Box::new(e)))?;
     let plan = &up.state.plan;
     writeln!(
         out,
@@ -78,7 +78,7 @@ fn run_lab(config: &std::path::Path) -> Result<(String, usize)> {
     let report = verify::verify(plan, &up.state.lab_model()?)?;
     writeln!(out)?;
     out.push_str(&verify::render_report(plan, &report));
-    let web = plan.host("web").context("the demo has a web host")?;
+    let web = plan.host("web").ok_or(LabError::NoWebHost)?;
     let status = crate::agent::status::iface_status(IfaceId::new(&web.iface, Some(&web.netns)))?;
     writeln!(out, "\n`sgctl status` of web's interface:")?;
     out.push_str(&crate::agent::status::render(&status));

@@ -30,17 +30,148 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
 pub use plan::{DEFAULT_NAME, Plan};
 
 use crate::{
-    agent::apply::{self, ApplyOptions},
+    agent::apply::{self, ApplyError, ApplyOptions},
+    agent::status::StatusError,
     kernel::pins::{self, IfaceId},
     model::{self, Attachment, Model, Problem},
-    sys::netns::{self, Netns},
+    sys::netns::{self, Netns, NetnsError},
+    sys::private_dir::PrivateDirError,
 };
+
+/// Why a lab (or the demo) could not be built, checked or removed; each
+/// message says what to do next where there is something to do.
+#[derive(Debug, Error)]
+pub enum LabError {
+    /// A lab name that is not allowed (the message says why).
+    #[error("{0}")]
+    Name(String),
+    #[error(
+        "no lab named `{lab}` is up ({} is missing); start one with `sgctl lab up -c FILE{}`",
+        .path.display(),
+        name_flag(.lab)
+    )]
+    NotUp { lab: String, path: PathBuf },
+    #[error(
+        "{} is unreadable; run `sgctl lab down{}` and `up` again",
+        .path.display(),
+        name_flag(.lab)
+    )]
+    Unreadable {
+        lab: String,
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("encoding the lab's state")]
+    EncodeState(#[source] serde_json::Error),
+    #[error(
+        "the lab config {} does not load ({problems}); run `sgctl lab up` again",
+        .path.display()
+    )]
+    LabConfig { path: PathBuf, problems: String },
+    #[error(
+        "{} is invalid: {problems}; `sgctl validate -c {}` lists every problem",
+        .config.display(),
+        .config.display()
+    )]
+    Invalid { config: PathBuf, problems: String },
+    #[error(
+        "{} needs other lab hosts or ports than lab `{lab}` has; rebuild it with `sgctl lab up -c {}{}`",
+        .config.display(),
+        .config.display(),
+        name_flag(.lab)
+    )]
+    NeedsRebuild { config: PathBuf, lab: String },
+    #[error("reading {}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing {}", .path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("creating {}", .path.display())]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("removing {}", .path.display())]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing the lab config as YAML")]
+    Yaml(#[source] serde_saphyr::ser::Error),
+    #[error("removing what an earlier lab of this name left")]
+    Leftover(#[source] Box<LabError>),
+    /// `what`: the lab config, or the changed config.
+    #[error("{what}")]
+    Enforce {
+        what: &'static str,
+        #[source]
+        source: Box<ApplyError>,
+    },
+    #[error("finding the sgctl executable")]
+    Exe(#[source] std::io::Error),
+    #[error("starting the lab's listeners ({})", .exe.display())]
+    StartServer {
+        exe: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the lab's listeners did not start ({}): {log}", .exe.display())]
+    ServerNotReady { exe: PathBuf, log: String },
+    #[error("{role}: listening on {service}")]
+    Listen {
+        role: String,
+        service: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listing attached interfaces")]
+    ListIfaces(#[source] std::io::Error),
+    #[error("detaching {iface}")]
+    Detach {
+        iface: IfaceId,
+        #[source]
+        source: Box<ApplyError>,
+    },
+    #[error("could not delete namespace {name}; try `ip netns del {name}`")]
+    DeleteNetns { name: String },
+    #[error("removing the demo lab (`sgctl lab down --name demo` retries)")]
+    DemoDown(#[source] Box<LabError>),
+    #[error("building the demo lab")]
+    DemoUp(#[source] Box<LabError>),
+    #[error("{0} flows disagree with the reference evaluator (listed above)")]
+    Disagreements(usize),
+    #[error("the demo has a web host")]
+    NoWebHost,
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Dir(#[from] PrivateDirError),
+    #[error(transparent)]
+    Status(#[from] StatusError),
+    #[error(transparent)]
+    Fmt(#[from] std::fmt::Error),
+    /// The error names the file, or it is the lab's own output.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+type Result<T, E = LabError> = std::result::Result<T, E>;
 
 /// Where a lab keeps its state: `/run/sgctl/lab/<lab>/` (state.json, the
 /// rewritten config lab.yaml, the listener's log).
@@ -69,19 +200,14 @@ impl LabState {
     /// When the lab is not up (with the command that brings it up).
     pub fn read(lab: &str) -> Result<LabState> {
         let path = state_dir(lab).join("state.json");
-        let text = std::fs::read_to_string(&path).map_err(|_| {
-            anyhow!(
-                "no lab named `{lab}` is up ({} is missing); start one with `sgctl lab up -c FILE{}`",
-                path.display(),
-                name_flag(lab)
-            )
+        let text = std::fs::read_to_string(&path).map_err(|_| LabError::NotUp {
+            lab: lab.to_string(),
+            path: path.clone(),
         })?;
-        serde_json::from_str(&text).with_context(|| {
-            format!(
-                "{} is unreadable; run `sgctl lab down{}` and `up` again",
-                path.display(),
-                name_flag(lab)
-            )
+        serde_json::from_str(&text).map_err(|source| LabError::Unreadable {
+            lab: lab.to_string(),
+            path,
+            source,
         })
     }
 
@@ -91,7 +217,7 @@ impl LabState {
         crate::sys::private_dir::create_subdir(&dir)?;
         crate::sys::private_dir::write_state_file(
             &dir.join("state.json"),
-            &serde_json::to_vec_pretty(self)?,
+            &serde_json::to_vec_pretty(self).map_err(LabError::EncodeState)?,
         )?;
         Ok(())
     }
@@ -101,12 +227,9 @@ impl LabState {
     /// # Errors
     /// When it no longer loads (the lab must be rebuilt).
     pub fn lab_model(&self) -> Result<Model> {
-        apply::load(&self.lab_config, &[]).map_err(|p| {
-            anyhow!(
-                "the lab config {} does not load ({}); run `sgctl lab up` again",
-                self.lab_config.display(),
-                problems_line(&p)
-            )
+        apply::load(&self.lab_config, &[]).map_err(|p| LabError::LabConfig {
+            path: self.lab_config.clone(),
+            problems: problems_line(&p),
         })
     }
 }
@@ -145,13 +268,9 @@ pub fn load_config(path: &Path, attach: &[Attachment]) -> Result<Model, Vec<Prob
 
 /// [`load_config`], its problems in one error that says how to list them.
 fn load_valid(config: &Path, attach: &[Attachment]) -> Result<Model> {
-    load_config(config, attach).map_err(|p| {
-        anyhow!(
-            "{} is invalid: {}; `sgctl validate -c {}` lists every problem",
-            config.display(),
-            problems_line(&p),
-            config.display()
-        )
+    load_config(config, attach).map_err(|p| LabError::Invalid {
+        config: config.to_path_buf(),
+        problems: problems_line(&p),
     })
 }
 
@@ -184,11 +303,13 @@ pub fn up(
     attach_args: &[String],
     opts: &UpOptions,
 ) -> Result<UpReport> {
-    plan::check_name(lab).map_err(|e| anyhow!(e))?;
-    let config =
-        std::fs::canonicalize(config).with_context(|| format!("reading {}", config.display()))?;
+    plan::check_name(lab).map_err(LabError::Name)?;
+    let config = std::fs::canonicalize(config).map_err(|source| LabError::Read {
+        path: config.to_path_buf(),
+        source,
+    })?;
     let user = load_valid(&config, attach)?;
-    down(lab).context("removing what an earlier lab of this name left")?;
+    down(lab).map_err(|e| LabError::Leftover(Box::new(e)))?;
     let plan = plan::plan(lab, &[&user]);
     match build(&plan, &user, &config, attach_args, opts) {
         Ok(report) => Ok(report),
@@ -248,16 +369,21 @@ fn build(
     crate::sys::netns::pin_ipv6_neighbours(&v6)?;
 
     let lab_model = plan.lab_model(user, Some(lab_config.clone()));
-    let text = model::aws::to_native_yaml(&lab_model)?;
+    let text = model::aws::to_native_yaml(&lab_model).map_err(LabError::Yaml)?;
     let header = format!(
         "# Written by `sgctl lab up` from {}: interfaces point at the lab's namespaces.\n",
         config.display()
     );
-    std::fs::write(&lab_config, header + &text)
-        .with_context(|| format!("writing {}", lab_config.display()))?;
+    std::fs::write(&lab_config, header + &text).map_err(|source| LabError::Write {
+        path: lab_config.clone(),
+        source,
+    })?;
     let enforced = state.lab_model()?;
-    let applied = apply::apply(&enforced, &ApplyOptions::default())
-        .context("enforcing the lab config (the same code as `sgctl apply`)")?;
+    let applied =
+        apply::apply(&enforced, &ApplyOptions::default()).map_err(|e| LabError::Enforce {
+            what: "enforcing the lab config (the same code as `sgctl apply`)",
+            source: Box::new(e),
+        })?;
 
     state.server_pid = Some(start_server(&plan.lab, opts)?);
     state.write()?;
@@ -269,11 +395,13 @@ fn build(
 fn start_server(lab: &str, opts: &UpOptions) -> Result<u32> {
     let exe = match &opts.sgctl {
         Some(p) => p.clone(),
-        None => std::env::current_exe().context("finding the sgctl executable")?,
+        None => std::env::current_exe().map_err(LabError::Exe)?,
     };
     let log_path = state_dir(lab).join("server.log");
-    let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("creating {}", log_path.display()))?;
+    let log = std::fs::File::create(&log_path).map_err(|source| LabError::Create {
+        path: log_path.clone(),
+        source,
+    })?;
     let mut child = {
         use std::os::unix::process::CommandExt as _;
         Command::new(&exe)
@@ -283,7 +411,10 @@ fn start_server(lab: &str, opts: &UpOptions) -> Result<u32> {
             .stderr(log)
             .process_group(0)
             .spawn()
-            .with_context(|| format!("starting the lab's listeners ({})", exe.display()))?
+            .map_err(|source| LabError::StartServer {
+                exe: exe.clone(),
+                source,
+            })?
     };
     let pid = child.id();
     let stdout = child.stdout.take().expect("piped");
@@ -299,11 +430,10 @@ fn start_server(lab: &str, opts: &UpOptions) -> Result<u32> {
             let _ = child.kill();
             let _ = child.wait();
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            bail!(
-                "the lab's listeners did not start ({}): {}",
-                exe.display(),
-                log.trim()
-            )
+            Err(LabError::ServerNotReady {
+                exe,
+                log: log.trim().to_string(),
+            })
         }
     }
 }
@@ -325,7 +455,11 @@ pub fn serve(lab: &str) -> Result<()> {
                 plan::Proto::Udp => probe::serve_udp_echo_forever(&ns, addr),
                 plan::Proto::Ping => continue,
             }
-            .with_context(|| format!("{}: listening on {}", host.role, s.label()))?;
+            .map_err(|source| LabError::Listen {
+                role: host.role.to_string(),
+                service: s.label(),
+                source,
+            })?;
         }
     }
     println!("ready");
@@ -409,7 +543,7 @@ impl DownReport {
 /// # Errors
 /// When something of the lab could not be removed (says what).
 pub fn down(lab: &str) -> Result<DownReport> {
-    plan::check_name(lab).map_err(|e| anyhow!(e))?;
+    plan::check_name(lab).map_err(LabError::Name)?;
     let prefix = plan::netns_prefix(lab);
     let mut report = DownReport::default();
     if let Ok(state) = LabState::read(lab)
@@ -417,31 +551,40 @@ pub fn down(lab: &str) -> Result<DownReport> {
     {
         report.server_stopped = stop_server(pid, lab);
     }
-    for id in crate::kernel::dataplane::attached_ifaces().context("listing attached interfaces")? {
+    for id in crate::kernel::dataplane::attached_ifaces().map_err(LabError::ListIfaces)? {
         if id
             .netns
             .as_deref()
             .is_some_and(|ns| ns.starts_with(&prefix))
         {
-            apply::detach(&id).with_context(|| format!("detaching {id}"))?;
+            apply::detach(&id).map_err(|e| LabError::Detach {
+                iface: id.clone(),
+                source: Box::new(e),
+            })?;
             report.detached.push(id.to_string());
         }
     }
     for path in scoped_dirs(&prefix) {
-        std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        std::fs::remove_dir_all(&path).map_err(|source| LabError::Remove {
+            path: path.clone(),
+            source,
+        })?;
     }
     // Hosts first, the switch last (its veth ends go with the hosts).
     let mut names = netns::namespaces_with_prefix(&prefix);
     names.sort_by_key(|n| n.ends_with(&format!("-{}", plan::SWITCH_ROLE)));
     for name in names {
         if !netns::delete_netns(&name) {
-            bail!("could not delete namespace {name}; try `ip netns del {name}`");
+            return Err(LabError::DeleteNetns { name });
         }
         report.namespaces.push(name);
     }
     let dir = state_dir(lab);
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        std::fs::remove_dir_all(&dir).map_err(|source| LabError::Remove {
+            path: dir.clone(),
+            source,
+        })?;
         report.state_removed = true;
     }
     // The parent of every lab's state; gone once the last lab is.
@@ -485,18 +628,21 @@ pub fn reapply(state: &mut LabState, config: &Path, attach: &[Attachment]) -> Re
     let user = load_valid(config, attach)?;
     let plan = plan::plan(&lab, &[&user]);
     if plan.hosts != state.plan.hosts || plan.services != state.plan.services {
-        bail!(
-            "{} needs other lab hosts or ports than lab `{lab}` has; rebuild it with `sgctl lab up -c {}{}`",
-            config.display(),
-            config.display(),
-            name_flag(&lab)
-        );
+        return Err(LabError::NeedsRebuild {
+            config: config.to_path_buf(),
+            lab,
+        });
     }
     let lab_model = plan.lab_model(&user, Some(state.lab_config.clone()));
-    std::fs::write(&state.lab_config, model::aws::to_native_yaml(&lab_model)?)
-        .with_context(|| format!("writing {}", state.lab_config.display()))?;
-    apply::apply(&state.lab_model()?, &ApplyOptions::default())
-        .context("enforcing the changed config in the lab")?;
+    let yaml = model::aws::to_native_yaml(&lab_model).map_err(LabError::Yaml)?;
+    std::fs::write(&state.lab_config, yaml).map_err(|source| LabError::Write {
+        path: state.lab_config.clone(),
+        source,
+    })?;
+    apply::apply(&state.lab_model()?, &ApplyOptions::default()).map_err(|e| LabError::Enforce {
+        what: "enforcing the changed config in the lab",
+        source: Box::new(e),
+    })?;
     state.plan = plan;
     state.write()
 }

@@ -20,7 +20,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
 use serde::Serialize;
 
 use super::plan::{Expected, Flow, HostKind, Plan, Proto};
@@ -131,7 +130,7 @@ impl Report {
 ///
 /// # Errors
 /// When a lab namespace is missing (the lab is not up).
-pub fn verify(plan: &Plan, lab_model: &Model) -> Result<Report> {
+pub fn verify(plan: &Plan, lab_model: &Model) -> Result<Report, crate::sys::netns::NetnsError> {
     let started = Instant::now();
     let nss = plan
         .hosts

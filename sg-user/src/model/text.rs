@@ -54,3 +54,37 @@ mod tests {
         assert_eq!(escape("Ünïcødé"), "Ünïcødé");
     }
 }
+
+/// An error followed by its sources, joined by ": " (what anyhow's `{:#}`
+/// prints), for the library's logs and status text: its errors keep their
+/// causes as sources instead of in their own message.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::Chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("attaching eth0")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn a_chain_prints_every_cause_once() {
+        let e = Outer(std::io::Error::from_raw_os_error(libc::EPERM));
+        let text = Chain(&e).to_string();
+        assert!(text.starts_with("attaching eth0: "), "{text}");
+        assert_eq!(text.matches("os error 1").count(), 1, "{text}");
+    }
+}

@@ -762,7 +762,7 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
     for id in attached_ifaces()? {
         match sg_user::agent::status::iface_status(id.clone()) {
             Ok(s) => all.push(s),
-            Err(e) => unreadable.push((id, format!("{e:#}"))),
+            Err(e) => unreadable.push((id, format!("{:#}", anyhow::Error::from(e)))),
         }
     }
     let daemons = sg_user::agent::daemon_state::read_states();
