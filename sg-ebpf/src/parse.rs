@@ -55,6 +55,16 @@ pub struct Fragment {
     pub id: u32,
 }
 
+impl Fragment {
+    /// A datagram that is not fragmented (its first and only part). IPv6
+    /// starts so; a Fragment extension header changes it.
+    const WHOLE: Fragment = Fragment {
+        fragmented: false,
+        first: true,
+        id: 0,
+    };
+}
+
 /// The facts of one IP packet that policy and conntrack need.
 #[derive(Clone, Copy)]
 pub struct Packet {
@@ -72,6 +82,26 @@ pub struct Packet {
     pub icmp_type: u8,
     pub tcp_flags: u8,
     pub fragment: Fragment,
+}
+
+impl Packet {
+    /// The network layer's facts; the upper layer's are filled in by
+    /// [`parse_l4`].
+    #[inline(always)]
+    fn network(ipv6: bool, src: [u8; 16], dst: [u8; 16], proto: u8, fragment: Fragment) -> Packet {
+        Packet {
+            ipv6,
+            src,
+            dst,
+            proto,
+            sport: [0; 2],
+            dport: [0; 2],
+            policy_port: 0,
+            icmp_type: 0,
+            tcp_flags: 0,
+            fragment,
+        }
+    }
 }
 
 /// ICMPv6 router solicitation … redirect (RFC 4861).
@@ -154,22 +184,17 @@ fn parse_ipv4(start: usize, end: usize, offset: usize) -> Result<Packet, NotJudg
     let frag = be16(ip.frag);
     let frag_offset = frag & 0x1fff;
     let more = frag & 0x2000 != 0;
-    let mut pkt = Packet {
-        ipv6: false,
-        src: [0; 16],
-        dst: [0; 16],
-        proto: ip.proto,
-        sport: [0; 2],
-        dport: [0; 2],
-        policy_port: 0,
-        icmp_type: 0,
-        tcp_flags: 0,
-        fragment: Fragment {
+    let mut pkt = Packet::network(
+        false,
+        [0; 16],
+        [0; 16],
+        ip.proto,
+        Fragment {
             fragmented: more || frag_offset != 0,
             first: frag_offset == 0,
             id: be16(ip.id) as u32,
         },
-    };
+    );
     pkt.src[..4].copy_from_slice(&ip.src);
     pkt.dst[..4].copy_from_slice(&ip.dst);
     // The options (IHL > 5) must be present in full.
@@ -204,22 +229,7 @@ fn parse_ipv6(
     if ip.vtc_flow[0] >> 4 != 6 {
         return Err(NotJudged::Malformed);
     }
-    let mut pkt = Packet {
-        ipv6: true,
-        src: ip.src,
-        dst: ip.dst,
-        proto: ip.next,
-        sport: [0; 2],
-        dport: [0; 2],
-        policy_port: 0,
-        icmp_type: 0,
-        tcp_flags: 0,
-        fragment: Fragment {
-            fragmented: false,
-            first: true,
-            id: 0,
-        },
-    };
+    let mut pkt = Packet::network(true, ip.src, ip.dst, ip.next, Fragment::WHOLE);
     let mut offset = offset + 40;
     let mut next = ip.next;
     // One iteration per extension header, plus one for the upper layer.

@@ -24,8 +24,8 @@ use crate::{
     agent::lock::{self, LockError, StateLock},
     agent::state::StateError,
     compile::{self, CompiledPolicy},
-    kernel::conntrack::{self, ConntrackError},
-    kernel::dataplane::{DataPlaneError, Session},
+    kernel::conntrack,
+    kernel::dataplane::Session,
     kernel::loader::{self, AttachOptions, InitialPolicy, LoaderError},
     kernel::pins::{self, IfaceId},
     kernel::policy_maps::PolicyMapError,
@@ -83,24 +83,20 @@ pub enum ApplyError {
     #[error("{iface}: the interface's endpoint vanished")]
     EndpointVanished { iface: IfaceId },
     #[error(transparent)]
-    Conntrack(#[from] ConntrackError),
-    #[error(transparent)]
     Lock(#[from] LockError),
     #[error(transparent)]
     Dir(#[from] PrivateDirError),
     #[error(transparent)]
     State(#[from] StateError),
-    #[error(transparent)]
-    Loader(#[from] LoaderError),
-    #[error(transparent)]
-    DataPlane(#[from] DataPlaneError),
-    #[error(transparent)]
-    Policy(#[from] PolicyMapError),
     /// Not root, or the legacy layout could not be read or removed (the
     /// error says which).
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Kernel(#[from] crate::kernel::KernelError),
 }
+
+crate::from_kernel_errors!(ApplyError);
 
 type Result<T, E = ApplyError> = std::result::Result<T, E>;
 

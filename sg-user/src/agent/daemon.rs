@@ -59,18 +59,8 @@ pub enum DaemonError {
     Signal(#[source] std::io::Error),
     #[error("inotify")]
     Inotify(#[source] std::io::Error),
-    #[error("watching {}", .path.display())]
-    Watch {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("creating {}", .path.display())]
-    Create {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Path(#[from] crate::sys::PathError),
     #[error("listening for metrics on {addr} (is the port in use?)")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -529,7 +519,7 @@ fn spawn_tick(tx: &mpsc::UnboundedSender<Event>, every: Duration, make: fn() -> 
 
 /// inotify on the config's directory (editors replace files by rename).
 fn spawn_config_watch(tx: &mpsc::UnboundedSender<Event>, config: &Path) -> Result<()> {
-    use inotify::{Inotify, WatchMask};
+    use inotify::WatchMask;
     let dir = config
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -538,52 +528,39 @@ fn spawn_config_watch(tx: &mpsc::UnboundedSender<Event>, config: &Path) -> Resul
         .file_name()
         .ok_or(DaemonError::ConfigName)?
         .to_owned();
-    let inotify = Inotify::init().map_err(DaemonError::Inotify)?;
-    inotify
-        .watches()
-        .add(
-            dir,
-            WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::CREATE | WatchMask::DELETE,
-        )
-        .map_err(|source| DaemonError::Watch {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-    let tx = tx.clone();
-    tokio::spawn(async move {
-        use futures_util::StreamExt;
-        let Ok(mut events) = inotify.into_event_stream([0u8; 4096]) else {
-            return;
-        };
-        while let Some(Ok(e)) = events.next().await {
-            if e.name.as_deref() == Some(name.as_os_str())
-                && tx.send(Event::Reload("config changed")).is_err()
-            {
-                break;
-            }
-        }
-    });
-    Ok(())
+    let mask = WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::CREATE | WatchMask::DELETE;
+    spawn_dir_watch(tx, dir, mask, move |entry| {
+        (entry == Some(name.as_os_str())).then_some(Event::Reload("config changed"))
+    })
 }
 
 /// inotify on /run/netns: namespaces created or deleted.
 fn spawn_netns_watch(tx: &mpsc::UnboundedSender<Event>) -> Result<()> {
-    use inotify::{Inotify, WatchMask};
-    std::fs::create_dir_all(NETNS_RUN_DIR).map_err(|source| DaemonError::Create {
-        path: NETNS_RUN_DIR.into(),
-        source,
-    })?;
-    let inotify = Inotify::init().map_err(DaemonError::Inotify)?;
+    use inotify::WatchMask;
+    std::fs::create_dir_all(NETNS_RUN_DIR)
+        .map_err(crate::sys::PathError::on("creating", NETNS_RUN_DIR))?;
+    let mask = WatchMask::CREATE | WatchMask::DELETE | WatchMask::MOVED_TO;
+    spawn_dir_watch(tx, Path::new(NETNS_RUN_DIR), mask, |entry| {
+        let name = entry
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Some(Event::Reconcile(format!("netns {name}")))
+    })
+}
+
+/// Watches `dir` for `mask`; each event's entry name becomes the event
+/// `event` makes of it (none: ignored), until the daemon stops listening.
+fn spawn_dir_watch(
+    tx: &mpsc::UnboundedSender<Event>,
+    dir: &Path,
+    mask: inotify::WatchMask,
+    event: impl Fn(Option<&std::ffi::OsStr>) -> Option<Event> + Send + 'static,
+) -> Result<()> {
+    let inotify = inotify::Inotify::init().map_err(DaemonError::Inotify)?;
     inotify
         .watches()
-        .add(
-            NETNS_RUN_DIR,
-            WatchMask::CREATE | WatchMask::DELETE | WatchMask::MOVED_TO,
-        )
-        .map_err(|source| DaemonError::Watch {
-            path: NETNS_RUN_DIR.into(),
-            source,
-        })?;
+        .add(dir, mask)
+        .map_err(crate::sys::PathError::on("watching", dir.to_path_buf()))?;
     let tx = tx.clone();
     tokio::spawn(async move {
         use futures_util::StreamExt;
@@ -591,11 +568,9 @@ fn spawn_netns_watch(tx: &mpsc::UnboundedSender<Event>) -> Result<()> {
             return;
         };
         while let Some(Ok(e)) = events.next().await {
-            let name = e
-                .name
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if tx.send(Event::Reconcile(format!("netns {name}"))).is_err() {
+            if let Some(ev) = event(e.name.as_deref())
+                && tx.send(ev).is_err()
+            {
                 break;
             }
         }
@@ -717,10 +692,8 @@ struct FlowLog {
 impl FlowLog {
     fn new(path: PathBuf, max_bytes: u64, account_id: &str, since_ns: u64) -> Result<FlowLog> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| DaemonError::Create {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(crate::sys::PathError::on("creating", dir.to_path_buf()))?;
         }
         Ok(FlowLog {
             path,

@@ -24,10 +24,7 @@ use aya::maps::{Map, MapData, MapError, RingBuf};
 use sg_common::{Direction, Reason, events::FlowEvent};
 use thiserror::Error;
 
-use crate::{
-    kernel::conntrack, kernel::dataplane::DataPlaneError, kernel::loader::LoaderError,
-    kernel::pins::IfaceId, kernel::policy_maps::PolicyMapError,
-};
+use crate::{kernel::conntrack, kernel::pins::IfaceId};
 
 /// The field names of the version 2 format, in order.
 pub const V2_FIELDS: [&str; 14] = [
@@ -201,12 +198,10 @@ pub enum FlowLogError {
         source: Box<MapError>,
     },
     #[error(transparent)]
-    Loader(#[from] LoaderError),
-    #[error(transparent)]
-    DataPlane(#[from] DataPlaneError),
-    #[error(transparent)]
-    Policy(#[from] PolicyMapError),
+    Kernel(#[from] crate::kernel::KernelError),
 }
+
+crate::from_kernel_errors!(FlowLogError);
 
 /// Points the endpoints of `ifaces` at event ring `ring`.
 fn point_at_ring(ifaces: &[IfaceId], ring: u32) -> Result<(), FlowLogError> {

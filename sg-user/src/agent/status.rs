@@ -7,11 +7,8 @@ use thiserror::Error;
 
 use crate::{
     agent::drift::{self, Drift},
-    kernel::conntrack::ConntrackError,
-    kernel::dataplane::DataPlaneError,
-    kernel::loader::{self, LoaderError},
+    kernel::loader,
     kernel::pins::IfaceId,
-    kernel::policy_maps::PolicyMapError,
     model::text::escape,
 };
 
@@ -27,14 +24,10 @@ pub enum StatusError {
     )]
     Legacy { iface: IfaceId },
     #[error(transparent)]
-    Loader(#[from] LoaderError),
-    #[error(transparent)]
-    DataPlane(#[from] DataPlaneError),
-    #[error(transparent)]
-    Policy(#[from] PolicyMapError),
-    #[error(transparent)]
-    Conntrack(#[from] ConntrackError),
+    Kernel(#[from] crate::kernel::KernelError),
 }
+
+crate::from_kernel_errors!(StatusError);
 
 #[derive(serde::Serialize)]
 pub struct IfaceStatus {

@@ -189,14 +189,6 @@ pub enum LoaderError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
-    #[error(
-        "pinning under {path} failed (is bpffs mounted at /sys/fs/bpf? `cargo xtask setup` mounts it)"
-    )]
-    Pin {
-        path: String,
-        #[source]
-        source: aya::pin::PinError,
-    },
     /// A link made through netlink (`what`: XDP, or TC without tcx).
     #[error("{what} attached through netlink, which cannot be pinned under {path}")]
     Unpinnable {
@@ -583,7 +575,8 @@ fn attach_here(
 }
 
 fn pin_link(link: FdLink, path: &Path) -> Result<(), LoaderError> {
-    link.pin(path).map_err(|source| LoaderError::Pin {
+    // The data plane's pin error: one message for every pin sgctl makes.
+    link.pin(path).map_err(|source| DataPlaneError::Pin {
         path: path.display().to_string(),
         source,
     })?;
@@ -966,50 +959,38 @@ fn copy_legacy_table<Old: aya::Pod, New: aya::Pod>(
 /// Copies the connection entries of a legacy attachment into the host-wide
 /// tables under `endpoint`.
 fn copy_legacy_flows(iface: &IfaceId, legacy_dir: &Path, endpoint: u32) -> Result<(), LoaderError> {
+    /// A legacy connection key: the host-wide one without the endpoint.
     #[repr(C)]
     #[derive(Clone, Copy)]
-    struct OldV4 {
-        local: [u8; 4],
-        remote: [u8; 4],
+    struct OldKey<const N: usize> {
+        local: [u8; N],
+        remote: [u8; N],
         local_port: [u8; 2],
         remote_port: [u8; 2],
         proto: u8,
         _pad: [u8; 3],
     }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct OldV6 {
-        local: [u8; 16],
-        remote: [u8; 16],
-        local_port: [u8; 2],
-        remote_port: [u8; 2],
-        proto: u8,
-        _pad: [u8; 3],
+    const _: () = assert!(size_of::<OldKey<4>>() == 4 + 4 + 2 + 2 + 1 + 3);
+    const _: () = assert!(size_of::<OldKey<16>>() == 16 + 16 + 2 + 2 + 1 + 3);
+    // SAFETY: repr(C) byte arrays only (alignment 1, so no implicit
+    // padding; sizes asserted above): every bit pattern is a valid value.
+    unsafe impl<const N: usize> aya::Pod for OldKey<N> {}
+    /// The same connection under `endpoint` in the host-wide table.
+    macro_rules! rekeyed {
+        ($new:ident, $len:literal) => {
+            |k: OldKey<$len>| $new {
+                endpoint,
+                local: k.local,
+                remote: k.remote,
+                local_port: k.local_port,
+                remote_port: k.remote_port,
+                proto: k.proto,
+                _pad: [0; 3],
+            }
+        };
     }
-    const _: () = assert!(size_of::<OldV4>() == 4 + 4 + 2 + 2 + 1 + 3);
-    const _: () = assert!(size_of::<OldV6>() == 16 + 16 + 2 + 2 + 1 + 3);
-    // SAFETY: repr(C) integers, padded explicitly (sizes asserted above; the
-    // legacy key layouts): every bit pattern is a valid value.
-    unsafe impl aya::Pod for OldV4 {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for OldV6 {}
-    let copied = copy_legacy_table(legacy_dir, names::MAP_CT_V4, |k: OldV4| CtKeyV4 {
-        endpoint,
-        local: k.local,
-        remote: k.remote,
-        local_port: k.local_port,
-        remote_port: k.remote_port,
-        proto: k.proto,
-        _pad: [0; 3],
-    })? + copy_legacy_table(legacy_dir, names::MAP_CT_V6, |k: OldV6| CtKeyV6 {
-        endpoint,
-        local: k.local,
-        remote: k.remote,
-        local_port: k.local_port,
-        remote_port: k.remote_port,
-        proto: k.proto,
-        _pad: [0; 3],
-    })?;
+    let copied = copy_legacy_table(legacy_dir, names::MAP_CT_V4, rekeyed!(CtKeyV4, 4))?
+        + copy_legacy_table(legacy_dir, names::MAP_CT_V6, rekeyed!(CtKeyV6, 16))?;
     crate::kernel::conntrack::add_kernel_count(iface, endpoint, copied)?;
     Ok(())
 }

@@ -40,6 +40,7 @@ use crate::{
     agent::status::StatusError,
     kernel::pins::{self, IfaceId},
     model::{self, Attachment, Model, Problem},
+    sys::PathError,
     sys::netns::{self, Netns, NetnsError},
     sys::private_dir::PrivateDirError,
 };
@@ -88,30 +89,8 @@ pub enum LabError {
         name_flag(.lab)
     )]
     NeedsRebuild { config: PathBuf, lab: String },
-    #[error("reading {}", .path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("writing {}", .path.display())]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("creating {}", .path.display())]
-    Create {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("removing {}", .path.display())]
-    Remove {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Path(#[from] crate::sys::PathError),
     #[error("writing the lab config as YAML")]
     Yaml(#[source] serde_saphyr::ser::Error),
     #[error("removing what an earlier lab of this name left")]
@@ -304,10 +283,8 @@ pub fn up(
     opts: &UpOptions,
 ) -> Result<UpReport> {
     plan::check_name(lab).map_err(LabError::Name)?;
-    let config = std::fs::canonicalize(config).map_err(|source| LabError::Read {
-        path: config.to_path_buf(),
-        source,
-    })?;
+    let config =
+        std::fs::canonicalize(config).map_err(PathError::on("reading", config.to_path_buf()))?;
     let user = load_valid(&config, attach)?;
     down(lab).map_err(|e| LabError::Leftover(Box::new(e)))?;
     let plan = plan::plan(lab, &[&user]);
@@ -374,10 +351,8 @@ fn build(
         "# Written by `sgctl lab up` from {}: interfaces point at the lab's namespaces.\n",
         config.display()
     );
-    std::fs::write(&lab_config, header + &text).map_err(|source| LabError::Write {
-        path: lab_config.clone(),
-        source,
-    })?;
+    std::fs::write(&lab_config, header + &text)
+        .map_err(PathError::on("writing", lab_config.clone()))?;
     let enforced = state.lab_model()?;
     let applied =
         apply::apply(&enforced, &ApplyOptions::default()).map_err(|e| LabError::Enforce {
@@ -398,10 +373,8 @@ fn start_server(lab: &str, opts: &UpOptions) -> Result<u32> {
         None => std::env::current_exe().map_err(LabError::Exe)?,
     };
     let log_path = state_dir(lab).join("server.log");
-    let log = std::fs::File::create(&log_path).map_err(|source| LabError::Create {
-        path: log_path.clone(),
-        source,
-    })?;
+    let log =
+        std::fs::File::create(&log_path).map_err(PathError::on("creating", log_path.clone()))?;
     let mut child = {
         use std::os::unix::process::CommandExt as _;
         Command::new(&exe)
@@ -565,10 +538,7 @@ pub fn down(lab: &str) -> Result<DownReport> {
         }
     }
     for path in scoped_dirs(&prefix) {
-        std::fs::remove_dir_all(&path).map_err(|source| LabError::Remove {
-            path: path.clone(),
-            source,
-        })?;
+        std::fs::remove_dir_all(&path).map_err(PathError::on("removing", path.clone()))?;
     }
     // Hosts first, the switch last (its veth ends go with the hosts).
     let mut names = netns::namespaces_with_prefix(&prefix);
@@ -581,10 +551,7 @@ pub fn down(lab: &str) -> Result<DownReport> {
     }
     let dir = state_dir(lab);
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|source| LabError::Remove {
-            path: dir.clone(),
-            source,
-        })?;
+        std::fs::remove_dir_all(&dir).map_err(PathError::on("removing", dir.clone()))?;
         report.state_removed = true;
     }
     // The parent of every lab's state; gone once the last lab is.
@@ -635,10 +602,8 @@ pub fn reapply(state: &mut LabState, config: &Path, attach: &[Attachment]) -> Re
     }
     let lab_model = plan.lab_model(&user, Some(state.lab_config.clone()));
     let yaml = model::aws::to_native_yaml(&lab_model).map_err(LabError::Yaml)?;
-    std::fs::write(&state.lab_config, yaml).map_err(|source| LabError::Write {
-        path: state.lab_config.clone(),
-        source,
-    })?;
+    std::fs::write(&state.lab_config, yaml)
+        .map_err(PathError::on("writing", state.lab_config.clone()))?;
     apply::apply(&state.lab_model()?, &ApplyOptions::default()).map_err(|e| LabError::Enforce {
         what: "enforcing the changed config in the lab",
         source: Box::new(e),

@@ -5,3 +5,29 @@
 pub mod ifinfo;
 pub mod netns;
 pub mod private_dir;
+
+/// An I/O error on a path, with what was being done to it ("creating
+/// /run/netns: Permission denied").
+#[derive(Debug, thiserror::Error)]
+#[error("{action} {}", .path.display())]
+pub struct PathError {
+    pub action: &'static str,
+    pub path: std::path::PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl PathError {
+    /// A `map_err` for an operation `action` on `path`.
+    pub fn on(
+        action: &'static str,
+        path: impl Into<std::path::PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> PathError {
+        let path = path.into();
+        move |source| PathError {
+            action,
+            path,
+            source,
+        }
+    }
+}
