@@ -805,17 +805,19 @@ fn change_kernel(
                     source: Box::new(e),
                 }
             })?;
-            // A good moment to reclaim what idled out (the data path already
-            // ignores it; this frees room in the table).
-            let cfg = session
-                .dp
-                .endpoint_of(&plan.id)?
-                .map(|e| e.cfg)
-                .ok_or_else(|| ApplyError::EndpointVanished {
-                    iface: plan.id.clone(),
-                })?;
-            conntrack::reclaim_expired(&plan.id, &cfg)?;
+            // No reclaim of idle entries here: it walks the host-wide table,
+            // once per updated interface (a group change on a container host
+            // updates hundreds). The data path ignores expired entries and
+            // reclaims them itself when a table fills; `sgctl run` collects
+            // them periodically.
             if opts.revoke {
+                let cfg = session
+                    .dp
+                    .endpoint_of(&plan.id)?
+                    .map(|e| e.cfg)
+                    .ok_or_else(|| ApplyError::EndpointVanished {
+                        iface: plan.id.clone(),
+                    })?;
                 change.revoked = conntrack::revoke(&plan.id, &cfg, &policy.compiled)?;
             }
         }

@@ -697,7 +697,11 @@ pub fn detach_in(session: &mut Session, iface: &IfaceId) -> Result<(), LoaderErr
         };
     };
     session.dp.maps.remove_endpoint(&ep.key)?;
-    crate::kernel::conntrack::remove_endpoint_flows(iface, ep.cfg.endpoint)?;
+    // Its connections go with it; the walk of the host-wide tables only
+    // when its count says it has any (as on register).
+    if crate::kernel::conntrack::in_use(iface, ep.cfg.endpoint).map_or(true, |n| n != 0) {
+        crate::kernel::conntrack::remove_endpoint_flows(iface, ep.cfg.endpoint)?;
+    }
     session.release_endpoint(ep.cfg.endpoint);
     Ok(())
 }
