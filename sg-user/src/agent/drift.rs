@@ -101,7 +101,7 @@ pub struct Known {
 pub fn check_known(id: &IfaceId, state: Option<&IfaceState>, known: Known) -> Vec<Drift> {
     if let Some(ns) = &id.netns
         && known.ifindex.is_none()
-        && crate::kernel::pins::NsIdent::named(ns).ok() != Some(id.ns)
+        && id.namespace_gone()
     {
         return vec![Drift::NamespaceGone { netns: ns.clone() }];
     }
@@ -214,7 +214,7 @@ pub fn check_with(
     has_endpoint: Option<bool>,
 ) -> Vec<Drift> {
     if let Some(ns) = &id.netns
-        && crate::kernel::pins::NsIdent::named(ns).ok() != Some(id.ns)
+        && id.namespace_gone()
     {
         return vec![Drift::NamespaceGone { netns: ns.clone() }];
     }

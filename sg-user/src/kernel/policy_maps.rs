@@ -149,33 +149,26 @@ struct PolicyKeys {
 }
 
 impl PolicyKeys {
-    fn split(self, keep: impl Fn(u32) -> bool) -> PolicyKeys {
-        fn pick<K>(v: Keyed<K>, keep: &impl Fn(u32) -> bool) -> Keyed<K> {
-            v.into_iter().filter(|(g, _)| keep(*g)).collect()
+    /// (the entries of `generation`, the entries of every other one).
+    fn partition(self, generation: u32) -> (PolicyKeys, PolicyKeys) {
+        fn split<K>(v: Keyed<K>, generation: u32) -> (Keyed<K>, Keyed<K>) {
+            v.into_iter().partition(|(g, _)| *g == generation)
         }
-        PolicyKeys {
-            addr_v4: pick(self.addr_v4, &keep),
-            addr_v6: pick(self.addr_v6, &keep),
-            ports: pick(self.ports, &keep),
-        }
-    }
-
-    /// The entries of generation `generation`.
-    fn only(&self, generation: u32) -> PolicyKeys {
-        self.clone_keys().split(|g| g == generation)
-    }
-
-    /// The entries of every other generation.
-    fn except(self, generation: u32) -> PolicyKeys {
-        self.split(|g| g != generation)
-    }
-
-    fn clone_keys(&self) -> PolicyKeys {
-        PolicyKeys {
-            addr_v4: self.addr_v4.clone(),
-            addr_v6: self.addr_v6.clone(),
-            ports: self.ports.clone(),
-        }
+        let (v4, other_v4) = split(self.addr_v4, generation);
+        let (v6, other_v6) = split(self.addr_v6, generation);
+        let (ports, other_ports) = split(self.ports, generation);
+        (
+            PolicyKeys {
+                addr_v4: v4,
+                addr_v6: v6,
+                ports,
+            },
+            PolicyKeys {
+                addr_v4: other_v4,
+                addr_v6: other_v6,
+                ports: other_ports,
+            },
+        )
     }
 }
 
@@ -456,9 +449,8 @@ impl PolicyMaps {
         // Entries of any generation but the live one are leftovers of an
         // install that did not finish: gone before staging. The live ones
         // go after the switch.
-        let keys = self.keys_by_generation()?;
-        let live = keys.only(old.generation);
-        self.remove_keys(keys.except(old.generation))?;
+        let (live, leftovers) = self.keys_by_generation()?.partition(old.generation);
+        self.remove_keys(leftovers)?;
         self.stage(policy)?;
         let state = PolicyState {
             generation: policy.generation,
@@ -610,8 +602,8 @@ impl PolicyMaps {
     }
 
     fn remove_generations_except(&mut self, keep: u32) -> Result<(), PolicyMapError> {
-        let keys = self.keys_by_generation()?;
-        self.remove_keys(keys.except(keep))
+        let (_, others) = self.keys_by_generation()?.partition(keep);
+        self.remove_keys(others)
     }
 
     /// The selected policy's entries, with their generation: one walk of
