@@ -194,7 +194,9 @@ pub fn render(s: &IfaceStatus) -> String {
     if let Some(namespace) = &s.namespace {
         let _ = writeln!(out, "  namespace: {}", escape(namespace));
     }
-    if !s.state_here {
+    // `sgctl attach` (observe mode, no policy) keeps no state anywhere; an
+    // enforced interface without state here was applied by another sgctl.
+    if !s.state_here && s.policy != 0 {
         let _ = writeln!(
             out,
             "  groups and rule names: not kept here (attached by an sgctl with its own /run, \
