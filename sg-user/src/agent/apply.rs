@@ -167,7 +167,10 @@ struct Plan<'a> {
     step: Step,
     /// Index into the apply's policies.
     policy: usize,
-    policy_hash: u64,
+    /// Its state file as found (read once per apply).
+    state: Option<IfaceState>,
+    /// Its endpoint's settings as found, if it has one.
+    endpoint: Option<sg_common::IfaceConfig>,
     timeouts_s: [u64; sg_common::conntrack::TIMEOUT_SLOTS],
 }
 
@@ -195,14 +198,6 @@ fn rules_fingerprint(model: &Model, iface: &Interface) -> u64 {
     // Never 0: a policy slot with fingerprint 0 was installed by a test or
     // by hand and is shared with nothing.
     h.finish() | 1
-}
-
-fn fingerprint(rules: u64, timeouts_s: &[u64]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    rules.hash(&mut h);
-    timeouts_s.hash(&mut h);
-    h.finish()
 }
 
 /// Applies `model` to the kernel, holding the state lock (waiting for it
@@ -279,13 +274,23 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
             None => carry_out(model, plan, policy, &mut session, identity.as_deref(), opts)?,
         });
     }
-    changes.extend(detach_departed(
-        &mut session,
-        &plans,
-        &seen.legacy,
-        identity.as_deref(),
-    )?);
-    free_unused_policies(&mut session)?;
+    let departed = detach_departed(&mut session, &plans, &seen, identity.as_deref())?;
+    // A policy can only fall out of use when an endpoint left it: one moved
+    // to another policy, or left the data plane (or one was left unused
+    // when it started, by an apply that died halfway).
+    let used: std::collections::BTreeSet<u32> =
+        seen.endpoints.values().map(|cfg| cfg.policy).collect();
+    let stray = seen.live.keys().any(|id| !used.contains(id));
+    let moved = stray
+        || plans.iter().zip(&changes).any(|(plan, change)| {
+            plan.endpoint.is_some_and(|cfg| {
+                cfg.policy != policies[plan.policy].id || change.action == "absent"
+            })
+        });
+    if moved || !departed.is_empty() {
+        free_unused_policies(&mut session)?;
+    }
+    changes.extend(departed);
     Ok(changes)
 }
 
@@ -328,10 +333,14 @@ fn plan_interfaces<'m>(
         .collect();
     let ifindexes = drift::ifindexes(&ids);
     let maps_pinned = drift::missing_maps().is_empty();
+    // The rules depend only on the groups: one fingerprint per group set.
+    let mut fingerprints: std::collections::HashMap<&[String], u64> =
+        std::collections::HashMap::new();
     for ((iface, id), ifindex) in model.interfaces.iter().zip(ids).zip(ifindexes) {
         let timeouts_s = compile::timeouts_s(&iface.conntrack);
-        let rules = rules_fingerprint(model, iface);
-        let policy_hash = fingerprint(rules, &timeouts_s);
+        let rules = *fingerprints
+            .entry(iface.groups.as_slice())
+            .or_insert_with(|| rules_fingerprint(model, iface));
         let state = read_state(&id);
         let ep = seen.endpoints.get(&id);
         let step = match (ifindex, ep) {
@@ -381,7 +390,8 @@ fn plan_interfaces<'m>(
             iface,
             ifindex: ifindex.unwrap_or(0),
             policy,
-            policy_hash,
+            state,
+            endpoint: ep.copied(),
             timeouts_s,
             id,
             step,
@@ -427,13 +437,11 @@ fn attach_new(
         .collect();
     for &i in &new {
         let plan = &plans[i];
-        write_state(
-            &plan.id,
-            &new_state(model, plan, &policies[plan.policy], identity),
-        )
-        .map_err(|source| ApplyError::WriteState {
-            iface: plan.id.clone(),
-            source: Box::new(source),
+        write_state(&plan.id, &new_state(model, plan, identity)).map_err(|source| {
+            ApplyError::WriteState {
+                iface: plan.id.clone(),
+                source: Box::new(source),
+            }
         })?;
     }
     let items: Vec<loader::AttachItem> = new
@@ -487,17 +495,22 @@ fn attach_new(
 fn detach_departed(
     session: &mut Session,
     plans: &[Plan<'_>],
-    legacy: &BTreeMap<IfaceId, PathBuf>,
+    seen: &Seen,
     identity: Option<&Path>,
 ) -> Result<Vec<Change>> {
     let mut changes = Vec::new();
-    let mut attached: Vec<IfaceId> = session.dp.endpoints()?.into_iter().map(|e| e.id).collect();
-    attached.extend(legacy.keys().cloned());
-    for id in attached {
-        let ours =
-            identity.is_some() && read_state(&id).is_some_and(|s| s.config.as_deref() == identity);
-        if ours && !plans.iter().any(|p| p.id == id) {
-            forget_in(session, &id)?;
+    if identity.is_none() {
+        return Ok(changes);
+    }
+    // What was attached when the apply started (under the state lock, so
+    // no other apply attached anything since) and is not in the config.
+    let planned: std::collections::BTreeSet<&IfaceId> = plans.iter().map(|p| &p.id).collect();
+    let departed = (seen.endpoints.keys())
+        .chain(seen.legacy.keys())
+        .filter(|id| !planned.contains(id));
+    for id in departed {
+        if read_state(id).is_some_and(|s| s.config.as_deref() == identity) {
+            forget_in(session, id)?;
             changes.push(Change {
                 iface: id.to_string(),
                 action: "detached",
@@ -723,16 +736,19 @@ fn carry_out(
         }
         Step::Unchanged => {
             change.action = "unchanged";
-            if read_state(&plan.id).is_none_or(|s| s.generation != policy.compiled.generation) {
-                // Another interface's apply switched the shared policy.
-                write_state(&plan.id, &new_state(model, plan, policy, identity))?;
-            }
+            write_state_if_changed(model, plan, identity)?;
+            return Ok(change);
+        }
+        Step::Update if switched_in_place(plan, policy, opts) => {
+            // Installing the policy's new generation already switched it:
+            // the endpoint points at that policy with these settings.
+            write_state_if_changed(model, plan, identity)?;
             return Ok(change);
         }
         _ => {}
     }
     let previous = std::fs::read(state_path(&plan.id)).ok();
-    write_state(&plan.id, &new_state(model, plan, policy, identity)).map_err(|source| {
+    write_state(&plan.id, &new_state(model, plan, identity)).map_err(|source| {
         ApplyError::WriteState {
             iface: plan.id.clone(),
             source: Box::new(source),
@@ -748,6 +764,30 @@ fn carry_out(
         return Err(e);
     }
     Ok(change)
+}
+
+/// Writes the interface's state file when what it records changed (rule
+/// names, groups, side, config), not on every policy change.
+fn write_state_if_changed(model: &Model, plan: &Plan<'_>, identity: Option<&Path>) -> Result<()> {
+    let state = new_state(model, plan, identity);
+    if plan.state.as_ref() != Some(&state) {
+        write_state(&plan.id, &state).map_err(|source| ApplyError::WriteState {
+            iface: plan.id.clone(),
+            source: Box::new(source),
+        })?;
+    }
+    Ok(())
+}
+
+/// An update with nothing to do for the interface itself: its endpoint is
+/// enforcing through the very policy id this apply installed a new
+/// generation of, with the same timeouts, and no flow is to be revoked.
+fn switched_in_place(plan: &Plan<'_>, policy: &PolicyPlan, opts: &ApplyOptions) -> bool {
+    plan.endpoint.is_some_and(|cfg| {
+        cfg.policy == policy.id
+            && cfg.flags & sg_common::policy::CONFIG_ENFORCE != 0
+            && cfg.timeouts_ns == crate::kernel::policy_maps::timeouts_ns(plan.timeouts_s)
+    }) && !opts.revoke
 }
 
 fn change_kernel(
@@ -826,12 +866,7 @@ fn change_kernel(
     Ok(())
 }
 
-fn new_state(
-    model: &Model,
-    plan: &Plan<'_>,
-    policy: &PolicyPlan,
-    identity: Option<&Path>,
-) -> IfaceState {
+fn new_state(model: &Model, plan: &Plan<'_>, identity: Option<&Path>) -> IfaceState {
     let rules = model
         .rules_for(plan.iface, crate::model::Direction::Ingress)
         .chain(model.rules_for(plan.iface, crate::model::Direction::Egress))
@@ -847,10 +882,8 @@ fn new_state(
     IfaceState {
         side: plan.iface.side.name().into(),
         groups: plan.iface.groups.clone(),
-        generation: policy.compiled.generation,
         config: identity.map(Path::to_path_buf),
         ifindex: plan.ifindex,
-        policy_hash: plan.policy_hash,
         rules,
     }
 }

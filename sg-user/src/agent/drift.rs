@@ -142,43 +142,11 @@ pub fn missing_maps() -> Vec<String> {
 
 /// Hooks missing from the interface's link directory.
 fn hooks_missing(id: &IfaceId) -> Vec<Drift> {
-    let names: Vec<String> = std::fs::read_dir(id.dir())
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
     ["ingress", "egress"]
         .into_iter()
-        .filter(|direction| {
-            let prefix = format!("{}{direction}-", pins::LINK_PREFIX);
-            !names.iter().any(|n| n.starts_with(&prefix))
-        })
+        .filter(|direction| !crate::kernel::loader::has_link_pin(id, direction))
         .map(|direction| Drift::HookMissing { direction })
         .collect()
-}
-
-/// Every interface of the calling thread's namespace: name → index.
-fn all_ifindexes() -> Option<std::collections::HashMap<String, u32>> {
-    // SAFETY: if_nameindex returns an array ended by a zero entry, freed
-    // below with if_freenameindex; names are valid C strings until then.
-    unsafe {
-        let list = libc::if_nameindex();
-        if list.is_null() {
-            return None;
-        }
-        let mut out = std::collections::HashMap::new();
-        let mut p = list;
-        while (*p).if_index != 0 && !(*p).if_name.is_null() {
-            let name = std::ffi::CStr::from_ptr((*p).if_name)
-                .to_string_lossy()
-                .into_owned();
-            out.insert(name, (*p).if_index);
-            p = p.add(1);
-        }
-        libc::if_freenameindex(list);
-        Some(out)
-    }
 }
 
 /// The indexes of `ids` now: one visit per namespace.
@@ -195,12 +163,17 @@ pub fn ifindexes(ids: &[IfaceId]) -> Vec<Option<u32>> {
             .push(i);
     }
     for (_, members) in by_ns {
-        // One if_nameindex(3) per namespace (a netlink dump), not one
-        // ioctl per interface.
-        let found = crate::kernel::loader::in_iface_netns(&ids[members[0]], all_ifindexes);
-        if let Ok(Some(found)) = found {
-            for &i in &members {
-                out[i] = found.get(ids[i].iface.as_str()).copied();
+        // One ioctl per interface: a link dump (if_nameindex) fills every
+        // link's attributes and costs ~10× more on a namespace of 2,000
+        // veth ends.
+        let found = crate::kernel::loader::in_iface_netns(&ids[members[0]], || {
+            (members.iter())
+                .map(|&i| crate::sys::ifinfo::index_of(&ids[i].iface))
+                .collect::<Vec<_>>()
+        });
+        if let Ok(found) = found {
+            for (&i, index) in members.iter().zip(found) {
+                out[i] = index;
             }
         }
     }

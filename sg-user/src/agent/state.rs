@@ -31,26 +31,25 @@ pub enum StateError {
 }
 
 /// What `sgctl status` and the daemon need that the kernel does not keep.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// Nothing in it changes with membership or the policy's generation (the
+/// kernel's policy is the authority for those), so a membership change on
+/// a host of a thousand interfaces rewrites no state file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IfaceState {
     pub side: String,
     pub groups: Vec<String>,
-    pub generation: u32,
     /// The config that attached it, by its identity ([`config_identity`]):
     /// only an apply of the same config detaches it when it leaves the config.
     pub config: Option<PathBuf>,
     /// The interface's index when it was attached: a different index now
     /// means it was deleted and created again, and must be attached anew.
     pub ifindex: u32,
-    /// Fingerprint of the compiled rules and timeouts; an unchanged policy
-    /// is not installed again.
-    pub policy_hash: u64,
     /// Rule hash → what the rule is.
     pub rules: BTreeMap<u32, RuleInfo>,
 }
 
 /// A rule as `sgctl status` and the metrics name it.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleInfo {
     pub id: String,
     pub group: String,

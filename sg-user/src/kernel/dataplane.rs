@@ -280,12 +280,13 @@ impl DataPlane {
 
     /// Every endpoint, with the interface it stands for.
     pub fn endpoints(&self) -> Result<Vec<EndpointInfo>, DataPlaneError> {
+        let mut lookups = crate::kernel::pins::NsLookups::default();
         let mut out: Vec<EndpointInfo> = self
             .maps
             .endpoints()?
             .into_iter()
             .map(|(key, cfg)| EndpointInfo {
-                id: IfaceId::found(
+                id: IfaceId::found_with(
                     &c_str(&cfg.ifname),
                     NsIdent {
                         dev: cfg.netns_dev,
@@ -294,6 +295,7 @@ impl DataPlane {
                     Some(c_str(&cfg.netns_name))
                         .filter(|n| !n.is_empty())
                         .as_deref(),
+                    &mut lookups,
                 ),
                 key,
                 cfg,

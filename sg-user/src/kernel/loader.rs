@@ -101,15 +101,26 @@ impl AttachedHook {
         }
     }
 
+    /// Every hook, the most common first.
+    const ALL: [AttachedHook; 3] = [
+        AttachedHook::Tc,
+        AttachedHook::Xdp,
+        AttachedHook::XdpGeneric,
+    ];
+
     fn from_name(name: &str) -> Option<AttachedHook> {
-        [
-            AttachedHook::Xdp,
-            AttachedHook::XdpGeneric,
-            AttachedHook::Tc,
-        ]
-        .into_iter()
-        .find(|h| h.name() == name)
+        AttachedHook::ALL.into_iter().find(|h| h.name() == name)
     }
+}
+
+/// Whether `iface` has a link pinned for `direction` ("ingress" or
+/// "egress"): a `stat` per possible pin name, most common first (cheaper
+/// than listing the directory when a thousand interfaces are checked).
+pub fn has_link_pin(iface: &IfaceId, direction: &str) -> bool {
+    let dir = iface.dir();
+    AttachedHook::ALL
+        .into_iter()
+        .any(|hook| std::fs::symlink_metadata(dir.join(link_pin_name(direction, hook))).is_ok())
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -120,6 +120,38 @@ impl NsIdent {
     }
 }
 
+/// Namespace identities looked up once for a batch of [`IfaceId::found_with`]
+/// calls (listing a thousand endpoints costs one look at each name, not
+/// three `stat`s per endpoint).
+#[derive(Default)]
+pub struct NsLookups {
+    here: Option<Vec<NsIdent>>,
+    named: std::collections::HashMap<String, Option<NsIdent>>,
+}
+
+impl NsLookups {
+    /// The caller's namespace and the initial one (shown unnamed).
+    fn here(&mut self) -> &[NsIdent] {
+        self.here.get_or_insert_with(|| {
+            NsIdent::current()
+                .ok()
+                .into_iter()
+                .chain(NsIdent::initial())
+                .collect()
+        })
+    }
+
+    /// What `/run/netns/NAME` is now (`None`: nothing).
+    fn named(&mut self, name: &str) -> Option<NsIdent> {
+        if let Some(ns) = self.named.get(name) {
+            return *ns;
+        }
+        let ns = NsIdent::named(name).ok();
+        self.named.insert(name.to_string(), ns);
+        ns
+    }
+}
+
 /// Identifies a protected interface: its name and the namespace it lives in
 /// — a named namespace by its name (unique at any moment, and what a
 /// deleted one is still called), any other by its identity.
@@ -192,7 +224,18 @@ impl IfaceId {
     /// it, else the name it has now, if any. The caller's own namespace and
     /// the initial one are unnamed.
     pub fn found(iface: &str, ns: NsIdent, recorded: Option<&str>) -> IfaceId {
-        let here = NsIdent::current().ok() == Some(ns) || NsIdent::initial() == Some(ns);
+        IfaceId::found_with(iface, ns, recorded, &mut NsLookups::default())
+    }
+
+    /// [`IfaceId::found`] for one of many attachments: the namespaces are
+    /// looked up once per batch, not three times per attachment.
+    pub fn found_with(
+        iface: &str,
+        ns: NsIdent,
+        recorded: Option<&str>,
+        lookups: &mut NsLookups,
+    ) -> IfaceId {
+        let here = lookups.here().contains(&ns);
         let netns = if here {
             None
         } else {
@@ -204,7 +247,7 @@ impl IfaceId {
             // a container sees its own namespace unnamed, even when the host
             // has a name for it; [`IfaceId::whereabouts`] shows that name).
             recorded
-                .filter(|n| NsIdent::named(n).map_or(true, |now| now == ns))
+                .filter(|n| lookups.named(n).is_none_or(|now| now == ns))
                 .map(str::to_string)
         };
         IfaceId {

@@ -88,8 +88,10 @@ pub struct Model {
     pub warnings: Vec<Problem>,
     /// Discovered addresses by interface key.
     discovered: BTreeMap<String, Vec<IpAddr>>,
-    /// Resolved rules by interface key: [ingress, egress].
-    resolved: BTreeMap<String, [Vec<ResolvedRule>; 2]>,
+    /// Resolved rules by interface key: [ingress, egress]. Interfaces with
+    /// the same groups share one resolution (a container host has a few
+    /// group sets and hundreds of interfaces).
+    resolved: BTreeMap<String, std::sync::Arc<[Vec<ResolvedRule>; 2]>>,
 }
 
 /// Options for [`load_with`].
@@ -280,62 +282,91 @@ impl Model {
     }
 
     fn resolve(&mut self) {
+        // Each group's addresses once (not once per rule per interface).
+        let addresses: BTreeMap<&str, Vec<IpNet>> = self
+            .groups
+            .iter()
+            .map(|g| {
+                let v = self.group_addresses(&g.id).into_iter().map(IpNet::from);
+                let mut v: Vec<IpNet> = v.collect();
+                v.sort();
+                v.dedup();
+                (g.id.as_str(), v)
+            })
+            .collect();
+        let mut by_groups: BTreeMap<&[String], std::sync::Arc<[Vec<ResolvedRule>; 2]>> =
+            BTreeMap::new();
         let mut out = BTreeMap::new();
         for iface in &self.interfaces {
-            let attached: Vec<&Group> = iface
-                .groups
-                .iter()
-                .filter_map(|id| self.group(id))
-                .collect();
-            let mut both: [Vec<ResolvedRule>; 2] = [vec![], vec![]];
-            for (slot, dir) in [Direction::Ingress, Direction::Egress]
-                .into_iter()
-                .enumerate()
-            {
-                let opposite: Vec<&Rule> = attached
-                    .iter()
-                    .flat_map(|g| g.rules(dir.opposite()))
-                    .collect();
-                // Does the opposite direction allow all of `proto` (on all ports)
-                // to the /0 of the same family as `world`?
-                let opens_all = |proto: Protocol, world: &IpNet| {
-                    opposite.iter().any(|o| {
-                        o.peer == Peer::Cidr(*world)
-                            && (o.protocol == Protocol::All
-                                || (o.protocol == proto && o.l4 == L4Match::Ports(PortRange::ALL)))
-                    })
-                };
-                for g in &attached {
-                    for r in g.rules(dir) {
-                        let mut tracking = Tracking::default();
-                        if let Peer::Cidr(world) = &r.peer
-                            && world.prefix_len() == 0
-                        {
-                            let (tcp, udp) = match r.protocol {
-                                Protocol::Tcp => (true, false),
-                                Protocol::Udp => (false, true),
-                                Protocol::All => (true, true),
-                                _ => (false, false),
-                            };
-                            tracking.untracked_tcp = tcp && opens_all(Protocol::Tcp, world);
-                            tracking.untracked_udp = udp && opens_all(Protocol::Udp, world);
-                        }
-                        both[slot].push(ResolvedRule {
-                            id: r.id.clone(),
-                            group: g.id.clone(),
-                            direction: dir,
-                            protocol: r.protocol,
-                            l4: r.l4,
-                            peers: self.peer_cidrs(&r.peer),
-                            tracking,
-                            description: r.description.clone(),
-                        });
-                    }
-                }
-            }
-            out.insert(iface.key(), both);
+            let rules = by_groups
+                .entry(iface.groups.as_slice())
+                .or_insert_with(|| {
+                    std::sync::Arc::new(self.resolve_groups(&iface.groups, &addresses))
+                })
+                .clone();
+            out.insert(iface.key(), rules);
         }
         self.resolved = out;
+    }
+
+    /// The rules in force for an interface in `groups`: [ingress, egress].
+    fn resolve_groups(
+        &self,
+        groups: &[String],
+        addresses: &BTreeMap<&str, Vec<IpNet>>,
+    ) -> [Vec<ResolvedRule>; 2] {
+        let attached: Vec<&Group> = groups.iter().filter_map(|id| self.group(id)).collect();
+        let mut both: [Vec<ResolvedRule>; 2] = [vec![], vec![]];
+        for (slot, dir) in [Direction::Ingress, Direction::Egress]
+            .into_iter()
+            .enumerate()
+        {
+            let opposite: Vec<&Rule> = attached
+                .iter()
+                .flat_map(|g| g.rules(dir.opposite()))
+                .collect();
+            // Does the opposite direction allow all of `proto` (on all ports)
+            // to the /0 of the same family as `world`?
+            let opens_all = |proto: Protocol, world: &IpNet| {
+                opposite.iter().any(|o| {
+                    o.peer == Peer::Cidr(*world)
+                        && (o.protocol == Protocol::All
+                            || (o.protocol == proto && o.l4 == L4Match::Ports(PortRange::ALL)))
+                })
+            };
+            for g in &attached {
+                for r in g.rules(dir) {
+                    let mut tracking = Tracking::default();
+                    if let Peer::Cidr(world) = &r.peer
+                        && world.prefix_len() == 0
+                    {
+                        let (tcp, udp) = match r.protocol {
+                            Protocol::Tcp => (true, false),
+                            Protocol::Udp => (false, true),
+                            Protocol::All => (true, true),
+                            _ => (false, false),
+                        };
+                        tracking.untracked_tcp = tcp && opens_all(Protocol::Tcp, world);
+                        tracking.untracked_udp = udp && opens_all(Protocol::Udp, world);
+                    }
+                    let peers = match &r.peer {
+                        Peer::Group(id) => addresses.get(id.as_str()).cloned().unwrap_or_default(),
+                        other => self.peer_cidrs(other),
+                    };
+                    both[slot].push(ResolvedRule {
+                        id: r.id.clone(),
+                        group: g.id.clone(),
+                        direction: dir,
+                        protocol: r.protocol,
+                        l4: r.l4,
+                        peers,
+                        tracking,
+                        description: r.description.clone(),
+                    });
+                }
+            }
+        }
+        both
     }
 
     /// Total number of rules written (both directions, all groups).
