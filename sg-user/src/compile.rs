@@ -444,11 +444,11 @@ pub fn compile_iface(
     iface: &crate::model::Interface,
     generation: u32,
 ) -> CompiledPolicy {
-    use crate::model::Direction as D;
+    let rules = |d: Direction| rules_from_model(model, iface, d.into());
     compile(
         generation,
-        &rules_from_model(model, iface, D::Ingress),
-        &rules_from_model(model, iface, D::Egress),
+        &rules(Direction::Inbound),
+        &rules(Direction::Outbound),
     )
 }
 

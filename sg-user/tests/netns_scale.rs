@@ -111,7 +111,10 @@ interfaces:
         changes.len(),
         started.elapsed()
     );
-    let attached = changes.iter().filter(|c| c.action == "attached").count();
+    let attached = changes
+        .iter()
+        .filter(|c| c.action == sg_user::agent::apply::Action::Attached)
+        .count();
     assert_eq!(attached, NAMESPACES * PER_NAMESPACE, "{changes:?}");
 
     // Real traffic on the sample: web interfaces answer on 80 only, ssh

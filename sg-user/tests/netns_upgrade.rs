@@ -140,7 +140,11 @@ fn legacy_attachment_moves_to_the_shared_data_plane_without_opening() {
     prober.join().unwrap();
 
     assert_eq!(changes.len(), 1, "{changes:?}");
-    assert_eq!(changes[0].action, "upgraded", "{changes:?}");
+    assert_eq!(
+        changes[0].action,
+        sg_user::agent::apply::Action::Upgraded,
+        "{changes:?}"
+    );
     assert!(
         !legacy_dir.exists(),
         "the legacy programs and maps are gone"

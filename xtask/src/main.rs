@@ -1,8 +1,10 @@
 //! Developer tasks. The README names two: `cargo xtask demo` and
 //! `cargo xtask test`; both run `setup` first when something is missing.
-//! `cargo xtask image` builds the sidecar image (README "Sidecar").
+//! `cargo xtask image` builds the sidecar image (README "Sidecar");
+//! `cargo xtask layers` checks sg-user's layering (README "Layout").
 
 mod image;
+mod layers;
 mod setup;
 
 use std::process::Command;
@@ -35,7 +37,9 @@ enum Task {
         #[arg(long, default_value = image::DEFAULT_TAG)]
         tag: String,
     },
-    /// Everything CI runs: fmt, clippy -D warnings, the sidecar image (root), unit, kernel, netns and podman tests
+    /// Check sg-user's layers: one-way imports, no cycles, no over-long functions
+    Layers,
+    /// Everything CI runs: fmt, clippy -D warnings, layers, the sidecar image (root), unit, kernel, netns and podman tests
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter)
         #[arg(trailing_var_arg = true)]
@@ -95,10 +99,12 @@ fn main() -> Result<()> {
             ensure_setup()?;
             image::build(&tag)
         }
+        Task::Layers => layers::check(&workspace_root()),
         Task::Test { cargo_test_args } => {
             ensure_setup()?;
             cargo(&["fmt", "--all", "--", "--check"])
                 .context("formatting differs: run `cargo fmt --all`")?;
+            layers::check(&workspace_root())?;
             cargo(&[
                 "clippy",
                 "--workspace",

@@ -130,12 +130,55 @@ pub struct ApplyOptions {
     pub require_present: bool,
 }
 
+/// What an apply did to one interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Newly attached.
+    Attached,
+    /// Its policy (or settings) changed.
+    Updated,
+    /// Nothing to do.
+    Unchanged,
+    /// Attached differently before (other side, `sgctl attach`): attached
+    /// as the config says.
+    Reattached,
+    /// Drifted (hooks or pins missing, new device): repaired.
+    Repaired,
+    /// Moved from the legacy per-interface layout to the shared data plane.
+    Upgraded,
+    /// Not present on this machine now.
+    Absent,
+    /// Left the config: detached.
+    Detached,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Attached => "attached",
+            Action::Updated => "updated",
+            Action::Unchanged => "unchanged",
+            Action::Reattached => "reattached",
+            Action::Repaired => "repaired",
+            Action::Upgraded => "upgraded",
+            Action::Absent => "absent",
+            Action::Detached => "detached",
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What happened to one interface.
 #[derive(Clone, Debug, Serialize)]
 pub struct Change {
     pub iface: String,
-    /// attached | updated | unchanged | reattached | repaired | absent | detached
-    pub action: &'static str,
+    pub action: Action,
     pub generation: u32,
     pub revoked: usize,
     /// Why it was reattached or repaired.
@@ -151,7 +194,7 @@ enum Step {
     Upgrade { legacy_dir: PathBuf },
     /// Attached but not as set up (other side, `sgctl attach`, new device,
     /// hooks or pins missing): rewrite its endpoint, link what is missing.
-    Reattach { action: &'static str, why: String },
+    Reattach { action: Action, why: String },
     /// Attached: enforce the (possibly new) policy and settings.
     Update,
     /// Attached with this very policy and these settings already.
@@ -284,7 +327,7 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
     let moved = stray
         || plans.iter().zip(&changes).any(|(plan, change)| {
             plan.endpoint.is_some_and(|cfg| {
-                cfg.policy != policies[plan.policy].id || change.action == "absent"
+                cfg.policy != policies[plan.policy].id || change.action == Action::Absent
             })
         });
     if moved || !departed.is_empty() {
@@ -346,7 +389,7 @@ fn plan_interfaces<'m>(
         let step = match (ifindex, ep) {
             (None, _) => Step::Absent,
             (Some(_), Some(_)) if !session.repinned.is_empty() => Step::Reattach {
-                action: "repaired",
+                action: Action::Repaired,
                 why: format!(
                     "pinned maps missing: {} (pinned again from the programs)",
                     session.repinned.join(", ")
@@ -468,7 +511,7 @@ fn attach_new(
             Ok(_) => {
                 done[i] = Some(Change {
                     iface: plan.id.to_string(),
-                    action: "attached",
+                    action: Action::Attached,
                     generation: policies[plan.policy].compiled.generation,
                     revoked: 0,
                     detail: None,
@@ -513,7 +556,7 @@ fn detach_departed(
             forget_in(session, id)?;
             changes.push(Change {
                 iface: id.to_string(),
-                action: "detached",
+                action: Action::Detached,
                 generation: 0,
                 revoked: 0,
                 detail: None,
@@ -655,7 +698,7 @@ fn step_for_attached(
     } = *seen;
     let Some(state) = state.filter(|s| s.side == iface.side.name()) else {
         return Step::Reattach {
-            action: "reattached",
+            action: Action::Reattached,
             why: "attached by `sgctl attach` or for the other side".into(),
         };
     };
@@ -663,7 +706,7 @@ fn step_for_attached(
     if !drifted.is_empty() {
         let why: Vec<String> = drifted.iter().map(ToString::to_string).collect();
         return Step::Reattach {
-            action: "repaired",
+            action: Action::Repaired,
             why: why.join("; "),
         };
     }
@@ -719,7 +762,7 @@ fn carry_out(
 ) -> Result<Change> {
     let mut change = Change {
         iface: plan.id.to_string(),
-        action: "updated",
+        action: Action::Updated,
         generation: policy.compiled.generation,
         revoked: 0,
         detail: None,
@@ -730,12 +773,12 @@ fn carry_out(
             if session.dp.endpoint_of(&plan.id)?.is_some() || plan.id.dir().exists() {
                 forget_in(session, &plan.id)?;
             }
-            change.action = "absent";
+            change.action = Action::Absent;
             change.generation = 0;
             return Ok(change);
         }
         Step::Unchanged => {
-            change.action = "unchanged";
+            change.action = Action::Unchanged;
             write_state_if_changed(model, plan, identity)?;
             return Ok(change);
         }
@@ -807,7 +850,7 @@ fn change_kernel(
     };
     match &plan.step {
         Step::Attach => {
-            change.action = "attached";
+            change.action = Action::Attached;
             loader::attach_in(session, &plan.id, &attach, initial).map_err(|e| {
                 ApplyError::Attach {
                     iface: plan.id.clone(),
@@ -816,7 +859,7 @@ fn change_kernel(
             })?;
         }
         Step::Upgrade { legacy_dir } => {
-            change.action = "upgraded";
+            change.action = Action::Upgraded;
             change.detail = Some(format!(
                 "moved from its own programs and maps ({}) to the host's data plane",
                 legacy_dir.display()
@@ -829,7 +872,7 @@ fn change_kernel(
             )?;
         }
         Step::Reattach { action, why } => {
-            change.action = action;
+            change.action = *action;
             change.detail = Some(why.clone());
             loader::ensure_in(session, &plan.id, &attach, initial).map_err(|e| {
                 ApplyError::Repair {

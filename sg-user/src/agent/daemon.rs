@@ -187,69 +187,8 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     if let Some(held) = daemon.state_lock("start").await {
         daemon.reload("start", &held);
     }
-    while let Some(first) = rx.recv().await {
-        // Coalesce a burst (an editor's save, a container starting) into one
-        // reload or reconcile; nothing queued meanwhile is lost.
-        let mut batch = vec![first];
-        if matches!(batch[0], Event::Reload(_) | Event::Reconcile(_)) {
-            tokio::time::sleep(Duration::from_millis(150)).await;
-        }
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
-        }
-        let mut reload = None;
-        let mut reconcile = None;
-        let mut shutdown = None;
-        for event in batch {
-            match event {
-                Event::Reload(why) => reload = Some(why),
-                Event::Reconcile(why) => reconcile = Some(why),
-                Event::Gc => daemon.gc(),
-                Event::FlowDrain => {
-                    if let Some(f) = &mut daemon.flows {
-                        f.drain();
-                    }
-                }
-                Event::FlowWindow => {
-                    if let Some(f) = &mut daemon.flows {
-                        f.window();
-                    }
-                }
-                Event::Shutdown(why) => shutdown = Some(why),
-            }
-        }
-        // A reload re-discovers interfaces too, so it covers a reconcile.
-        let why = reload.map(str::to_string).or(reconcile);
-        if let Some(why) = why
-            && let Some(held) = daemon.state_lock(&why).await
-        {
-            match reload {
-                Some(why) => daemon.reload(why, &held),
-                None => daemon.reconcile(&why, &held),
-            }
-        }
-        if let Some(why) = shutdown {
-            info!(signal = why, "stopping");
-            break;
-        }
-    }
-    if let Some(f) = &mut daemon.flows {
-        f.window();
-    }
-    if daemon.opts.detach_on_exit
-        && let Some(held) = daemon.state_lock("stop").await
-    {
-        for id in daemon.attached() {
-            match apply::detach_locked(&id, &held) {
-                Ok(()) => info!(iface = %id, "detached (--detach-on-exit)"),
-                Err(e) => warn!(iface = %id, "detach failed: {}", Chain(&e)),
-            }
-        }
-    } else {
-        info!(
-            "enforcement stays in place (pinned); `sgctl run` adopts it, `sgctl detach --all` removes it"
-        );
-    }
+    daemon.serve(&mut rx).await;
+    daemon.stop().await;
     // Ours alone: the daemon lock is still held.
     let _ = std::fs::remove_file(&daemon.state_file);
     daemon_lock.remove();
@@ -257,6 +196,78 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
 }
 
 impl Daemon {
+    /// Handles events until a shutdown signal (or every sender is gone).
+    async fn serve(&mut self, rx: &mut mpsc::UnboundedReceiver<Event>) {
+        while let Some(first) = rx.recv().await {
+            // Coalesce a burst (an editor's save, a container starting) into one
+            // reload or reconcile; nothing queued meanwhile is lost.
+            let mut batch = vec![first];
+            if matches!(batch[0], Event::Reload(_) | Event::Reconcile(_)) {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+            }
+            let mut reload = None;
+            let mut reconcile = None;
+            let mut shutdown = None;
+            for event in batch {
+                match event {
+                    Event::Reload(why) => reload = Some(why),
+                    Event::Reconcile(why) => reconcile = Some(why),
+                    Event::Gc => self.gc(),
+                    Event::FlowDrain => {
+                        if let Some(f) = &mut self.flows {
+                            f.drain();
+                        }
+                    }
+                    Event::FlowWindow => {
+                        if let Some(f) = &mut self.flows {
+                            f.window();
+                        }
+                    }
+                    Event::Shutdown(why) => shutdown = Some(why),
+                }
+            }
+            // A reload re-discovers interfaces too, so it covers a reconcile.
+            let why = reload.map(str::to_string).or(reconcile);
+            if let Some(why) = why
+                && let Some(held) = self.state_lock(&why).await
+            {
+                match reload {
+                    Some(why) => self.reload(why, &held),
+                    None => self.reconcile(&why, &held),
+                }
+            }
+            if let Some(why) = shutdown {
+                info!(signal = why, "stopping");
+                break;
+            }
+        }
+    }
+
+    /// What a stopping daemon does: closes the flow-log window, and detaches
+    /// its interfaces only when asked to (enforcement outlives the daemon).
+    async fn stop(&mut self) {
+        if let Some(f) = &mut self.flows {
+            f.window();
+        }
+        if self.opts.detach_on_exit
+            && let Some(held) = self.state_lock("stop").await
+        {
+            for id in self.attached() {
+                match apply::detach_locked(&id, &held) {
+                    Ok(()) => info!(iface = %id, "detached (--detach-on-exit)"),
+                    Err(e) => warn!(iface = %id, "detach failed: {}", Chain(&e)),
+                }
+            }
+        } else {
+            info!(
+                "enforcement stays in place (pinned); `sgctl run` adopts it, `sgctl detach --all` removes it"
+            );
+        }
+    }
+
     /// Takes the state lock for a reload or reconcile, waiting (without
     /// blocking metrics or signals) while an `sgctl apply` holds it. None
     /// when it cannot be taken at all (logged, shown in status).
@@ -343,10 +354,10 @@ impl Daemon {
             Ok(changes) => {
                 let mut generations = BTreeMap::new();
                 for c in &changes {
-                    if c.action != "unchanged" {
-                        info!(iface = %c.iface, action = c.action, generation = c.generation, detail = c.detail.as_deref(), trigger = why, "applied");
+                    if c.action != apply::Action::Unchanged {
+                        info!(iface = %c.iface, action = %c.action, generation = c.generation, detail = c.detail.as_deref(), trigger = why, "applied");
                     }
-                    if c.action != "detached" {
+                    if c.action != apply::Action::Detached {
                         generations.insert(c.iface.clone(), c.generation);
                     }
                 }

@@ -35,6 +35,15 @@ pub enum MetricsError {
 /// The exposition text for the current state.
 pub fn render(daemon: &DaemonState) -> Result<String, MetricsError> {
     let mut registry = Registry::default();
+    register_interfaces(&mut registry)?;
+    register_daemon(&mut registry, daemon);
+    let mut out = String::new();
+    encode(&mut out, &registry).map_err(MetricsError::Encode)?;
+    Ok(out)
+}
+
+/// Per-interface families: counters, rule hits, connection table, policy.
+fn register_interfaces(registry: &mut Registry) -> Result<(), MetricsError> {
     let packets = Family::<Labels, Counter>::default();
     let bytes = Family::<Labels, Counter>::default();
     let rule_hits = Family::<Labels, Counter>::default();
@@ -71,46 +80,61 @@ pub fn render(daemon: &DaemonState) -> Result<String, MetricsError> {
         generation.get_or_create(&l).set(i64::from(s.generation));
         events_lost.get_or_create(&l).inc_by(s.events_lost);
     }
-    registry.register(
-        "sgctl_packets",
-        "Packets judged, by interface, direction, verdict and reason",
-        packets,
-    );
-    registry.register(
-        "sgctl_bytes",
-        "Bytes judged, by interface, direction, verdict and reason",
-        bytes,
-    );
-    registry.register(
-        "sgctl_rule_hits",
-        "New flows (or untracked packets) each rule admitted",
-        rule_hits,
-    );
-    registry.register(
-        "sgctl_rule_bytes",
-        "Bytes of the packets counted in sgctl_rule_hits",
-        rule_bytes,
-    );
-    registry.register(
-        "sgctl_conntrack_entries",
-        "Connection-table entries in use (both families)",
-        ct_entries,
-    );
-    registry.register(
-        "sgctl_conntrack_capacity",
-        "Connection-table capacity per family",
-        ct_capacity,
-    );
-    registry.register(
-        "sgctl_policy_generation",
-        "Policy generation in force",
-        generation,
-    );
-    registry.register(
-        "sgctl_flow_events_lost",
-        "Flow-log events the kernel could not report (rate limit, full buffer)",
-        events_lost,
-    );
+    let counters = [
+        (
+            "sgctl_packets",
+            "Packets judged, by interface, direction, verdict and reason",
+            packets,
+        ),
+        (
+            "sgctl_bytes",
+            "Bytes judged, by interface, direction, verdict and reason",
+            bytes,
+        ),
+        (
+            "sgctl_rule_hits",
+            "New flows (or untracked packets) each rule admitted",
+            rule_hits,
+        ),
+        (
+            "sgctl_rule_bytes",
+            "Bytes of the packets counted in sgctl_rule_hits",
+            rule_bytes,
+        ),
+        (
+            "sgctl_flow_events_lost",
+            "Flow-log events the kernel could not report (rate limit, full buffer)",
+            events_lost,
+        ),
+    ];
+    for (name, help, family) in counters {
+        registry.register(name, help, family);
+    }
+    let gauges = [
+        (
+            "sgctl_conntrack_entries",
+            "Connection-table entries in use (both families)",
+            ct_entries,
+        ),
+        (
+            "sgctl_conntrack_capacity",
+            "Connection-table capacity per family",
+            ct_capacity,
+        ),
+        (
+            "sgctl_policy_generation",
+            "Policy generation in force",
+            generation,
+        ),
+    ];
+    for (name, help, family) in gauges {
+        registry.register(name, help, family);
+    }
+    Ok(())
+}
+
+/// The daemon's own families: reloads and namespace watchers.
+fn register_daemon(registry: &mut Registry, daemon: &DaemonState) {
     let reload_success = Gauge::<i64>::default();
     reload_success.set(i64::from(daemon.last_reload_ok));
     registry.register(
@@ -154,9 +178,6 @@ pub fn render(daemon: &DaemonState) -> Result<String, MetricsError> {
         }
         registry.register(name, help, family);
     }
-    let mut out = String::new();
-    encode(&mut out, &registry).map_err(MetricsError::Encode)?;
-    Ok(out)
 }
 
 /// Answers `GET /metrics` (anything else: 404) until the listener fails.

@@ -338,187 +338,9 @@ pub fn plan(lab: &str, models: &[&Model]) -> Plan {
         .flat_map(|(_, c)| c.iter().copied())
         .collect();
 
-    // Interfaces (union by key across models, first one wins).
-    for m in models {
-        for iface in &m.interfaces {
-            let key = iface.key();
-            if p.hosts
-                .iter()
-                .any(|h| h.config_iface.as_deref() == Some(&key))
-            {
-                continue;
-            }
-            let declared = m.interface_addresses(iface);
-            let mut v4 = None;
-            let mut v6 = None;
-            for a in declared {
-                match a {
-                    IpAddr::V4(a) if TEST_V4.contains(a) && !p.taken((*a).into()) => {
-                        if v4.is_none() {
-                            v4 = Some(*a);
-                        } else {
-                            p.notes.push(format!("{key}: the lab uses one IPv4 address per host; {a} is left out"));
-                        }
-                    }
-                    IpAddr::V6(a) if TEST_V6.contains(a) && !p.taken((*a).into()) => {
-                        if v6.is_none() {
-                            v6 = Some(*a);
-                        } else {
-                            p.notes.push(format!("{key}: the lab uses one IPv6 address per host; {a} is left out"));
-                        }
-                    }
-                    a => p.notes.push(format!(
-                        "{key}: address {a} is not in 198.18.0.0/15 or 2001:db8::/32 (or is taken); the lab assigns another"
-                    )),
-                }
-            }
-            let outside_rules: Vec<IpNet> = all_cidrs
-                .iter()
-                .copied()
-                .filter(|c| !covers_test_range(c))
-                .collect();
-            let v4 = v4.or_else(|| {
-                p.pick_outside(&outside_rules, false, 0x0a00)
-                    .map(|a| match a {
-                        IpAddr::V4(a) => a,
-                        IpAddr::V6(_) => unreachable!("asked for IPv4"),
-                    })
-            });
-            let v6 = v6.or_else(|| {
-                p.pick_outside(&outside_rules, true, 0x000a_0000_0000_0000_0000_0000)
-                    .map(|a| match a {
-                        IpAddr::V6(a) => a,
-                        IpAddr::V4(_) => unreachable!("asked for IPv6"),
-                    })
-            });
-            if iface.side == Side::Peer {
-                p.notes.push(format!(
-                    "{key}: `side: peer` is enforced in the lab on the host's own interface (same policy directions)"
-                ));
-            }
-            let base = iface.netns.as_deref().unwrap_or(&iface.name);
-            let ifname = if valid_ifname(&iface.name) {
-                iface.name.clone()
-            } else {
-                "eth0".to_string()
-            };
-            let groups = if iface.groups.is_empty() {
-                "no groups".to_string()
-            } else {
-                iface.groups.join(", ")
-            };
-            p.add(
-                base,
-                ifname,
-                HostKind::Interface,
-                Some(key.clone()),
-                v4,
-                v6,
-                format!("{key} ({groups})"),
-            );
-        }
-    }
-
-    // Members.
-    for m in models {
-        for (group, addrs) in &m.members {
-            for a in addrs {
-                if p.hosts.iter().any(|h| h.addrs().contains(a)) {
-                    continue;
-                }
-                let (v4, v6) = match a {
-                    IpAddr::V4(x) if TEST_V4.contains(x) => (Some(*x), None),
-                    IpAddr::V6(x) if TEST_V6.contains(x) => (None, Some(*x)),
-                    _ => {
-                        p.notes.push(format!(
-                            "member {a} of {group} is not in 198.18.0.0/15 or 2001:db8::/32: no host stands for it"
-                        ));
-                        continue;
-                    }
-                };
-                p.add(
-                    &format!("{}-m", short(group)),
-                    "eth0".into(),
-                    HostKind::Member,
-                    None,
-                    v4,
-                    v6,
-                    format!("member {a} of {group}"),
-                );
-            }
-        }
-    }
-
-    // Peers: inside and outside each CIDR / prefix list, most specific first.
-    for (label, cidrs) in &peer_sets {
-        // A family with no test address inside the peer needs no outside
-        // host either: every lab address of that family is outside it.
-        let mut no_inside = [false, false];
-        for (inside, word) in [(true, "inside"), (false, "outside")] {
-            let mut new_v4 = None;
-            let mut new_v6 = None;
-            for v6 in [false, true] {
-                let fam: Vec<IpNet> = cidrs
-                    .iter()
-                    .copied()
-                    .filter(|c| matches!(c, IpNet::V6(_)) == v6)
-                    .collect();
-                if fam.is_empty() || (!inside && no_inside[usize::from(v6)]) {
-                    continue;
-                }
-                if inside && fam.iter().all(|c| intersect_test(c).is_none()) {
-                    no_inside[usize::from(v6)] = true;
-                }
-                let qualifies = |a: IpAddr| fam.iter().any(|c| c.contains(&a)) == inside;
-                if let Some(h) = p
-                    .hosts
-                    .iter_mut()
-                    .find(|h| h.kind == HostKind::Peer && h.addr(v6).is_some_and(&qualifies))
-                {
-                    h.stands_for.push(format!("{word} {label}"));
-                    continue;
-                }
-                let picked = if inside {
-                    p.pick_inside(&fam)
-                } else {
-                    p.pick_outside(
-                        &fam,
-                        v6,
-                        if v6 {
-                            0xffff_0000_0000_0000_0000_0000
-                        } else {
-                            0x0001_ff00
-                        },
-                    )
-                };
-                match (picked, v6) {
-                    (Some(IpAddr::V4(a)), false) => new_v4 = Some(a),
-                    (Some(IpAddr::V6(a)), true) => new_v6 = Some(a),
-                    (None, _) if inside => p.notes.push(format!(
-                        "{label}: no address of {} lies inside it; no host stands for it",
-                        if v6 { "2001:db8::/32" } else { "198.18.0.0/15" }
-                    )),
-                    (None, _) => p.notes.push(format!(
-                        "{label}: covers all of {}; there is no host outside it",
-                        if v6 { "2001:db8::/32" } else { "198.18.0.0/15" }
-                    )),
-                    _ => unreachable!("picked the family asked for"),
-                }
-            }
-            if new_v4.is_some() || new_v6.is_some() {
-                let prefix = if inside { "in" } else { "out" };
-                p.add(
-                    &format!("{prefix}-{}", short(label)),
-                    "eth0".into(),
-                    HostKind::Peer,
-                    None,
-                    new_v4,
-                    new_v6,
-                    format!("{word} {label}"),
-                );
-            }
-        }
-    }
+    p.add_interfaces(models, &all_cidrs);
+    p.add_members(models);
+    p.add_peers(&peer_sets);
 
     let services = services(models, &mut p.notes);
     p.notes.sort();
@@ -528,6 +350,199 @@ pub fn plan(lab: &str, models: &[&Model]) -> Plan {
         hosts: p.hosts,
         services,
         notes: p.notes,
+    }
+}
+
+impl Planner {
+    /// A host per interface (union by key across models, first one wins),
+    /// with its declared test addresses or ones outside every rule's peers.
+    fn add_interfaces(&mut self, models: &[&Model], all_cidrs: &[IpNet]) {
+        for m in models {
+            for iface in &m.interfaces {
+                let key = iface.key();
+                if self
+                    .hosts
+                    .iter()
+                    .any(|h| h.config_iface.as_deref() == Some(&key))
+                {
+                    continue;
+                }
+                let declared = m.interface_addresses(iface);
+                let mut v4 = None;
+                let mut v6 = None;
+                for a in declared {
+                    match a {
+                        IpAddr::V4(a) if TEST_V4.contains(a) && !self.taken((*a).into()) => {
+                            if v4.is_none() {
+                                v4 = Some(*a);
+                            } else {
+                                self.notes.push(format!("{key}: the lab uses one IPv4 address per host; {a} is left out"));
+                            }
+                        }
+                        IpAddr::V6(a) if TEST_V6.contains(a) && !self.taken((*a).into()) => {
+                            if v6.is_none() {
+                                v6 = Some(*a);
+                            } else {
+                                self.notes.push(format!("{key}: the lab uses one IPv6 address per host; {a} is left out"));
+                            }
+                        }
+                        a => self.notes.push(format!(
+                            "{key}: address {a} is not in 198.18.0.0/15 or 2001:db8::/32 (or is taken); the lab assigns another"
+                        )),
+                    }
+                }
+                let outside_rules: Vec<IpNet> = all_cidrs
+                    .iter()
+                    .copied()
+                    .filter(|c| !covers_test_range(c))
+                    .collect();
+                let v4 = v4.or_else(|| {
+                    self.pick_outside(&outside_rules, false, 0x0a00)
+                        .map(|a| match a {
+                            IpAddr::V4(a) => a,
+                            IpAddr::V6(_) => unreachable!("asked for IPv4"),
+                        })
+                });
+                let v6 = v6.or_else(|| {
+                    self.pick_outside(&outside_rules, true, 0x000a_0000_0000_0000_0000_0000)
+                        .map(|a| match a {
+                            IpAddr::V6(a) => a,
+                            IpAddr::V4(_) => unreachable!("asked for IPv6"),
+                        })
+                });
+                if iface.side == Side::Peer {
+                    self.notes.push(format!(
+                        "{key}: `side: peer` is enforced in the lab on the host's own interface (same policy directions)"
+                    ));
+                }
+                let base = iface.netns.as_deref().unwrap_or(&iface.name);
+                let ifname = if valid_ifname(&iface.name) {
+                    iface.name.clone()
+                } else {
+                    "eth0".to_string()
+                };
+                let groups = if iface.groups.is_empty() {
+                    "no groups".to_string()
+                } else {
+                    iface.groups.join(", ")
+                };
+                self.add(
+                    base,
+                    ifname,
+                    HostKind::Interface,
+                    Some(key.clone()),
+                    v4,
+                    v6,
+                    format!("{key} ({groups})"),
+                );
+            }
+        }
+    }
+
+    /// A host per member address of a group (in the test ranges).
+    fn add_members(&mut self, models: &[&Model]) {
+        for m in models {
+            for (group, addrs) in &m.members {
+                for a in addrs {
+                    if self.hosts.iter().any(|h| h.addrs().contains(a)) {
+                        continue;
+                    }
+                    let (v4, v6) = match a {
+                        IpAddr::V4(x) if TEST_V4.contains(x) => (Some(*x), None),
+                        IpAddr::V6(x) if TEST_V6.contains(x) => (None, Some(*x)),
+                        _ => {
+                            self.notes.push(format!(
+                                "member {a} of {group} is not in 198.18.0.0/15 or 2001:db8::/32: no host stands for it"
+                            ));
+                            continue;
+                        }
+                    };
+                    self.add(
+                        &format!("{}-m", short(group)),
+                        "eth0".into(),
+                        HostKind::Member,
+                        None,
+                        v4,
+                        v6,
+                        format!("member {a} of {group}"),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Hosts inside and outside each CIDR / prefix list, most specific
+    /// first.
+    fn add_peers(&mut self, peer_sets: &[(String, Vec<IpNet>)]) {
+        for (label, cidrs) in peer_sets {
+            // A family with no test address inside the peer needs no outside
+            // host either: every lab address of that family is outside it.
+            let mut no_inside = [false, false];
+            for (inside, word) in [(true, "inside"), (false, "outside")] {
+                let mut new_v4 = None;
+                let mut new_v6 = None;
+                for v6 in [false, true] {
+                    let fam: Vec<IpNet> = cidrs
+                        .iter()
+                        .copied()
+                        .filter(|c| matches!(c, IpNet::V6(_)) == v6)
+                        .collect();
+                    if fam.is_empty() || (!inside && no_inside[usize::from(v6)]) {
+                        continue;
+                    }
+                    if inside && fam.iter().all(|c| intersect_test(c).is_none()) {
+                        no_inside[usize::from(v6)] = true;
+                    }
+                    let qualifies = |a: IpAddr| fam.iter().any(|c| c.contains(&a)) == inside;
+                    if let Some(h) = self
+                        .hosts
+                        .iter_mut()
+                        .find(|h| h.kind == HostKind::Peer && h.addr(v6).is_some_and(&qualifies))
+                    {
+                        h.stands_for.push(format!("{word} {label}"));
+                        continue;
+                    }
+                    let picked = if inside {
+                        self.pick_inside(&fam)
+                    } else {
+                        self.pick_outside(
+                            &fam,
+                            v6,
+                            if v6 {
+                                0xffff_0000_0000_0000_0000_0000
+                            } else {
+                                0x0001_ff00
+                            },
+                        )
+                    };
+                    match (picked, v6) {
+                        (Some(IpAddr::V4(a)), false) => new_v4 = Some(a),
+                        (Some(IpAddr::V6(a)), true) => new_v6 = Some(a),
+                        (None, _) if inside => self.notes.push(format!(
+                            "{label}: no address of {} lies inside it; no host stands for it",
+                            if v6 { "2001:db8::/32" } else { "198.18.0.0/15" }
+                        )),
+                        (None, _) => self.notes.push(format!(
+                            "{label}: covers all of {}; there is no host outside it",
+                            if v6 { "2001:db8::/32" } else { "198.18.0.0/15" }
+                        )),
+                        _ => unreachable!("picked the family asked for"),
+                    }
+                }
+                if new_v4.is_some() || new_v6.is_some() {
+                    let prefix = if inside { "in" } else { "out" };
+                    self.add(
+                        &format!("{prefix}-{}", short(label)),
+                        "eth0".into(),
+                        HostKind::Peer,
+                        None,
+                        new_v4,
+                        new_v6,
+                        format!("{word} {label}"),
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -294,6 +294,27 @@ impl fmt::Display for Direction {
     }
 }
 
+/// The config's words (AWS's ingress/egress) and the data path's
+/// (`sg_common::Direction`, inbound/outbound as carried in map keys and
+/// events) name the same two things; this is the one mapping between them.
+impl From<Direction> for sg_common::Direction {
+    fn from(d: Direction) -> Self {
+        match d {
+            Direction::Ingress => sg_common::Direction::Inbound,
+            Direction::Egress => sg_common::Direction::Outbound,
+        }
+    }
+}
+
+impl From<sg_common::Direction> for Direction {
+    fn from(d: sg_common::Direction) -> Self {
+        match d {
+            sg_common::Direction::Inbound => Direction::Ingress,
+            sg_common::Direction::Outbound => Direction::Egress,
+        }
+    }
+}
+
 /// A stable rule id.
 ///
 /// Either given explicitly (`id:` on a native rule), or derived from the

@@ -582,14 +582,15 @@ fn apply(args: ApplyArgs) -> Result<ExitCode> {
             .display()
     ))?;
     for c in sg_user::agent::apply::apply_locked(&model, &opts, &held)? {
+        use sg_user::agent::apply::Action;
         match c.action {
-            "detached" => println!("{:<24} detached (no longer in the config)", c.iface),
-            "absent" => println!(
+            Action::Detached => println!("{:<24} detached (no longer in the config)", c.iface),
+            Action::Absent => println!(
                 "{:<24} not present on this machine; skipped (`sgctl run` attaches it when it appears)",
                 c.iface
             ),
-            "unchanged" => println!("{:<24} unchanged, generation {}", c.iface, c.generation),
-            "repaired" | "reattached" => println!(
+            Action::Unchanged => println!("{:<24} unchanged, generation {}", c.iface, c.generation),
+            Action::Repaired | Action::Reattached => println!(
                 "{:<24} {} ({}), generation {}",
                 c.iface,
                 c.action,
