@@ -60,12 +60,33 @@ pub const UNIQUE_IFINDEX_COOKIE: u64 = 0;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PolicyState {
-    /// Generation whose entries the programs look up; 0: slot free.
+    /// Generation of the port entries the programs look up (the number the
+    /// policy version is known by); 0: slot free.
     pub generation: u32,
-    pub _pad: u32,
+    /// Generation of the address entries: the same number when this version
+    /// wrote them, an earlier one when its addresses were those of the
+    /// version before (a change of ports only rewrites port entries). Read
+    /// together with `generation` in one 8-byte load.
+    pub addr_generation: u32,
     /// Fingerprint of the compiled rules (user space only: interfaces whose
     /// rules have this fingerprint share the policy).
     pub fingerprint: u64,
+    /// Fingerprint of the address entries (user space only): a new version
+    /// with the same one reuses them.
+    pub addr_fingerprint: u64,
+}
+
+impl PolicyState {
+    /// (generation, addr_generation) from the first 8 bytes read as one
+    /// little- or big-endian word, as the target stores them.
+    #[inline(always)]
+    pub const fn split_generations(both: u64) -> (u32, u32) {
+        let bytes = both.to_ne_bytes();
+        (
+            u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+            u32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+        )
+    }
 }
 
 /// Endpoints (attached interfaces) per host; endpoint ids are 1..MAX_ENDPOINTS
@@ -90,7 +111,8 @@ pub const fn ct_count_index(endpoint: u32, slot: u32) -> u32 {
 
 // Sizes are the sums of the fields: no implicit padding.
 const _: () = assert!(core::mem::size_of::<EndpointKey>() == 8 + 4 + 4);
-const _: () = assert!(core::mem::size_of::<PolicyState>() == 4 + 4 + 8);
+const _: () = assert!(core::mem::size_of::<PolicyState>() == 4 + 4 + 8 + 8);
+const _: () = assert!(core::mem::offset_of!(PolicyState, addr_generation) == 4);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -50,8 +50,23 @@ pub struct AddrKeyV6 {
 }
 
 /// A set of rules (hash-consed: equal sets share one id), value of the
-/// address tries. Unique within a (generation, direction).
+/// address tries. Unique within a (generation, direction). The compiler
+/// numbers classes from 1 ("local" ids, below `1 << CLASS_BITS`); the
+/// installer adds [`class_base`] of the address generation.
 pub type ClassId = u32;
+
+/// Bits of a local class id: more classes than address entries cannot exist
+/// (the address tries hold 2^18 entries).
+pub const CLASS_BITS: u32 = 18;
+
+/// What the installer adds to every local class id written under address
+/// generation `addr_generation`. Port entries name classes of one address
+/// generation, so even a torn read of the two generations (ports of one
+/// version, addresses of another) finds no port entry: it fails closed.
+#[inline(always)]
+pub const fn class_base(addr_generation: u32) -> ClassId {
+    (addr_generation & ((1 << (32 - CLASS_BITS)) - 1)) << CLASS_BITS
+}
 
 /// Key data of `SG_PORTS` (prefix lengths below).
 #[repr(C)]

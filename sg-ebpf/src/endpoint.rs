@@ -104,14 +104,20 @@ pub fn lookup<C: EbpfContext>(ctx: &C, netns: Netns, ifindex: u32) -> Option<&'s
     unsafe { SG_ENDPOINTS.get(key) }
 }
 
-/// The live generation of `policy` (0: none). One volatile read: every
-/// lookup of the packet uses the same generation, whatever an update does
-/// meanwhile.
+/// The live generations of `policy`: (ports, addresses); (0, _): none. One
+/// volatile 8-byte read of both: every lookup of the packet uses the same
+/// pair, whatever an update does meanwhile. (Even a torn pair fails
+/// closed: class ids carry their address generation, see
+/// `sg_common::policy::class_base`.)
 #[inline(always)]
-pub fn generation(policy: u32) -> u32 {
+pub fn generations(policy: u32) -> (u32, u32) {
     match SG_POLICIES.get_ptr(policy) {
-        // SAFETY: a valid map value pointer for this run.
-        Some(state) => unsafe { core::ptr::read_volatile(&(*state).generation) },
-        None => 0,
+        Some(state) => {
+            // SAFETY: a valid, 8-byte aligned map value pointer for this
+            // run; `generation` and `addr_generation` are its first 8 bytes.
+            let both = unsafe { core::ptr::read_volatile(state.cast::<u64>()) };
+            PolicyState::split_generations(both)
+        }
+        None => (0, 0),
     }
 }

@@ -33,7 +33,10 @@ static SG_PORTS: LpmTrie<PortKey, PolicyHit> = LpmTrie::with_max_entries(PORT_EN
 #[derive(Clone, Copy)]
 pub struct Live {
     pub policy: u32,
+    /// Generation of the port entries (and of conntrack revalidation).
     pub generation: u32,
+    /// Generation of the address entries.
+    pub addr_generation: u32,
 }
 
 /// The rule that allows `pkt` in `direction` under `generation`, if any.
@@ -69,13 +72,13 @@ fn lookup_at(
     port: u16,
 ) -> Option<PolicyHit> {
     let policy = live.policy.to_be_bytes();
-    let gd = gen_dir(live.generation, direction as u32);
+    let addr_gd = gen_dir(live.addr_generation, direction as u32);
     let class = if pkt.ipv6 {
         let key = Key::new(
             GEN_DIR_BITS + 128,
             AddrKeyV6 {
                 policy,
-                gen_dir: gd,
+                gen_dir: addr_gd,
                 addr: *remote,
             },
         );
@@ -86,7 +89,7 @@ fn lookup_at(
             GEN_DIR_BITS + 32,
             AddrKeyV4 {
                 policy,
-                gen_dir: gd,
+                gen_dir: addr_gd,
                 addr,
             },
         );
@@ -96,7 +99,7 @@ fn lookup_at(
         PORT_KEY_EXACT_PORT,
         PortKey {
             policy,
-            gen_dir: gd,
+            gen_dir: gen_dir(live.generation, direction as u32),
             class: class.to_be_bytes(),
             proto: pkt.proto,
             port: port.to_be_bytes(),

@@ -81,9 +81,11 @@ fn judge(
     }
     // One read of the policy's switch per packet: every lookup below uses
     // the same generation, whatever an update does meanwhile.
+    let (generation, addr_generation) = endpoint::generations(cfg.policy);
     let live = Live {
         policy: cfg.policy,
-        generation: endpoint::generation(cfg.policy),
+        generation,
+        addr_generation,
     };
     if live.generation == 0 {
         return Reason::DropNoPolicy;

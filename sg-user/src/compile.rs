@@ -82,6 +82,24 @@ pub struct CompiledPolicy {
     pub ports: Vec<(u32, PortKey, PolicyHit)>,
     /// Hash of every rule id, for the hit-counter map.
     pub rule_hashes: BTreeMap<u32, String>,
+    /// Fingerprint of the address entries whatever their generation
+    /// (direction, prefix, class; never 0): a version with the same one
+    /// can keep the live version's address entries.
+    pub addr_fingerprint: u64,
+}
+
+impl CompiledPolicy {
+    fn fingerprint_addresses(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for (len, key, class) in &self.addr_v4 {
+            (len, key.gen_dir[3] & 1, key.addr, class).hash(&mut h);
+        }
+        for (len, key, class) in &self.addr_v6 {
+            (len, key.gen_dir[3] & 1, key.addr, class).hash(&mut h);
+        }
+        h.finish() | 1
+    }
 }
 
 /// Stable 32-bit hash of a rule id (FNV-1a): the key of its hit counter,
@@ -157,6 +175,7 @@ pub fn compile(generation: u32, inbound: &[Rule], outbound: &[Rule]) -> Compiled
             port_entries(gd, *class, &members, &mut out.ports);
         }
     }
+    out.addr_fingerprint = out.fingerprint_addresses();
     out
 }
 

@@ -193,6 +193,102 @@ fn a_new_generation_replaces_the_old_atomically() {
 }
 
 #[test]
+fn a_change_of_ports_keeps_the_address_entries_and_a_torn_switch_fails_closed() {
+    require_root!();
+    let mut inst = web_server();
+    let id = inst.policy.policy_id();
+    let first = inst.policy.policy_state(id).unwrap();
+    let sizes = inst.policy.sizes();
+    assert_eq!(
+        first.addr_generation, first.generation,
+        "a new policy writes its addresses"
+    );
+    // The same peers, https moved to 8443: the address classes are the same.
+    let moved = [
+        rule("https", Some(6), (8443, 8443), &["0.0.0.0/0", "::/0"]),
+        rule("ssh-office", Some(6), (22, 22), &["198.18.1.0/24"]),
+        rule(
+            "ping-office",
+            Some(1),
+            (8 << 8, (8 << 8) | 255),
+            &["198.18.1.0/24"],
+        ),
+    ];
+    let outbound = [rule("mysql", Some(6), (3306, 3306), &["198.18.2.0/24"])];
+    inst.install_rules(&moved, &outbound, DEFAULT_TIMEOUTS_S)
+        .unwrap();
+    let second = inst.policy.policy_state(id).unwrap();
+    assert!(second.generation > first.generation);
+    assert_eq!(
+        second.addr_generation, first.generation,
+        "the address entries of the first version are kept"
+    );
+    assert_eq!(inst.policy.sizes(), sizes, "no entry added or left behind");
+    for (src, sport, dport, verdict, what) in [
+        (OUTSIDE, 10, 443, XDP_DROP, "the old port is gone"),
+        (OUTSIDE, 11, 8443, XDP_PASS, "the new port is live"),
+        (
+            OFFICE,
+            12,
+            22,
+            XDP_PASS,
+            "a rule on the kept classes still matches",
+        ),
+        (OUTSIDE, 13, 22, XDP_DROP, "and still only for its peers"),
+    ] {
+        assert_eq!(
+            xdp(&inst, &tcp(src, sport, WEB, dport, TCP_SYN)),
+            verdict,
+            "{what}"
+        );
+    }
+
+    // A third version with other peers (new classes), staged as a crash
+    // would leave it: both address generations are in the maps. A read of
+    // the pair that tore (ports of one version, addresses of the other)
+    // finds no port entry for its class: dropped, never a wrong allow.
+    let narrower = [rule("ssh-office", Some(6), (22, 22), &["198.18.1.0/25"])];
+    let third = sg_user::compile::compile(second.generation + 1, &narrower, &[]);
+    inst.policy.stage(&third).unwrap();
+    let office_ssh = tcp(OFFICE, 14, WEB, 22, TCP_SYN);
+    for (generation, addr_generation, verdict, what) in [
+        (
+            third.generation,
+            second.addr_generation,
+            XDP_DROP,
+            "new ports, old addresses",
+        ),
+        (
+            second.generation,
+            third.generation,
+            XDP_DROP,
+            "old ports, new addresses",
+        ),
+        (
+            third.generation,
+            third.generation,
+            XDP_PASS,
+            "the new version whole",
+        ),
+        (
+            second.generation,
+            second.addr_generation,
+            XDP_PASS,
+            "the old version whole",
+        ),
+    ] {
+        inst.policy
+            .write_policy_state(sg_common::endpoint::PolicyState {
+                generation,
+                addr_generation,
+                ..second
+            })
+            .unwrap();
+        assert_eq!(xdp(&inst, &office_ssh), verdict, "{what}");
+    }
+}
+
+#[test]
 fn a_full_table_refuses_new_tracked_flows_and_keeps_established_ones() {
     require_root!();
     let inbound = [rule("https", Some(6), (443, 443), &["0.0.0.0/0"])];

@@ -221,7 +221,11 @@ struct Plan<'a> {
 struct PolicyPlan {
     fingerprint: u64,
     id: u32,
-    compiled: CompiledPolicy,
+    generation: u32,
+    /// Compiled only when installed (or when flows are revoked against it):
+    /// an apply that adds one interface to a host of a thousand compiles
+    /// the one policy that changed.
+    compiled: Option<CompiledPolicy>,
     /// Install it (a new policy, or a new generation of a reused one).
     install: bool,
 }
@@ -289,14 +293,7 @@ pub fn apply_locked(model: &Model, opts: &ApplyOptions, _held: &StateLock) -> Re
         return Err(ApplyError::NonePresent(none_present(model, &plans)));
     }
     let last_issued = session.dp.maps.last_generation()?;
-    let policies = plan_policies(
-        model,
-        &plans,
-        &wanted,
-        &seen.endpoints,
-        &seen.live,
-        last_issued,
-    )?;
+    let policies = plan_policies(model, &plans, &wanted, &seen, last_issued, opts.revoke)?;
     // Phase 2: change the kernel: policies first (the interfaces that use
     // them switch, or are pointed at them below), then new interfaces
     // together, then everything else in order.
@@ -447,17 +444,15 @@ fn plan_interfaces<'m>(
 /// recorded first: a crash after it wastes numbers, never reuses one.
 fn install_policies(session: &mut Session, policies: &[PolicyPlan]) -> Result<()> {
     if let Some(last) = policies.iter().rfind(|p| p.install) {
-        session
-            .dp
-            .maps
-            .set_last_generation(last.compiled.generation)?;
+        session.dp.maps.set_last_generation(last.generation)?;
     }
     for p in policies.iter().filter(|p| p.install) {
+        let compiled = p.compiled.as_ref().expect("compiled when installed");
         session.dp.maps.select(p.id, None);
         session
             .dp
             .maps
-            .install_policy(&p.compiled, p.fingerprint)
+            .install_policy(compiled, p.fingerprint)
             .map_err(|source| ApplyError::InstallPolicy { id: p.id, source })?;
     }
     Ok(())
@@ -512,7 +507,7 @@ fn attach_new(
                 done[i] = Some(Change {
                     iface: plan.id.to_string(),
                     action: Action::Attached,
-                    generation: policies[plan.policy].compiled.generation,
+                    generation: policies[plan.policy].generation,
                     revoked: 0,
                     detail: None,
                 });
@@ -575,10 +570,11 @@ fn plan_policies(
     model: &Model,
     plans: &[Plan<'_>],
     wanted: &[(u64, Vec<IfaceId>)],
-    endpoints: &BTreeMap<IfaceId, sg_common::IfaceConfig>,
-    live: &BTreeMap<u32, sg_common::endpoint::PolicyState>,
+    seen: &Seen,
     last_issued: u32,
+    revoke: bool,
 ) -> Result<Vec<PolicyPlan>> {
+    let (endpoints, live) = (&seen.endpoints, &seen.live);
     let mut users: BTreeMap<u32, Vec<&IfaceId>> = BTreeMap::new();
     for (id, cfg) in endpoints {
         if cfg.policy != 0 {
@@ -648,7 +644,9 @@ fn plan_policies(
         out.push(PolicyPlan {
             fingerprint: *rules,
             id,
-            compiled: compile::compile_iface(model, first.iface, generation),
+            generation,
+            compiled: (install || revoke)
+                .then(|| compile::compile_iface(model, first.iface, generation)),
             install,
         });
     }
@@ -763,7 +761,7 @@ fn carry_out(
     let mut change = Change {
         iface: plan.id.to_string(),
         action: Action::Updated,
-        generation: policy.compiled.generation,
+        generation: policy.generation,
         revoked: 0,
         detail: None,
     };
@@ -901,7 +899,8 @@ fn change_kernel(
                     .ok_or_else(|| ApplyError::EndpointVanished {
                         iface: plan.id.clone(),
                     })?;
-                change.revoked = conntrack::revoke(&plan.id, &cfg, &policy.compiled)?;
+                let compiled = policy.compiled.as_ref().expect("compiled to revoke");
+                change.revoked = conntrack::revoke(&plan.id, &cfg, compiled)?;
             }
         }
         Step::Absent | Step::Unchanged => unreachable!("handled by the caller"),

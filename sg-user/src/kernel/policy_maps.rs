@@ -23,7 +23,9 @@ use sg_common::{
     endpoint::{EndpointKey, PolicyState, UNIQUE_IFINDEX_COOKIE},
     events::DEFAULT_EVENTS_PER_SEC,
     names,
-    policy::{AddrKeyV4, AddrKeyV6, CONFIG_ENFORCE, ClassId, PolicyHit, PortKey, RuleHitKey},
+    policy::{
+        AddrKeyV4, AddrKeyV6, CONFIG_ENFORCE, ClassId, PolicyHit, PortKey, RuleHitKey, class_base,
+    },
 };
 use thiserror::Error;
 
@@ -149,13 +151,14 @@ struct PolicyKeys {
 }
 
 impl PolicyKeys {
-    /// (the entries of `generation`, the entries of every other one).
-    fn partition(self, generation: u32) -> (PolicyKeys, PolicyKeys) {
+    /// (the entries of the live version: addresses of `addr_generation`,
+    /// ports of `generation`; the entries of every other one).
+    fn partition(self, addr_generation: u32, generation: u32) -> (PolicyKeys, PolicyKeys) {
         fn split<K>(v: Keyed<K>, generation: u32) -> (Keyed<K>, Keyed<K>) {
             v.into_iter().partition(|(g, _)| *g == generation)
         }
-        let (v4, other_v4) = split(self.addr_v4, generation);
-        let (v6, other_v6) = split(self.addr_v6, generation);
+        let (v4, other_v4) = split(self.addr_v4, addr_generation);
+        let (v6, other_v6) = split(self.addr_v6, addr_generation);
         let (ports, other_ports) = split(self.ports, generation);
         (
             PolicyKeys {
@@ -278,9 +281,8 @@ impl PolicyMaps {
     /// [`PolicyMaps::last_generation`]).
     pub fn set_last_generation(&mut self, generation: u32) -> Result<(), PolicyMapError> {
         let state = PolicyState {
-            generation: 0,
-            _pad: 0,
             fingerprint: u64::from(generation),
+            ..PolicyState::default()
         };
         self.policies
             .set(0, state, 0)
@@ -394,6 +396,16 @@ impl PolicyMaps {
         self.write_endpoint(key, &cfg)
     }
 
+    /// Writes the selected policy's slot as given: tests show with it what
+    /// the programs do with a pair of generations no install writes (what a
+    /// torn read would see).
+    #[cfg(feature = "test-support")]
+    pub fn write_policy_state(&mut self, state: PolicyState) -> Result<(), PolicyMapError> {
+        self.policies
+            .set(self.policy, state, 0)
+            .map_err(map_err(names::MAP_POLICIES))
+    }
+
     /// The generation number a new version of the selected policy should use.
     pub fn next_generation(&self) -> Result<u32, PolicyMapError> {
         let current = self.generation()?;
@@ -440,28 +452,59 @@ impl PolicyMaps {
     /// have left some under the number this one reuses, and class ids are
     /// renumbered per policy, so a leftover prefix would grant the new
     /// policy's ports to an address the new policy never names.
+    ///
+    /// A new version whose address entries are those of the live one (same
+    /// classes: only ports or protocols changed) keeps them: only its port
+    /// entries are written, under its generation, and the switch names the
+    /// live address generation. At a thousand members that is the
+    /// difference between ~2,000 and ~14,000 map updates.
     pub fn install_policy(
         &mut self,
         policy: &CompiledPolicy,
         fingerprint: u64,
     ) -> Result<(), PolicyMapError> {
         let old = self.policy_state(self.policy)?;
+        let old_addr_generation = match old.addr_generation {
+            0 => old.generation,
+            g => g,
+        };
+        let reuse = old.generation != 0
+            && old.generation != policy.generation
+            && old.addr_fingerprint == policy.addr_fingerprint;
+        let addr_generation = if reuse {
+            old_addr_generation
+        } else {
+            policy.generation
+        };
         // Entries of any generation but the live one are leftovers of an
         // install that did not finish: gone before staging. The live ones
-        // go after the switch.
-        let (live, leftovers) = self.keys_by_generation()?.partition(old.generation);
+        // go after the switch. Reused addresses are not walked (leftover
+        // addresses, if any, wait for the next install that writes some:
+        // their numbers are never handed out again).
+        let keys = if reuse {
+            self.port_keys()?
+        } else {
+            self.keys_by_generation()?
+        };
+        let (mut live, leftovers) = keys.partition(old_addr_generation, old.generation);
         self.remove_keys(leftovers)?;
-        self.stage(policy)?;
+        self.stage_as(policy, !reuse, addr_generation)?;
         let state = PolicyState {
             generation: policy.generation,
-            _pad: 0,
+            addr_generation,
             fingerprint,
+            addr_fingerprint: policy.addr_fingerprint,
         };
         // The switch: one update of one array slot.
         self.policies
             .set(self.policy, state, 0)
             .map_err(map_err(names::MAP_POLICIES))?;
         if old.generation != 0 && old.generation != policy.generation {
+            if reuse {
+                // Still in force: only the old ports go.
+                live.addr_v4.clear();
+                live.addr_v6.clear();
+            }
             std::thread::sleep(OLD_GENERATION_GRACE);
             self.remove_keys(live)?;
         }
@@ -482,22 +525,41 @@ impl PolicyMaps {
     /// it: the first half of [`PolicyMaps::install`]. Public so tests can
     /// stop an install exactly where a crash would.
     pub fn stage(&mut self, policy: &CompiledPolicy) -> Result<(), PolicyMapError> {
+        self.stage_as(policy, true, policy.generation)
+    }
+
+    /// Writes `policy`'s port entries (and its address entries when
+    /// `addresses`), naming the classes of `addr_generation`.
+    fn stage_as(
+        &mut self,
+        policy: &CompiledPolicy,
+        addresses: bool,
+        addr_generation: u32,
+    ) -> Result<(), PolicyMapError> {
         let id = self.policy.to_be_bytes();
+        let base = class_base(addr_generation);
         self.add_rule_hits(policy)?;
-        for (len, key, class) in &policy.addr_v4 {
-            let key = AddrKeyV4 { policy: id, ..*key };
-            self.addr_v4
-                .insert(&Key::new(*len, key), class, 0)
-                .map_err(map_err(names::MAP_ADDR_V4))?;
-        }
-        for (len, key, class) in &policy.addr_v6 {
-            let key = AddrKeyV6 { policy: id, ..*key };
-            self.addr_v6
-                .insert(&Key::new(*len, key), class, 0)
-                .map_err(map_err(names::MAP_ADDR_V6))?;
+        if addresses {
+            for (len, key, class) in &policy.addr_v4 {
+                let key = AddrKeyV4 { policy: id, ..*key };
+                self.addr_v4
+                    .insert(&Key::new(*len, key), class | base, 0)
+                    .map_err(map_err(names::MAP_ADDR_V4))?;
+            }
+            for (len, key, class) in &policy.addr_v6 {
+                let key = AddrKeyV6 { policy: id, ..*key };
+                self.addr_v6
+                    .insert(&Key::new(*len, key), class | base, 0)
+                    .map_err(map_err(names::MAP_ADDR_V6))?;
+            }
         }
         for (len, key, hit) in &policy.ports {
-            let key = PortKey { policy: id, ..*key };
+            let class = u32::from_be_bytes(key.class) | base;
+            let key = PortKey {
+                policy: id,
+                class: class.to_be_bytes(),
+                ..*key
+            };
             self.ports
                 .insert(&Key::new(*len, key), hit, 0)
                 .map_err(map_err(names::MAP_PORTS))?;
@@ -602,8 +664,18 @@ impl PolicyMaps {
     }
 
     fn remove_generations_except(&mut self, keep: u32) -> Result<(), PolicyMapError> {
-        let (_, others) = self.keys_by_generation()?.partition(keep);
+        let (_, others) = self.keys_by_generation()?.partition(keep, keep);
         self.remove_keys(others)
+    }
+
+    /// The selected policy's port entries, with their generation (the
+    /// address tries are not walked).
+    fn port_keys(&self) -> Result<PolicyKeys, PolicyMapError> {
+        Ok(PolicyKeys {
+            addr_v4: Vec::new(),
+            addr_v6: Vec::new(),
+            ports: keys_of_policy(&self.ports, self.policy.to_be_bytes()),
+        })
     }
 
     /// The selected policy's entries, with their generation: one walk of
