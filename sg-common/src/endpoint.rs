@@ -56,7 +56,10 @@ pub const GLOBAL_OFF_NET_COOKIE: &str = "SG_OFF_NET_COOKIE";
 pub const UNIQUE_IFINDEX_COOKIE: u64 = 0;
 
 /// Value of `SG_POLICIES` (indexed by policy id; id 0 is never used, so an
-/// endpoint with policy 0 has no policy).
+/// endpoint with policy 0 has no policy). Slot 0 keeps user space's
+/// bookkeeping instead, with its `generation` always 0: `fingerprint` is the
+/// last generation number handed out, `addr_generation` the highest policy
+/// id ever installed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PolicyState {

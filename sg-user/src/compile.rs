@@ -35,8 +35,10 @@ pub struct Rule {
     /// Inclusive range of the 16-bit policy port: destination port for
     /// TCP/UDP, `type << 8 | code` for ICMP; `(0, 65535)` for any.
     pub ports: (u16, u16),
-    /// Peer prefixes (canonical: no host bits).
-    pub peers: Vec<IpNet>,
+    /// Peer prefixes (canonical: no host bits). Rules referencing the same
+    /// group share one list: the compiler and the fingerprint treat each
+    /// list once.
+    pub peers: std::sync::Arc<[IpNet]>,
     pub untracked_tcp: bool,
     pub untracked_udp: bool,
 }
@@ -49,7 +51,7 @@ impl Rule {
             id: id.to_string(),
             proto,
             ports,
-            peers,
+            peers: peers.into(),
             untracked_tcp: false,
             untracked_udp: false,
         }
@@ -143,11 +145,11 @@ pub fn compile(generation: u32, inbound: &[Rule], outbound: &[Rule]) -> Compiled
         (Direction::Outbound, outbound),
     ] {
         let gd = gen_dir(generation, direction as u32);
-        // Rule sets → class ids, shared by both address families.
-        let mut classes: BTreeMap<Vec<usize>, ClassId> = BTreeMap::new();
-        for (prefix, set) in classify(rules) {
-            let next = classes.len() as ClassId + 1;
-            let class = *classes.entry(set).or_insert(next);
+        // Rule sets → class ids (1, 2, … in prefix order), shared by both
+        // address families.
+        let (prefixes, sets) = classify(rules);
+        for (prefix, set) in prefixes {
+            let class = set as ClassId + 1;
             match prefix {
                 IpNet::V4(net) => out.addr_v4.push((
                     GEN_DIR_BITS + net.prefix_len() as u32,
@@ -170,22 +172,42 @@ pub fn compile(generation: u32, inbound: &[Rule], outbound: &[Rule]) -> Compiled
                 )),
             }
         }
-        for (set, class) in &classes {
+        for (index, set) in sets.iter().enumerate() {
             let members: Vec<&Rule> = set.iter().map(|&i| &rules[i]).collect();
-            port_entries(gd, *class, &members, &mut out.ports);
+            port_entries(gd, index as ClassId + 1, &members, &mut out.ports);
         }
     }
     out.addr_fingerprint = out.fingerprint_addresses();
     out
 }
 
-/// Every distinct peer prefix with the (sorted) indices of the rules whose
-/// peers contain it.
-fn classify(rules: &[Rule]) -> Vec<(IpNet, Vec<usize>)> {
-    let mut by_prefix: HashMap<IpNet, BTreeSet<usize>> = HashMap::new();
+/// Every distinct peer prefix (sorted) with its class: an index into the
+/// returned rule sets, each the (sorted) indices of the rules whose peers
+/// contain the prefix. Sets are numbered in prefix order.
+///
+/// Rules that share their peer list (sixteen groups referencing one group
+/// of ten thousand members) are one list here: each prefix is inserted once
+/// per distinct list, not once per rule.
+fn classify(rules: &[Rule]) -> (Vec<(IpNet, usize)>, Vec<Vec<usize>>) {
+    // Distinct peer lists (by identity: shared lists are one allocation)
+    // → the rules that have them.
+    let mut list_of: HashMap<*const IpNet, usize> = HashMap::new();
+    let mut lists: Vec<(&[IpNet], Vec<usize>)> = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
-        for peer in &rule.peers {
-            by_prefix.entry(peer.trunc()).or_default().insert(i);
+        let next = lists.len();
+        let list = *list_of.entry(rule.peers.as_ptr()).or_insert(next);
+        if list == next {
+            lists.push((&rule.peers, Vec::new()));
+        }
+        lists[list].1.push(i);
+    }
+    let mut by_prefix: HashMap<IpNet, Vec<usize>> = HashMap::new();
+    for (list, (peers, _)) in lists.iter().enumerate() {
+        for peer in peers.iter() {
+            let entry = by_prefix.entry(peer.trunc()).or_default();
+            if entry.last() != Some(&list) {
+                entry.push(list);
+            }
         }
     }
     // Only the lengths some peer has can hold a covering prefix: with
@@ -199,27 +221,44 @@ fn classify(rules: &[Rule]) -> Vec<(IpNet, Vec<usize>)> {
             .collect()
     };
     let (lengths_v4, lengths_v6) = (lengths(true), lengths(false));
-    let mut result: Vec<(IpNet, Vec<usize>)> = by_prefix
-        .keys()
+    let mut prefixes: Vec<IpNet> = by_prefix.keys().copied().collect();
+    prefixes.sort();
+    // A prefix's lists → its set of rules. Each rule is in one list, so
+    // equal sets of lists are equal sets of rules and the other way round.
+    let mut set_of: HashMap<Vec<usize>, usize> = HashMap::new();
+    let mut sets: Vec<Vec<usize>> = Vec::new();
+    let classified = prefixes
+        .into_iter()
         .map(|prefix| {
-            let mut set = BTreeSet::new();
             let lengths = match prefix {
                 IpNet::V4(_) => &lengths_v4,
                 IpNet::V6(_) => &lengths_v6,
             };
+            let mut covering: Vec<usize> = Vec::new();
             for &len in lengths.range(..=prefix.prefix_len()) {
                 let Ok(sup) = IpNet::new(prefix.addr(), len) else {
                     continue;
                 };
-                if let Some(rules) = by_prefix.get(&sup.trunc()) {
-                    set.extend(rules.iter().copied());
+                if let Some(found) = by_prefix.get(&sup.trunc()) {
+                    covering.extend(found);
                 }
             }
-            (*prefix, set.into_iter().collect())
+            covering.sort_unstable();
+            covering.dedup();
+            let next = sets.len();
+            let set = *set_of.entry(covering).or_insert_with_key(|lists_here| {
+                let mut rules_here: Vec<usize> = lists_here
+                    .iter()
+                    .flat_map(|&l| lists[l].1.iter().copied())
+                    .collect();
+                rules_here.sort_unstable();
+                sets.push(rules_here);
+                next
+            });
+            (prefix, set)
         })
         .collect();
-    result.sort();
-    result
+    (classified, sets)
 }
 
 /// The value for a packet of `proto` admitted by the rules `set` (never
@@ -431,7 +470,12 @@ pub fn rules_from_model(
                     (port, port)
                 }
             },
-            peers: r.peers.iter().map(IpNet::trunc).collect(),
+            // Shared as it comes from the model when already canonical.
+            peers: if r.peers.iter().all(|p| p.trunc() == *p) {
+                r.peers.clone()
+            } else {
+                r.peers.iter().map(IpNet::trunc).collect()
+            },
             untracked_tcp: r.tracking.untracked_tcp,
             untracked_udp: r.tracking.untracked_udp,
         })
@@ -455,6 +499,29 @@ pub fn timeouts_s(
         T::OTHER,
     ]
     .map(u64::from)
+}
+
+/// Fingerprint of the rules of a policy (inbound, outbound): what
+/// interfaces share a policy by. Every field of every rule; each distinct
+/// peer list is hashed once (the rules that reference one group share its
+/// list). Never 0.
+pub fn rules_fingerprint(inbound: &[Rule], outbound: &[Rule]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut lists: HashMap<*const IpNet, u64> = HashMap::new();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for rules in [inbound, outbound] {
+        rules.len().hash(&mut h);
+        for r in rules {
+            (&r.id, r.proto, r.ports, r.untracked_tcp, r.untracked_udp).hash(&mut h);
+            let list = *lists.entry(r.peers.as_ptr()).or_insert_with(|| {
+                let mut lh = std::collections::hash_map::DefaultHasher::new();
+                r.peers.hash(&mut lh);
+                lh.finish()
+            });
+            list.hash(&mut h);
+        }
+    }
+    h.finish() | 1
 }
 
 /// Compiles everything `model` puts on `iface` for `generation`.

@@ -20,10 +20,15 @@ fn rule(id: &str, proto: Option<u8>, ports: (u16, u16), peers: &[&str]) -> Rule 
     Rule::tracked_parsed(id, proto, ports, peers)
 }
 
-/// The seed article's web server.
-fn web_server() -> Instance {
-    let inbound = [
-        rule("https", Some(6), (443, 443), &["0.0.0.0/0", "::/0"]),
+/// The seed article's web server's inbound rules, https on `https_port`.
+fn web_inbound(https_port: u16) -> [Rule; 3] {
+    [
+        rule(
+            "https",
+            Some(6),
+            (https_port, https_port),
+            &["0.0.0.0/0", "::/0"],
+        ),
         rule("ssh-office", Some(6), (22, 22), &["198.18.1.0/24"]),
         rule(
             "ping-office",
@@ -31,9 +36,17 @@ fn web_server() -> Instance {
             (8 << 8, (8 << 8) | 255),
             &["198.18.1.0/24"],
         ),
-    ];
-    let outbound = [rule("mysql", Some(6), (3306, 3306), &["198.18.2.0/24"])];
-    Instance::with_rules(&inbound, &outbound).expect("load programs and install policy")
+    ]
+}
+
+fn web_outbound() -> [Rule; 1] {
+    [rule("mysql", Some(6), (3306, 3306), &["198.18.2.0/24"])]
+}
+
+/// The seed article's web server.
+fn web_server() -> Instance {
+    Instance::with_rules(&web_inbound(443), &web_outbound())
+        .expect("load programs and install policy")
 }
 
 fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Vec<u8> {
@@ -204,18 +217,7 @@ fn a_change_of_ports_keeps_the_address_entries_and_a_torn_switch_fails_closed() 
         "a new policy writes its addresses"
     );
     // The same peers, https moved to 8443: the address classes are the same.
-    let moved = [
-        rule("https", Some(6), (8443, 8443), &["0.0.0.0/0", "::/0"]),
-        rule("ssh-office", Some(6), (22, 22), &["198.18.1.0/24"]),
-        rule(
-            "ping-office",
-            Some(1),
-            (8 << 8, (8 << 8) | 255),
-            &["198.18.1.0/24"],
-        ),
-    ];
-    let outbound = [rule("mysql", Some(6), (3306, 3306), &["198.18.2.0/24"])];
-    inst.install_rules(&moved, &outbound, DEFAULT_TIMEOUTS_S)
+    inst.install_rules(&web_inbound(8443), &web_outbound(), DEFAULT_TIMEOUTS_S)
         .unwrap();
     let second = inst.policy.policy_state(id).unwrap();
     assert!(second.generation > first.generation);

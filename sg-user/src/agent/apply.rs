@@ -234,17 +234,13 @@ struct PolicyPlan {
 /// on: its groups and their members); interfaces with equal fingerprints
 /// share a policy.
 fn rules_fingerprint(model: &Model, iface: &Interface) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for direction in [
-        crate::model::Direction::Ingress,
-        crate::model::Direction::Egress,
-    ] {
-        compile::rules_from_model(model, iface, direction).hash(&mut h);
-    }
+    use crate::model::Direction;
     // Never 0: a policy slot with fingerprint 0 was installed by a test or
     // by hand and is shared with nothing.
-    h.finish() | 1
+    compile::rules_fingerprint(
+        &compile::rules_from_model(model, iface, Direction::Ingress),
+        &compile::rules_from_model(model, iface, Direction::Egress),
+    )
 }
 
 /// Applies `model` to the kernel, holding the state lock (waiting for it

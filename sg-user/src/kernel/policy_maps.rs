@@ -256,13 +256,14 @@ impl PolicyMaps {
             .map_err(map_err(names::MAP_POLICIES))
     }
 
-    /// Every policy slot in use: (id, state).
+    /// Every policy slot in use: (id, state). Only the slots up to the
+    /// highest id ever installed are read (one syscall each), not all 4,096.
     pub fn policies(&self) -> Result<Vec<(u32, PolicyState)>, PolicyMapError> {
         let mut out = Vec::new();
-        for (i, state) in self.policies.iter().enumerate() {
-            let state = state.map_err(map_err(names::MAP_POLICIES))?;
-            if i > 0 && state.generation != 0 {
-                out.push((i as u32, state));
+        for id in 1..=self.highest_policy()? {
+            let state = self.policy_state(id)?;
+            if state.generation != 0 {
+                out.push((id, state));
             }
         }
         Ok(out)
@@ -280,10 +281,22 @@ impl PolicyMaps {
     /// Records the last generation number handed out (see
     /// [`PolicyMaps::last_generation`]).
     pub fn set_last_generation(&mut self, generation: u32) -> Result<(), PolicyMapError> {
-        let state = PolicyState {
-            fingerprint: u64::from(generation),
-            ..PolicyState::default()
-        };
+        self.update_slot_zero(|state| state.fingerprint = u64::from(generation))
+    }
+
+    /// The highest policy id ever installed on this host (slot 0's
+    /// `addr_generation`; raised before a slot above it is written, so no
+    /// policy lies above it).
+    fn highest_policy(&self) -> Result<u32, PolicyMapError> {
+        let highest = self.policy_state(0)?.addr_generation;
+        Ok(highest.min(sg_common::endpoint::MAX_POLICIES - 1))
+    }
+
+    fn update_slot_zero(&mut self, f: impl FnOnce(&mut PolicyState)) -> Result<(), PolicyMapError> {
+        let mut state = self.policy_state(0)?;
+        f(&mut state);
+        // The programs see "no policy" in slot 0 whatever it holds.
+        state.generation = 0;
         self.policies
             .set(0, state, 0)
             .map_err(map_err(names::MAP_POLICIES))
@@ -463,6 +476,10 @@ impl PolicyMaps {
         policy: &CompiledPolicy,
         fingerprint: u64,
     ) -> Result<(), PolicyMapError> {
+        if self.policy > self.highest_policy()? {
+            let id = self.policy;
+            self.update_slot_zero(|state| state.addr_generation = id)?;
+        }
         let old = self.policy_state(self.policy)?;
         let old_addr_generation = match old.addr_generation {
             0 => old.generation,

@@ -283,7 +283,7 @@ impl Model {
 
     fn resolve(&mut self) {
         // Each group's addresses once (not once per rule per interface).
-        let addresses: BTreeMap<&str, Vec<IpNet>> = self
+        let addresses: BTreeMap<&str, std::sync::Arc<[IpNet]>> = self
             .groups
             .iter()
             .map(|g| {
@@ -291,7 +291,7 @@ impl Model {
                 let mut v: Vec<IpNet> = v.collect();
                 v.sort();
                 v.dedup();
-                (g.id.as_str(), v)
+                (g.id.as_str(), v.into())
             })
             .collect();
         let mut by_groups: BTreeMap<&[String], std::sync::Arc<[Vec<ResolvedRule>; 2]>> =
@@ -313,7 +313,7 @@ impl Model {
     fn resolve_groups(
         &self,
         groups: &[String],
-        addresses: &BTreeMap<&str, Vec<IpNet>>,
+        addresses: &BTreeMap<&str, std::sync::Arc<[IpNet]>>,
     ) -> [Vec<ResolvedRule>; 2] {
         let attached: Vec<&Group> = groups.iter().filter_map(|id| self.group(id)).collect();
         let mut both: [Vec<ResolvedRule>; 2] = [vec![], vec![]];
@@ -351,7 +351,7 @@ impl Model {
                     }
                     let peers = match &r.peer {
                         Peer::Group(id) => addresses.get(id.as_str()).cloned().unwrap_or_default(),
-                        other => self.peer_cidrs(other),
+                        other => self.peer_cidrs(other).into(),
                     };
                     both[slot].push(ResolvedRule {
                         id: r.id.clone(),

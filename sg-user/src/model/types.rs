@@ -655,12 +655,21 @@ pub struct ResolvedRule {
     /// Peer addresses: the CIDR itself, a prefix list's CIDRs, or one /32 or
     /// /128 per address of the referenced group (attached interfaces' declared
     /// or discovered addresses, plus members). Sorted, deduplicated; may be
-    /// empty (matches nothing).
-    pub peers: Vec<IpNet>,
+    /// empty (matches nothing). Shared by every rule that references the
+    /// same group (one list of ten thousand members, not sixteen).
+    #[serde(serialize_with = "serialize_slice")]
+    pub peers: std::sync::Arc<[IpNet]>,
     /// Flow tracking of the traffic this rule admits (see [`Tracking`]).
     pub tracking: Tracking,
     /// Description.
     pub description: Option<String>,
+}
+
+fn serialize_slice<S: serde::Serializer>(
+    v: &std::sync::Arc<[IpNet]>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&v[..], s)
 }
 
 impl ResolvedRule {
