@@ -471,12 +471,7 @@ fn attach_new(
         .collect();
     for &i in &new {
         let plan = &plans[i];
-        write_state(&plan.id, &new_state(model, plan, identity)).map_err(|source| {
-            ApplyError::WriteState {
-                iface: plan.id.clone(),
-                source: Box::new(source),
-            }
-        })?;
+        write_plan_state(plan, &new_state(model, plan, identity))?;
     }
     let items: Vec<loader::AttachItem> = new
         .iter()
@@ -785,12 +780,7 @@ fn carry_out(
         _ => {}
     }
     let previous = std::fs::read(state_path(&plan.id)).ok();
-    write_state(&plan.id, &new_state(model, plan, identity)).map_err(|source| {
-        ApplyError::WriteState {
-            iface: plan.id.clone(),
-            source: Box::new(source),
-        }
-    })?;
+    write_plan_state(plan, &new_state(model, plan, identity))?;
     let changed = change_kernel(plan, policy, session, opts, &mut change);
     if let Err(e) = changed {
         match plan.step {
@@ -808,12 +798,18 @@ fn carry_out(
 fn write_state_if_changed(model: &Model, plan: &Plan<'_>, identity: Option<&Path>) -> Result<()> {
     let state = new_state(model, plan, identity);
     if plan.state.as_ref() != Some(&state) {
-        write_state(&plan.id, &state).map_err(|source| ApplyError::WriteState {
-            iface: plan.id.clone(),
-            source: Box::new(source),
-        })?;
+        write_plan_state(plan, &state)?;
     }
     Ok(())
+}
+
+/// Writes the interface's state file; a failure names the interface (and
+/// nothing of it was changed in the kernel yet).
+fn write_plan_state(plan: &Plan<'_>, state: &IfaceState) -> Result<()> {
+    write_state(&plan.id, state).map_err(|source| ApplyError::WriteState {
+        iface: plan.id.clone(),
+        source: Box::new(source),
+    })
 }
 
 /// An update with nothing to do for the interface itself: its endpoint is

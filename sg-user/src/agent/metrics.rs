@@ -107,9 +107,7 @@ fn register_interfaces(registry: &mut Registry) -> Result<(), MetricsError> {
             events_lost,
         ),
     ];
-    for (name, help, family) in counters {
-        registry.register(name, help, family);
-    }
+    register_all(registry, counters);
     let gauges = [
         (
             "sgctl_conntrack_entries",
@@ -127,10 +125,17 @@ fn register_interfaces(registry: &mut Registry) -> Result<(), MetricsError> {
             generation,
         ),
     ];
-    for (name, help, family) in gauges {
+    register_all(registry, gauges);
+    Ok(())
+}
+
+fn register_all<M: prometheus_client::registry::Metric>(
+    registry: &mut Registry,
+    families: impl IntoIterator<Item = (&'static str, &'static str, M)>,
+) {
+    for (name, help, family) in families {
         registry.register(name, help, family);
     }
-    Ok(())
 }
 
 /// The daemon's own families: reloads and namespace watchers.

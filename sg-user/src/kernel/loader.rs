@@ -1126,15 +1126,7 @@ pub fn ensure_in(
         session.dp.maps.write_endpoint(kernel.key, &cfg)?;
     }
     crate::sys::private_dir::create_subdir(&dir).map_err(io::Error::other)?;
-    let present: Vec<String> = std::fs::read_dir(&dir)?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    let has = |direction: &str| {
-        let prefix = format!("{}{direction}-", pins::LINK_PREFIX);
-        present.iter().any(|n| n.starts_with(&prefix))
-    };
-    if !has("ingress") {
+    if !has_link_pin(iface, "ingress") {
         in_iface_netns(iface, || -> Result<(), LoaderError> {
             match opts.ingress_hook {
                 IngressHook::Auto if kernel.physical => attach_xdp(iface, XdpMode::Driver, &dir)
@@ -1148,7 +1140,7 @@ pub fn ensure_in(
         })??;
         repaired.push("ingress hook linked".into());
     }
-    if !has("egress") {
+    if !has_link_pin(iface, "egress") {
         in_iface_netns(iface, || attach_tc(iface, TcAttachType::Egress, &dir))??;
         repaired.push("egress hook linked".into());
     }
