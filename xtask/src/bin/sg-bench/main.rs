@@ -23,8 +23,8 @@ struct Args {
     /// Directory for BENCHMARKS.md and the charts
     #[arg(long, default_value = ".")]
     out: PathBuf,
-    /// Run only these sections (repeatable): per-packet, traffic, control,
-    /// scale, pressure
+    /// Run only these sections (repeatable): per-packet, traffic, prog-cost,
+    /// control, scale, pressure
     #[arg(long)]
     only: Vec<String>,
     /// The command to print as the one that produced the numbers

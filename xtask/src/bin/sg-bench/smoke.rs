@@ -28,6 +28,9 @@ fn every_benchmark_section_runs_and_reports() {
     require_root!();
     let cfg = BenchConfig::smoke();
     let sgctl = built_sgctl();
+    let stats_enabled =
+        || std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").expect("sysctl");
+    let stats_before = stats_enabled();
     let r = bench::run(&cfg, &sgctl, &mut |step| eprintln!("bench smoke: {step}"))
         .expect("benchmark run");
     // (sizes + members) × two families.
@@ -46,6 +49,26 @@ fn every_benchmark_section_runs_and_reports() {
         r.traffic
     );
     assert_eq!(r.conn_rate.len(), cfg.conn_rules.len() * 3);
+    // The kernel counted the runs of both sg hooks under bulk TCP, in
+    // enforce and observe mode; bpf_stats is off again afterwards.
+    for mode in ["sg enforce", "sg observe mode"] {
+        for program in ["sg_tc_ingress", "sg_tc_egress"] {
+            assert!(
+                r.prog_cost.iter().any(|p| p.mode == mode
+                    && p.program == program
+                    && p.workload.starts_with("bulk TCP")
+                    && p.runs > 0
+                    && p.ns_max > 0.0),
+                "{mode} {program}: {:?}",
+                r.prog_cost
+            );
+        }
+    }
+    assert_eq!(
+        stats_enabled(),
+        stats_before,
+        "run-time statistics as they were"
+    );
     assert!(
         r.control
             .iter()
@@ -72,6 +95,7 @@ fn every_benchmark_section_runs_and_reports() {
         "## Targets",
         "## 1. Per-packet",
         "## 2. Real traffic",
+        "Program cost in real traffic",
         "## 3. Control plane",
         "## 4. Conntrack under pressure",
     ] {

@@ -7,6 +7,7 @@ pub mod control;
 pub mod legacy;
 pub mod per_packet;
 pub mod pressure;
+pub mod prog_cost;
 pub mod report;
 pub mod traffic;
 
@@ -38,8 +39,8 @@ pub struct BenchConfig {
     pub scale_ifaces: Vec<u32>,
     pub flood: u32,
     pub ct_capacity: u32,
-    /// Sections to run (`per-packet`, `traffic`, `control`, `scale`,
-    /// `pressure`); empty: all.
+    /// Sections to run (`per-packet`, `traffic`, `prog-cost`, `control`,
+    /// `scale`, `pressure`); empty: all.
     pub only: Vec<String>,
 }
 
@@ -122,6 +123,8 @@ pub struct Results {
     pub per_packet: Vec<per_packet::Row>,
     pub traffic: Vec<report::TrafficRow>,
     pub conn_rate: Vec<report::ConnRow>,
+    /// Real-traffic ns per program run (BPF run-time statistics).
+    pub prog_cost: Vec<prog_cost::ProgCostRow>,
     pub control: Vec<control::ControlRow>,
     pub pressure: Vec<pressure::PressureRow>,
     pub reclaim: Vec<pressure::ReclaimRow>,
@@ -169,6 +172,11 @@ pub fn run(
     }
     if cfg.runs("traffic") {
         traffic_sections(cfg, &mut r, progress)?;
+    }
+    if cfg.runs("prog-cost") {
+        progress("program cost in real traffic (bpf_stats)");
+        let bed = traffic::Testbed::new()?;
+        r.prog_cost = prog_cost::measure(&bed, cfg.traffic_secs, cfg.traffic_reps)?;
     }
     if cfg.runs("control") {
         progress("control plane");

@@ -127,6 +127,7 @@ fn targets(r: &Results) -> Vec<Target> {
         });
     }
     t.extend(host_targets(r));
+    t.extend(prog_cost_targets(r));
     for c in &r.control {
         if c.what.starts_with("apply, whole host") {
             t.push(Target {
@@ -142,6 +143,46 @@ fn targets(r: &Results) -> Vec<Target> {
                 measured: format!("{:.0} ms", c.wall_ms),
                 limit: "≤ 50 ms".into(),
                 ok: c.wall_ms <= 50.0,
+            });
+        }
+    }
+    t
+}
+
+/// Real-traffic targets (the kernel's run-time statistics, worst repetition):
+/// an enforcing program ≤ 200 ns per run on bulk TCP, and ≤ observe mode +
+/// 40 ns on every program and workload.
+fn prog_cost_targets(r: &Results) -> Vec<Target> {
+    let mut t = Vec::new();
+    let observe = |row: &super::prog_cost::ProgCostRow| {
+        r.prog_cost.iter().find(|o| {
+            o.mode == super::prog_cost::Mode::Observe.name()
+                && o.workload == row.workload
+                && o.program == row.program
+        })
+    };
+    for row in r
+        .prog_cost
+        .iter()
+        .filter(|row| row.mode == super::prog_cost::Mode::Enforce.name())
+    {
+        if row.workload == super::prog_cost::Workload::BulkTcp.name() {
+            t.push(Target {
+                what: format!("real traffic, {}, {}", row.program, row.workload),
+                measured: format!("{:.0} ns per run", row.ns_max),
+                limit: "≤ 200 ns".into(),
+                ok: row.ns_max <= 200.0,
+            });
+        }
+        if let Some(o) = observe(row) {
+            t.push(Target {
+                what: format!(
+                    "real traffic, {}, {}: enforce vs observe mode",
+                    row.program, row.workload
+                ),
+                measured: format!("{:.0} vs {:.0} ns", row.ns_max, o.ns_max),
+                limit: format!("≤ observe + 40 = {:.0} ns", o.ns_max + 40.0),
+                ok: row.ns_max <= o.ns_max + 40.0,
             });
         }
     }
@@ -329,6 +370,7 @@ pub fn markdown(r: &Results, command: &str, charts: &[(&str, &str)]) -> String {
     header_and_targets(&mut s, r, command);
     per_packet_section(&mut s, r);
     traffic_section(&mut s, r);
+    prog_cost_section(&mut s, r);
     control_section(&mut s, r);
     pressure_section(&mut s, r);
     if !charts.is_empty() {
@@ -491,6 +533,24 @@ fn traffic_section(s: &mut String, r: &Results) {
             s,
             "| {} | {} | {:.0} |",
             row.peer, row.rules, row.conns_per_sec
+        );
+    }
+}
+
+/// Section 2b: what the kernel's run-time statistics say each program costs.
+fn prog_cost_section(s: &mut String, r: &Results) {
+    if r.prog_cost.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\n### Program cost in real traffic (the kernel's `bpf_stats`)\n\nThe same testbed and workloads, run again with BPF run-time statistics on (`BPF_ENABLE_STATS`, what `kernel.bpf_stats_enabled` switches; off again when the measurement ends): each program's `run_time_ns` ÷ `run_cnt` over the workload, min–max over the repetitions. Bulk TCP ingress runs see GRO super-packets, egress runs the pure ACKs. *observe mode*: sg attached without a policy (`sgctl attach`).\n\n| mode | workload | program | ns per run | runs (last repetition) |\n|---|---|---|---|---|"
+    );
+    for row in &r.prog_cost {
+        let _ = writeln!(
+            s,
+            "| {} | {} | `{}` | {:.0}–{:.0} | {} |",
+            row.mode, row.workload, row.program, row.ns_min, row.ns_max, row.runs
         );
     }
 }

@@ -81,7 +81,7 @@ impl Testbed {
         &self.seg.host("client").netns
     }
 
-    fn iface(&self) -> IfaceId {
+    pub fn iface(&self) -> IfaceId {
         IfaceId::new(Host::IFACE, Some(self.server().name()))
     }
 
