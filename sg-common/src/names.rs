@@ -6,6 +6,10 @@
 pub const PROG_XDP_INGRESS: &str = "sg_xdp_ingress";
 /// XDP program that only counts (the benchmark's floor; never attached).
 pub const PROG_XDP_FLOOR: &str = "sg_xdp_floor";
+/// TC programs that only count, one per hook (the real-traffic floor of the
+/// benchmark's program-cost table; never attached by sgctl).
+pub const PROG_TC_FLOOR_INGRESS: &str = "sg_tc_floor_in";
+pub const PROG_TC_FLOOR_EGRESS: &str = "sg_tc_floor_eg";
 /// TC (tcx) entry point for the ingress hook (veth and other virtual devices).
 pub const PROG_TC_INGRESS: &str = "sg_tc_ingress";
 /// TC (tcx) entry point for the egress hook.

@@ -33,23 +33,28 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use verdict::{Hook, decide};
+use verdict::{Frame, Hook, decide};
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn bounds(&self) -> (usize, usize) {
+        (self.data(), self.data_end())
+    }
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn bounds(&self) -> (usize, usize) {
+        (self.data(), self.data_end())
+    }
+}
 
 #[xdp]
 pub fn sg_xdp_ingress(ctx: XdpContext) -> u32 {
-    let (start, end) = (ctx.data(), ctx.data_end());
+    let len = (ctx.data_end() - ctx.data()) as u64;
     // SAFETY: the context pointer is valid for this run.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let netns = endpoint::Netns::Xdp;
-    if decide(
-        &ctx,
-        Hook::Ingress,
-        netns,
-        ifindex,
-        start,
-        end,
-        (end - start) as u64,
-    ) {
+    if decide(&ctx, Hook::Ingress, endpoint::Netns::Xdp, ifindex, len) {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
@@ -71,6 +76,31 @@ pub fn sg_xdp_floor(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// The floor for real traffic: passes everything and only bumps a per-CPU
+/// counter, attached to both tc hooks the way sgctl attaches the real
+/// programs (two programs so the kernel's run-time statistics tell the
+/// hooks apart). Never attached by sgctl.
+#[classifier]
+pub fn sg_tc_floor_in(ctx: TcContext) -> i32 {
+    tc_floor(&ctx, sg_common::Direction::Inbound)
+}
+
+#[classifier]
+pub fn sg_tc_floor_eg(ctx: TcContext) -> i32 {
+    tc_floor(&ctx, sg_common::Direction::Outbound)
+}
+
+#[inline(always)]
+fn tc_floor(ctx: &TcContext, direction: sg_common::Direction) -> i32 {
+    counters::record(
+        0,
+        direction,
+        sg_common::Reason::PassUnfiltered,
+        ctx.len() as u64,
+    );
+    TC_ACT_OK
+}
+
 #[classifier]
 pub fn sg_tc_ingress(ctx: TcContext) -> i32 {
     tc(ctx, Hook::Ingress)
@@ -82,30 +112,32 @@ pub fn sg_tc_egress(ctx: TcContext) -> i32 {
 }
 
 /// Headers the parser may read: Ethernet, two VLAN tags, IPv6 with
-/// extension headers, L4. Pulled into the linear area when needed.
+/// extension headers, L4. Pulled into the linear area when a parse of the
+/// linear part alone ran out of bytes.
 const TC_PULL_LEN: u32 = 256;
 
 #[inline(always)]
 fn tc(ctx: TcContext, hook: Hook) -> i32 {
     let len = ctx.len();
     let want = if len < TC_PULL_LEN { len } else { TC_PULL_LEN };
-    if ((ctx.data_end() - ctx.data()) as u32) < want {
-        // Non-linear skb (GRO, some drivers): make the headers directly
-        // readable. On failure the parser sees a short packet: malformed.
+    if ((ctx.data_end() - ctx.data()) as u32) < want
+        && matches!(
+            parse::parse(ctx.data(), ctx.data_end(), false),
+            Err(parse::NotJudged::Malformed)
+        )
+    {
+        // A non-linear skb whose linear part ends inside the headers: make
+        // them directly readable. Most non-linear skbs (GRO super-packets,
+        // locally built segments) carry every header in the linear part;
+        // pulling those copied the head on every packet, which was most of
+        // the programs' cost in bulk traffic. (Direction does not matter
+        // here: it only changes what the parser bypasses, not how far it
+        // reads.) On failure the parser sees a short packet: malformed.
         let _ = ctx.pull_data(want);
     }
     // SAFETY: the context pointer is valid for this run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let netns = endpoint::Netns::Skb;
-    if decide(
-        &ctx,
-        hook,
-        netns,
-        ifindex,
-        ctx.data(),
-        ctx.data_end(),
-        len as u64,
-    ) {
+    if decide(&ctx, hook, endpoint::Netns::Skb, ifindex, len as u64) {
         TC_ACT_OK
     } else {
         TC_ACT_SHOT

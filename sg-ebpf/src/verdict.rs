@@ -17,6 +17,12 @@ use crate::{
     policy::{self, Live},
 };
 
+/// The frame a hook sees: where its directly readable bytes are.
+pub trait Frame: EbpfContext {
+    /// (start, end) of the directly readable bytes.
+    fn bounds(&self) -> (usize, usize);
+}
+
 #[derive(Clone, Copy)]
 pub enum Hook {
     Ingress,
@@ -37,16 +43,14 @@ fn direction(hook: Hook, flags: u32) -> Direction {
 /// Decides the packet between `start` and `end`, seen on interface
 /// `ifindex` of the packet's namespace, and counts it. True = pass.
 #[inline(always)]
-pub fn decide<C: EbpfContext>(
-    ctx: &C,
+pub fn decide<F: Frame>(
+    frame: &F,
     hook: Hook,
     netns: endpoint::Netns,
     ifindex: u32,
-    start: usize,
-    end: usize,
     frame_len: u64,
 ) -> bool {
-    let Some(cfg) = endpoint::lookup(ctx, netns, ifindex) else {
+    let Some(cfg) = endpoint::lookup(frame, netns, ifindex) else {
         // An interface the endpoint table does not know: fail closed
         // (counted in row 0). User space inserts the endpoint before it
         // attaches, so this is a leftover link or a moved interface.
@@ -57,10 +61,10 @@ pub fn decide<C: EbpfContext>(
     // SAFETY: `cfg` points into a map value that lives for this run.
     let flags = unsafe { core::ptr::read_volatile(&cfg.flags) };
     let direction = direction(hook, flags);
-    let reason = judge(cfg, flags, start, end, direction, frame_len);
+    let reason = judge(frame, cfg, flags, direction, frame_len);
     // Compiled out at load time unless `sgctl --bpf-log trace` (AYA_LOG_LEVEL).
     trace!(
-        ctx,
+        frame,
         "dir={} reason={} len={}", direction as u32, reason as u32, frame_len
     );
     counters::record(cfg.endpoint, direction, reason, frame_len);
@@ -68,11 +72,10 @@ pub fn decide<C: EbpfContext>(
 }
 
 #[inline(always)]
-fn judge(
+fn judge<F: Frame>(
+    frame: &F,
     cfg: &IfaceConfig,
     flags: u32,
-    start: usize,
-    end: usize,
     direction: Direction,
     bytes: u64,
 ) -> Reason {
@@ -90,6 +93,7 @@ fn judge(
     if live.generation == 0 {
         return Reason::DropNoPolicy;
     }
+    let (start, end) = frame.bounds();
     let pkt = match parse::parse(start, end, direction == Direction::Outbound) {
         Ok(pkt) => pkt,
         Err(NotJudged::Bypass) => return Reason::PassBypass,

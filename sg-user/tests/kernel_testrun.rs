@@ -25,6 +25,8 @@ fn object_has_every_program_and_map_user_space_names() {
     for prog in [
         names::PROG_XDP_INGRESS,
         names::PROG_XDP_FLOOR,
+        names::PROG_TC_FLOOR_INGRESS,
+        names::PROG_TC_FLOOR_EGRESS,
         names::PROG_TC_INGRESS,
         names::PROG_TC_EGRESS,
     ] {

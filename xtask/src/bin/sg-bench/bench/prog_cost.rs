@@ -12,8 +12,10 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
+use aya::programs::{SchedClassifier, TcAttachType};
 use sg_common::names;
 use sg_user::kernel::loader::{self, AttachOptions, InitialPolicy};
+use sg_user::sys::netns::Host;
 
 use super::traffic::{Peer, Testbed};
 
@@ -25,17 +27,21 @@ pub enum Mode {
     /// sg attached with no policy (`sgctl attach`): entry point, settings
     /// lookup, counting.
     Observe,
+    /// The counting-only tc programs on both hooks, attached as sgctl
+    /// attaches its own: what any tc program costs here.
+    Floor,
     /// xdp-filter's stateless port filter (skb mode on veth).
     XdpFilter,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 3] = [Mode::Enforce, Mode::Observe, Mode::XdpFilter];
+    pub const ALL: [Mode; 4] = [Mode::Enforce, Mode::Observe, Mode::Floor, Mode::XdpFilter];
 
     pub fn name(self) -> &'static str {
         match self {
             Mode::Enforce => "sg enforce",
             Mode::Observe => "sg observe mode",
+            Mode::Floor => "floor (count only)",
             Mode::XdpFilter => "xdp-filter",
         }
     }
@@ -48,6 +54,9 @@ impl Mode {
                 program == names::PROG_TC_INGRESS
                     || program == names::PROG_TC_EGRESS
                     || program == names::PROG_XDP_INGRESS
+            }
+            Mode::Floor => {
+                program == names::PROG_TC_FLOOR_INGRESS || program == names::PROG_TC_FLOOR_EGRESS
             }
             Mode::XdpFilter => program.starts_with("xdpfilt"),
         }
@@ -92,10 +101,21 @@ pub struct ProgCostRow {
     pub mode: String,
     pub workload: String,
     pub program: String,
+    /// `ingress` or `egress`: rows of different modes on one hook compare.
+    pub hook: String,
     pub ns_min: f64,
     pub ns_max: f64,
     /// Runs counted in the last repetition.
     pub runs: u64,
+}
+
+/// The hook a program runs at, from its name (xdp-filter's run at ingress).
+fn hook_of(program: &str) -> &'static str {
+    if program == names::PROG_TC_EGRESS || program == names::PROG_TC_FLOOR_EGRESS {
+        "egress"
+    } else {
+        "ingress"
+    }
 }
 
 /// (run time ns, run count) of every loaded program by name, summed over
@@ -112,7 +132,41 @@ fn snapshot() -> Result<BTreeMap<String, (u64, u64)>> {
     Ok(out)
 }
 
-fn install(bed: &Testbed, mode: Mode) -> Result<()> {
+/// The floor programs on the server's interface; their links (and the
+/// programs) go when this is dropped.
+struct TcFloor {
+    _ebpf: aya::Ebpf,
+}
+
+impl TcFloor {
+    fn attach(bed: &Testbed) -> Result<TcFloor> {
+        let mut ebpf = aya::Ebpf::load(loader::SG_OBJECT).context("loading the sg object")?;
+        for (name, hook) in [
+            (names::PROG_TC_FLOOR_INGRESS, TcAttachType::Ingress),
+            (names::PROG_TC_FLOOR_EGRESS, TcAttachType::Egress),
+        ] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("{name} missing from the sg object"))?
+                .try_into()?;
+            prog.load().with_context(|| format!("loading {name}"))?;
+            bed.server()
+                .run(|| prog.attach(Host::IFACE, hook))
+                .with_context(|| format!("attaching {name}"))?;
+        }
+        Ok(TcFloor { _ebpf: ebpf })
+    }
+}
+
+fn install(bed: &Testbed, mode: Mode) -> Result<Option<TcFloor>> {
+    match mode {
+        Mode::Floor => return TcFloor::attach(bed).map(Some),
+        _ => install_peer(bed, mode)?,
+    }
+    Ok(None)
+}
+
+fn install_peer(bed: &Testbed, mode: Mode) -> Result<()> {
     match mode {
         Mode::Enforce => bed.install(Peer::Sg, 4),
         Mode::Observe => {
@@ -125,6 +179,7 @@ fn install(bed: &Testbed, mode: Mode) -> Result<()> {
             Ok(())
         }
         Mode::XdpFilter => bed.install(Peer::XdpFilter, 4),
+        Mode::Floor => Ok(()),
     }
 }
 
@@ -132,6 +187,7 @@ fn remove(bed: &Testbed, mode: Mode) -> Result<()> {
     match mode {
         Mode::Enforce | Mode::Observe => bed.remove(Peer::Sg),
         Mode::XdpFilter => bed.remove(Peer::XdpFilter),
+        Mode::Floor => Ok(()),
     }
 }
 
@@ -139,8 +195,9 @@ fn remove(bed: &Testbed, mode: Mode) -> Result<()> {
 pub fn measure(bed: &Testbed, secs: u64, reps: usize) -> Result<Vec<ProgCostRow>> {
     let mut rows = Vec::new();
     for mode in Mode::ALL {
-        install(bed, mode)?;
+        let floor = install(bed, mode)?;
         let measured = measure_mode(bed, mode, secs, reps);
+        drop(floor);
         remove(bed, mode)?;
         rows.extend(measured?);
     }
@@ -169,6 +226,7 @@ fn measure_mode(bed: &Testbed, mode: Mode, secs: u64, reps: usize) -> Result<Vec
                     mode: mode.name().into(),
                     workload: workload.name().into(),
                     program: name.clone(),
+                    hook: hook_of(name).into(),
                     ns_min: f64::MAX,
                     ns_max: 0.0,
                     runs: 0,
