@@ -114,27 +114,68 @@ pub const DEFAULT_TIMEOUTS_S: [u64; TIMEOUT_SLOTS] = [
     600,    // Other
 ];
 
+/// One direction's share of a connection entry: written only by packets of
+/// that direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtTraffic {
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC_COARSE) of this
+    /// direction's last packet; 0: none yet.
+    pub last_seen_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
 /// Value of the conntrack maps.
+///
+/// Laid out for two CPUs: a flow's two directions are usually handled by
+/// different CPUs (the sender's softirq one way, the receiving process's
+/// CPU the other), and both update the entry on every packet. Each
+/// direction's [`CtTraffic`] is at least a cache line (64 bytes) away from
+/// the other's and from the fields both read (state, flags, origin), so a
+/// CPU's stores never invalidate the line the other CPU reads or writes.
+/// Measured with the kernel's run-time statistics (`cargo xtask bench`,
+/// program cost table): see BENCHMARKS.md.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtEntry {
-    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC_COARSE) of the last packet.
-    pub last_seen_ns: u64,
     pub created_ns: u64,
-    /// Packets by `Direction` (inbound, outbound).
-    pub packets: [u64; 2],
-    pub bytes: [u64; 2],
     /// Hash of the rule that admitted the flow.
     pub rule: u32,
     /// Policy generation that admitted it.
     pub generation: u32,
     /// `Direction` of the packet that opened the flow.
     pub origin: u8,
-    /// [`CtState`].
+    /// [`CtState`]. Written only when it changes.
     pub state: u8,
-    /// `CT_*` flags.
+    /// `CT_*` flags. Written only when they change.
     pub flags: u8,
     pub _pad: [u8; 5],
+    pub _line0: [u64; 8],
+    /// Packets towards the protected machine.
+    pub inbound: CtTraffic,
+    pub _line1: [u64; 8],
+    /// Packets leaving it.
+    pub outbound: CtTraffic,
+}
+
+impl CtEntry {
+    /// The counters of `direction` ([`crate::Direction`] as u8: 0 inbound).
+    #[inline(always)]
+    pub fn traffic(&self, direction: u8) -> &CtTraffic {
+        if direction == 0 {
+            &self.inbound
+        } else {
+            &self.outbound
+        }
+    }
+
+    /// When the flow last saw a packet, either way.
+    #[inline(always)]
+    pub fn last_seen_ns(&self) -> u64 {
+        let (i, o) = (self.inbound.last_seen_ns, self.outbound.last_seen_ns);
+        if i > o { i } else { o }
+    }
 }
 
 /// A packet in the reply direction has been seen.
@@ -216,7 +257,17 @@ pub struct FragVerdict {
 // bytewise; padding bytes would be uninitialised).
 const _: () = assert!(core::mem::size_of::<CtKeyV4>() == 4 + 4 + 4 + 2 + 2 + 1 + 3);
 const _: () = assert!(core::mem::size_of::<CtKeyV6>() == 4 + 16 + 16 + 2 + 2 + 1 + 3);
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 8 + 8 + 16 + 16 + 4 + 4 + 1 + 1 + 1 + 5);
+const _: () = assert!(core::mem::size_of::<CtTraffic>() == 3 * 8);
+const _: () =
+    assert!(core::mem::size_of::<CtEntry>() == 8 + 4 + 4 + 1 + 1 + 1 + 5 + 64 + 24 + 64 + 24);
+// Each direction's counters are a cache line away from everything else.
+const _: () = assert!(
+    core::mem::offset_of!(CtEntry, inbound) >= core::mem::offset_of!(CtEntry, _pad) + 5 + 64
+);
+const _: () = assert!(
+    core::mem::offset_of!(CtEntry, outbound)
+        >= core::mem::offset_of!(CtEntry, inbound) + core::mem::size_of::<CtTraffic>() + 64
+);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 16 + 16 + 4 + 1 + 3 + 4);
 const _: () = assert!(core::mem::size_of::<FragVerdict>() == 4 + 4);
 const _: () = assert!(core::mem::size_of::<CtReclaim>() == 4 * 8);
@@ -230,6 +281,8 @@ mod pod {
     unsafe impl aya::Pod for super::CtKeyV6 {}
     // SAFETY: as above (`state` is a plain u8, not the `CtState` enum).
     unsafe impl aya::Pod for super::CtEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CtTraffic {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FragKey {}
     // SAFETY: as above.

@@ -21,7 +21,7 @@ use sg_common::{
     Direction, IfaceConfig,
     conntrack::{
         CT_FIN_ORIGIN, CT_FIN_REPLY, CT_SEEN_REPLY, CtEntry, CtKeyV4, CtKeyV6, CtReclaim, CtState,
-        RECLAIM_MIN_INTERVAL_NS, TIMEOUT_SLOTS, timeout_slot,
+        CtTraffic, RECLAIM_MIN_INTERVAL_NS, TIMEOUT_SLOTS, timeout_slot,
     },
     endpoint::{CT_COUNT_KERNEL, CT_COUNT_SLOTS, CT_COUNT_USER, MAX_ENDPOINTS, ct_count_index},
     proto,
@@ -61,6 +61,10 @@ static SG_CT_RECLAIM: Array<CtReclaim> = Array::with_max_entries(2, 0);
 /// unrolling one state per deleted entry.
 #[map]
 static SG_CT_WALK: PerCpuArray<ReclaimWalk> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where a new entry is built before it is inserted (per CPU).
+#[map]
+static SG_CT_NEW: PerCpuArray<CtEntry> = PerCpuArray::with_max_entries(1, 0);
 
 /// How a packet relates to connection state.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -193,11 +197,18 @@ pub fn track_existing(
     };
     // SAFETY: a valid map value pointer for the rest of this program run.
     let entry = unsafe { &mut *entry };
-    // Alive while idle < timeout (the reference evaluator's rule).
-    if now.saturating_sub(entry.last_seen_ns) >= timeout_ns(&cfg.timeouts_ns, entry) {
+    let d = direction as u8;
+    // Alive while idle < timeout (the reference evaluator's rule), idle
+    // counted from the last packet either way. This direction's own time is
+    // usually recent enough to decide; only when it is not is the other
+    // direction's line read.
+    let timeout = timeout_ns(&cfg.timeouts_ns, entry);
+    if now.saturating_sub(entry.traffic(d).last_seen_ns) >= timeout
+        && now.saturating_sub(entry.last_seen_ns()) >= timeout
+    {
         return false;
     }
-    let from_origin = entry.origin == direction as u8;
+    let from_origin = entry.origin == d;
     match kind {
         // A request is never admitted by a reply's state, nor a reply by a
         // request's: the echo identifier is keyed together with direction.
@@ -211,24 +222,41 @@ pub fn track_existing(
                 // Port reuse after close: a new connection, judged by policy.
                 return false;
             }
-            entry.state = next_tcp_state(entry, flags, from_origin);
+            let state = next_tcp_state(entry, flags, from_origin);
+            if entry.state != state {
+                entry.state = state;
+            }
+        }
+        Kind::Udp if entry.state == CtState::Udp as u8 => {
+            // A stream once seen both ways and at least three packets long
+            // (this one included). Only until then: a stream's packets
+            // never read the other direction's counters.
+            let other = entry.traffic(d ^ 1).packets;
+            let own = entry.traffic(d).packets + 1;
+            let reply = if from_origin { other } else { own };
+            if reply > 0 && own + other >= 3 {
+                entry.state = CtState::UdpStream as u8;
+            }
         }
         _ => {}
     }
-    if !from_origin {
+    // Shared fields are written only when they change, and this direction's
+    // counters live on their own cache line (see `CtEntry`).
+    if !from_origin && entry.flags & CT_SEEN_REPLY == 0 {
         entry.flags |= CT_SEEN_REPLY;
     }
-    entry.last_seen_ns = now;
-    let d = (direction as usize) & 1;
-    add(&mut entry.packets[d], 1);
-    add(&mut entry.bytes[d], bytes);
-    if kind == Kind::Udp {
-        // A stream once seen both ways and at least three packets long.
-        let reply = entry.packets[(entry.origin as usize ^ 1) & 1];
-        if reply > 0 && entry.packets[0] + entry.packets[1] >= 3 {
-            entry.state = CtState::UdpStream as u8;
-        }
+    let own = if d == 0 {
+        &mut entry.inbound
+    } else {
+        &mut entry.outbound
+    };
+    // The coarse clock moves once per tick: most packets of a busy flow
+    // leave the time alone.
+    if own.last_seen_ns != now {
+        own.last_seen_ns = now;
     }
+    add(&mut own.packets, 1);
+    add(&mut own.bytes, bytes);
     true
 }
 
@@ -301,21 +329,32 @@ pub fn create(
         Kind::EchoReply | Kind::IcmpOther => return Ok(()),
         Kind::Other => CtState::Other,
     };
-    let d = (direction as usize) & 1;
-    let mut entry = CtEntry {
-        last_seen_ns: now,
-        created_ns: now,
-        packets: [0; 2],
-        bytes: [0; 2],
-        rule,
-        generation,
-        origin: direction as u8,
-        state: state as u8,
-        flags,
-        _pad: [0; 5],
+    // Built in a per-CPU scratch slot: the entry is too big for the stack
+    // next to the parsed packet (its padding lines stay zero: never written).
+    let Some(entry) = SG_CT_NEW.get_ptr_mut(0) else {
+        return Err(CreateError::Full);
     };
-    entry.packets[d] = 1;
-    entry.bytes[d] = bytes;
+    // SAFETY: this CPU's slot, valid for this run; nothing else uses it
+    // while this program runs (no preemption inside a BPF program run).
+    let entry = unsafe { &mut *entry };
+    entry.created_ns = now;
+    entry.rule = rule;
+    entry.generation = generation;
+    entry.origin = direction as u8;
+    entry.state = state as u8;
+    entry.flags = flags;
+    let opened = CtTraffic {
+        last_seen_ns: now,
+        packets: 1,
+        bytes,
+    };
+    let (inbound, outbound) = match direction {
+        Direction::Inbound => (opened, CtTraffic::default()),
+        Direction::Outbound => (CtTraffic::default(), opened),
+    };
+    entry.inbound = inbound;
+    entry.outbound = outbound;
+    let entry: &CtEntry = entry;
     let ep = cfg.endpoint;
     // The interface's own allowance first: at its limit, only what has
     // expired can make room.
@@ -325,7 +364,7 @@ pub fn create(
     {
         return Err(CreateError::Full);
     }
-    match insert(pkt, direction, ep, &entry, BPF_NOEXIST) {
+    match insert(pkt, direction, ep, entry, BPF_NOEXIST) {
         Ok(()) => {
             count_add(ep, 1);
             return Ok(());
@@ -333,13 +372,13 @@ pub fn create(
         // An expired entry of the same key (or a closed TCP flow reopened):
         // replaced, the count stays.
         Err(EEXIST) => {
-            return insert(pkt, direction, ep, &entry, BPF_EXIST).map_err(|_| CreateError::Full);
+            return insert(pkt, direction, ep, entry, BPF_EXIST).map_err(|_| CreateError::Full);
         }
         Err(_) => {}
     }
     // Full (the only other way an insert fails here): free what has
     // expired, then try once more.
-    if reclaim(pkt.ipv6, cfg, now) && insert(pkt, direction, ep, &entry, BPF_NOEXIST).is_ok() {
+    if reclaim(pkt.ipv6, cfg, now) && insert(pkt, direction, ep, entry, BPF_NOEXIST).is_ok() {
         count_add(ep, 1);
         return Ok(());
     }
@@ -520,7 +559,7 @@ unsafe extern "C" fn reclaim_entry(
         return 0;
     };
     let expires = entry
-        .last_seen_ns
+        .last_seen_ns()
         .saturating_add(timeout_ns(timeouts, entry));
     if walk.now >= expires {
         // SAFETY: deleting the element being visited is allowed for hash maps.

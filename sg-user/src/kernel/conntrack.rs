@@ -127,7 +127,7 @@ impl_ct_key!(CtKeyV4, CtKeyV6);
 
 fn flow(key: &impl CtKey, e: &CtEntry, now: u64, cfg: &IfaceConfig) -> Flow {
     let (local, remote, lp, rp, proto) = key.endpoints();
-    let idle = now.saturating_sub(e.last_seen_ns);
+    let idle = now.saturating_sub(e.last_seen_ns());
     let slot = sg_common::conntrack::timeout_slot(e.state, e.flags);
     let timeout = cfg.timeouts_ns.get(slot).copied().unwrap_or(0);
     Flow {
@@ -144,10 +144,10 @@ fn flow(key: &impl CtKey, e: &CtEntry, now: u64, cfg: &IfaceConfig) -> Flow {
         state: CtState::from_u8(e.state).map_or("?", CtState::name),
         idle_s: idle / 1_000_000_000,
         age_s: now.saturating_sub(e.created_ns) / 1_000_000_000,
-        packets_in: e.packets[0],
-        packets_out: e.packets[1],
-        bytes_in: e.bytes[0],
-        bytes_out: e.bytes[1],
+        packets_in: e.inbound.packets,
+        packets_out: e.outbound.packets,
+        bytes_in: e.inbound.bytes,
+        bytes_out: e.outbound.bytes,
         generation: e.generation,
         rule: e.rule,
         expired: idle >= timeout,

@@ -949,6 +949,46 @@ fn copy_legacy_table<Old: aya::Pod, New: aya::Pod>(
     name: &'static str,
     key: impl Fn(Old) -> New,
 ) -> Result<u64, LoaderError> {
+    /// A legacy connection entry (one 64-byte block, both directions'
+    /// counters side by side).
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct OldEntry {
+        last_seen_ns: u64,
+        created_ns: u64,
+        packets: [u64; 2],
+        bytes: [u64; 2],
+        rule: u32,
+        generation: u32,
+        origin: u8,
+        state: u8,
+        flags: u8,
+        _pad: [u8; 5],
+    }
+    const _: () = assert!(size_of::<OldEntry>() == 64);
+    // SAFETY: repr(C) integers without implicit padding (size asserted):
+    // every bit pattern is a valid value.
+    unsafe impl aya::Pod for OldEntry {}
+    /// The same entry in the host-wide layout. The legacy entry kept one
+    /// last-seen time; it goes to the direction that opened the flow.
+    fn converted(o: OldEntry) -> CtEntry {
+        let traffic = |d: usize, seen: bool| sg_common::conntrack::CtTraffic {
+            last_seen_ns: if seen { o.last_seen_ns } else { 0 },
+            packets: o.packets[d],
+            bytes: o.bytes[d],
+        };
+        CtEntry {
+            created_ns: o.created_ns,
+            rule: o.rule,
+            generation: o.generation,
+            origin: o.origin,
+            state: o.state,
+            flags: o.flags,
+            inbound: traffic(0, o.origin == 0),
+            outbound: traffic(1, o.origin != 0),
+            ..CtEntry::default()
+        }
+    }
     let pinned = |e: aya::maps::MapError| LoaderError::Pinned {
         path: name.to_string(),
         source: e.into(),
@@ -956,7 +996,7 @@ fn copy_legacy_table<Old: aya::Pod, New: aya::Pod>(
     let Ok(old) = MapData::from_pin(legacy_dir.join(name)) else {
         return Ok(0);
     };
-    let old: BpfHashMap<MapData, Old, CtEntry> =
+    let old: BpfHashMap<MapData, Old, OldEntry> =
         BpfHashMap::try_from(Map::HashMap(old)).map_err(pinned)?;
     let mut new: BpfHashMap<MapData, New, CtEntry> = BpfHashMap::try_from(Map::HashMap(
         MapData::from_pin(Path::new(pins::MAPS_DIR).join(name)).map_err(pinned)?,
@@ -965,7 +1005,7 @@ fn copy_legacy_table<Old: aya::Pod, New: aya::Pod>(
     let mut copied = 0;
     for item in old.iter() {
         let (k, v) = item.map_err(pinned)?;
-        new.insert(key(k), v, 0).map_err(pinned)?;
+        new.insert(key(k), converted(v), 0).map_err(pinned)?;
         copied += 1;
     }
     Ok(copied)

@@ -99,15 +99,9 @@ impl Testbed {
             Peer::Iptables => self.install_iptables(&fillers),
             Peer::Nftables => self.install_nftables(&fillers),
             Peer::XdpFilter => {
-                self.server()
-                    .exec(
-                        "xdp-filter",
-                        &["load", "--mode", "skb", "--policy", "deny", Host::IFACE],
-                    )
-                    .ok();
+                self.xdp_filter(&["load", "--mode", "skb", "--policy", "deny", Host::IFACE])?;
                 for port in [IPERF_PORT, CONN_PORT] {
-                    self.server()
-                        .exec("xdp-filter", &["port", "--mode", "dst", &port.to_string()])?;
+                    self.xdp_filter(&["port", "--mode", "dst", &port.to_string()])?;
                 }
                 Ok(())
             }
@@ -195,6 +189,26 @@ impl Testbed {
         self.restore("nft", &script)
     }
 
+    /// Runs xdp-filter in the server's network namespace only: `ip netns
+    /// exec` remounts /sys, which hides the bpffs xdp-filter pins its maps
+    /// in (its load then fails and the rows measure no filter at all).
+    fn xdp_filter(&self, args: &[&str]) -> Result<()> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.server().name()))
+            .arg("xdp-filter")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "xdp-filter {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     fn restore(&self, tool: &str, script: &str) -> Result<()> {
         let path = self.dir.join(format!("{tool}.rules"));
         std::fs::write(&path, script)?;
@@ -229,7 +243,8 @@ impl Testbed {
                     .exec("nft", &["delete", "table", "inet", "sgbench"])?;
             }
             Peer::XdpFilter => {
-                self.server().exec("xdp-filter", &["unload", Host::IFACE])?;
+                // Not loaded is fine here (removing before installing).
+                let _ = self.xdp_filter(&["unload", Host::IFACE]);
             }
         }
         Ok(())
