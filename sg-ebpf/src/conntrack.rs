@@ -62,10 +62,6 @@ static SG_CT_RECLAIM: Array<CtReclaim> = Array::with_max_entries(2, 0);
 #[map]
 static SG_CT_WALK: PerCpuArray<ReclaimWalk> = PerCpuArray::with_max_entries(1, 0);
 
-/// Where a new entry is built before it is inserted (per CPU).
-#[map]
-static SG_CT_NEW: PerCpuArray<CtEntry> = PerCpuArray::with_max_entries(1, 0);
-
 /// How a packet relates to connection state.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -329,20 +325,6 @@ pub fn create(
         Kind::EchoReply | Kind::IcmpOther => return Ok(()),
         Kind::Other => CtState::Other,
     };
-    // Built in a per-CPU scratch slot: the entry is too big for the stack
-    // next to the parsed packet (its padding lines stay zero: never written).
-    let Some(entry) = SG_CT_NEW.get_ptr_mut(0) else {
-        return Err(CreateError::Full);
-    };
-    // SAFETY: this CPU's slot, valid for this run; nothing else uses it
-    // while this program runs (no preemption inside a BPF program run).
-    let entry = unsafe { &mut *entry };
-    entry.created_ns = now;
-    entry.rule = rule;
-    entry.generation = generation;
-    entry.origin = direction as u8;
-    entry.state = state as u8;
-    entry.flags = flags;
     let opened = CtTraffic {
         last_seen_ns: now,
         packets: 1,
@@ -352,9 +334,17 @@ pub fn create(
         Direction::Inbound => (opened, CtTraffic::default()),
         Direction::Outbound => (CtTraffic::default(), opened),
     };
-    entry.inbound = inbound;
-    entry.outbound = outbound;
-    let entry: &CtEntry = entry;
+    let entry = &CtEntry {
+        created_ns: now,
+        rule,
+        generation,
+        origin: direction as u8,
+        state: state as u8,
+        flags,
+        _pad: [0; 5],
+        inbound,
+        outbound,
+    };
     let ep = cfg.endpoint;
     // The interface's own allowance first: at its limit, only what has
     // expired can make room.
