@@ -120,32 +120,36 @@ fn ends(pkt: &Packet, direction: Direction) -> ([u8; 16], [u8; 16], [u8; 2], [u8
     }
 }
 
+// Keys are zeroed whole (word stores: the padding is hashed, so it must be
+// zero), then filled: a `[0; 3]` padding literal compiles to a `memset`
+// call on every packet.
+
 #[inline(always)]
 fn key_v4(pkt: &Packet, direction: Direction, endpoint: u32) -> CtKeyV4 {
     let (l, r, local_port, remote_port) = ends(pkt, direction);
-    CtKeyV4 {
-        endpoint,
-        local: [l[0], l[1], l[2], l[3]],
-        remote: [r[0], r[1], r[2], r[3]],
-        local_port,
-        remote_port,
-        proto: pkt.proto,
-        _pad: [0; 3],
-    }
+    // SAFETY: integers and byte arrays: all zeros is a valid key.
+    let mut key: CtKeyV4 = unsafe { core::mem::zeroed() };
+    key.endpoint = endpoint;
+    key.local = [l[0], l[1], l[2], l[3]];
+    key.remote = [r[0], r[1], r[2], r[3]];
+    key.local_port = local_port;
+    key.remote_port = remote_port;
+    key.proto = pkt.proto;
+    key
 }
 
 #[inline(always)]
 fn key_v6(pkt: &Packet, direction: Direction, endpoint: u32) -> CtKeyV6 {
     let (local, remote, local_port, remote_port) = ends(pkt, direction);
-    CtKeyV6 {
-        endpoint,
-        local,
-        remote,
-        local_port,
-        remote_port,
-        proto: pkt.proto,
-        _pad: [0; 3],
-    }
+    // SAFETY: as in `key_v4`.
+    let mut key: CtKeyV6 = unsafe { core::mem::zeroed() };
+    key.endpoint = endpoint;
+    key.local = local;
+    key.remote = remote;
+    key.local_port = local_port;
+    key.remote_port = remote_port;
+    key.proto = pkt.proto;
+    key
 }
 
 #[inline(always)]
@@ -334,17 +338,17 @@ pub fn create(
         Direction::Inbound => (opened, CtTraffic::default()),
         Direction::Outbound => (CtTraffic::default(), opened),
     };
-    let entry = &CtEntry {
-        created_ns: now,
-        rule,
-        generation,
-        origin: direction as u8,
-        state: state as u8,
-        flags,
-        _pad: [0; 5],
-        inbound,
-        outbound,
-    };
+    // SAFETY: integers only: all zeros is a valid entry (see `key_v4`).
+    let mut entry: CtEntry = unsafe { core::mem::zeroed() };
+    entry.created_ns = now;
+    entry.rule = rule;
+    entry.generation = generation;
+    entry.origin = direction as u8;
+    entry.state = state as u8;
+    entry.flags = flags;
+    entry.inbound = inbound;
+    entry.outbound = outbound;
+    let entry = &entry;
     let ep = cfg.endpoint;
     // The interface's own allowance first: at its limit, only what has
     // expired can make room.

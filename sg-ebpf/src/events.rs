@@ -120,26 +120,27 @@ pub fn report(pkt: &Packet, direction: Direction, judged: Judged, bytes: u64, no
         lost(endpoint);
         return;
     }
-    let event = FlowEvent {
-        ts_ns: now,
-        bytes: bytes as u32,
-        rule,
-        src: pkt.src,
-        dst: pkt.dst,
-        sport: pkt.sport,
-        dport: if pkt.proto == sg_common::proto::ICMP || pkt.proto == sg_common::proto::ICMPV6 {
-            pkt.policy_port.to_be_bytes()
-        } else {
-            pkt.dport
-        },
-        reason: reason as u8,
-        direction: direction as u8,
-        proto: pkt.proto,
-        ipv6: pkt.ipv6 as u8,
-        tracked: tracked as u8,
-        _pad: [0; 3],
-        endpoint,
+    // Zeroed whole, then filled: a `[0; 3]` padding literal compiles to a
+    // `memset` call (and the padding goes to user space: it must be zero).
+    // SAFETY: integers and byte arrays: all zeros is a valid event.
+    let mut event: FlowEvent = unsafe { core::mem::zeroed() };
+    event.ts_ns = now;
+    event.bytes = bytes as u32;
+    event.rule = rule;
+    event.src = pkt.src;
+    event.dst = pkt.dst;
+    event.sport = pkt.sport;
+    event.dport = if pkt.proto == sg_common::proto::ICMP || pkt.proto == sg_common::proto::ICMPV6 {
+        pkt.policy_port.to_be_bytes()
+    } else {
+        pkt.dport
     };
+    event.reason = reason as u8;
+    event.direction = direction as u8;
+    event.proto = pkt.proto;
+    event.ipv6 = pkt.ipv6 as u8;
+    event.tracked = tracked as u8;
+    event.endpoint = endpoint;
     if ring(ring_index).output::<FlowEvent>(&event, 0).is_err() {
         lost(endpoint);
     }

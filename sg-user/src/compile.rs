@@ -12,6 +12,11 @@
 //!   of the rules covering it (rules for all protocols pushed down into every
 //!   protocol-specific interval), adjacent intervals with the same value are
 //!   merged, and each run becomes ≤ 30 prefix blocks.
+//! - **Fewer prefixes.** Adjacent prefixes of one class are aggregated (see
+//!   [`aggregate`]): the trie's depth, and so its lookup cost, follows what
+//!   the rules say rather than how many members say it.
+
+mod aggregate;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -148,7 +153,7 @@ pub fn compile(generation: u32, inbound: &[Rule], outbound: &[Rule]) -> Compiled
         // Rule sets → class ids (1, 2, … in prefix order), shared by both
         // address families.
         let (prefixes, sets) = classify(rules);
-        for (prefix, set) in prefixes {
+        for (prefix, set) in aggregate::aggregate(prefixes) {
             let class = set as ClassId + 1;
             match prefix {
                 IpNet::V4(net) => out.addr_v4.push((

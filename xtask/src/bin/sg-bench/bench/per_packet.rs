@@ -125,6 +125,19 @@ pub fn rule_sets(v6: bool, sizes: &[usize]) -> Vec<RuleSet> {
                     prefixes: n,
                     rules: vec![rule("pl".into(), 6, (443, 443), peers)],
                 });
+                if n >= 100_000 {
+                    // Every other address: no two hosts are siblings, so
+                    // nothing aggregates (the contiguous set above becomes
+                    // a few blocks): the trie's worst case at this size.
+                    let peers: Vec<IpNet> = (0..n as u32)
+                        .map(|i| net(at(77 + 2 * i), host_len))
+                        .collect();
+                    sets.push(RuleSet {
+                        name: format!("{}k scattered prefixes", n / 1000),
+                        prefixes: n,
+                        rules: vec![rule("pl".into(), 6, (443, 443), peers)],
+                    });
+                }
             }
         }
     }

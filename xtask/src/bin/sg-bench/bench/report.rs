@@ -74,12 +74,17 @@ fn targets(r: &Results) -> Vec<Target> {
             .per_packet
             .iter()
             .find(|x| x.family == family && x.set == "1 rule");
-        let big = r
+        let most = r
             .per_packet
             .iter()
             .filter(|x| x.family == family && x.set.ends_with("prefixes"))
-            .max_by_key(|x| x.prefixes);
-        if let (Some(one), Some(big)) = (one, big) {
+            .map(|x| x.prefixes)
+            .max();
+        // Every set of the largest size (contiguous and scattered).
+        for big in r.per_packet.iter().filter(|x| {
+            x.family == family && x.set.ends_with("prefixes") && Some(x.prefixes) == most
+        }) {
+            let Some(one) = one else { break };
             t.push(Target {
                 what: format!("{} vs 1 rule, denied packet, {family}", big.set),
                 measured: format!("{:.2}×", big.denied_ns / one.denied_ns),
