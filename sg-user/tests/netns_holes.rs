@@ -26,11 +26,12 @@ use sg_user::{
     agent::apply::ApplyOptions,
     agent::status,
     compile::compile_iface,
-    kernel::loader::AttachOptions,
+    kernel::loader::{AttachOptions, AttachedHook, IngressHook},
     kernel::pins,
     kernel::policy_maps::PolicyMaps,
     lab::probe::{self, Reach, TcpServer, UdpEcho, UdpPeer},
-    model, require_root,
+    model::{self, Choice as _},
+    require_root,
     sys::netns::Netns,
 };
 
@@ -371,7 +372,18 @@ fn counted(id: &pins::IfaceId, reason: &str) -> u64 {
 }
 
 #[test]
-fn frames_built_from_page_fragments_are_judged_by_the_rules() {
+fn frames_built_from_page_fragments_are_judged_at_tc_ingress() {
+    frags_case(IngressHook::Tc);
+}
+
+/// What `auto` picks for a tap (it has a driver with native XDP).
+#[test]
+fn frames_built_from_page_fragments_are_judged_at_native_xdp() {
+    frags_case(IngressHook::Xdp);
+}
+
+fn frags_case(hook: sg_user::kernel::loader::IngressHook) {
+    require_root!();
     // The tc programs pull headers into the linear part only when a parse
     // of the linear part runs out of bytes. Frames whose headers are in
     // fragments are judged like any other: allowed, denied, never dropped
@@ -379,7 +391,7 @@ fn frames_built_from_page_fragments_are_judged_by_the_rules() {
     // the time tc runs, even with GRO off; the check is that nothing is
     // lost on the way, whichever path a kernel takes.)
     require_root!();
-    let mut lab = Lab::new("frags");
+    let mut lab = Lab::new(&format!("frags-{}", hook.name()));
     let tap = frags_tap(lab.ns("a"), "sgtap0");
     for args in [
         &["link", "set", "sgtap0", "address", "02:00:00:00:00:01"][..],
@@ -409,7 +421,14 @@ fn frames_built_from_page_fragments_are_judged_by_the_rules() {
         let mut buf = [0u8; 64];
         std::iter::from_fn(|| s.recv(&mut buf).ok()).count()
     };
-    lab.apply(
+    let opts = ApplyOptions {
+        attach: AttachOptions {
+            ingress_hook: hook,
+            ..AttachOptions::default()
+        },
+        ..ApplyOptions::default()
+    };
+    lab.apply_with(
         "security_groups:
   - id: sg-t
     ingress:
@@ -417,8 +436,20 @@ fn frames_built_from_page_fragments_are_judged_by_the_rules() {
 interfaces:
   - { name: sgtap0, netns: \"{a}\", security_groups: [sg-t], addresses: [198.18.7.1] }
 ",
+        &opts,
     );
     let id = pins::IfaceId::new("sgtap0", Some(lab.ns("a").name()));
+    let expected = match hook {
+        IngressHook::Tc => AttachedHook::Tc,
+        _ => AttachedHook::Xdp,
+    };
+    let hooks = status::iface_status(id.clone()).expect("status").hooks;
+    assert!(
+        hooks
+            .iter()
+            .any(|h| h.direction == "ingress" && h.hook == expected),
+        "ingress attached as {expected:?}: {hooks:?}"
+    );
     // The Ethernet header in one iovec, the rest in another: tun puts the
     // first into the linear part and the others into page fragments.
     let write = |frame: &[u8]| {
