@@ -200,8 +200,8 @@ pub fn track_existing(
     let d = direction as u8;
     // Alive while idle < timeout (the reference evaluator's rule), idle
     // counted from the last packet either way. This direction's own time is
-    // usually recent enough to decide; only when it is not is the other
-    // direction's line read.
+    // usually recent enough to decide; only when it is not are the other
+    // direction's fields read (another CPU writes them).
     let timeout = timeout_ns(&cfg.timeouts_ns, entry);
     if now.saturating_sub(entry.traffic(d).last_seen_ns) >= timeout
         && now.saturating_sub(entry.last_seen_ns()) >= timeout
@@ -240,8 +240,8 @@ pub fn track_existing(
         }
         _ => {}
     }
-    // Shared fields are written only when they change, and this direction's
-    // counters live on their own cache line (see `CtEntry`).
+    // Shared fields are written only when they change; this direction
+    // writes only its own counters (see `CtEntry`).
     if !from_origin && entry.flags & CT_SEEN_REPLY == 0 {
         entry.flags |= CT_SEEN_REPLY;
     }

@@ -570,7 +570,8 @@ fn attachments_parse_and_attach() {
         Attachment {
             iface: "eth0".into(),
             netns: Some("web1".into()),
-            groups: vec!["sg-1".into(), "sg-2".into()]
+            groups: vec!["sg-1".into(), "sg-2".into()],
+            ..Attachment::default()
         }
     );
     assert!("eth0".parse::<Attachment>().is_err());
@@ -693,6 +694,7 @@ fn import_aws_round_trips() {
         iface: "eth0".into(),
         netns: Some("web1".into()),
         groups: vec!["sg-0123456789abcdef1".into()],
+        ..Attachment::default()
     }];
     let from_json = model::load_with(
         &path,

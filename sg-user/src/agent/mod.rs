@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod daemon_state;
 pub mod discover;
 pub mod drift;
+pub mod endpoints;
 pub mod flowlog;
 pub mod linkwatch;
 pub mod lock;

@@ -543,9 +543,10 @@ pub fn parse_native(text: &str, file: Option<&Path>) -> Result<NativeDoc, Vec<Pr
 
 // ---- attachments -----------------------------------------------------------
 
-/// An interface attachment from the command line: `IFACE=sg-1,sg-2` or
-/// `IFACE@NETNS=sg-1`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An interface attached from outside the config file: from the command
+/// line (`IFACE=sg-1,sg-2` or `IFACE@NETNS=sg-1`), or a workload endpoint a
+/// container runtime registered (see `agent::endpoints`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Attachment {
     /// Interface name.
     pub iface: String,
@@ -553,6 +554,12 @@ pub struct Attachment {
     pub netns: Option<String>,
     /// Group ids.
     pub groups: Vec<String>,
+    /// Which end of the link it is (the config's default when `None`).
+    pub side: Option<super::types::Side>,
+    /// Declared addresses (none: discovered).
+    pub addresses: Vec<std::net::IpAddr>,
+    /// Where it came from, for messages (`--attach IFACE` when `None`).
+    pub source: Option<String>,
 }
 
 impl std::str::FromStr for Attachment {
@@ -584,6 +591,7 @@ impl std::str::FromStr for Attachment {
             iface: iface.to_owned(),
             netns,
             groups,
+            ..Self::default()
         })
     }
 }
@@ -591,12 +599,24 @@ impl std::str::FromStr for Attachment {
 impl Attachment {
     /// The raw interface entry this attachment stands for.
     pub fn to_raw(&self) -> RawInterface {
+        use super::types::Choice as _;
         RawInterface {
             name: Some(Scalar::Str(self.iface.clone())),
             netns: self.netns.clone().map(Scalar::Str),
+            side: self.side.map(|s| Scalar::Str(s.name().to_owned())),
             security_groups: Some(self.groups.iter().cloned().map(Scalar::Str).collect()),
+            addresses: (!self.addresses.is_empty()).then(|| {
+                self.addresses
+                    .iter()
+                    .map(|a| Scalar::Str(a.to_string()))
+                    .collect()
+            }),
             origin: Origin {
-                path: Some(format!("--attach {}", self.iface)),
+                path: Some(
+                    self.source
+                        .clone()
+                        .unwrap_or_else(|| format!("--attach {}", self.iface)),
+                ),
                 ..Origin::default()
             },
             ..RawInterface::default()

@@ -1,0 +1,261 @@
+//! Workload endpoints registered by a container runtime (through the CNI
+//! plugin and the daemon): a container's host-side veth, protected as
+//! `side: peer`, whose addresses are members of its groups.
+//!
+//! The daemon is their one writer. Each registration is a file of its own in
+//! the state directory (`endpoints/CONTAINER_ID.json`, written atomically,
+//! 0600), so a daemon killed at any moment leaves every registration either
+//! complete or absent, and a restarted daemon enforces exactly what was
+//! registered. Registrations enter the model as attachments: they are
+//! validated with the config (unknown groups, quotas) like any interface.
+
+use std::{
+    io,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    model::{Attachment, types::Side},
+    sys::private_dir,
+};
+
+/// The registrations' directory under the state directory.
+pub const ENDPOINTS_DIR: &str = "endpoints";
+
+/// One registered workload endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// The runtime's container id (`CNI_CONTAINERID`): the registration's key.
+    pub container_id: String,
+    /// The host side of the container's veth, in the daemon's namespace.
+    pub iface: String,
+    /// The container's network namespace (`CNI_NETNS`).
+    pub container_netns: String,
+    /// The container's addresses (the previous plugin's `ips`).
+    pub addresses: Vec<IpAddr>,
+    /// Its security groups.
+    pub groups: Vec<String>,
+    /// The container's name when the runtime gave one (`K8S_POD_NAME`).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl Endpoint {
+    /// The interface this endpoint adds to the model: its veth, protected
+    /// from the host side, with its addresses declared (so they are members
+    /// of its groups wherever a rule references them).
+    pub fn attachment(&self) -> Attachment {
+        Attachment {
+            iface: self.iface.clone(),
+            netns: None,
+            groups: self.groups.clone(),
+            side: Some(Side::Peer),
+            addresses: self.addresses.clone(),
+            source: Some(format!("CNI endpoint {}", self.container_id)),
+        }
+    }
+}
+
+/// Why a container id cannot name a registration.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "container id `{0}`: expected 1–256 letters, digits, `-`, `_` or `.`, not starting with `.` (the CNI spec's rule)"
+)]
+pub struct BadContainerId(pub String);
+
+/// Checks a container id before it becomes a file name: the CNI spec allows
+/// only letters, digits, `-`, `_` and `.`, so no id can name a path outside
+/// the registrations' directory.
+///
+/// # Errors
+/// The id breaks that rule.
+pub fn check_container_id(id: &str) -> Result<(), BadContainerId> {
+    let ok = !id.is_empty()
+        && id.len() <= 256
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(BadContainerId(id.to_owned()))
+    }
+}
+
+/// The registrations on disk.
+pub struct Registry {
+    dir: PathBuf,
+}
+
+impl Registry {
+    /// The registrations under `state_dir`, creating their directory
+    /// (root-owned, 0700) when missing.
+    ///
+    /// # Errors
+    /// The directory cannot be created or trusted.
+    pub fn open(state_dir: &Path) -> Result<Registry, private_dir::PrivateDirError> {
+        let dir = state_dir.join(ENDPOINTS_DIR);
+        private_dir::ensure(&dir)?;
+        Ok(Registry { dir })
+    }
+
+    fn path(&self, container_id: &str) -> PathBuf {
+        self.dir.join(format!("{container_id}.json"))
+    }
+
+    /// Every registration, by container id. A file that cannot be read is an
+    /// error naming it (enforcing less than was registered is not an
+    /// option); leftover temporary files are passed over.
+    ///
+    /// # Errors
+    /// Reading the directory or a registration failed.
+    pub fn list(&self) -> io::Result<Vec<Endpoint>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let text = std::fs::read(&path)?;
+            let endpoint: Endpoint = serde_json::from_slice(&text).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: {e}; remove the file if the container is gone",
+                        path.display()
+                    ),
+                )
+            })?;
+            out.push(endpoint);
+        }
+        out.sort_by(|a, b| a.container_id.cmp(&b.container_id));
+        Ok(out)
+    }
+
+    /// The registration of `container_id`, if any.
+    ///
+    /// # Errors
+    /// The id is invalid, or the file cannot be read.
+    pub fn get(&self, container_id: &str) -> io::Result<Option<Endpoint>> {
+        check_container_id(container_id).map_err(io::Error::other)?;
+        match std::fs::read(self.path(container_id)) {
+            Ok(text) => serde_json::from_slice(&text)
+                .map(Some)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records `endpoint` (replacing a registration of the same container).
+    ///
+    /// # Errors
+    /// The id is invalid, or writing failed.
+    pub fn put(&self, endpoint: &Endpoint) -> io::Result<()> {
+        check_container_id(&endpoint.container_id).map_err(io::Error::other)?;
+        let bytes = serde_json::to_vec_pretty(endpoint).map_err(io::Error::other)?;
+        private_dir::write_state_file(&self.path(&endpoint.container_id), &bytes)
+    }
+
+    /// Forgets `container_id`; true when it was registered. Removing what is
+    /// not there succeeds (a runtime may DEL twice).
+    ///
+    /// # Errors
+    /// The id is invalid, or removing failed.
+    pub fn remove(&self, container_id: &str) -> io::Result<bool> {
+        check_container_id(container_id).map_err(io::Error::other)?;
+        match std::fs::remove_file(self.path(container_id)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn web(id: &str) -> Endpoint {
+        Endpoint {
+            container_id: id.into(),
+            iface: "veth1234".into(),
+            container_netns: "/run/netns/netns-1".into(),
+            addresses: vec!["198.18.101.2".parse().unwrap()],
+            groups: vec!["sg-web".into()],
+            name: Some("web".into()),
+        }
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sg-endpoints-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn container_ids_cannot_name_paths() {
+        for good in ["abc123", "a-b_c.d", &"f".repeat(64)] {
+            assert!(check_container_id(good).is_ok(), "{good}");
+        }
+        for bad in ["", "../x", "a/b", ".hidden", "a b", "é", &"f".repeat(257)] {
+            assert!(check_container_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn registrations_survive_a_new_registry_and_removing_twice_succeeds() {
+        // The registry's directory must be root-owned (see `private_dir`).
+        crate::require_root!();
+        let dir = scratch("persist");
+        let reg = Registry::open(&dir).expect("open");
+        reg.put(&web("c1")).unwrap();
+        reg.put(&web("c0")).unwrap();
+        // A daemon restarted: a new registry over the same directory.
+        let again = Registry::open(&dir).expect("reopen");
+        let ids: Vec<String> = again
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.container_id)
+            .collect();
+        assert_eq!(ids, ["c0", "c1"]);
+        assert_eq!(again.get("c1").unwrap(), Some(web("c1")));
+        assert!(again.remove("c1").unwrap());
+        assert!(!again.remove("c1").unwrap(), "second DEL: nothing to do");
+        assert_eq!(again.get("c1").unwrap(), None);
+        assert!(again.put(&web("../escape")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_endpoint_is_a_peer_side_interface_with_its_addresses() {
+        let yaml = "security_groups:\n  - id: sg-web\n    ingress:\n      - { protocol: tcp, ports: 80, group: sg-web }\n";
+        let model = crate::model::from_str(yaml, &[web("c1").attachment()]).expect("valid");
+        let iface = &model.interfaces[0];
+        assert_eq!(iface.name, "veth1234");
+        assert_eq!(iface.side, Side::Peer);
+        assert_eq!(
+            iface.addresses.as_deref(),
+            Some(&["198.18.101.2".parse::<IpAddr>().unwrap()][..])
+        );
+        let unknown = Endpoint {
+            groups: vec!["sg-nope".into()],
+            ..web("c2")
+        };
+        let problems =
+            crate::model::from_str(yaml, &[unknown.attachment()]).expect_err("unknown group");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.to_string().contains("sg-nope")
+                    && p.to_string().contains("CNI endpoint c2")),
+            "{problems:#?}"
+        );
+    }
+}
