@@ -38,6 +38,7 @@ use crate::{
     agent::apply::{self, ApplyOptions},
     agent::daemon_state::{DaemonState, state_path},
     agent::discover::KernelAddresses,
+    agent::endpoints::{self, Registry, Request, Response},
     agent::flowlog::Collector,
     agent::linkwatch::{LinkSocket, Notice},
     agent::lock::{self, LockError, StateLock},
@@ -91,6 +92,8 @@ pub struct DaemonOptions {
     pub account_id: String,
     pub detach_on_exit: bool,
     pub gc_interval: Duration,
+    /// Serve workload-endpoint requests (the CNI plugin's) on this socket.
+    pub socket: Option<PathBuf>,
 }
 
 fn unix_now() -> u64 {
@@ -109,6 +112,8 @@ enum Event {
     FlowDrain,
     FlowWindow,
     Shutdown(&'static str),
+    /// A runtime's plugin asks; the answer goes back on the channel.
+    Endpoint(Request, tokio::sync::oneshot::Sender<Response>),
 }
 
 struct Daemon {
@@ -123,6 +128,8 @@ struct Daemon {
     /// Namespaces whose watcher could not be opened: when to try again.
     watch_retry: BTreeMap<Option<String>, Retry>,
     flows: Option<FlowLog>,
+    /// Registered workload endpoints (with `--socket`).
+    endpoints: Option<Registry>,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -174,6 +181,20 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         }
         None => None,
     };
+    let endpoints = match &opts.socket {
+        Some(socket) => {
+            // Per config, like the daemon lock: two daemons never share
+            // registrations.
+            let dir = Path::new(lock::STATE_DIR)
+                .join(format!("endpoints-{}", lock::config_key(&identity)));
+            let registry = Registry::open(&dir)?;
+            let listener = bind_socket(socket)?;
+            info!(socket = %socket.display(), "serving workload-endpoint requests");
+            tokio::spawn(serve_socket(listener, tx.clone()));
+            Some(registry)
+        }
+        None => None,
+    };
     let mut daemon = Daemon {
         opts,
         state,
@@ -183,6 +204,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         watchers: BTreeMap::new(),
         watch_retry: BTreeMap::new(),
         flows,
+        endpoints,
     };
     if let Some(held) = daemon.state_lock("start").await {
         daemon.reload("start", &held);
@@ -227,6 +249,15 @@ impl Daemon {
                         }
                     }
                     Event::Shutdown(why) => shutdown = Some(why),
+                    Event::Endpoint(request, reply) => {
+                        let answer = match self.state_lock("workload endpoint").await {
+                            Some(held) => self.endpoint_request(request, &held),
+                            None => Response::error(
+                                "the daemon could not take the state lock; see its log",
+                            ),
+                        };
+                        let _ = reply.send(answer);
+                    }
                 }
             }
             // A reload re-discovers interfaces too, so it covers a reconcile.
@@ -235,7 +266,9 @@ impl Daemon {
                 && let Some(held) = self.state_lock(&why).await
             {
                 match reload {
-                    Some(why) => self.reload(why, &held),
+                    Some(why) => {
+                        self.reload(why, &held);
+                    }
                     None => self.reconcile(&why, &held),
                 }
             }
@@ -307,13 +340,25 @@ impl Daemon {
         self.publish();
     }
 
-    fn reload(&mut self, why: &str, held: &StateLock) {
-        match apply::load(&self.opts.config, &self.opts.attach) {
+    /// Loads the config (with the registered endpoints) and enforces it;
+    /// true when that succeeded.
+    fn reload(&mut self, why: &str, held: &StateLock) -> bool {
+        let mut attach = self.opts.attach.clone();
+        if let Some(registry) = &self.endpoints {
+            match registry.attachments() {
+                Ok(more) => attach.extend(more),
+                Err(e) => {
+                    self.failed(why, format!("reading the workload endpoints: {e}"));
+                    return false;
+                }
+            }
+        }
+        match apply::load(&self.opts.config, &attach) {
             Ok(model) => {
                 for w in &model.warnings {
                     warn!("{w}");
                 }
-                self.enforce(model, why, true, held);
+                self.enforce(model, why, true, held)
             }
             Err(problems) => {
                 let text: Vec<String> = problems
@@ -334,14 +379,86 @@ impl Daemon {
                 s.reloads_failed += 1;
                 drop(s);
                 self.publish();
+                false
             }
         }
+    }
+
+    /// Answers a plugin's request. Adding or removing an endpoint is a
+    /// reload with the new registrations; when it fails the registration is
+    /// put back as it was (and enforced again), so a refused ADD leaves
+    /// nothing behind.
+    fn endpoint_request(&mut self, request: Request, held: &StateLock) -> Response {
+        let Some(registry) = &self.endpoints else {
+            return Response::error("this daemon keeps no workload endpoints");
+        };
+        let id = match &request {
+            Request::Add { endpoint } => endpoint.container_id.clone(),
+            Request::Del { container_id } | Request::Check { container_id } => container_id.clone(),
+        };
+        let before = match registry.get(&id) {
+            Ok(before) => before,
+            Err(e) => return Response::error(e.to_string()),
+        };
+        let changed = match &request {
+            Request::Check { .. } => {
+                return match before {
+                    None => Response::error(format!("container {id} is not registered")),
+                    Some(e) if self.enforced(&e.iface) => Response::ok(),
+                    Some(e) => Response::error(format!(
+                        "container {id}: {} is not enforced; see `sgctl status`",
+                        e.iface
+                    )),
+                };
+            }
+            Request::Add { endpoint } => registry.put(endpoint).map(|()| true),
+            Request::Del { .. } => registry.remove(&id),
+        };
+        match changed {
+            Err(e) => return Response::error(e.to_string()),
+            Ok(false) => return Response::ok(),
+            Ok(true) => {}
+        }
+        let why = match request {
+            Request::Add { .. } => "workload endpoint added",
+            _ => "workload endpoint removed",
+        };
+        if self.reload(why, held) {
+            return Response::ok();
+        }
+        let error = self
+            .state
+            .lock()
+            .expect("state lock")
+            .last_error
+            .clone()
+            .unwrap_or_else(|| "applying failed".into());
+        let Some(registry) = &self.endpoints else {
+            return Response::error(error);
+        };
+        let restored = match &before {
+            Some(e) => registry.put(e),
+            None => registry.remove(&id).map(drop),
+        };
+        if let Err(e) = restored {
+            warn!(container = %id, "could not restore the registration: {e}");
+        }
+        self.reload("workload endpoint request undone", held);
+        Response::error(error)
+    }
+
+    /// Whether `iface` (in the daemon's namespace) is enforced.
+    fn enforced(&self, iface: &str) -> bool {
+        let key = IfaceId::new(iface, None).to_string();
+        let s = self.state.lock().expect("state lock");
+        s.generations.get(&key).is_some_and(|g| *g != 0)
     }
 
     /// Re-discovers addresses and applies the last good model again.
     fn reconcile(&mut self, why: &str, held: &StateLock) {
         let Some(mut model) = self.last_good.clone() else {
-            return self.reload(why, held);
+            self.reload(why, held);
+            return;
         };
         model.rediscover(&KernelAddresses);
         self.enforce(model, why, false, held);
@@ -349,7 +466,7 @@ impl Daemon {
 
     /// Applies `model`; `reload` says whether this was a config reload (whose
     /// result status and metrics report) or a reconcile.
-    fn enforce(&mut self, model: Model, why: &str, reload: bool, held: &StateLock) {
+    fn enforce(&mut self, model: Model, why: &str, reload: bool, held: &StateLock) -> bool {
         match apply::apply_locked(&model, &self.opts.apply, held) {
             Ok(changes) => {
                 let mut generations = BTreeMap::new();
@@ -377,9 +494,13 @@ impl Daemon {
                     f.reopen(&attached);
                 }
             }
-            Err(e) => return self.failed(why, Chain(&e).to_string()),
+            Err(e) => {
+                self.failed(why, Chain(&e).to_string());
+                return false;
+            }
         }
         self.publish();
+        true
     }
 
     fn attached(&self) -> Vec<IfaceId> {
@@ -493,6 +614,72 @@ impl Daemon {
         if let Err(e) = written {
             warn!("{e}");
         }
+    }
+}
+
+/// Binds the endpoint socket (0600). A socket file nobody answers on is a
+/// leftover of a killed daemon and is replaced; one that answers belongs to
+/// a running daemon and is an error.
+fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(DaemonError::Io(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!(
+                    "{}: another sgctl daemon serves this socket; give this one its own with --socket",
+                    path.display()
+                ),
+            )));
+        }
+        std::fs::remove_file(path)?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Accepts plugin connections: one JSON request line each, answered by the
+/// daemon's loop (which serialises them with reloads).
+async fn serve_socket(listener: tokio::net::UnixListener, tx: mpsc::UnboundedSender<Event>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!("endpoint socket: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut limited = tokio::io::BufReader::new(read.take(endpoints::MAX_REQUEST_BYTES));
+            let answer = match limited.read_line(&mut line).await {
+                Err(e) => Response::error(format!("reading the request: {e}")),
+                Ok(_) => match serde_json::from_str::<Request>(&line) {
+                    Err(e) => Response::error(format!("unreadable request: {e}")),
+                    Ok(request) => {
+                        let (reply, answer) = tokio::sync::oneshot::channel();
+                        if tx.send(Event::Endpoint(request, reply)).is_err() {
+                            Response::error("the daemon is stopping")
+                        } else {
+                            answer
+                                .await
+                                .unwrap_or_else(|_| Response::error("the daemon is stopping"))
+                        }
+                    }
+                },
+            };
+            let mut bytes = serde_json::to_vec(&answer).unwrap_or_default();
+            bytes.push(b'\n');
+            let _ = write.write_all(&bytes).await;
+        });
     }
 }
 

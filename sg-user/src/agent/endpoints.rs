@@ -22,8 +22,94 @@ use crate::{
     sys::private_dir,
 };
 
-/// The registrations' directory under the state directory.
-pub const ENDPOINTS_DIR: &str = "endpoints";
+/// Where `sg-cni` finds the daemon unless its config names a socket.
+pub const DEFAULT_SOCKET: &str = "/run/sgctl/agent.sock";
+
+/// The largest request the daemon reads (an endpoint is a few hundred bytes).
+pub const MAX_REQUEST_BYTES: u64 = 64 << 10;
+
+/// What a runtime's plugin asks the daemon, one JSON line per connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Request {
+    /// Enforce `endpoint` and add its addresses to its groups; answered once
+    /// both are in the kernel.
+    Add { endpoint: Endpoint },
+    /// Forget the container: detach its interface, remove its addresses
+    /// from its groups. Succeeds when it is not registered.
+    Del { container_id: String },
+    /// Whether the container's enforcement is in place.
+    Check { container_id: String },
+}
+
+/// The daemon's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    /// What went wrong and what to do about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    pub fn ok() -> Response {
+        Response {
+            ok: true,
+            error: None,
+        }
+    }
+
+    pub fn error(message: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            error: Some(message.into()),
+        }
+    }
+}
+
+/// Sends `request` to the daemon at `socket` and waits up to `timeout` for
+/// its answer.
+///
+/// # Errors
+/// The daemon is not reachable (the message says so and names the socket),
+/// or answered something unreadable.
+pub fn call(
+    socket: &Path,
+    request: &Request,
+    timeout: std::time::Duration,
+) -> io::Result<Response> {
+    use std::io::{BufRead as _, Write as _};
+    let unreachable = |e: io::Error| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "the sgctl daemon is not reachable at {}: {e}; start it with `sgctl run -c FILE --socket {}`",
+                socket.display(),
+                socket.display()
+            ),
+        )
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(unreachable)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut line = serde_json::to_vec(request).map_err(io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(unreachable)?;
+    let mut answer = String::new();
+    io::BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(unreachable)?;
+    serde_json::from_str(&answer).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the daemon at {} answered `{}`: {e}",
+                socket.display(),
+                answer.trim()
+            ),
+        )
+    })
+}
 
 /// One registered workload endpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,15 +179,24 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The registrations under `state_dir`, creating their directory
-    /// (root-owned, 0700) when missing.
+    /// The registrations kept in `dir`, creating it (root-owned, 0700) when
+    /// missing.
     ///
     /// # Errors
     /// The directory cannot be created or trusted.
-    pub fn open(state_dir: &Path) -> Result<Registry, private_dir::PrivateDirError> {
-        let dir = state_dir.join(ENDPOINTS_DIR);
-        private_dir::ensure(&dir)?;
-        Ok(Registry { dir })
+    pub fn open(dir: &Path) -> Result<Registry, private_dir::PrivateDirError> {
+        private_dir::ensure(dir)?;
+        Ok(Registry {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Every registration as an attachment for the model.
+    ///
+    /// # Errors
+    /// As [`Registry::list`].
+    pub fn attachments(&self) -> io::Result<Vec<Attachment>> {
+        Ok(self.list()?.iter().map(Endpoint::attachment).collect())
     }
 
     fn path(&self, container_id: &str) -> PathBuf {

@@ -400,6 +400,13 @@ impl Segment {
         Ok(self.hosts.last().expect("just pushed"))
     }
 
+    /// The switch's namespace: where the hosts' peer ends (`p0`, `p1`, … in
+    /// the order the hosts were added) sit in bridge `br0`, as a container
+    /// host's veths do.
+    pub fn switch(&self) -> &Netns {
+        &self.switch
+    }
+
     pub fn host(&self, role: &str) -> &Host {
         self.hosts
             .iter()

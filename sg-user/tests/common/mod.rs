@@ -123,10 +123,15 @@ impl Drop for Lab {
             .iter()
             .map(|h| h.netns.name().to_string())
             .collect();
+        // The switch's ports too (workload endpoints a daemon inside the
+        // switch attached: recorded by namespace identity, not name).
+        let switch = sg_user::kernel::pins::NsIdent::named(self.seg.switch().name()).ok();
         let attached = sg_user::kernel::dataplane::attached_ifaces().unwrap_or_default();
         for id in attached
             .iter()
-            .filter(|id| id.netns.as_ref().is_some_and(|n| ours.contains(n)))
+            .filter(|id| {
+                id.netns.as_ref().is_some_and(|n| ours.contains(n)) || Some(id.ns) == switch
+            })
             .chain(&self.applied)
         {
             let _ = apply::detach(id);

@@ -298,6 +298,9 @@ struct RunArgs {
     /// Seconds between reclaiming expired connection-table entries
     #[arg(long, default_value_t = 30)]
     gc_interval: u64,
+    /// Serve workload-endpoint requests from the CNI plugin (`sg-cni`) on this unix socket (0600)
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = sg_user::agent::endpoints::DEFAULT_SOCKET)]
+    socket: Option<std::path::PathBuf>,
     #[command(flatten)]
     hook: IngressHookArg,
     #[command(flatten)]
@@ -633,6 +636,7 @@ fn daemon(args: RunArgs) -> Result<ExitCode> {
         flow_window: std::time::Duration::from_secs(args.flow_window.max(1)),
         account_id: args.account_id.clone(),
         detach_on_exit: args.detach_on_exit,
+        socket: args.socket.clone(),
         gc_interval: std::time::Duration::from_secs(args.gc_interval.max(1)),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
