@@ -77,6 +77,34 @@ impl Drop for Daemon {
     }
 }
 
+/// A lab whose switch runs `sgctl run --socket` on a groups-only config,
+/// and a web server on a's port 80.
+struct Setup {
+    lab: Lab,
+    config: PathBuf,
+    socket: PathBuf,
+    daemon: Daemon,
+    _web: TcpServer,
+}
+
+impl Setup {
+    fn new(tag: &str) -> Setup {
+        let lab = Lab::new(tag);
+        let config = lab.dir.join("groups.yaml");
+        std::fs::write(&config, GROUPS).unwrap();
+        let socket = lab.dir.join("agent.sock");
+        let daemon = Daemon::start(&lab, &config, &socket);
+        let _web = TcpServer::start(lab.ns("a"), "[::]:80".parse().unwrap()).unwrap();
+        Setup {
+            lab,
+            config,
+            socket,
+            daemon,
+            _web,
+        }
+    }
+}
+
 fn endpoint(lab: &Lab, id: &str, role: &str, port: &str, group: &str) -> Endpoint {
     let h = lab.host(role);
     Endpoint {
@@ -118,12 +146,13 @@ fn check(socket: &Path, id: &str) -> Response {
 #[test]
 fn registered_containers_are_enforced_and_members_and_outlive_the_daemon() {
     require_root!();
-    let lab = Lab::new("endpoints");
-    let config: PathBuf = lab.dir.join("groups.yaml");
-    std::fs::write(&config, GROUPS).unwrap();
-    let socket = lab.dir.join("agent.sock");
-    let mut daemon = Daemon::start(&lab, &config, &socket);
-    let _web = TcpServer::start(lab.ns("a"), "[::]:80".parse().unwrap()).unwrap();
+    let Setup {
+        lab,
+        config,
+        socket,
+        mut daemon,
+        _web,
+    } = Setup::new("endpoints");
     assert_eq!(
         lab.tcp("c", "a", false, 80, T),
         Reach::Connected,
@@ -224,5 +253,233 @@ fn registered_containers_are_enforced_and_members_and_outlive_the_daemon() {
         lab.tcp("c", "a", false, 80, T),
         Reach::Connected,
         "a unprotected once deleted"
+    );
+}
+
+/// `sg-cni` run as a runtime runs it: in the host's namespace (the
+/// switch's), with the `CNI_*` environment and the network config (with
+/// `prevResult`) on stdin. (exit status, stdout as JSON or Null).
+fn sg_cni(
+    lab: &Lab,
+    command: &str,
+    container_id: &str,
+    container: &str,
+    config: &serde_json::Value,
+) -> (i32, serde_json::Value) {
+    use std::io::Write as _;
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.seg.switch().name()))
+        .arg(env!("CARGO_BIN_EXE_sg-cni"))
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container_id)
+        .env(
+            "CNI_NETNS",
+            format!("/run/netns/{}", lab.ns(container).name()),
+        )
+        .env("CNI_IFNAME", "eth0")
+        .env(
+            "CNI_ARGS",
+            format!("IgnoreUnknown=1;K8S_POD_NAME={container}"),
+        )
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sg-cni");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json = if text.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("sg-cni printed `{text}`: {e}"))
+    };
+    (out.status.code().unwrap_or(-1), json)
+}
+
+/// What the bridge plugin hands on for `container` (CNI 0.4.0, as podman's
+/// backend writes it): the bridge, the host end `port`, the container's
+/// eth0, and its address.
+fn prev_result(lab: &Lab, container: &str, port: &str) -> serde_json::Value {
+    let h = lab.host(container);
+    serde_json::json!({
+        "cniVersion": "0.4.0",
+        "interfaces": [
+            { "name": "br0", "mac": "02:00:00:00:00:fe" },
+            { "name": port, "mac": "02:00:00:00:00:01" },
+            { "name": "eth0", "mac": "02:00:00:00:00:02",
+              "sandbox": format!("/run/netns/{}", h.netns.name()) }
+        ],
+        "ips": [
+            { "version": "4", "interface": 2, "address": format!("{}/15", h.ipv4) },
+            { "version": "6", "interface": 2, "address": format!("{}/32", h.ipv6) }
+        ],
+        "dns": {}
+    })
+}
+
+#[test]
+fn sg_cni_driven_as_a_runtime_drives_it() {
+    require_root!();
+    let Setup {
+        lab,
+        config,
+        socket,
+        mut daemon,
+        _web,
+    } = Setup::new("sgcni");
+    let net = |prev: serde_json::Value, extra: serde_json::Value| {
+        let mut c = serde_json::json!({
+            "cniVersion": "0.4.0",
+            "name": "sgnet",
+            "type": "sg-cni",
+            "socket": socket.to_str().unwrap(),
+            "prevResult": prev,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+
+    let (status, version) = sg_cni(
+        &lab,
+        "VERSION",
+        "x",
+        "a",
+        &serde_json::json!({"cniVersion": "1.0.0"}),
+    );
+    assert_eq!(status, 0);
+    let listed = version["supportedVersions"].to_string();
+    assert!(
+        listed.contains("0.4.0") && listed.contains("1.0.0"),
+        "{listed}"
+    );
+
+    // Groups from the network config for a, from the pod annotation for b.
+    let prev_a = prev_result(&lab, "a", "p0");
+    let (status, out) = sg_cni(
+        &lab,
+        "ADD",
+        "ctr-a",
+        "a",
+        &net(
+            prev_a.clone(),
+            serde_json::json!({"securityGroups": ["sg-web"]}),
+        ),
+    );
+    assert_eq!(status, 0, "{out}");
+    assert_eq!(out, prev_a, "ADD hands prevResult on unchanged");
+    let annotated = serde_json::json!({
+        "securityGroups": ["sg-web"],
+        "runtimeConfig": { "io.kubernetes.cri.pod-annotations": { "sgctl/security-groups": "sg-client" } }
+    });
+    let (status, out) = sg_cni(
+        &lab,
+        "ADD",
+        "ctr-b",
+        "b",
+        &net(prev_result(&lab, "b", "p1"), annotated),
+    );
+    assert_eq!(status, 0, "{out}");
+    lab.expect_tcp(
+        T,
+        &[
+            (
+                "b",
+                "a",
+                false,
+                80,
+                Reach::Connected,
+                "b is in sg-client (annotation)",
+            ),
+            ("c", "a", false, 80, Reach::Timeout, "c is not registered"),
+        ],
+    );
+    let (status, out) = sg_cni(
+        &lab,
+        "CHECK",
+        "ctr-a",
+        "a",
+        &net(prev_a.clone(), serde_json::json!({})),
+    );
+    assert_eq!((status, out), (0, serde_json::Value::Null));
+
+    // prevResult naming an interface that is not the container's peer.
+    let (status, out) = sg_cni(
+        &lab,
+        "ADD",
+        "ctr-x",
+        "c",
+        &net(
+            prev_result(&lab, "c", "p0"),
+            serde_json::json!({"securityGroups": ["sg-web"]}),
+        ),
+    );
+    assert_eq!(
+        (status, &out["code"]),
+        (1, &serde_json::json!(101)),
+        "{out}"
+    );
+
+    // The daemon down: ADD fails (the container must not start unprotected).
+    daemon.kill9();
+    let (status, out) = sg_cni(
+        &lab,
+        "ADD",
+        "ctr-c",
+        "c",
+        &net(
+            prev_result(&lab, "c", "p2"),
+            serde_json::json!({"securityGroups": ["sg-web"]}),
+        ),
+    );
+    assert_eq!((status, &out["code"]), (1, &serde_json::json!(11)), "{out}");
+    assert!(
+        out["msg"].as_str().unwrap().contains("not reachable"),
+        "{out}"
+    );
+    assert_eq!(
+        lab.tcp("b", "a", false, 80, T),
+        Reach::Connected,
+        "enforcement stays"
+    );
+
+    // Restarted: DEL works on what the old daemon registered, twice.
+    let _daemon = Daemon::start(&lab, &config, &socket);
+    let prev_b = prev_result(&lab, "b", "p1");
+    for _ in 0..2 {
+        let (status, out) = sg_cni(
+            &lab,
+            "DEL",
+            "ctr-b",
+            "b",
+            &net(prev_b.clone(), serde_json::json!({})),
+        );
+        assert_eq!(status, 0, "{out}");
+    }
+    assert_eq!(
+        lab.tcp("b", "a", false, 80, T),
+        Reach::Timeout,
+        "b left sg-client"
+    );
+    let (status, _) = sg_cni(
+        &lab,
+        "DEL",
+        "ctr-a",
+        "a",
+        &net(prev_a, serde_json::json!({})),
+    );
+    assert_eq!(status, 0);
+    assert_eq!(
+        lab.tcp("c", "a", false, 80, T),
+        Reach::Connected,
+        "a's enforcement gone"
     );
 }

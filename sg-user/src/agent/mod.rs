@@ -4,6 +4,7 @@
 //! `sys`, `kernel`), never `lab` or the CLI.
 
 pub mod apply;
+pub mod cni;
 pub mod daemon;
 pub mod daemon_state;
 pub mod discover;

@@ -54,6 +54,11 @@ fn c_field(bytes: &[u8]) -> String {
 /// Reads the driver name and bus address of `iface`. Devices without ethtool
 /// support (loopback, some virtual ones) return `Ok(None)`.
 pub fn driver_info(iface: &str) -> io::Result<Option<DriverInfo>> {
+    Ok(drvinfo(iface)?.map(|(info, _)| info))
+}
+
+/// [`driver_info`] and the number of statistics the device reports.
+fn drvinfo(iface: &str) -> io::Result<Option<(DriverInfo, u32)>> {
     if iface.len() >= libc::IFNAMSIZ {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -90,10 +95,63 @@ pub fn driver_info(iface: &str) -> io::Result<Option<DriverInfo>> {
             _ => Err(err),
         };
     }
-    Ok(Some(DriverInfo {
-        driver: c_field(&info.driver),
-        bus_info: c_field(&info.bus_info),
-    }))
+    Ok(Some((
+        DriverInfo {
+            driver: c_field(&info.driver),
+            bus_info: c_field(&info.bus_info),
+        },
+        info.n_stats,
+    )))
+}
+
+const ETHTOOL_GSTATS: u32 = 0x0000_001d;
+
+/// The peer's ifindex of veth `iface` (in the namespace the peer is in, as
+/// the kernel reports it: veth's first ethtool statistic, `peer_ifindex`);
+/// `None` when `iface` is not a veth. Works in whatever namespace the
+/// calling thread is in, unlike /sys (which shows the mounter's).
+pub fn veth_peer_index(iface: &str) -> io::Result<Option<u32>> {
+    let n_stats = match drvinfo(iface)? {
+        Some((info, n)) if info.driver == "veth" && n > 0 && n < 4096 => n,
+        _ => return Ok(None),
+    };
+    // ethtool_stats { cmd: u32, n_stats: u32, data: [u64; n] }, as u64
+    // words. The kernel writes as many statistics as the device has *now*,
+    // whatever the buffer: room to spare in case queues were added since
+    // GDRVINFO counted them.
+    const SLACK: usize = 1024;
+    let mut buf = vec![0u64; 1 + n_stats as usize + SLACK];
+    buf[0] = u64::from(ETHTOOL_GSTATS) | (u64::from(n_stats) << 32);
+    // SAFETY: plain socket(2); the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut req = IfreqData {
+        name: [0; libc::IFNAMSIZ],
+        data: buf.as_mut_ptr().cast(),
+        _pad: [0; 16],
+    };
+    req.name[..iface.len()].copy_from_slice(iface.as_bytes());
+    // SAFETY: SIOCETHTOOL with a valid ifreq whose data points at `buf`,
+    // sized for the statistics the device reports.
+    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut req) };
+    let err = io::Error::last_os_error();
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return Err(err);
+    }
+    let written = (buf[0] >> 32) as usize;
+    assert!(
+        written < buf.len(),
+        "{iface}: the kernel wrote {written} statistics into room for {}",
+        buf.len() - 1
+    );
+    if written == 0 {
+        return Ok(None);
+    }
+    Ok(u32::try_from(buf[1]).ok().filter(|i| *i != 0))
 }
 
 /// The index of `iface` in the calling thread's namespace, `None` when no
