@@ -257,8 +257,9 @@ fn groups(config: &Value) -> Vec<String> {
 }
 
 /// The registration `prevResult` describes: the host end of the
-/// container's veth (an interface without `sandbox` that is not a bridge,
-/// whose peer is `CNI_IFNAME` in `CNI_NETNS`) and the container's addresses.
+/// container's veth (the interface without `sandbox` whose index is the
+/// peer of `CNI_IFNAME` in `CNI_NETNS`: never the bridge, nor another
+/// container's veth) and the container's addresses.
 fn endpoint(env: &Env, config: &Value, prev: &Value) -> Result<Endpoint, CniError> {
     let groups = groups(config);
     if groups.is_empty() {
@@ -283,13 +284,12 @@ fn endpoint(env: &Env, config: &Value, prev: &Value) -> Result<Endpoint, CniErro
                 .is_none_or(str::is_empty)
         })
         .filter_map(|i| i.get("name").and_then(Value::as_str))
-        .filter(|name| !is_bridge(name))
         .map(str::to_owned)
         .collect();
     let container_peer = peer_ifindex_in(&env.netns, &env.ifname)?;
     let iface = host_side
         .into_iter()
-        .find(|name| ifindex(name) == Some(container_peer))
+        .find(|name| crate::sys::ifinfo::index_of(name) == Some(container_peer))
         .ok_or_else(|| {
             CniError::new(
                 code::NOT_A_VETH,
@@ -325,18 +325,6 @@ fn endpoint(env: &Env, config: &Value, prev: &Value) -> Result<Endpoint, CniErro
         groups,
         name: env.arg("K8S_POD_NAME").map(str::to_owned),
     })
-}
-
-fn is_bridge(name: &str) -> bool {
-    Path::new("/sys/class/net")
-        .join(name)
-        .join("bridge")
-        .exists()
-}
-
-/// The index of `name` in this (the runtime's) namespace.
-fn ifindex(name: &str) -> Option<u32> {
-    crate::sys::ifinfo::index_of(name)
 }
 
 /// The ifindex, in this namespace, of the peer of `ifname` in `netns`

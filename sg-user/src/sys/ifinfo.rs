@@ -57,35 +57,47 @@ pub fn driver_info(iface: &str) -> io::Result<Option<DriverInfo>> {
     Ok(drvinfo(iface)?.map(|(info, _)| info))
 }
 
-/// [`driver_info`] and the number of statistics the device reports.
-fn drvinfo(iface: &str) -> io::Result<Option<(DriverInfo, u32)>> {
+/// One SIOCETHTOOL request on `iface` (in the calling thread's namespace)
+/// with `data` as its command buffer; the raw OS error when it fails.
+///
+/// # Safety
+/// `data` must point at an ethtool command structure that is valid for the
+/// command it holds (the kernel reads and writes it).
+unsafe fn ethtool(iface: &str, data: *mut libc::c_void) -> io::Result<()> {
     if iface.len() >= libc::IFNAMSIZ {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("interface name `{iface}` is longer than 15 bytes"),
         ));
     }
+    let name = CString::new(iface).map_err(|_| io::ErrorKind::InvalidInput)?;
     // SAFETY: plain socket(2); the fd is closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: all-zero is a valid value of these plain C structs.
-    let mut info: EthtoolDrvinfo = unsafe { std::mem::zeroed() };
-    info.cmd = ETHTOOL_GDRVINFO;
     let mut req = IfreqData {
         name: [0; libc::IFNAMSIZ],
-        data: (&raw mut info).cast(),
+        data,
         _pad: [0; 16],
     };
-    let name = CString::new(iface).map_err(|_| io::ErrorKind::InvalidInput)?;
     req.name[..iface.len()].copy_from_slice(name.as_bytes());
-    // SAFETY: SIOCETHTOOL with a valid ifreq whose data points at `info`.
+    // SAFETY: a valid ifreq; `data` is valid for its command (the caller's
+    // guarantee).
     let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut req) };
     let err = io::Error::last_os_error();
     // SAFETY: fd is ours.
     unsafe { libc::close(fd) };
-    if rc != 0 {
+    if rc != 0 { Err(err) } else { Ok(()) }
+}
+
+/// [`driver_info`] and the number of statistics the device reports.
+fn drvinfo(iface: &str) -> io::Result<Option<(DriverInfo, u32)>> {
+    // SAFETY: all-zero is a valid value of this plain C struct.
+    let mut info: EthtoolDrvinfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    // SAFETY: `info` is a GDRVINFO command structure.
+    if let Err(err) = unsafe { ethtool(iface, (&raw mut info).cast()) } {
         return match err.raw_os_error() {
             Some(libc::EOPNOTSUPP) => Ok(None),
             Some(libc::ENODEV) => Err(io::Error::new(
@@ -122,26 +134,9 @@ pub fn veth_peer_index(iface: &str) -> io::Result<Option<u32>> {
     const SLACK: usize = 1024;
     let mut buf = vec![0u64; 1 + n_stats as usize + SLACK];
     buf[0] = u64::from(ETHTOOL_GSTATS) | (u64::from(n_stats) << 32);
-    // SAFETY: plain socket(2); the fd is closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut req = IfreqData {
-        name: [0; libc::IFNAMSIZ],
-        data: buf.as_mut_ptr().cast(),
-        _pad: [0; 16],
-    };
-    req.name[..iface.len()].copy_from_slice(iface.as_bytes());
-    // SAFETY: SIOCETHTOOL with a valid ifreq whose data points at `buf`,
-    // sized for the statistics the device reports.
-    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut req) };
-    let err = io::Error::last_os_error();
-    // SAFETY: fd is ours.
-    unsafe { libc::close(fd) };
-    if rc != 0 {
-        return Err(err);
-    }
+    // SAFETY: `buf` is a GSTATS command structure sized for the device's
+    // statistics (and more).
+    unsafe { ethtool(iface, buf.as_mut_ptr().cast()) }?;
     let written = (buf[0] >> 32) as usize;
     assert!(
         written < buf.len(),

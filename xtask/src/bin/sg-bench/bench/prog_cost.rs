@@ -158,17 +158,11 @@ impl TcFloor {
     }
 }
 
+/// Installs what `mode` measures; the floor's programs live as long as the
+/// returned value.
 fn install(bed: &Testbed, mode: Mode) -> Result<Option<TcFloor>> {
     match mode {
-        Mode::Floor => return TcFloor::attach(bed).map(Some),
-        _ => install_peer(bed, mode)?,
-    }
-    Ok(None)
-}
-
-fn install_peer(bed: &Testbed, mode: Mode) -> Result<()> {
-    match mode {
-        Mode::Enforce => bed.install(Peer::Sg, 4),
+        Mode::Enforce => bed.install(Peer::Sg, 4)?,
         Mode::Observe => {
             bed.remove(Peer::Sg)?;
             loader::attach(
@@ -176,11 +170,11 @@ fn install_peer(bed: &Testbed, mode: Mode) -> Result<()> {
                 &AttachOptions::default(),
                 InitialPolicy::Observe,
             )?;
-            Ok(())
         }
-        Mode::XdpFilter => bed.install(Peer::XdpFilter, 4),
-        Mode::Floor => Ok(()),
+        Mode::Floor => return TcFloor::attach(bed).map(Some),
+        Mode::XdpFilter => bed.install(Peer::XdpFilter, 4)?,
     }
+    Ok(None)
 }
 
 fn remove(bed: &Testbed, mode: Mode) -> Result<()> {

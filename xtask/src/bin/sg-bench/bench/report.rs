@@ -154,6 +154,26 @@ fn targets(r: &Results) -> Vec<Target> {
     t
 }
 
+/// `row` (worst repetition) at most `margin` ns over `base` on the same hook
+/// and workload.
+fn within(
+    row: &super::prog_cost::ProgCostRow,
+    base: &super::prog_cost::ProgCostRow,
+    what: &str,
+    base_name: &str,
+    margin: f64,
+) -> Target {
+    Target {
+        what: format!("real traffic, {}, {}: {what}", row.program, row.workload),
+        measured: format!("{:.0} vs {:.0} ns", row.ns_max, base.ns_max),
+        limit: format!(
+            "≤ {base_name} + {margin:.0} = {:.0} ns",
+            base.ns_max + margin
+        ),
+        ok: row.ns_max <= base.ns_max + margin,
+    }
+}
+
 /// Real-traffic targets (the kernel's run-time statistics, worst repetition):
 /// an enforcing program ≤ 200 ns per run on bulk TCP, enforce ≤ observe mode
 /// + 40 ns and observe mode ≤ floor + 15 ns on every hook and workload.
@@ -176,29 +196,13 @@ fn prog_cost_targets(r: &Results) -> Vec<Target> {
                 });
             }
             if let Some(o) = find(Mode::Observe, row) {
-                t.push(Target {
-                    what: format!(
-                        "real traffic, {}, {}: enforce vs observe mode",
-                        row.program, row.workload
-                    ),
-                    measured: format!("{:.0} vs {:.0} ns", row.ns_max, o.ns_max),
-                    limit: format!("≤ observe + 40 = {:.0} ns", o.ns_max + 40.0),
-                    ok: row.ns_max <= o.ns_max + 40.0,
-                });
+                t.push(within(row, o, "enforce vs observe mode", "observe", 40.0));
             }
         }
         if row.mode == Mode::Observe.name()
             && let Some(f) = find(Mode::Floor, row)
         {
-            t.push(Target {
-                what: format!(
-                    "real traffic, {}, {}: observe mode vs floor",
-                    row.program, row.workload
-                ),
-                measured: format!("{:.0} vs {:.0} ns", row.ns_max, f.ns_max),
-                limit: format!("≤ floor + 15 = {:.0} ns", f.ns_max + 15.0),
-                ok: row.ns_max <= f.ns_max + 15.0,
-            });
+            t.push(within(row, f, "observe mode vs floor", "floor", 15.0));
         }
     }
     t
