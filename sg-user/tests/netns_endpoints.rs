@@ -114,6 +114,7 @@ fn endpoint(lab: &Lab, id: &str, role: &str, port: &str, group: &str) -> Endpoin
         addresses: vec![IpAddr::from(h.ipv4), IpAddr::from(h.ipv6)],
         groups: vec![group.into()],
         name: Some(role.into()),
+        network_groups: vec![],
     }
 }
 

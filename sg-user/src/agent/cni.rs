@@ -22,8 +22,7 @@ use crate::agent::endpoints::{self, DEFAULT_SOCKET, Endpoint, Request};
 /// The spec versions whose configs and results this plugin reads.
 pub const SUPPORTED_VERSIONS: [&str; 4] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
 
-/// The pod annotation naming a container's groups (comma-separated).
-pub const GROUPS_ANNOTATION: &str = "sgctl/security-groups";
+pub use crate::model::config::GROUPS_ANNOTATION;
 
 /// How long ADD waits for the daemon (it answers once enforcement is in).
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(30);
@@ -229,21 +228,27 @@ fn ask(socket: &Path, request: Request) -> Result<(), CniError> {
     }
 }
 
-/// The container's groups: the pod annotation when the runtime passes one,
-/// else the network's `securityGroups`.
-fn groups(config: &Value) -> Vec<String> {
-    let annotation = config
+/// The container's own groups: the pod annotation, when the runtime passes
+/// one. Without them the daemon decides (its `workloads:`, else the
+/// network's groups).
+fn annotated_groups(config: &Value) -> Vec<String> {
+    config
         .pointer("/runtimeConfig/io.kubernetes.cri.pod-annotations")
         .and_then(|a| a.get(GROUPS_ANNOTATION))
-        .and_then(Value::as_str);
-    if let Some(list) = annotation {
-        return list
-            .split(',')
-            .map(str::trim)
-            .filter(|g| !g.is_empty())
-            .map(str::to_owned)
-            .collect();
-    }
+        .and_then(Value::as_str)
+        .map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|g| !g.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The network config's `securityGroups`: every container's groups unless
+/// its annotation or the daemon's `workloads:` name others.
+fn network_groups(config: &Value) -> Vec<String> {
     config
         .get("securityGroups")
         .and_then(Value::as_array)
@@ -261,16 +266,6 @@ fn groups(config: &Value) -> Vec<String> {
 /// peer of `CNI_IFNAME` in `CNI_NETNS`: never the bridge, nor another
 /// container's veth) and the container's addresses.
 fn endpoint(env: &Env, config: &Value, prev: &Value) -> Result<Endpoint, CniError> {
-    let groups = groups(config);
-    if groups.is_empty() {
-        return Err(CniError::new(
-            code::INVALID_CONFIG,
-            "no security groups for this container",
-            format!(
-                "set \"securityGroups\" in the network config or the pod annotation {GROUPS_ANNOTATION}"
-            ),
-        ));
-    }
     let interfaces = prev
         .get("interfaces")
         .and_then(Value::as_array)
@@ -322,8 +317,9 @@ fn endpoint(env: &Env, config: &Value, prev: &Value) -> Result<Endpoint, CniErro
         iface,
         container_netns: env.netns.clone(),
         addresses,
-        groups,
+        groups: annotated_groups(config),
         name: env.arg("K8S_POD_NAME").map(str::to_owned),
+        network_groups: network_groups(config),
     })
 }
 
@@ -396,14 +392,15 @@ mod tests {
     }
 
     #[test]
-    fn groups_come_from_the_annotation_first() {
+    fn the_annotation_and_the_network_groups_are_read_apart() {
         let config = json!({
             "securityGroups": ["sg-net"],
             "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {GROUPS_ANNOTATION: "sg-a, sg-b"}},
         });
-        assert_eq!(groups(&config), ["sg-a", "sg-b"]);
-        assert_eq!(groups(&json!({"securityGroups": ["sg-net"]})), ["sg-net"]);
-        assert!(groups(&json!({})).is_empty());
+        assert_eq!(annotated_groups(&config), ["sg-a", "sg-b"]);
+        assert_eq!(network_groups(&config), ["sg-net"]);
+        assert!(annotated_groups(&json!({"securityGroups": ["sg-net"]})).is_empty());
+        assert!(network_groups(&json!({})).is_empty());
         assert_eq!(env("ADD").arg("K8S_POD_NAME"), Some("web"));
     }
 

@@ -18,7 +18,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    model::{Attachment, types::Side},
+    model::{Attachment, config::WorkloadRef, types::Side},
     sys::private_dir,
 };
 
@@ -123,11 +123,15 @@ pub struct Endpoint {
     pub container_netns: String,
     /// The container's addresses (the previous plugin's `ips`).
     pub addresses: Vec<IpAddr>,
-    /// Its security groups.
+    /// Its own security groups (the pod annotation); when empty the
+    /// daemon's `workloads:` decide by `name`, else `network_groups`.
     pub groups: Vec<String>,
     /// The container's name when the runtime gave one (`K8S_POD_NAME`).
     #[serde(default)]
     pub name: Option<String>,
+    /// The network config's `securityGroups`.
+    #[serde(default)]
+    pub network_groups: Vec<String>,
 }
 
 impl Endpoint {
@@ -142,6 +146,10 @@ impl Endpoint {
             side: Some(Side::Peer),
             addresses: self.addresses.clone(),
             source: Some(format!("CNI endpoint {}", self.container_id)),
+            workload: Some(WorkloadRef {
+                name: self.name.clone(),
+                network_groups: self.network_groups.clone(),
+            }),
         }
     }
 }
@@ -284,6 +292,7 @@ mod tests {
             addresses: vec!["198.18.101.2".parse().unwrap()],
             groups: vec!["sg-web".into()],
             name: Some("web".into()),
+            network_groups: vec![],
         }
     }
 
@@ -350,6 +359,47 @@ mod tests {
                 .iter()
                 .any(|p| p.to_string().contains("sg-nope")
                     && p.to_string().contains("CNI endpoint c2")),
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn groups_come_from_the_endpoint_then_workloads_then_the_network() {
+        let yaml = "security_groups:\n  - { id: sg-web, ingress: [] }\n  - { id: sg-db, ingress: [] }\n  - { id: sg-net, ingress: [] }\nworkloads:\n  - { name: db-*, security_groups: [sg-db] }\n  - { name: '*', security_groups: [sg-web] }\n";
+        let groups_of = |e: Endpoint| {
+            crate::model::from_str(yaml, &[e.attachment()])
+                .expect("valid")
+                .interfaces[0]
+                .groups
+                .clone()
+        };
+        let named = |name: Option<&str>, own: &[&str], net: &[&str]| Endpoint {
+            name: name.map(str::to_owned),
+            groups: own.iter().map(|g| (*g).to_owned()).collect(),
+            network_groups: net.iter().map(|g| (*g).to_owned()).collect(),
+            ..web("c1")
+        };
+        assert_eq!(groups_of(named(Some("db-1"), &["sg-net"], &[])), ["sg-net"]);
+        assert_eq!(groups_of(named(Some("db-1"), &[], &["sg-net"])), ["sg-db"]);
+        assert_eq!(groups_of(named(Some("web"), &[], &["sg-net"])), ["sg-web"]);
+        assert_eq!(groups_of(named(None, &[], &["sg-net"])), ["sg-net"]);
+        // Nothing names a group and there is no `default`: refused, saying how to fix it.
+        let bare = "security_groups:\n  - { id: sg-web, ingress: [] }\n";
+        let problems = crate::model::from_str(bare, &[named(Some("web"), &[], &[]).attachment()])
+            .expect_err("no groups");
+        assert!(
+            problems.iter().any(|p| p
+                .to_string()
+                .contains("container web has no security groups")
+                && p.to_string().contains("workloads:")),
+            "{problems:#?}"
+        );
+        // A workload naming an unknown group is an error of the config.
+        let typo =
+            "security_groups: []\nworkloads:\n  - { name: web, security_groups: [sg-nope] }\n";
+        let problems = crate::model::from_str(typo, &[]).expect_err("unknown group");
+        assert!(
+            problems.iter().any(|p| p.to_string().contains("sg-nope")),
             "{problems:#?}"
         );
     }

@@ -266,6 +266,39 @@ pub struct RawInterface {
     pub addresses: Option<Vec<Scalar>>,
     /// Timeouts.
     pub conntrack: Option<RawConntrack>,
+    /// A container's interface whose groups come from the config's
+    /// `workloads:` when it names none itself (a CNI endpoint).
+    #[serde(skip)]
+    pub workload: Option<WorkloadRef>,
+    /// Where it was written.
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+/// The pod annotation naming a container's groups (comma-separated); a CRI
+/// runtime passes it to the CNI plugin.
+pub const GROUPS_ANNOTATION: &str = "sgctl/security-groups";
+
+/// What a container runtime said about an endpoint that names no groups of
+/// its own: its name, matched against `workloads:`, and its network's
+/// groups, used when no pattern matches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadRef {
+    /// The container's name (`K8S_POD_NAME`), if the runtime gave one.
+    pub name: Option<String>,
+    /// The network config's `securityGroups`.
+    pub network_groups: Vec<String>,
+}
+
+/// A `workloads:` entry: containers whose name matches `name` (a glob: `*`
+/// any text, `?` one character) get these groups.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorkload {
+    /// The name pattern.
+    pub name: Option<Scalar>,
+    /// Group ids.
+    pub security_groups: Option<Vec<Scalar>>,
     /// Where it was written.
     #[serde(skip)]
     pub origin: Origin,
@@ -298,6 +331,8 @@ pub struct Doc {
     pub interfaces: Vec<RawInterface>,
     /// Group members by group id.
     pub members: BTreeMap<String, Vec<Scalar>>,
+    /// Container name patterns and their groups, in config order.
+    pub workloads: Vec<RawWorkload>,
     /// Quotas.
     pub quotas: RawQuotas,
     /// Problems found while reading that only the format can see (AWS: a
@@ -358,6 +393,8 @@ struct NativeConfig {
     interfaces: Vec<Spanned<RawInterface>>,
     #[serde(default)]
     members: BTreeMap<String, Vec<Scalar>>,
+    #[serde(default)]
+    workloads: Vec<Spanned<RawWorkload>>,
     #[serde(default)]
     quotas: RawQuotas,
 }
@@ -533,6 +570,12 @@ pub fn parse_native(text: &str, file: Option<&Path>) -> Result<NativeDoc, Vec<Pr
             ..i.value
         });
     }
+    for w in cfg.workloads {
+        doc.workloads.push(RawWorkload {
+            origin: origin_at(file, w.referenced.line()),
+            ..w.value
+        });
+    }
     let imports = match cfg.import {
         None => vec![],
         Some(OneOrMany::One(s)) => vec![s],
@@ -560,6 +603,9 @@ pub struct Attachment {
     pub addresses: Vec<std::net::IpAddr>,
     /// Where it came from, for messages (`--attach IFACE` when `None`).
     pub source: Option<String>,
+    /// For a container's endpoint: how to find its groups when `groups` is
+    /// empty.
+    pub workload: Option<WorkloadRef>,
 }
 
 impl std::str::FromStr for Attachment {
@@ -604,7 +650,9 @@ impl Attachment {
             name: Some(Scalar::Str(self.iface.clone())),
             netns: self.netns.clone().map(Scalar::Str),
             side: self.side.map(|s| Scalar::Str(s.name().to_owned())),
-            security_groups: Some(self.groups.iter().cloned().map(Scalar::Str).collect()),
+            security_groups: (!self.groups.is_empty() || self.workload.is_none())
+                .then(|| self.groups.iter().cloned().map(Scalar::Str).collect()),
+            workload: self.workload.clone(),
             addresses: (!self.addresses.is_empty()).then(|| {
                 self.addresses
                     .iter()

@@ -14,7 +14,10 @@ use ipnet::IpNet;
 pub use super::diag::{Problem, Severity};
 use super::{
     AddressSource, Model,
-    config::{Doc, RawGroup, RawInterface, RawRule, RawRules, RawText, Scalar, TextAt},
+    config::{
+        Doc, GROUPS_ANNOTATION, RawGroup, RawInterface, RawRule, RawRules, RawText, Scalar, TextAt,
+        WorkloadRef,
+    },
     types::{
         ConntrackTimeouts, Direction, Group, Interface, L4Match, Origin, Peer, PortRange,
         PrefixList, Protocol, Quotas, Rule, RuleId, Side,
@@ -736,6 +739,7 @@ fn parse_interface(
     cx: &mut Ctx,
     raw: &RawInterface,
     groups: &BTreeSet<String>,
+    workloads: &[Workload],
     q: &Quotas,
 ) -> Option<Interface> {
     let o = &raw.origin;
@@ -789,7 +793,7 @@ fn parse_interface(
             Side::Host
         }
     };
-    let ids = interface_groups(cx, raw, groups, q, &key);
+    let ids = interface_groups(cx, raw, groups, workloads, q, &key);
     let addresses = raw.addresses.as_ref().map(|v| {
         v.iter()
             .filter_map(|a| match parse_addr(&a.text()) {
@@ -822,13 +826,19 @@ fn interface_groups(
     cx: &mut Ctx,
     raw: &RawInterface,
     groups: &BTreeSet<String>,
+    workloads: &[Workload],
     q: &Quotas,
     key: &str,
 ) -> Vec<String> {
     let o = &raw.origin;
     let mut ids: Vec<String> = vec![];
-    for g in raw.security_groups.iter().flatten() {
-        let g = g.text();
+    let named: Vec<String> = match (&raw.security_groups, &raw.workload) {
+        (Some(list), _) if !list.is_empty() => list.iter().map(Scalar::text).collect(),
+        (_, Some(w)) => workload_groups(w, workloads),
+        _ => vec![],
+    };
+    for g in &named {
+        let g = g.clone();
         if !groups.contains(&g) {
             cx.push(
                 Problem::error(
@@ -853,9 +863,25 @@ fn interface_groups(
             ids.push(g);
         }
     }
-    if raw.security_groups.as_ref().is_none_or(Vec::is_empty) {
+    if named.is_empty() {
         if groups.contains("default") {
             ids.push("default".to_owned());
+        } else if let Some(w) = &raw.workload {
+            cx.push(
+                Problem::error(
+                    format!(
+                        "container {} has no security groups: no `workloads:` entry matches its name, its network config has no `securityGroups`, and there is no group with id `default`",
+                        w.name.as_deref().unwrap_or("(unnamed)")
+                    ),
+                    format!(
+                        "give it the pod annotation `{}`, add a `workloads:` entry for it to the daemon's config, or set `securityGroups` in the CNI network config",
+                        GROUPS_ANNOTATION
+                    ),
+                )
+                .at(o)
+                .iface(key)
+                .field("security_groups"),
+            );
         } else {
             cx.push(
                 Problem::error(
@@ -1226,9 +1252,10 @@ fn unique_interfaces(
     pls: &BTreeMap<String, PrefixList>,
     q: &Quotas,
 ) -> Vec<Interface> {
+    let workloads = workloads(cx, doc, group_ids);
     let mut interfaces: Vec<Interface> = vec![];
     for raw in &doc.interfaces {
-        let Some(i) = parse_interface(cx, raw, group_ids, q) else {
+        let Some(i) = parse_interface(cx, raw, group_ids, &workloads, q) else {
             continue;
         };
         if let Some(prev) = interfaces
@@ -1280,6 +1307,98 @@ fn unique_interfaces(
     interfaces
 }
 
+/// A valid `workloads:` entry.
+struct Workload {
+    pattern: String,
+    groups: Vec<String>,
+}
+
+/// `workloads:`: each has a name pattern and names defined groups.
+fn workloads(cx: &mut Ctx<'_>, doc: &Doc, group_ids: &BTreeSet<String>) -> Vec<Workload> {
+    let mut out = vec![];
+    for (i, raw) in doc.workloads.iter().enumerate() {
+        let before = cx.problems.len();
+        let mut origin = raw.origin.clone();
+        origin.path = Some(format!("workloads[{i}]"));
+        let pattern = text(&raw.name).unwrap_or_default();
+        if pattern.is_empty() || pattern.chars().any(char::is_whitespace) {
+            cx.push(
+                Problem::error(
+                    "a workload entry needs a `name`: a container name or a pattern (`*` any text, `?` one character), without spaces",
+                    "write e.g. `name: web-*`",
+                )
+                .at(&origin)
+                .field("name"),
+            );
+        }
+        let groups: Vec<String> = raw
+            .security_groups
+            .iter()
+            .flatten()
+            .map(Scalar::text)
+            .collect();
+        if groups.is_empty() {
+            cx.push(
+                Problem::error(
+                    format!("workload `{pattern}` names no security groups"),
+                    "add `security_groups: [...]`",
+                )
+                .at(&origin)
+                .field("security_groups"),
+            );
+        }
+        for g in groups.iter().filter(|g| !group_ids.contains(*g)) {
+            cx.push(
+                Problem::error(
+                    format!("workload `{pattern}`: unknown security group {g:?}"),
+                    "define it under `security_groups:` or fix the id",
+                )
+                .at(&origin)
+                .field("security_groups"),
+            );
+        }
+        if cx.problems[before..].iter().all(|p| !p.is_error()) {
+            out.push(Workload { pattern, groups });
+        }
+    }
+    out
+}
+
+/// An endpoint's groups when it names none: the first workload pattern its
+/// name matches, else its network's groups.
+fn workload_groups(w: &WorkloadRef, workloads: &[Workload]) -> Vec<String> {
+    w.name
+        .as_deref()
+        .and_then(|name| workloads.iter().find(|p| glob_match(&p.pattern, name)))
+        .map_or_else(|| w.network_groups.clone(), |p| p.groups.clone())
+}
+
+/// Whether `name` matches `pattern`: `*` stands for any text, `?` for one
+/// character, everything else for itself.
+pub(crate) fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni) = (0, 0);
+    // The last `*` seen and the name position it was tried at.
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if let Some((sp, sn)) = star {
+            // Let the last `*` take one more character.
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
 /// `members:`: each names a defined group and lists valid addresses.
 fn members(
     cx: &mut Ctx<'_>,
@@ -1325,6 +1444,25 @@ fn members(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn glob_patterns_match_names() {
+        for (pattern, name, want) in [
+            ("web", "web", true),
+            ("web", "web1", false),
+            ("web-*", "web-1", true),
+            ("web-*", "web-", true),
+            ("*-db", "orders-db", true),
+            ("*-db", "orders-db2", false),
+            ("w?b", "wib", true),
+            ("w?b", "wb", false),
+            ("*a*b*", "xaybz", true),
+            ("*a*b*", "xbya", false),
+            ("*", "", true),
+        ] {
+            assert_eq!(glob_match(pattern, name), want, "{pattern} vs {name}");
+        }
+    }
 
     #[test]
     fn cidr_host_bits_name_the_canonical_network() {
