@@ -210,13 +210,19 @@ fn invoke(env: &Env, config: &Value, version: &str) -> Result<String, CniError> 
 }
 
 fn ask(socket: &Path, request: Request) -> Result<(), CniError> {
-    let answer = endpoints::call(socket, &request, DAEMON_TIMEOUT).map_err(|e| {
-        CniError::new(
-            code::TRY_AGAIN_LATER,
-            "the sgctl daemon is not reachable: the container is not started unprotected",
-            e.to_string(),
-        )
-    })?;
+    let unreachable = match request {
+        Request::Add { .. } => {
+            "the sgctl daemon is not reachable: the container is not started unprotected"
+        }
+        Request::Del { .. } => {
+            "the sgctl daemon is not reachable: the container's enforcement and membership stay until it runs again (it then forgets containers that are gone)"
+        }
+        Request::Check { .. } => {
+            "the sgctl daemon is not reachable: cannot check the container's enforcement"
+        }
+    };
+    let answer = endpoints::call(socket, &request, DAEMON_TIMEOUT)
+        .map_err(|e| CniError::new(code::TRY_AGAIN_LATER, unreachable, e.to_string()))?;
     if answer.ok {
         Ok(())
     } else {

@@ -344,6 +344,7 @@ impl Daemon {
     /// true when that succeeded.
     fn reload(&mut self, why: &str, held: &StateLock) -> bool {
         let mut attach = self.opts.attach.clone();
+        self.forget_gone_endpoints();
         if let Some(registry) = &self.endpoints {
             match registry.attachments() {
                 Ok(more) => attach.extend(more),
@@ -447,6 +448,35 @@ impl Daemon {
         Response::error(error)
     }
 
+    /// Forgets the registrations of containers that are gone without a DEL
+    /// (the daemon was down, the runtime crashed): their veth no longer
+    /// exists here and their namespace's path is gone. Their addresses must
+    /// not stay members of their groups: the next container given one of
+    /// them would inherit the membership. True when any was forgotten.
+    fn forget_gone_endpoints(&mut self) -> bool {
+        let Some(registry) = &self.endpoints else {
+            return false;
+        };
+        let Ok(list) = registry.list() else {
+            // `reload` reports the unreadable registration.
+            return false;
+        };
+        let mut forgot = false;
+        for e in list.iter().filter(|e| e.is_gone()) {
+            warn!(
+                container = %e.container_id,
+                iface = %e.iface,
+                netns = %e.container_netns,
+                "the container is gone without a CNI DEL (its veth and namespace no longer exist): forgetting it and its addresses' membership"
+            );
+            match registry.remove(&e.container_id) {
+                Ok(_) => forgot = true,
+                Err(err) => warn!(container = %e.container_id, "could not forget it: {err}"),
+            }
+        }
+        forgot
+    }
+
     /// Whether `iface` (in the daemon's namespace) is enforced.
     fn enforced(&self, iface: &str) -> bool {
         let key = IfaceId::new(iface, None).to_string();
@@ -460,6 +490,10 @@ impl Daemon {
             self.reload(why, held);
             return;
         };
+        if self.forget_gone_endpoints() {
+            self.reload(why, held);
+            return;
+        }
         model.rediscover(&KernelAddresses);
         self.enforce(model, why, false, held);
     }

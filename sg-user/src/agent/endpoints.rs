@@ -154,6 +154,17 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// Whether the container is gone: its host veth no longer exists in
+    /// this namespace and its namespace's path no longer exists. Both, so
+    /// that a daemon that cannot see the runtime's namespace paths (another
+    /// mount namespace) never forgets a live container.
+    pub fn is_gone(&self) -> bool {
+        crate::sys::ifinfo::index_of(&self.iface).is_none()
+            && !Path::new(&self.container_netns).exists()
+    }
+}
+
 /// Why a container id cannot name a registration.
 #[derive(Debug, thiserror::Error)]
 #[error(
