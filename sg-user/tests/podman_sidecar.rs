@@ -17,7 +17,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sg_user::require_root;
+mod podman;
+
+use podman::{Checks, Podman};
 
 /// The sidecar image (`cargo xtask image` builds this tag).
 const DEFAULT_IMAGE: &str = "localhost/sgctl:dev";
@@ -58,72 +60,19 @@ fn image() -> String {
     std::env::var("SG_SIDECAR_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.to_string())
 }
 
-fn containers_conf() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/podman/containers.conf")
-}
-
 fn podman(args: &[&str]) -> Output {
-    Command::new("podman")
-        .env("CONTAINERS_CONF", containers_conf())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("could not start `podman {}`: {e}", args.join(" ")))
+    Podman::project().run(args)
 }
 
 /// Runs podman and returns its stdout; panics with its stderr on failure.
 fn podman_ok(args: &[&str]) -> String {
-    let out = podman(args);
-    assert!(
-        out.status.success(),
-        "`podman {}` failed ({}): {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    Podman::project().ok(args)
 }
 
-/// Why podman cannot run this test, if it cannot.
-fn podman_missing() -> Option<String> {
-    let out = match Command::new("podman")
-        .env("CONTAINERS_CONF", containers_conf())
-        .args(["image", "exists", &image()])
-        .output()
-    {
-        Err(e) => {
-            return Some(format!(
-                "podman cannot be started ({e}); `cargo xtask setup` installs it"
-            ));
-        }
-        Ok(out) => out,
-    };
-    match out.status.code() {
-        Some(0) => None,
-        // `podman image exists`: 1 is "no such image", anything else an error.
-        Some(1) => Some(format!(
-            "podman has no image {}; `cargo xtask image` builds it",
-            image()
-        )),
-        _ => Some(format!(
-            "podman does not work ({}): {}; `cargo xtask setup` checks it",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-    }
-}
-
-/// Skips visibly, or fails under CI, when root or podman is missing.
-macro_rules! require_podman {
+/// Skips visibly, or fails under CI, when root, podman or the image is missing.
+macro_rules! require_sidecar_podman {
     () => {
-        require_root!();
-        if let Some(why) = podman_missing() {
-            if std::env::var_os("CI").is_some() {
-                panic!("the podman sidecar test must run under CI: {why}");
-            }
-            eprintln!("skipping {}: {why}", module_path!());
-            return;
-        }
+        require_podman!(Podman::project().unavailable(Some(&image())));
     };
 }
 
@@ -220,31 +169,6 @@ fn detach_command(block: &str) -> Option<Vec<String>> {
     )
 }
 
-/// Collects failed checks so that one run reports all of them.
-#[derive(Default)]
-struct Checks {
-    failed: Vec<String>,
-}
-
-impl Checks {
-    fn check(&mut self, ok: bool, what: impl Into<String>) {
-        let what = what.into();
-        eprintln!("{} {what}", if ok { "ok:    " } else { "FAILED:" });
-        if !ok {
-            self.failed.push(what);
-        }
-    }
-
-    fn finish(self) {
-        assert!(
-            self.failed.is_empty(),
-            "{} check(s) failed:\n  - {}",
-            self.failed.len(),
-            self.failed.join("\n  - ")
-        );
-    }
-}
-
 /// Containers on one `--internal` podman network, and a config; all of it
 /// (and the sidecars' pins) removed on drop.
 struct Lab {
@@ -299,25 +223,11 @@ impl Lab {
 
     /// The app image: busybox-static's binary and its applets, `podman import`ed.
     fn import_app_image(&self) {
-        let rootfs = self.dir.join("rootfs");
-        let bin = rootfs.join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        std::fs::copy("/bin/busybox", bin.join("busybox"))
-            .expect("/bin/busybox (busybox-static; `cargo xtask setup` installs it)");
-        for applet in ["sh", "nc", "sleep", "echo", "ip", "cat", "ls"] {
-            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
-        }
-        let tar = self.dir.join("rootfs.tar");
-        let status = Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .expect("run tar");
-        assert!(status.success(), "tar of the app rootfs failed");
-        podman_ok(&["import", "--quiet", tar.to_str().unwrap(), &self.app_image]);
+        Podman::project().import_busybox(
+            &self.dir,
+            &self.app_image,
+            &["sh", "nc", "sleep", "echo", "ip", "cat", "ls"],
+        );
     }
 
     /// Lab `index` with two clients, a member (host 20, the one the config
@@ -550,7 +460,7 @@ fn readme_sidecar_recipe_is_what_this_test_runs() {
 /// One app with a sidecar: what works without namespace identity.
 #[test]
 fn one_sidecar_admits_a_member_and_refuses_a_non_member() {
-    require_podman!();
+    require_sidecar_podman!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (mut lab, member, stranger) = Lab::with_clients(0);
     lab.app("app1", 10);
@@ -585,7 +495,7 @@ fn one_sidecar_admits_a_member_and_refuses_a_non_member() {
 /// the host's own interfaces. Reports every failed check at the end.
 #[test]
 fn two_sidecars_stay_apart_from_each_other_and_from_the_host() {
-    require_podman!();
+    require_sidecar_podman!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (mut lab, member, stranger) = Lab::with_clients(1);
     let mut checks = Checks::default();

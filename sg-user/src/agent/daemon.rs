@@ -299,6 +299,9 @@ impl Daemon {
                 "enforcement stays in place (pinned); `sgctl run` adopts it, `sgctl detach --all` removes it"
             );
         }
+        if let Some(registry) = &self.endpoints {
+            registry.remove_dir_if_empty();
+        }
     }
 
     /// Takes the state lock for a reload or reconcile, waiting (without

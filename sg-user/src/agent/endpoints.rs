@@ -276,6 +276,13 @@ impl Registry {
         private_dir::write_state_file(&self.path(&endpoint.container_id), &bytes)
     }
 
+    /// Removes the registrations' directory when nothing is registered (a
+    /// stopping daemon leaves no empty directory per config behind).
+    pub fn remove_dir_if_empty(&self) {
+        // `remove_dir` refuses a directory that is not empty.
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+
     /// Forgets `container_id`; true when it was registered. Removing what is
     /// not there succeeds (a runtime may DEL twice).
     ///
