@@ -484,3 +484,92 @@ fn sg_cni_driven_as_a_runtime_drives_it() {
         "a's enforcement gone"
     );
 }
+
+/// Container runtimes start containers in parallel: many ADDs (and then
+/// DELs) at once all succeed, each answered only once its own endpoint is
+/// enforced and its address a member, none lost or half-applied.
+#[test]
+fn parallel_adds_and_dels_are_each_applied_completely() {
+    require_root!();
+    const EXTRA: usize = 11;
+    let Setup {
+        lab,
+        socket,
+        daemon: _daemon,
+        _web,
+        ..
+    } = Setup::new("parallel");
+    // More container veths on the switch (both ends there: the daemon only
+    // enforces the host end); they vanish with the lab's namespaces.
+    let switch = lab.seg.switch().name().to_owned();
+    for i in 0..EXTRA {
+        let status = Command::new("ip")
+            .args(["-n", &switch, "link", "add", &format!("px{i}"), "type"])
+            .args(["veth", "peer", "name", &format!("qx{i}")])
+            .status()
+            .expect("run ip");
+        assert!(status.success(), "creating veth px{i}");
+        let status = Command::new("ip")
+            .args(["-n", &switch, "link", "set", &format!("px{i}"), "up"])
+            .status()
+            .expect("run ip");
+        assert!(status.success(), "setting px{i} up");
+    }
+    assert_eq!(
+        add(&socket, endpoint(&lab, "ctr-a", "a", "p0", "sg-web")),
+        Response::ok()
+    );
+    // b's real port and the extra ones, all at once.
+    let mut batch = vec![endpoint(&lab, "ctr-b", "b", "p1", "sg-client")];
+    for i in 0..EXTRA {
+        batch.push(Endpoint {
+            container_id: format!("ctr-x{i}"),
+            iface: format!("px{i}"),
+            container_netns: format!("/run/netns/{switch}"),
+            addresses: vec![format!("198.18.0.{}", 200 + i).parse().unwrap()],
+            groups: vec!["sg-client".into()],
+            name: None,
+            network_groups: vec![],
+        });
+    }
+    let ids: Vec<String> = batch.iter().map(|e| e.container_id.clone()).collect();
+    let answers: Vec<Response> = std::thread::scope(|s| {
+        let handles: Vec<_> = batch
+            .into_iter()
+            .map(|e| s.spawn(|| add(&socket, e)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (id, answer) in ids.iter().zip(&answers) {
+        assert_eq!(answer, &Response::ok(), "parallel ADD of {id}");
+        assert_eq!(check(&socket, id), Response::ok(), "{id} enforced");
+    }
+    lab.expect_tcp(
+        T,
+        &[
+            (
+                "b",
+                "a",
+                false,
+                80,
+                Reach::Connected,
+                "b joined sg-client in the parallel batch",
+            ),
+            ("c", "a", false, 80, Reach::Timeout, "c is not a member"),
+        ],
+    );
+    let answers: Vec<Response> = std::thread::scope(|s| {
+        let handles: Vec<_> = ids.iter().map(|id| s.spawn(|| del(&socket, id))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (id, answer) in ids.iter().zip(&answers) {
+        assert_eq!(answer, &Response::ok(), "parallel DEL of {id}");
+        assert!(!check(&socket, id).ok, "{id} is gone after DEL");
+    }
+    assert_eq!(
+        lab.tcp("b", "a", false, 80, T),
+        Reach::Timeout,
+        "b left sg-client"
+    );
+    assert_eq!(del(&socket, "ctr-a"), Response::ok());
+}

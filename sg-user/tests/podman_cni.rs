@@ -177,9 +177,7 @@ impl Lab {
     /// SIGTERM, as systemd stops it.
     fn stop_daemon(&mut self) {
         if let Some(mut child) = self.daemon.take() {
-            let _ = Command::new("kill")
-                .arg(child.id().to_string())
-                .status();
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
             let _ = child.wait();
         }
     }
@@ -300,7 +298,9 @@ impl Drop for Lab {
             let _ = self.podman.run(&["rm", "--force", "--time", "0", name]);
         }
         self.stop_daemon();
-        let _ = self.podman.run(&["network", "rm", "--force", &self.network]);
+        let _ = self
+            .podman
+            .run(&["network", "rm", "--force", &self.network]);
         let _ = self.podman.run(&["image", "rm", "--force", &self.image]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -321,17 +321,37 @@ fn podman_containers_get_their_groups_through_sg_cni() {
     let web_id = lab.id_of(&web);
     let web_veth = registration(&web_id).map(|e| e.iface);
     checks.check(
-        registration(&web_id).is_some_and(|e| e.name.as_deref() == Some(web.as_str())
-            && e.addresses == [lab.ip(10).parse::<std::net::IpAddr>().unwrap()]),
+        registration(&web_id).is_some_and(|e| {
+            e.name.as_deref() == Some(web.as_str())
+                && e.addresses == [lab.ip(10).parse::<std::net::IpAddr>().unwrap()]
+        }),
         format!("{web} is registered by its name, with its address"),
     );
     lab.wait_reachable(&client, 10, 80);
 
     let flows = |lab: &Lab, checks: &mut Checks, when: &str| {
         let cases = [
-            (&client, 10, 80, true, "client → web:80 (sg-web admits sg-client)"),
-            (&client, 11, 3306, false, "client → db:3306 (sg-db admits only sg-web)"),
-            (&web, 11, 3306, true, "web → db:3306 (web is a member of sg-web)"),
+            (
+                &client,
+                10,
+                80,
+                true,
+                "client → web:80 (sg-web admits sg-client)",
+            ),
+            (
+                &client,
+                11,
+                3306,
+                false,
+                "client → db:3306 (sg-db admits only sg-web)",
+            ),
+            (
+                &web,
+                11,
+                3306,
+                true,
+                "web → db:3306 (web is a member of sg-web)",
+            ),
             (&db, 10, 80, false, "db → web:80 (db is not in sg-client)"),
         ];
         for (from, host, port, allowed, what) in cases {
