@@ -66,6 +66,8 @@ fn main() -> Result<()> {
                 "sg-user",
                 "--bin",
                 "sgctl",
+                "--bin",
+                "sg-cni",
             ])?;
             cargo(&[
                 "build",

@@ -223,9 +223,26 @@ impl Daemon {
         while let Some(first) = rx.recv().await {
             // Coalesce a burst (an editor's save, a container starting) into one
             // reload or reconcile; nothing queued meanwhile is lost.
+            // A runtime's request ends the window at once: a container's
+            // start is waiting for it (and its own veth is what set off the
+            // burst).
             let mut batch = vec![first];
             if matches!(batch[0], Event::Reload(_) | Event::Reconcile(_)) {
-                tokio::time::sleep(Duration::from_millis(150)).await;
+                let window = tokio::time::sleep(Duration::from_millis(150));
+                tokio::pin!(window);
+                loop {
+                    tokio::select! {
+                        () = &mut window => break,
+                        more = rx.recv() => match more {
+                            Some(e @ Event::Endpoint(..)) => {
+                                batch.push(e);
+                                break;
+                            }
+                            Some(e) => batch.push(e),
+                            None => break,
+                        },
+                    }
+                }
             }
             while let Ok(more) = rx.try_recv() {
                 batch.push(more);
@@ -250,12 +267,20 @@ impl Daemon {
                     }
                     Event::Shutdown(why) => shutdown = Some(why),
                     Event::Endpoint(request, reply) => {
+                        let started = std::time::Instant::now();
+                        let what = request.summary();
                         let answer = match self.state_lock("workload endpoint").await {
                             Some(held) => self.endpoint_request(request, &held),
                             None => Response::error(
                                 "the daemon could not take the state lock; see its log",
                             ),
                         };
+                        info!(
+                            request = %what,
+                            ok = answer.ok,
+                            ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
+                            "workload endpoint request served"
+                        );
                         let _ = reply.send(answer);
                     }
                 }

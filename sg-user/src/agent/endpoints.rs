@@ -42,6 +42,17 @@ pub enum Request {
     Check { container_id: String },
 }
 
+impl Request {
+    /// The command and container id, for logs.
+    pub fn summary(&self) -> String {
+        match self {
+            Request::Add { endpoint } => format!("ADD {}", endpoint.container_id),
+            Request::Del { container_id } => format!("DEL {container_id}"),
+            Request::Check { container_id } => format!("CHECK {container_id}"),
+        }
+    }
+}
+
 /// The daemon's answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {

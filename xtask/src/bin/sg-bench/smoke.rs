@@ -74,6 +74,17 @@ fn every_benchmark_section_runs_and_reports() {
             .iter()
             .any(|c| c.what.starts_with("apply, whole host"))
     );
+    // Containers: every one got an ADD through podman; CI has podman.
+    match (&r.containers, &r.containers_skipped) {
+        (Some(c), _) => assert!(
+            c.containers == cfg.containers && c.add_p50_ms > 0.0 && c.add_p99_ms >= c.add_p50_ms,
+            "{c:?}"
+        ),
+        (None, Some(why)) if std::env::var_os("CI").is_none() => {
+            eprintln!("bench smoke: container section skipped: {why}");
+        }
+        (None, why) => panic!("the container section must run under CI: {why:?}"),
+    }
     let tracked = &r.pressure[0];
     assert!(
         tracked.dropped_conntrack_full > 0,
@@ -97,6 +108,7 @@ fn every_benchmark_section_runs_and_reports() {
         "## 2. Real traffic",
         "Program cost in real traffic",
         "## 3. Control plane",
+        "### Container hosts: time to enforced",
         "## 4. Conntrack under pressure",
     ] {
         assert!(md.contains(section), "report has {section}");

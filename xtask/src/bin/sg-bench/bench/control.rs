@@ -120,7 +120,7 @@ fn memlock(path: &Path) -> Result<u64> {
 
 /// Kernel memory of every map of the host's data plane, bytes (0 before it
 /// is loaded).
-fn dataplane_memlock() -> Result<u64> {
+pub fn dataplane_memlock() -> Result<u64> {
     let mut total = 0;
     let Ok(entries) = std::fs::read_dir(pins::MAPS_DIR) else {
         return Ok(0);

@@ -3,6 +3,7 @@
 //! BENCHMARKS.md with SVG charts. Never used by tests for timings: the test
 //! suite runs [`BenchConfig::smoke`] only to keep this code working.
 
+pub mod containers;
 pub mod control;
 pub mod legacy;
 pub mod per_packet;
@@ -39,8 +40,10 @@ pub struct BenchConfig {
     pub scale_ifaces: Vec<u32>,
     pub flood: u32,
     pub ct_capacity: u32,
+    /// Containers started one after another (time to enforced).
+    pub containers: usize,
     /// Sections to run (`per-packet`, `traffic`, `prog-cost`, `control`,
-    /// `scale`, `pressure`); empty: all.
+    /// `scale`, `containers`, `pressure`); empty: all.
     pub only: Vec<String>,
 }
 
@@ -68,6 +71,7 @@ impl BenchConfig {
             scale_ifaces: vec![1, 100, 1000],
             flood: 100_000,
             ct_capacity: 65_536,
+            containers: 50,
             only: Vec::new(),
         }
     }
@@ -89,6 +93,7 @@ impl BenchConfig {
             scale_ifaces: vec![1, 100, 1000],
             flood: 20_000,
             ct_capacity: 8_192,
+            containers: 20,
             only: Vec::new(),
         }
     }
@@ -111,6 +116,7 @@ impl BenchConfig {
             scale_ifaces: vec![1, 3],
             flood: 300,
             ct_capacity: 256,
+            containers: 3,
             only: Vec::new(),
         }
     }
@@ -126,6 +132,10 @@ pub struct Results {
     /// Real-traffic ns per program run (BPF run-time statistics).
     pub prog_cost: Vec<prog_cost::ProgCostRow>,
     pub control: Vec<control::ControlRow>,
+    /// Time to enforced on a container host (podman + sg-cni).
+    pub containers: Option<containers::ContainersRow>,
+    /// Why the container section did not run, when it did not.
+    pub containers_skipped: Option<String>,
     pub pressure: Vec<pressure::PressureRow>,
     pub reclaim: Vec<pressure::ReclaimRow>,
     pub host_ifaces: u32,
@@ -190,6 +200,16 @@ pub fn run(
         let scale = control::host_scale(&dir, &cfg.scale_ifaces);
         let _ = std::fs::remove_dir_all(&dir);
         r.control.extend(scale?);
+    }
+    if cfg.runs("containers") {
+        progress(&format!(
+            "containers: {} started one after another (podman, sg-cni)",
+            cfg.containers
+        ));
+        match containers::podman_unavailable() {
+            None => r.containers = Some(containers::measure(sgctl, cfg.containers)?),
+            Some(why) => r.containers_skipped = Some(why),
+        }
     }
     if cfg.runs("pressure") {
         progress("conntrack under pressure");

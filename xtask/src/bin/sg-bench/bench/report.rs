@@ -133,6 +133,17 @@ fn targets(r: &Results) -> Vec<Target> {
     }
     t.extend(host_targets(r));
     t.extend(prog_cost_targets(r));
+    if let Some(c) = &r.containers {
+        t.push(Target {
+            what: format!(
+                "container start: sg-cni ADD p99, {} containers in a row",
+                c.containers
+            ),
+            measured: format!("{:.1} ms", c.add_p99_ms),
+            limit: "≤ 50 ms".into(),
+            ok: c.add_p99_ms <= 50.0,
+        });
+    }
     for c in &r.control {
         if c.what.starts_with("apply, whole host") {
             t.push(Target {
@@ -400,6 +411,7 @@ pub fn markdown(r: &Results, command: &str, charts: &[(&str, &str)]) -> String {
     traffic_section(&mut s, r);
     prog_cost_section(&mut s, r);
     control_section(&mut s, r);
+    containers_section(&mut s, r);
     pressure_section(&mut s, r);
     if !charts.is_empty() {
         let _ = writeln!(s, "## Charts\n");
@@ -628,6 +640,29 @@ fn control_section(s: &mut String, r: &Results) {
         };
         let _ = writeln!(s, "| {} | {wall} | {rss} | {} |", row.what, row.detail);
     }
+}
+
+/// Section 3b: time to enforced on a container host.
+fn containers_section(s: &mut String, r: &Results) {
+    let _ = writeln!(s, "\n### Container hosts: time to enforced\n");
+    if let Some(why) = &r.containers_skipped {
+        let _ = writeln!(s, "Not measured: podman cannot run here ({why}).");
+        return;
+    }
+    let Some(c) = &r.containers else {
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "podman (CNI backend) starts {} containers one after another on an `--internal` network whose conflist chains `sg-cni` after bridge → portmap → firewall → tuning; `sgctl run --socket` enforces each one's group on its veth and adds its address to the group before ADD returns. Every container is in `sg-web`, whose rule admits `sg-web`: each ADD changes a group that every running container's policy references. The plugin's time is what the runtime waits for (a bash wrapper reads `$EPOCHREALTIME` around it); map memory is fdinfo `memlock` of the data plane's maps before and after.\n\n| containers | sg-cni ADD p50 | ADD p99 | DEL p50 | whole `podman run` p50 | kernel map memory per container |\n|---|---|---|---|---|---|\n| {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.0} ms | {:.1} KiB |",
+        c.containers,
+        c.containers,
+        c.add_p50_ms,
+        c.add_p99_ms,
+        c.del_p50_ms,
+        c.podman_run_p50_ms,
+        c.map_kib_per_container
+    );
 }
 
 /// Section 4: conntrack under pressure and in-kernel reclaim.
