@@ -274,15 +274,24 @@ fn registration(id: &str) -> Option<Endpoint> {
         })
 }
 
-/// Whether `sgctl status` lists `iface`.
-fn status_lists(iface: &str) -> bool {
+/// `sgctl status`'s block for `iface`, if it lists it.
+fn status_of(iface: &str) -> Option<String> {
     let out = Command::new(env!("CARGO_BIN_EXE_sgctl"))
         .arg("status")
         .output()
         .expect("run sgctl status");
-    String::from_utf8_lossy(&out.stdout)
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let start = text
         .lines()
-        .any(|l| l.split_whitespace().next() == Some(iface))
+        .position(|l| l.split_whitespace().next() == Some(iface))?;
+    let block: Vec<&str> = text
+        .lines()
+        .skip(start)
+        .enumerate()
+        .take_while(|(i, l)| *i == 0 || l.starts_with(char::is_whitespace))
+        .map(|(_, l)| l)
+        .collect();
+    Some(block.join("\n"))
 }
 
 impl Drop for Lab {
@@ -328,6 +337,13 @@ fn podman_containers_get_their_groups_through_sg_cni() {
         format!("{web} is registered by its name, with its address"),
     );
     lab.wait_reachable(&client, 10, 80);
+    let shown = web_veth.as_deref().and_then(status_of);
+    checks.check(
+        shown
+            .as_deref()
+            .is_some_and(|b| b.contains("enforce") && b.contains(&format!("container: {web} ("))),
+        format!("`sgctl status` shows web's veth enforcing, with the container's name: {shown:?}"),
+    );
 
     let flows = |lab: &Lab, checks: &mut Checks, when: &str| {
         let cases = [
@@ -398,7 +414,7 @@ fn podman_containers_get_their_groups_through_sg_cni() {
     );
     if let Some(veth) = &web_veth {
         checks.check(
-            !status_lists(veth),
+            status_of(veth).is_none(),
             format!("`sgctl status` no longer lists web's veth {veth}"),
         );
     }

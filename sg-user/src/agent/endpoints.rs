@@ -176,6 +176,19 @@ impl Endpoint {
     }
 }
 
+/// The registered container whose veth is `iface` (in the daemon's
+/// namespace), in any config's registrations under `state_dir`: what
+/// `sgctl status` shows beside the veth's name.
+pub fn container_on(state_dir: &Path, iface: &str) -> Option<Endpoint> {
+    std::fs::read_dir(state_dir)
+        .ok()?
+        .flatten()
+        .filter(|d| d.file_name().to_string_lossy().starts_with("endpoints-"))
+        .filter_map(|d| Registry::open(&d.path()).ok()?.list().ok())
+        .flatten()
+        .find(|e| e.iface == iface)
+}
+
 /// Why a container id cannot name a registration.
 #[derive(Debug, thiserror::Error)]
 #[error(

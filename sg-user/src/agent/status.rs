@@ -49,6 +49,10 @@ pub struct IfaceStatus {
     /// The config that attached it, by its identity (absolute path); none
     /// for `sgctl attach`.
     pub config: Option<std::path::PathBuf>,
+    /// The container whose veth this is, when a runtime registered it
+    /// (CNI): its name and id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerRef>,
     /// Where the kernel no longer matches what was set up (empty: intact).
     pub drift: Vec<Drift>,
     /// The command that repairs the drift (or removes the leftovers).
@@ -61,6 +65,12 @@ pub struct IfaceStatus {
     pub conntrack_capacity: u32,
     pub rule_hits: Vec<RuleHitRow>,
     pub events_lost: u64,
+}
+
+#[derive(serde::Serialize)]
+pub struct ContainerRef {
+    pub id: String,
+    pub name: Option<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -133,7 +143,22 @@ pub fn iface_status(id: IfaceId) -> Result<IfaceStatus, StatusError> {
         .collect();
     rule_hits.sort_by(|a, b| a.rule.cmp(&b.rule));
     let events_lost = dp.events_lost(cfg.endpoint)?;
+    let container = id
+        .netns
+        .is_none()
+        .then(|| {
+            crate::agent::endpoints::container_on(
+                std::path::Path::new(crate::agent::lock::STATE_DIR),
+                &id.iface,
+            )
+        })
+        .flatten()
+        .map(|e| ContainerRef {
+            id: e.container_id,
+            name: e.name,
+        });
     Ok(IfaceStatus {
+        container,
         namespace: id.whereabouts(),
         state_here,
         iface: id,
@@ -206,6 +231,13 @@ pub fn render(s: &IfaceStatus) -> String {
     if let Some(config) = &s.config {
         let _ = writeln!(out, "  config: {}", escape(&config.display().to_string()));
     }
+    if let Some(c) = &s.container {
+        let short = c.id.get(..12).unwrap_or(&c.id);
+        let _ = match &c.name {
+            Some(name) => writeln!(out, "  container: {} ({short})", escape(name)),
+            None => writeln!(out, "  container: {short}"),
+        };
+    }
     for d in &s.drift {
         let _ = writeln!(out, "  WARNING: {}", escape(&d.to_string()));
     }
@@ -266,6 +298,7 @@ mod tests {
             }],
             events_lost: 0,
             config: None,
+            container: None,
             drift: vec![],
             fix: None,
             policy: 1,
