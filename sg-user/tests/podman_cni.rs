@@ -27,23 +27,19 @@ use sg_user::agent::endpoints::Endpoint;
 /// How long a refused connection attempt waits (drops look like timeouts).
 const REFUSED_WAIT_SECS: u32 = 2;
 
-/// Container names end in their role; `workloads:` matches on it.
-fn config_text() -> String {
-    "security_groups:\n\
-     \x20 - id: sg-web\n\
-     \x20   ingress:\n\
-     \x20     - { protocol: tcp, ports: 80, group: sg-client }\n\
-     \x20 - id: sg-db\n\
-     \x20   ingress:\n\
-     \x20     - { protocol: tcp, ports: 3306, group: sg-web }\n\
-     \x20 - id: sg-client\n\
-     \x20   ingress: []\n\
-     workloads:\n\
-     \x20 - { name: \"*-web\", security_groups: [sg-web] }\n\
-     \x20 - { name: \"*-db\", security_groups: [sg-db] }\n\
-     \x20 - { name: \"*-client\", security_groups: [sg-client] }\n"
-        .to_owned()
-}
+/// Container names end in their role; `workloads:` matches on it. README
+/// "Container hosts" shows this config.
+const CONFIG: &str = r#"security_groups:
+  - id: sg-web
+    ingress: [{ protocol: tcp, ports: 80, group: sg-client }]
+  - id: sg-db
+    ingress: [{ protocol: tcp, ports: 3306, group: sg-web }]
+  - { id: sg-client, ingress: [] }
+workloads:                       # container name patterns (podman passes the name as K8S_POD_NAME)
+  - { name: "*-web", security_groups: [sg-web] }
+  - { name: "*-db", security_groups: [sg-db] }
+  - { name: "*-client", security_groups: [sg-client] }
+"#;
 
 /// A podman network with `sg-cni` chained last, the daemon serving it, and
 /// the containers started on it.
@@ -100,7 +96,7 @@ impl Lab {
             daemon: None,
             containers: Vec::new(),
         };
-        std::fs::write(&lab.config, config_text()).unwrap();
+        std::fs::write(&lab.config, CONFIG).unwrap();
         lab
     }
 
@@ -313,6 +309,28 @@ impl Drop for Lab {
         let _ = self.podman.run(&["image", "rm", "--force", &self.image]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// README "Container hosts" shows the config this test runs (no root needed).
+#[test]
+fn readme_container_hosts_config_is_what_this_test_runs() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md");
+    let section = readme
+        .split("\n## Container hosts\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("README has a `## Container hosts` section");
+    let yaml = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("README's container-host config block");
+    assert_eq!(
+        yaml, CONFIG,
+        "README's container-host config differs from the test's"
+    );
 }
 
 /// Issue 14's end-to-end test. Reports every failed check at the end.

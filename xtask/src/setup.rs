@@ -22,7 +22,8 @@ pub const PACKAGES: &[&str] = &[
     "ethtool",
 ];
 
-/// Debian packages for the podman sidecar test and `cargo xtask image`
+/// Debian packages for the podman tests (sidecar, CNI), the container
+/// benchmark and `cargo xtask image`
 /// (DESIGN.md §3): podman 4.3 with CNI plugins and runc, and a static
 /// busybox whose files make the test's app image.
 pub const CONTAINER_PACKAGES: &[&str] = &[
