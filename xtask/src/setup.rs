@@ -20,6 +20,11 @@ pub const PACKAGES: &[&str] = &[
     "iputils-ping",
     "tcpdump",
     "ethtool",
+    // etcd-client's build compiles etcd's protobuf definitions.
+    "protobuf-compiler",
+    // The many-hosts tests and benchmark start a real etcd on loopback.
+    "etcd-server",
+    "etcd-client",
 ];
 
 /// Debian packages for the podman tests (sidecar, CNI), the container

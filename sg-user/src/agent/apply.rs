@@ -107,9 +107,19 @@ pub fn load(
     path: &std::path::Path,
     attach: &[crate::model::Attachment],
 ) -> Result<Model, Vec<crate::model::Problem>> {
+    load_shared(path, attach, None)
+}
+
+/// [`load`] with the groups, prefix lists and members of a shared store.
+pub fn load_shared(
+    path: &std::path::Path,
+    attach: &[crate::model::Attachment],
+    shared: Option<&crate::model::source::Shared>,
+) -> Result<Model, Vec<crate::model::Problem>> {
     let opts = crate::model::LoadOptions {
         attach,
         discovery: &crate::agent::discover::KernelAddresses,
+        shared,
     };
     crate::model::load_with(path, &opts)
 }

@@ -19,7 +19,7 @@
 //!   not even reinstalled, counters and connections continue.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     ffi::OsString,
     io::Write as _,
     path::{Path, PathBuf},
@@ -43,8 +43,9 @@ use crate::{
     agent::linkwatch::{LinkSocket, Notice},
     agent::lock::{self, LockError, StateLock},
     agent::metrics,
+    agent::store::{self, StoreEvent, StoreOptions, StoreStatus, layout::Member},
     kernel::pins::{self, IfaceId, NsIdent},
-    model::{Attachment, Model, text::Chain},
+    model::{Attachment, Model, source::Shared, text::Chain},
     sys::{netns::NETNS_RUN_DIR, private_dir::PrivateDirError},
 };
 
@@ -94,6 +95,8 @@ pub struct DaemonOptions {
     pub gc_interval: Duration,
     /// Serve workload-endpoint requests (the CNI plugin's) on this socket.
     pub socket: Option<PathBuf>,
+    /// Groups, prefix lists and members from a shared store.
+    pub store: Option<StoreOptions>,
 }
 
 fn unix_now() -> u64 {
@@ -114,6 +117,10 @@ enum Event {
     Shutdown(&'static str),
     /// A runtime's plugin asks; the answer goes back on the channel.
     Endpoint(Request, tokio::sync::oneshot::Sender<Response>),
+    /// The shared store's policy changed.
+    Store(Shared),
+    /// The shared store's connection status changed.
+    StoreStatus,
 }
 
 struct Daemon {
@@ -130,6 +137,12 @@ struct Daemon {
     flows: Option<FlowLog>,
     /// Registered workload endpoints (with `--socket`).
     endpoints: Option<Registry>,
+    /// With `--store`: the shared policy as last received (None until the
+    /// first list: nothing is applied before it), the connection's status,
+    /// and what this host should publish.
+    shared: Option<Shared>,
+    store_status: Option<Arc<Mutex<StoreStatus>>>,
+    members: Option<tokio::sync::watch::Sender<BTreeSet<Member>>>,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -195,7 +208,31 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         }
         None => None,
     };
+    let (store_status, members) = match &opts.store {
+        Some(store) => {
+            let status = Arc::new(Mutex::new(StoreStatus::default()));
+            let (members_tx, members_rx) = tokio::sync::watch::channel(BTreeSet::new());
+            let events = tx.clone();
+            info!(store = %store.url, host = %store.host_id, "following the shared store; nothing is applied before its first list");
+            tokio::spawn(store::follow(
+                store.clone(),
+                move |e| {
+                    let _ = events.send(match e {
+                        StoreEvent::Changed(shared) => Event::Store(shared),
+                        StoreEvent::Status => Event::StoreStatus,
+                    });
+                },
+                members_rx,
+                status.clone(),
+            ));
+            (Some(status), Some(members_tx))
+        }
+        None => (None, None),
+    };
     let mut daemon = Daemon {
+        shared: None,
+        store_status,
+        members,
         opts,
         state,
         state_file: state_path(&identity),
@@ -206,7 +243,9 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         flows,
         endpoints,
     };
-    if let Some(held) = daemon.state_lock("start").await {
+    if daemon.opts.store.is_none()
+        && let Some(held) = daemon.state_lock("start").await
+    {
         daemon.reload("start", &held);
     }
     daemon.serve(&mut rx).await;
@@ -266,6 +305,17 @@ impl Daemon {
                         }
                     }
                     Event::Shutdown(why) => shutdown = Some(why),
+                    Event::Store(shared) => {
+                        self.shared = Some(shared);
+                        reload = Some("store changed");
+                    }
+                    Event::StoreStatus => {
+                        if let Some(status) = &self.store_status {
+                            let now = status.lock().expect("store status").clone();
+                            self.state.lock().expect("state lock").store = Some(now);
+                            self.publish();
+                        }
+                    }
                     Event::Endpoint(request, reply) => {
                         let started = std::time::Instant::now();
                         let what = request.summary();
@@ -371,6 +421,15 @@ impl Daemon {
     /// Loads the config (with the registered endpoints) and enforces it;
     /// true when that succeeded.
     fn reload(&mut self, why: &str, held: &StateLock) -> bool {
+        if self.opts.store.is_some() && self.shared.is_none() {
+            // The groups are in the store: until its first list, whatever is
+            // pinned stays in force untouched.
+            info!(
+                trigger = why,
+                "waiting for the store's first list before applying"
+            );
+            return false;
+        }
         let mut attach = self.opts.attach.clone();
         self.forget_gone_endpoints();
         if let Some(registry) = &self.endpoints {
@@ -382,10 +441,15 @@ impl Daemon {
                 }
             }
         }
-        match apply::load(&self.opts.config, &attach) {
+        match apply::load_shared(&self.opts.config, &attach, self.shared.as_ref()) {
             Ok(model) => {
                 for w in &model.warnings {
                     warn!("{w}");
+                }
+                if let Some(store) = &self.opts.store {
+                    for iface in store::cut_off_store(&model, &store.url) {
+                        warn!(%iface, store = %store.url, "store traffic would be dropped: the groups of this interface do not allow tcp to the store outbound; add an egress rule for it, or this agent cuts itself off from the store");
+                    }
                 }
                 self.enforce(model, why, true, held)
             }
@@ -550,6 +614,14 @@ impl Daemon {
                 s.generations = generations;
                 drop(s);
                 self.watch_namespaces(&model);
+                if let Some(members) = &self.members {
+                    let want = local_members(&model);
+                    members.send_if_modified(|m| {
+                        let changed = *m != want;
+                        *m = want;
+                        changed
+                    });
+                }
                 self.last_good = Some(model);
                 let attached = self.attached();
                 if let Some(f) = &mut self.flows {
@@ -677,6 +749,23 @@ impl Daemon {
             warn!("{e}");
         }
     }
+}
+
+/// What this host publishes to the store: every address of every local
+/// interface (and registered container), as a member of each of its groups.
+fn local_members(model: &Model) -> BTreeSet<Member> {
+    model
+        .interfaces
+        .iter()
+        .flat_map(|i| {
+            model.interface_addresses(i).iter().flat_map(move |a| {
+                i.groups.iter().map(move |g| Member {
+                    group: g.clone(),
+                    address: *a,
+                })
+            })
+        })
+        .collect()
 }
 
 /// Binds the endpoint socket (0600). A socket file nobody answers on is a

@@ -37,6 +37,9 @@ pub struct DaemonState {
     /// Times a namespace's link watcher failed (and was reopened).
     #[serde(default)]
     pub link_watch_failures: BTreeMap<String, u64>,
+    /// The shared store's connection, with `--store`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<crate::agent::store::StoreStatus>,
 }
 
 /// Where the daemon of the config with this identity publishes its state.

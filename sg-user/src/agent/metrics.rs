@@ -183,6 +183,46 @@ fn register_daemon(registry: &mut Registry, daemon: &DaemonState) {
         }
         registry.register(name, help, family);
     }
+    if let Some(store) = &daemon.store {
+        for (name, help, value) in [
+            (
+                "sgctl_store_connected",
+                "1 while the shared store is reachable; 0: enforcing the last good state",
+                i64::from(store.connected),
+            ),
+            (
+                "sgctl_store_since_timestamp_seconds",
+                "When the store connection last became reachable or unreachable",
+                store.since as i64,
+            ),
+            (
+                "sgctl_store_revision",
+                "The store revision this agent's view is at",
+                store.revision,
+            ),
+            (
+                "sgctl_store_published_members",
+                "Member keys this host publishes",
+                store.published as i64,
+            ),
+            (
+                "sgctl_store_hosts",
+                "Hosts with a live heartbeat in the store",
+                store.hosts as i64,
+            ),
+        ] {
+            let g = Gauge::<i64>::default();
+            g.set(value);
+            registry.register(name, help, g);
+        }
+        let relists = Counter::<u64>::default();
+        relists.inc_by(store.relists);
+        registry.register(
+            "sgctl_store_relists",
+            "Full lists of the store (start, reconnects, compaction)",
+            relists,
+        );
+    }
 }
 
 /// Answers `GET /metrics` (anything else: 404) until the listener fails.

@@ -16,3 +16,4 @@ pub mod lock;
 pub mod metrics;
 pub mod state;
 pub mod status;
+pub mod store;

@@ -240,7 +240,7 @@ pub fn load_config(path: &Path, attach: &[Attachment]) -> Result<Model, Vec<Prob
         path,
         &model::LoadOptions {
             attach,
-            discovery: &model::Offline,
+            ..Default::default()
         },
     )
 }

@@ -492,53 +492,68 @@ fn out_rule(r: &super::types::Rule, group: &str, dir: super::types::Direction) -
     }
 }
 
+fn out_prefix_list(p: &super::types::PrefixList) -> OutPrefixList {
+    OutPrefixList {
+        id: p.id.clone(),
+        max_entries: p.max_entries,
+        cidrs: p.cidrs.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn out_group(g: &super::types::Group) -> OutGroup {
+    use super::types::Direction;
+    let default = default_egress(&g.id, &g.origin);
+    let egress_is_default = g.egress.len() == default.len()
+        && g.egress.iter().zip(&default).all(|(a, b)| {
+            a.protocol == b.protocol
+                && a.peer == b.peer
+                && a.description == b.description
+                && a.id == b.id
+        });
+    OutGroup {
+        id: g.id.clone(),
+        name: g.name.clone(),
+        description: g.description.clone(),
+        ingress: g
+            .ingress
+            .iter()
+            .map(|r| out_rule(r, &g.id, Direction::Ingress))
+            .collect(),
+        egress: (!egress_is_default).then(|| {
+            g.egress
+                .iter()
+                .map(|r| out_rule(r, &g.id, Direction::Egress))
+                .collect()
+        }),
+    }
+}
+
+/// A group as one native-config entry in JSON (which native YAML reads):
+/// how the shared store keeps it. Loading it gives the same group.
+///
+/// # Errors
+/// Only if JSON serialization fails.
+pub fn group_json(g: &super::types::Group) -> serde_json::Result<String> {
+    serde_json::to_string(&out_group(g))
+}
+
+/// A prefix list as one native-config entry in JSON (see [`group_json`]).
+///
+/// # Errors
+/// Only if JSON serialization fails.
+pub fn prefix_list_json(p: &super::types::PrefixList) -> serde_json::Result<String> {
+    serde_json::to_string(&out_prefix_list(p))
+}
+
 /// Writes a model as native YAML. Loading the output gives the same model
 /// (same groups, rules, rule ids, prefix lists, interfaces, members, quotas).
 ///
 /// # Errors
 /// Only if YAML serialization fails.
 pub fn to_native_yaml(model: &Model) -> Result<String, serde_saphyr::ser::Error> {
-    use super::types::Direction;
     let out = OutConfig {
-        prefix_lists: model
-            .prefix_lists
-            .iter()
-            .map(|p| OutPrefixList {
-                id: p.id.clone(),
-                max_entries: p.max_entries,
-                cidrs: p.cidrs.iter().map(ToString::to_string).collect(),
-            })
-            .collect(),
-        security_groups: model
-            .groups
-            .iter()
-            .map(|g| {
-                let default = default_egress(&g.id, &g.origin);
-                let egress_is_default = g.egress.len() == default.len()
-                    && g.egress.iter().zip(&default).all(|(a, b)| {
-                        a.protocol == b.protocol
-                            && a.peer == b.peer
-                            && a.description == b.description
-                            && a.id == b.id
-                    });
-                OutGroup {
-                    id: g.id.clone(),
-                    name: g.name.clone(),
-                    description: g.description.clone(),
-                    ingress: g
-                        .ingress
-                        .iter()
-                        .map(|r| out_rule(r, &g.id, Direction::Ingress))
-                        .collect(),
-                    egress: (!egress_is_default).then(|| {
-                        g.egress
-                            .iter()
-                            .map(|r| out_rule(r, &g.id, Direction::Egress))
-                            .collect()
-                    }),
-                }
-            })
-            .collect(),
+        prefix_lists: model.prefix_lists.iter().map(out_prefix_list).collect(),
+        security_groups: model.groups.iter().map(out_group).collect(),
         interfaces: model
             .interfaces
             .iter()

@@ -100,6 +100,8 @@ pub struct LoadOptions<'a> {
     pub attach: &'a [Attachment],
     /// Address discovery for interfaces that declare none.
     pub discovery: &'a dyn AddressSource,
+    /// Groups, prefix lists and members from a shared store.
+    pub shared: Option<&'a source::Shared>,
 }
 
 impl Default for LoadOptions<'_> {
@@ -107,6 +109,7 @@ impl Default for LoadOptions<'_> {
         Self {
             attach: &[],
             discovery: &Offline,
+            shared: None,
         }
     }
 }
@@ -124,7 +127,10 @@ pub fn load(path: &Path) -> Result<Model, Vec<Problem>> {
 /// # Errors
 /// Every problem found (warnings included) if any is an error.
 pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Model, Vec<Problem>> {
-    let doc = source::load_doc(path, opts.attach)?;
+    let mut doc = source::load_doc(path, opts.attach)?;
+    if let Some(shared) = opts.shared {
+        source::merge_shared(&mut doc, shared)?;
+    }
     validate::build(&doc, opts.discovery)
 }
 

@@ -3,7 +3,7 @@
 //! two parsers (`config` for native YAML and the raw document types, `aws`
 //! for AWS JSON) so that neither imports the other.
 
-use std::path::Path;
+use std::{collections::BTreeMap, path::Path};
 
 use super::{
     aws,
@@ -77,5 +77,192 @@ fn merge_import(doc: &mut Doc, imported: Doc) {
         if !(pl.placeholder && defined) {
             doc.prefix_lists.push(pl);
         }
+    }
+}
+
+/// Groups, prefix lists and members that come from a shared store (many
+/// hosts, one policy) rather than from the local file: each group and prefix
+/// list as its native JSON entry under the key it was read from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Shared {
+    /// (store key, JSON of one group).
+    pub groups: Vec<(String, String)>,
+    /// (store key, JSON of one prefix list).
+    pub prefix_lists: Vec<(String, String)>,
+    /// Addresses every host published, by group id.
+    pub members: BTreeMap<String, Vec<std::net::IpAddr>>,
+}
+
+/// Adds the store's groups and prefix lists to a local document, and the
+/// published members of every group that exists. A group or prefix list
+/// defined both locally and in the store is an error: which one holds
+/// would depend on the order of writes. Problems name the store key.
+///
+/// # Errors
+/// An entry that does not parse, or one the local file defines too.
+pub fn merge_shared(doc: &mut Doc, shared: &Shared) -> Result<(), Vec<Problem>> {
+    let mut problems = vec![];
+    let local_groups: Vec<String> = doc
+        .groups
+        .iter()
+        .filter_map(|g| g.id.as_ref().map(Scalar::text))
+        .collect();
+    let local_lists: Vec<String> = doc
+        .prefix_lists
+        .iter()
+        .filter_map(|p| p.id.as_ref().map(Scalar::text))
+        .collect();
+    for (key, json) in &shared.groups {
+        let text = format!("{{\"security_groups\": [{json}]}}");
+        match parse_native(&text, Some(Path::new(key))) {
+            Err(p) => problems.extend(p),
+            Ok(n) => {
+                for g in n.doc.groups {
+                    let id = g.id.as_ref().map(Scalar::text).unwrap_or_default();
+                    if local_groups.contains(&id) {
+                        problems.push(
+                            Problem::error(
+                                format!("group {id} is defined both here and in the store ({key})"),
+                                "remove it from the local config: with a store, groups come from `sgctl push`",
+                            )
+                            .in_file(doc.file.as_deref()),
+                        );
+                    } else {
+                        doc.groups.push(g);
+                    }
+                }
+            }
+        }
+    }
+    for (key, json) in &shared.prefix_lists {
+        let text = format!("{{\"security_groups\": [], \"prefix_lists\": [{json}]}}");
+        match parse_native(&text, Some(Path::new(key))) {
+            Err(p) => problems.extend(p),
+            Ok(n) => {
+                for pl in n.doc.prefix_lists {
+                    let id = pl.id.as_ref().map(Scalar::text).unwrap_or_default();
+                    if local_lists.contains(&id) {
+                        problems.push(
+                            Problem::error(
+                                format!(
+                                    "prefix list {id} is defined both here and in the store ({key})"
+                                ),
+                                "remove it from the local config: with a store, prefix lists come from `sgctl push`",
+                            )
+                            .in_file(doc.file.as_deref()),
+                        );
+                    } else {
+                        doc.prefix_lists.push(pl);
+                    }
+                }
+            }
+        }
+    }
+    // Members of groups nobody defines any more are passed over: a host's
+    // published address outlives a group's removal until it republishes.
+    let defined: Vec<String> = doc
+        .groups
+        .iter()
+        .filter_map(|g| g.id.as_ref().map(Scalar::text))
+        .collect();
+    for (group, addrs) in &shared.members {
+        if defined.contains(group) {
+            doc.members
+                .entry(group.clone())
+                .or_default()
+                .extend(addrs.iter().map(|a| Scalar::Str(a.to_string())));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{aws, validate};
+
+    fn local(yaml: &str) -> Doc {
+        parse_text(yaml, Some(Path::new("local.yaml"))).unwrap().0
+    }
+
+    #[test]
+    fn store_groups_round_trip_and_join_the_local_config() {
+        let pushed = crate::model::from_str(
+            "security_groups:\n  - id: sg-db\n    ingress:\n      - { protocol: tcp, ports: 3306, group: sg-web, description: from web }\n  - { id: sg-web, ingress: [] }\nprefix_lists:\n  - { id: pl-1, cidrs: [198.18.9.0/24] }\n",
+            &[],
+        )
+        .unwrap();
+        let shared = Shared {
+            groups: pushed
+                .groups
+                .iter()
+                .map(|g| {
+                    (
+                        format!("/sg/v1/groups/{}", g.id),
+                        aws::group_json(g).unwrap(),
+                    )
+                })
+                .collect(),
+            prefix_lists: pushed
+                .prefix_lists
+                .iter()
+                .map(|p| {
+                    (
+                        format!("/sg/v1/prefix-lists/{}", p.id),
+                        aws::prefix_list_json(p).unwrap(),
+                    )
+                })
+                .collect(),
+            members: BTreeMap::from([
+                ("sg-web".to_owned(), vec!["198.18.0.1".parse().unwrap()]),
+                ("sg-gone".to_owned(), vec!["198.18.0.9".parse().unwrap()]),
+            ]),
+        };
+        let mut doc = local(
+            "security_groups: []\ninterfaces:\n  - { name: eth0, security_groups: [sg-db], addresses: [198.18.0.2] }\n",
+        );
+        merge_shared(&mut doc, &shared).expect("merges");
+        let model = validate::build(&doc, &crate::model::Offline).expect("valid");
+        let rules = |m: &crate::model::Model| {
+            m.group("sg-db")
+                .unwrap()
+                .ingress
+                .iter()
+                .map(|r| (r.id.clone(), r.peer.clone(), r.description.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(rules(&model), rules(&pushed));
+        assert_eq!(
+            model.group_addresses("sg-web"),
+            ["198.18.0.1".parse::<std::net::IpAddr>().unwrap()],
+            "published members; those of groups nobody defines are passed over"
+        );
+        // A group defined both locally and in the store is an error naming the key.
+        let mut clash = local("security_groups:\n  - { id: sg-web, ingress: [] }\n");
+        let problems = merge_shared(&mut clash, &shared).expect_err("clash");
+        assert!(
+            problems.iter().any(|p| p.to_string().contains("sg-web")
+                && p.to_string().contains("/sg/v1/groups/sg-web")),
+            "{problems:#?}"
+        );
+        // A hand-written bad entry names its key.
+        let bad = Shared {
+            groups: vec![(
+                "/sg/v1/groups/x".into(),
+                "{\"id\": \"x\", \"ingress\": 5}".into(),
+            )],
+            ..Shared::default()
+        };
+        let problems = merge_shared(&mut local("security_groups: []\n"), &bad).expect_err("bad");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.to_string().contains("/sg/v1/groups/x")),
+            "{problems:#?}"
+        );
     }
 }

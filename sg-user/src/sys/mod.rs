@@ -3,6 +3,7 @@
 //! directories sgctl keeps its state in. It imports nothing of the crate.
 
 pub mod ifinfo;
+pub mod mounts;
 pub mod netns;
 pub mod private_dir;
 

@@ -59,6 +59,13 @@ struct Cli {
     /// More log output (-v info, -vv debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Use this bpffs (mounted there if it is not one) as /sys/fs/bpf: one
+    /// data plane per directory, for several agents on one machine
+    #[arg(long, global = true, value_name = "DIR")]
+    bpffs: Option<std::path::PathBuf>,
+    /// Use this directory as /run/sgctl (locks, state, registrations)
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -93,6 +100,18 @@ enum Command {
     Lint(offline::LintArgs),
     /// Convert `aws ec2 describe-security-groups` JSON into native YAML (offline)
     ImportAws(offline::ImportAwsArgs),
+    /// Write the groups and prefix lists of a config to the shared store (etcd), in one transaction
+    Push(PushArgs),
+}
+
+#[derive(Args)]
+struct PushArgs {
+    /// Config (YAML or AWS JSON) whose groups and prefix lists become the store's
+    #[arg(short, long, value_name = "FILE")]
+    config: std::path::PathBuf,
+    /// etcd v3 endpoint, e.g. http://127.0.0.1:2379
+    #[arg(long, value_name = "URL")]
+    store: String,
 }
 
 #[derive(Args)]
@@ -301,6 +320,15 @@ struct RunArgs {
     /// Serve workload-endpoint requests from the CNI plugin (`sg-cni`) on this unix socket (0600)
     #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = sg_user::agent::endpoints::DEFAULT_SOCKET)]
     socket: Option<std::path::PathBuf>,
+    /// Take groups and prefix lists from this etcd v3 store and publish this host's members there
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// This host's id in the store (default: the host name)
+    #[arg(long, value_name = "NAME", requires = "store")]
+    host_id: Option<String>,
+    /// Seconds this host's published members outlive it
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, requires = "store")]
+    lease_ttl: u32,
     #[command(flatten)]
     hook: IngressHookArg,
     #[command(flatten)]
@@ -400,6 +428,13 @@ fn main() -> ExitCode {
         }
     }
     init_logging(&cli);
+    // Before any thread starts (see `private_view`).
+    if let Err(e) =
+        sg_user::sys::mounts::private_view(cli.bpffs.as_deref(), cli.state_dir.as_deref())
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(exit::FAILED);
+    }
     match run(cli.command) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
@@ -460,6 +495,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Check(args) => offline::check(args),
         Command::Lint(args) => offline::lint(args),
         Command::ImportAws(args) => offline::import_aws(args),
+        Command::Push(args) => push(args),
     }
 }
 
@@ -638,12 +674,89 @@ fn daemon(args: RunArgs) -> Result<ExitCode> {
         detach_on_exit: args.detach_on_exit,
         socket: args.socket.clone(),
         gc_interval: std::time::Duration::from_secs(args.gc_interval.max(1)),
+        store: match &args.store {
+            Some(url) => Some(store_options(url, args.host_id.as_deref(), args.lease_ttl)?),
+            None => None,
+        },
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(sg_user::agent::daemon::run(opts))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Unix seconds as UTC `YYYY-MM-DDTHH:MM:SSZ`.
+fn format_unix(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn store_options(
+    url: &str,
+    host_id: Option<&str>,
+    lease_ttl: u32,
+) -> Result<sg_user::agent::store::StoreOptions> {
+    let host_id = match host_id {
+        Some(h) => h.to_owned(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("reading the host name; give --host-id")?
+            .trim()
+            .to_owned(),
+    };
+    sg_user::agent::store::layout::check_host_id(&host_id)
+        .map_err(|e| offline::invalid(e.to_string()))?;
+    if lease_ttl < 2 {
+        return Err(offline::invalid("--lease-ttl: at least 2 seconds"));
+    }
+    Ok(sg_user::agent::store::StoreOptions {
+        url: url.to_owned(),
+        host_id,
+        lease_ttl: i64::from(lease_ttl),
+    })
+}
+
+/// `sgctl push`: validate completely, then one transaction.
+fn push(args: PushArgs) -> Result<ExitCode> {
+    let cfg = offline::ConfigArgs {
+        config: args.config.clone(),
+        attach: Vec::new(),
+    };
+    let model = offline::load_valid_with(&cfg, &sg_user::model::Offline)?;
+    if !model.interfaces.is_empty() || !model.members.is_empty() {
+        eprintln!(
+            "note: interfaces and members: are local to each host and are not pushed; give them to `sgctl run -c LOCAL --store` there"
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = runtime.block_on(sg_user::agent::store::push(&args.store, &model))?;
+    println!(
+        "pushed {} group(s) and {} prefix list(s) to {} at revision {}",
+        report.groups, report.prefix_lists, args.store, report.revision
+    );
+    for key in &report.removed {
+        println!("removed {key}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -809,6 +922,29 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        if let Some(st) = &d.store {
+            let since = format_unix(st.since);
+            let line = if !st.connected && st.last_error.is_none() {
+                format!(
+                    "store: {} as host {} — connecting since {since}; nothing applied before its first list",
+                    st.url, st.host_id
+                )
+            } else if st.connected {
+                format!(
+                    "store: {} as host {} — connected since {since}, revision {}, {} member key(s) published, {} host(s) alive",
+                    st.url, st.host_id, st.revision, st.published, st.hosts
+                )
+            } else {
+                format!(
+                    "store: {} as host {} — UNREACHABLE since {since}, enforcing the last good state (revision {}): {}",
+                    st.url,
+                    st.host_id,
+                    st.revision,
+                    st.last_error.as_deref().unwrap_or("not connected yet")
+                )
+            };
+            writeln!(out, "  {}", escape(&line))?;
+        }
         if !d.netlink_overflows.is_empty() {
             writeln!(
                 out,

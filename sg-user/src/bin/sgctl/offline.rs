@@ -178,6 +178,7 @@ pub fn load_valid_with(cfg: &ConfigArgs, discovery: &dyn model::AddressSource) -
     let opts = model::LoadOptions {
         attach: &cfg.attach,
         discovery,
+        shared: None,
     };
     match model::load_with(&cfg.config, &opts) {
         Ok(m) => {
