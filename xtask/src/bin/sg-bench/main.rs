@@ -24,7 +24,7 @@ struct Args {
     #[arg(long, default_value = ".")]
     out: PathBuf,
     /// Run only these sections (repeatable): per-packet, traffic, prog-cost,
-    /// control, scale, containers, pressure
+    /// control, scale, containers, hosts, pressure
     #[arg(long)]
     only: Vec<String>,
     /// The command to print as the one that produced the numbers

@@ -85,6 +85,16 @@ fn every_benchmark_section_runs_and_reports() {
         }
         (None, why) => panic!("the container section must run under CI: {why:?}"),
     }
+    match (&r.propagation, &r.propagation_skipped) {
+        (Some(p), _) => assert!(
+            p.agents == cfg.agents && p.p50_ms > 0.0 && p.watches_per_agent >= 1.0,
+            "{p:?}"
+        ),
+        (None, Some(why)) if std::env::var_os("CI").is_none() => {
+            eprintln!("bench smoke: many-hosts section skipped: {why}");
+        }
+        (None, why) => panic!("the many-hosts section must run under CI: {why:?}"),
+    }
     let tracked = &r.pressure[0];
     assert!(
         tracked.dropped_conntrack_full > 0,
@@ -109,6 +119,7 @@ fn every_benchmark_section_runs_and_reports() {
         "Program cost in real traffic",
         "## 3. Control plane",
         "### Container hosts: time to enforced",
+        "### Many hosts: membership propagation through etcd",
         "## 4. Conntrack under pressure",
     ] {
         assert!(md.contains(section), "report has {section}");

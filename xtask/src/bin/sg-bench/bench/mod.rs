@@ -5,6 +5,7 @@
 
 pub mod containers;
 pub mod control;
+pub mod hosts;
 pub mod legacy;
 pub mod per_packet;
 pub mod pressure;
@@ -42,8 +43,11 @@ pub struct BenchConfig {
     pub ct_capacity: u32,
     /// Containers started one after another (time to enforced).
     pub containers: usize,
+    /// Agents sharing one etcd, and membership changes timed through them.
+    pub agents: usize,
+    pub membership_changes: usize,
     /// Sections to run (`per-packet`, `traffic`, `prog-cost`, `control`,
-    /// `scale`, `containers`, `pressure`); empty: all.
+    /// `scale`, `containers`, `hosts`, `pressure`); empty: all.
     pub only: Vec<String>,
 }
 
@@ -72,6 +76,8 @@ impl BenchConfig {
             flood: 100_000,
             ct_capacity: 65_536,
             containers: 50,
+            agents: 10,
+            membership_changes: 20,
             only: Vec::new(),
         }
     }
@@ -94,6 +100,8 @@ impl BenchConfig {
             flood: 20_000,
             ct_capacity: 8_192,
             containers: 20,
+            agents: 10,
+            membership_changes: 5,
             only: Vec::new(),
         }
     }
@@ -117,6 +125,8 @@ impl BenchConfig {
             flood: 300,
             ct_capacity: 256,
             containers: 3,
+            agents: 2,
+            membership_changes: 2,
             only: Vec::new(),
         }
     }
@@ -136,6 +146,9 @@ pub struct Results {
     pub containers: Option<containers::ContainersRow>,
     /// Why the container section did not run, when it did not.
     pub containers_skipped: Option<String>,
+    /// Membership propagation through etcd.
+    pub propagation: Option<hosts::PropagationRow>,
+    pub propagation_skipped: Option<String>,
     pub pressure: Vec<pressure::PressureRow>,
     pub reclaim: Vec<pressure::ReclaimRow>,
     pub host_ifaces: u32,
@@ -209,6 +222,18 @@ pub fn run(
         match containers::podman_unavailable() {
             None => r.containers = Some(containers::measure(sgctl, cfg.containers)?),
             Some(why) => r.containers_skipped = Some(why),
+        }
+    }
+    if cfg.runs("hosts") {
+        progress(&format!(
+            "many hosts: {} agents on one etcd, {} membership changes",
+            cfg.agents, cfg.membership_changes
+        ));
+        match hosts::etcd_unavailable() {
+            None => {
+                r.propagation = Some(hosts::measure(sgctl, cfg.agents, cfg.membership_changes)?);
+            }
+            Some(why) => r.propagation_skipped = Some(why),
         }
     }
     if cfg.runs("pressure") {

@@ -133,6 +133,17 @@ fn targets(r: &Results) -> Vec<Target> {
     }
     t.extend(host_targets(r));
     t.extend(prog_cost_targets(r));
+    if let Some(p) = &r.propagation {
+        t.push(Target {
+            what: format!(
+                "membership change reaches every agent's kernel maps, p99 ({} agents)",
+                p.agents
+            ),
+            measured: format!("{:.1} ms", p.p99_ms),
+            limit: "≤ 100 ms".into(),
+            ok: p.p99_ms <= 100.0,
+        });
+    }
     if let Some(c) = &r.containers {
         t.push(Target {
             what: format!(
@@ -412,6 +423,7 @@ pub fn markdown(r: &Results, command: &str, charts: &[(&str, &str)]) -> String {
     prog_cost_section(&mut s, r);
     control_section(&mut s, r);
     containers_section(&mut s, r);
+    hosts_section(&mut s, r);
     pressure_section(&mut s, r);
     if !charts.is_empty() {
         let _ = writeln!(s, "## Charts\n");
@@ -662,6 +674,30 @@ fn containers_section(s: &mut String, r: &Results) {
         c.del_p50_ms,
         c.podman_run_p50_ms,
         c.map_kib_per_container
+    );
+}
+
+/// Section 3c: membership propagation through etcd.
+fn hosts_section(s: &mut String, r: &Results) {
+    let _ = writeln!(s, "\n### Many hosts: membership propagation through etcd\n");
+    if let Some(why) = &r.propagation_skipped {
+        let _ = writeln!(s, "Not measured: etcd cannot run here ({why}).");
+        return;
+    }
+    let Some(p) = &r.propagation else {
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "{} agents (`sgctl run --store`, each with its own bpffs and state directory, one interface whose group admits `sg-peers`) follow one etcd on loopback. The bench writes {} membership changes (an address of another host joining `sg-peers`), 300 ms apart; the delay is from the write to each agent's log line reporting the apply that put it into its kernel maps. Store load: etcd's own `grpc_server_handled_total` over the run and `etcd_debugging_mvcc_watcher_total`.\n\n| agents | changes × agents | p50 | p99 | etcd RPCs handled per s per agent | watches per agent |\n|---|---|---|---|---|---|\n| {} | {} | {:.1} ms | {:.1} ms | {:.1} | {:.1} |",
+        p.agents,
+        p.changes,
+        p.agents,
+        p.changes * p.agents,
+        p.p50_ms,
+        p.p99_ms,
+        p.requests_per_sec_per_agent,
+        p.watches_per_agent
     );
 }
 
