@@ -23,6 +23,7 @@ use std::{
 
 use podman::{Checks, Podman};
 use sg_user::agent::endpoints::Endpoint;
+use sg_user::harness::podman::{chain_sg_cni, containers_conf_with_cni_dirs};
 
 /// How long a refused connection attempt waits (drops look like timeouts).
 const REFUSED_WAIT_SECS: u32 = 2;
@@ -72,14 +73,7 @@ impl Lab {
         let conf = dir.join("containers.conf");
         std::fs::write(
             &conf,
-            project.replace(
-                "[network]\n",
-                &format!(
-                    "[network]\ncni_plugin_dirs = [\"{}\", \"/usr/lib/cni\"]\nnetwork_config_dir = \"{}\"\n",
-                    plugins.display(),
-                    net_d.display()
-                ),
-            ),
+            containers_conf_with_cni_dirs(&project, &plugins, &net_d),
         )
         .unwrap();
         // 198.18.130.0–198.18.189.0: one /24 per process, inside the test range.
@@ -113,18 +107,8 @@ impl Lab {
             &format!("{}.0/24", self.subnet_prefix),
             &self.network,
         ]);
-        let conflist = self
-            .dir
-            .join("net.d")
-            .join(format!("{}.conflist", self.network));
-        let mut list: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&conflist).expect("podman wrote the conflist"))
-                .unwrap();
-        list["plugins"]
-            .as_array_mut()
-            .expect("a conflist has plugins")
-            .push(serde_json::json!({"type": "sg-cni", "socket": self.socket}));
-        std::fs::write(&conflist, serde_json::to_vec_pretty(&list).unwrap()).unwrap();
+        chain_sg_cni(&self.dir.join("net.d"), &self.network, &self.socket)
+            .expect("podman wrote the conflist");
     }
 
     fn ip(&self, host: u8) -> String {

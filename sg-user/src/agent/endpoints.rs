@@ -203,13 +203,7 @@ pub struct BadContainerId(pub String);
 /// # Errors
 /// The id breaks that rule.
 pub fn check_container_id(id: &str) -> Result<(), BadContainerId> {
-    let ok = !id.is_empty()
-        && id.len() <= 256
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
+    if crate::sys::is_plain_name(id, 256) {
         Ok(())
     } else {
         Err(BadContainerId(id.to_owned()))

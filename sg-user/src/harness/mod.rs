@@ -4,4 +4,5 @@
 pub mod configs;
 pub mod legacy;
 pub mod packet;
+pub mod podman;
 pub mod testrun;

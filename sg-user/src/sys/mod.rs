@@ -7,6 +7,18 @@ pub mod mounts;
 pub mod netns;
 pub mod private_dir;
 
+/// Whether `name` can be one path segment of ours (a file name, a store
+/// key segment): 1 to `max` letters, digits, `-`, `_` or `.`, not starting
+/// with `.` (so never `.` or `..`, never hidden).
+pub fn is_plain_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 /// An I/O error on a path, with what was being done to it ("creating
 /// /run/netns: Permission denied").
 #[derive(Debug, thiserror::Error)]

@@ -54,22 +54,17 @@ pub fn parse_member_key(key: &str) -> Option<(&str, &str, IpAddr)> {
 
 /// Why a host id cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("host id `{0}`: expected 1–64 letters, digits, `-`, `_` or `.` (it is part of store keys)")]
+#[error(
+    "host id `{0}`: expected 1–64 letters, digits, `-`, `_` or `.`, not starting with `.` (it is part of store keys)"
+)]
 pub struct BadHostId(pub String);
 
 /// A host id is one path segment of a key.
 ///
 /// # Errors
-/// Empty, too long, or a character outside `[A-Za-z0-9._-]`.
+/// Empty, too long, starting with `.`, or a character outside `[A-Za-z0-9._-]`.
 pub fn check_host_id(id: &str) -> Result<(), BadHostId> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
+    if crate::sys::is_plain_name(id, 64) {
         Ok(())
     } else {
         Err(BadHostId(id.to_owned()))

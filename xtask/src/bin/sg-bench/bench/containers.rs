@@ -14,6 +14,8 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 
+use sg_user::harness::podman::{chain_sg_cni, containers_conf_with_cni_dirs};
+
 use crate::bench::control::dataplane_memlock;
 
 /// The project's podman settings (runc, CNI backend, rlimits).
@@ -112,14 +114,7 @@ impl Host {
         let conf = dir.join("containers.conf");
         std::fs::write(
             &conf,
-            project.replace(
-                "[network]\n",
-                &format!(
-                    "[network]\ncni_plugin_dirs = [\"{}\", \"/usr/lib/cni\"]\nnetwork_config_dir = \"{}\"\n",
-                    plugins.display(),
-                    net_d.display()
-                ),
-            ),
+            containers_conf_with_cni_dirs(&project, &plugins, &net_d),
         )?;
         let config = dir.join("groups.yaml");
         // Every container is a web server its clients may reach and a
@@ -172,13 +167,7 @@ impl Host {
             "198.18.192.0/24",
             &host.network,
         ])?;
-        let conflist = net_d.join(format!("{}.conflist", host.network));
-        let mut list: serde_json::Value = serde_json::from_slice(&std::fs::read(&conflist)?)?;
-        list["plugins"]
-            .as_array_mut()
-            .context("a conflist without plugins")?
-            .push(serde_json::json!({"type": "sg-cni", "socket": socket}));
-        std::fs::write(&conflist, serde_json::to_vec_pretty(&list)?)?;
+        chain_sg_cni(&net_d, &host.network, &socket)?;
         Ok(host)
     }
 
