@@ -29,12 +29,12 @@ use layout::{Cache, Member};
 /// What `sgctl push` and the agent's store connection can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("the store at {url} is not reachable: {source}; is etcd running there?")]
+    #[error("the store at {url} is not reachable (is etcd running there, and the address right?)")]
     Unreachable {
         url: String,
         source: etcd_client::Error,
     },
-    #[error("the store at {url}: {source}")]
+    #[error("the store at {url} failed a request")]
     Request {
         url: String,
         source: etcd_client::Error,
@@ -45,6 +45,20 @@ pub enum StoreError {
     Contended(u32),
     #[error("cannot encode group or prefix list: {0}")]
     Encode(#[from] serde_json::Error),
+}
+
+impl StoreError {
+    /// A failed request; one the server never got (the channel's connect
+    /// failed) is [`StoreError::Unreachable`].
+    fn request(url: &str, source: etcd_client::Error) -> StoreError {
+        let url = url.to_owned();
+        match &source {
+            etcd_client::Error::GRpcStatus(status) if status.code() == tonic::Code::Unavailable => {
+                StoreError::Unreachable { url, source }
+            }
+            _ => StoreError::Request { url, source },
+        }
+    }
 }
 
 /// How an agent talks to the store.
@@ -156,10 +170,7 @@ pub struct PushReport {
 /// The store is unreachable, refused the transaction (etcd's
 /// `--max-txn-ops` bounds its size), or kept changing underneath.
 pub async fn push(url: &str, model: &Model) -> Result<PushReport, StoreError> {
-    let request = |source| StoreError::Request {
-        url: url.to_owned(),
-        source,
-    };
+    let request = |source| StoreError::request(url, source);
     let mut client = connect(url).await?;
     let mut wanted: Vec<(String, String)> = Vec::new();
     for g in &model.groups {
@@ -323,10 +334,7 @@ impl<N: Fn(StoreEvent) + Sync> Follower<'_, N> {
 
     fn request(&self) -> impl Fn(etcd_client::Error) -> StoreError + use<N> {
         let url = self.opts.url.clone();
-        move |source| StoreError::Request {
-            url: url.clone(),
-            source,
-        }
+        move |source| StoreError::request(&url, source)
     }
 
     /// Connects, takes a lease and keeps it alive, writes the heartbeat.
