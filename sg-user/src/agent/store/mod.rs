@@ -261,6 +261,10 @@ pub async fn follow(
         let text = err.to_string();
         {
             let mut s = status.lock().expect("store status");
+            if s.connected {
+                // A connection that worked starts the next wait short again.
+                backoff = Duration::from_millis(200);
+            }
             if s.connected || s.last_error.is_none() {
                 warn!(store = %opts.url, "store unreachable, enforcing the last good state: {text}");
                 s.since = unix_now();
