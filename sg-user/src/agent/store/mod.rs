@@ -258,7 +258,8 @@ pub async fn follow(
     let mut last_shared = None;
     loop {
         let err = session(&opts, &notify, &mut last_shared, &mut desired, &status).await;
-        let text = err.to_string();
+        // With its causes: "not reachable …: tcp connect error …".
+        let text = crate::model::text::Chain(&err).to_string();
         {
             let mut s = status.lock().expect("store status");
             if s.connected {
