@@ -431,14 +431,11 @@ impl Daemon {
             return false;
         }
         let mut attach = self.opts.attach.clone();
-        self.forget_gone_endpoints();
-        if let Some(registry) = &self.endpoints {
-            match registry.attachments() {
-                Ok(more) => attach.extend(more),
-                Err(e) => {
-                    self.failed(why, format!("reading the workload endpoints: {e}"));
-                    return false;
-                }
+        match self.live_endpoints() {
+            Ok((live, _)) => attach.extend(live.iter().map(endpoints::Endpoint::attachment)),
+            Err(e) => {
+                self.failed(why, format!("reading the workload endpoints: {e}"));
+                return false;
             }
         }
         match apply::load_shared(&self.opts.config, &attach, self.shared.as_ref()) {
@@ -540,33 +537,32 @@ impl Daemon {
         Response::error(error)
     }
 
-    /// Forgets the registrations of containers that are gone without a DEL
-    /// (the daemon was down, the runtime crashed): their veth no longer
-    /// exists here and their namespace's path is gone. Their addresses must
-    /// not stay members of their groups: the next container given one of
-    /// them would inherit the membership. True when any was forgotten.
-    fn forget_gone_endpoints(&mut self) -> bool {
+    /// The registered endpoints, after forgetting those of containers gone
+    /// without a DEL (the daemon was down, the runtime crashed): their veth
+    /// no longer exists here and their namespace's path is gone. Their
+    /// addresses must not stay members of their groups: the next container
+    /// given one of them would inherit the membership. Also whether any was
+    /// forgotten. None registered without `--socket`.
+    fn live_endpoints(&mut self) -> std::io::Result<(Vec<endpoints::Endpoint>, bool)> {
         let Some(registry) = &self.endpoints else {
-            return false;
+            return Ok((Vec::new(), false));
         };
-        let Ok(list) = registry.list() else {
-            // `reload` reports the unreadable registration.
-            return false;
-        };
-        let mut forgot = false;
-        for e in list.iter().filter(|e| e.is_gone()) {
+        let (gone, live): (Vec<_>, Vec<_>) = registry
+            .list()?
+            .into_iter()
+            .partition(endpoints::Endpoint::is_gone);
+        for e in &gone {
             warn!(
                 container = %e.container_id,
                 iface = %e.iface,
                 netns = %e.container_netns,
                 "the container is gone without a CNI DEL (its veth and namespace no longer exist): forgetting it and its addresses' membership"
             );
-            match registry.remove(&e.container_id) {
-                Ok(_) => forgot = true,
-                Err(err) => warn!(container = %e.container_id, "could not forget it: {err}"),
+            if let Err(err) = registry.remove(&e.container_id) {
+                warn!(container = %e.container_id, "could not forget it: {err}");
             }
         }
-        forgot
+        Ok((live, !gone.is_empty()))
     }
 
     /// Whether `iface` (in the daemon's namespace) is enforced.
@@ -582,7 +578,8 @@ impl Daemon {
             self.reload(why, held);
             return;
         };
-        if self.forget_gone_endpoints() {
+        // A container gone without a DEL changes the config: reload it.
+        if matches!(self.live_endpoints(), Ok((_, true))) {
             self.reload(why, held);
             return;
         }

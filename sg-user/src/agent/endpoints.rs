@@ -228,14 +228,6 @@ impl Registry {
         })
     }
 
-    /// Every registration as an attachment for the model.
-    ///
-    /// # Errors
-    /// As [`Registry::list`].
-    pub fn attachments(&self) -> io::Result<Vec<Attachment>> {
-        Ok(self.list()?.iter().map(Endpoint::attachment).collect())
-    }
-
     fn path(&self, container_id: &str) -> PathBuf {
         self.dir.join(format!("{container_id}.json"))
     }

@@ -93,6 +93,16 @@ pub struct Shared {
     pub members: BTreeMap<String, Vec<std::net::IpAddr>>,
 }
 
+/// A raw id as text (empty when missing: validation reports that).
+fn id_text(id: &Option<Scalar>) -> String {
+    id.as_ref().map(Scalar::text).unwrap_or_default()
+}
+
+/// The ids that are present.
+fn id_texts<'a>(ids: impl Iterator<Item = &'a Option<Scalar>>) -> Vec<String> {
+    ids.filter_map(|id| id.as_ref().map(Scalar::text)).collect()
+}
+
 /// Adds the store's groups and prefix lists to a local document, and the
 /// published members of every group that exists. A group or prefix list
 /// defined both locally and in the store is an error: which one holds
@@ -102,69 +112,56 @@ pub struct Shared {
 /// An entry that does not parse, or one the local file defines too.
 pub fn merge_shared(doc: &mut Doc, shared: &Shared) -> Result<(), Vec<Problem>> {
     let mut problems = vec![];
-    let local_groups: Vec<String> = doc
+    // Each entry parsed as a native document of its own, labelled with its
+    // key (which its origin keeps for the messages below).
+    let mut store = Doc::default();
+    let wrapped = shared
         .groups
         .iter()
-        .filter_map(|g| g.id.as_ref().map(Scalar::text))
-        .collect();
-    let local_lists: Vec<String> = doc
-        .prefix_lists
-        .iter()
-        .filter_map(|p| p.id.as_ref().map(Scalar::text))
-        .collect();
-    for (key, json) in &shared.groups {
-        let text = format!("{{\"security_groups\": [{json}]}}");
+        .map(|(key, json)| (key, format!("{{\"security_groups\": [{json}]}}")))
+        .chain(shared.prefix_lists.iter().map(|(key, json)| {
+            let text = format!("{{\"security_groups\": [], \"prefix_lists\": [{json}]}}");
+            (key, text)
+        }));
+    for (key, text) in wrapped {
         match parse_native(&text, Some(Path::new(key))) {
             Err(p) => problems.extend(p),
             Ok(n) => {
-                for g in n.doc.groups {
-                    let id = g.id.as_ref().map(Scalar::text).unwrap_or_default();
-                    if local_groups.contains(&id) {
-                        problems.push(
-                            Problem::error(
-                                format!("group {id} is defined both here and in the store ({key})"),
-                                "remove it from the local config: with a store, groups come from `sgctl push`",
-                            )
-                            .in_file(doc.file.as_deref()),
-                        );
-                    } else {
-                        doc.groups.push(g);
-                    }
-                }
+                store.groups.extend(n.doc.groups);
+                store.prefix_lists.extend(n.doc.prefix_lists);
             }
         }
     }
-    for (key, json) in &shared.prefix_lists {
-        let text = format!("{{\"security_groups\": [], \"prefix_lists\": [{json}]}}");
-        match parse_native(&text, Some(Path::new(key))) {
-            Err(p) => problems.extend(p),
-            Ok(n) => {
-                for pl in n.doc.prefix_lists {
-                    let id = pl.id.as_ref().map(Scalar::text).unwrap_or_default();
-                    if local_lists.contains(&id) {
-                        problems.push(
-                            Problem::error(
-                                format!(
-                                    "prefix list {id} is defined both here and in the store ({key})"
-                                ),
-                                "remove it from the local config: with a store, prefix lists come from `sgctl push`",
-                            )
-                            .in_file(doc.file.as_deref()),
-                        );
-                    } else {
-                        doc.prefix_lists.push(pl);
-                    }
-                }
-            }
+    let local_groups = id_texts(doc.groups.iter().map(|g| &g.id));
+    let local_lists = id_texts(doc.prefix_lists.iter().map(|p| &p.id));
+    let clash = |kind: &str, id: &Option<Scalar>, origin: &super::types::Origin| {
+        let key = origin.file.as_deref().unwrap_or(Path::new("")).display();
+        let id = id_text(id);
+        Problem::error(
+            format!("{kind} {id} is defined both here and in the store ({key})"),
+            format!(
+                "remove it from the local config: with a store, {kind}s come from `sgctl push`"
+            ),
+        )
+        .in_file(doc.file.as_deref())
+    };
+    for g in store.groups {
+        if local_groups.contains(&id_text(&g.id)) {
+            problems.push(clash("group", &g.id, &g.origin));
+        } else {
+            doc.groups.push(g);
+        }
+    }
+    for pl in store.prefix_lists {
+        if local_lists.contains(&id_text(&pl.id)) {
+            problems.push(clash("prefix list", &pl.id, &pl.origin));
+        } else {
+            doc.prefix_lists.push(pl);
         }
     }
     // Members of groups nobody defines any more are passed over: a host's
     // published address outlives a group's removal until it republishes.
-    let defined: Vec<String> = doc
-        .groups
-        .iter()
-        .filter_map(|g| g.id.as_ref().map(Scalar::text))
-        .collect();
+    let defined = id_texts(doc.groups.iter().map(|g| &g.id));
     for (group, addrs) in &shared.members {
         if defined.contains(group) {
             doc.members
