@@ -38,3 +38,38 @@ pub fn chain_sg_cni(net_d: &Path, network: &str, socket: &Path) -> io::Result<()
         serde_json::to_vec_pretty(&list).map_err(io::Error::other)?,
     )
 }
+
+/// A rootfs of busybox-static's binary and `applets` (links to it), packed
+/// as `dir/rootfs.tar` for `podman import` (an image without a registry).
+///
+/// # Errors
+/// `/bin/busybox` is missing (`cargo xtask setup` installs busybox-static),
+/// or building or packing the rootfs failed.
+pub fn busybox_rootfs_tar(dir: &Path, applets: &[&str]) -> io::Result<std::path::PathBuf> {
+    let rootfs = dir.join("rootfs");
+    let bin = rootfs.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::copy("/bin/busybox", bin.join("busybox")).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("/bin/busybox (busybox-static; `cargo xtask setup` installs it): {e}"),
+        )
+    })?;
+    for applet in applets {
+        std::os::unix::fs::symlink("busybox", bin.join(applet))?;
+    }
+    let tar = dir.join("rootfs.tar");
+    let status = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()?;
+    if !status.success() {
+        return Err(io::Error::other(format!(
+            "tar of the busybox rootfs failed ({status})"
+        )));
+    }
+    Ok(tar)
+}

@@ -83,24 +83,8 @@ impl Podman {
     /// Imports busybox-static's binary with `applets` as image `tag`
     /// (no registry needed), building its rootfs under `dir`.
     pub fn import_busybox(&self, dir: &Path, tag: &str, applets: &[&str]) {
-        let rootfs = dir.join("rootfs");
-        let bin = rootfs.join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        std::fs::copy("/bin/busybox", bin.join("busybox"))
-            .expect("/bin/busybox (busybox-static; `cargo xtask setup` installs it)");
-        for applet in applets {
-            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
-        }
-        let tar = dir.join("rootfs.tar");
-        let status = Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .expect("run tar");
-        assert!(status.success(), "tar of the busybox rootfs failed");
+        let tar = sg_user::harness::podman::busybox_rootfs_tar(dir, applets)
+            .unwrap_or_else(|e| panic!("the busybox image's rootfs: {e}"));
         self.ok(&["import", "--quiet", tar.to_str().unwrap(), tag]);
     }
 }

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 
-use sg_user::harness::podman::{chain_sg_cni, containers_conf_with_cni_dirs};
+use sg_user::harness::podman::{busybox_rootfs_tar, chain_sg_cni, containers_conf_with_cni_dirs};
 
 use crate::bench::control::dataplane_memlock;
 
@@ -173,21 +173,7 @@ impl Host {
 
     /// busybox-static as an image, without a registry.
     fn import_image(&self) -> Result<()> {
-        let bin = self.dir.join("rootfs/bin");
-        std::fs::create_dir_all(&bin)?;
-        std::fs::copy("/bin/busybox", bin.join("busybox"))
-            .context("/bin/busybox (busybox-static; `cargo xtask setup` installs it)")?;
-        std::os::unix::fs::symlink("busybox", bin.join("sleep"))?;
-        let tar = self.dir.join("rootfs.tar");
-        let ok = Command::new("tar")
-            .arg("-C")
-            .arg(self.dir.join("rootfs"))
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()?
-            .success();
-        ensure!(ok, "tar of the busybox rootfs failed");
+        let tar = busybox_rootfs_tar(&self.dir, &["sleep"])?;
         self.podman(&[
             "import",
             "--quiet",
