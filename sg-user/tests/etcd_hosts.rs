@@ -8,7 +8,6 @@
 //! a missing etcd fails the test instead of skipping it.
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
@@ -18,6 +17,7 @@ mod common;
 
 use common::Lab;
 use sg_user::{
+    harness::etcd::{self, Etcd},
     lab::probe::{Reach, TcpServer},
     require_root,
 };
@@ -34,107 +34,29 @@ const GROUPS: &str = "security_groups:
       - { protocol: tcp, ports: 3306, group: sg-web }
 ";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `etcdctl` against `etcd`.
+fn ctl(etcd: &Etcd, args: &[&str]) -> Output {
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &etcd.url(), "--dial-timeout", "1s"])
+        .args(args)
+        .output()
+        .expect("run etcdctl")
 }
 
-/// etcd on loopback with a data directory of its own; killed on drop.
-struct Etcd {
-    dir: PathBuf,
-    client: u16,
-    peer: u16,
-    child: Option<Child>,
+fn keys(etcd: &Etcd, prefix: &str) -> Vec<String> {
+    let out = ctl(etcd, &["get", prefix, "--prefix", "--keys-only"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
-impl Etcd {
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client)
-    }
-
-    fn start(dir: &Path) -> Etcd {
-        let mut e = Etcd {
-            dir: dir.join("etcd"),
-            client: free_port(),
-            peer: free_port(),
-            child: None,
-        };
-        e.resume();
-        e
-    }
-
-    /// Starts (again) on the same ports and data.
-    fn resume(&mut self) {
-        let (client, peer) = (self.url(), format!("http://127.0.0.1:{}", self.peer));
-        let log = std::fs::File::create(self.dir.with_extension("log")).unwrap();
-        let child = Command::new("etcd")
-            .args(["--name", "sgtest", "--data-dir"])
-            .arg(&self.dir)
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("sgtest={peer}")])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start etcd");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.ctl(&["endpoint", "health"]).status.success() {
-            assert!(Instant::now() < deadline, "etcd never became healthy");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn ctl(&self, args: &[&str]) -> Output {
-        Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.url(), "--dial-timeout", "1s"])
-            .args(args)
-            .output()
-            .expect("run etcdctl")
-    }
-
-    fn keys(&self, prefix: &str) -> Vec<String> {
-        let out = self.ctl(&["get", prefix, "--prefix", "--keys-only"]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(str::to_owned)
-            .collect()
-    }
-
-    fn revision(&self) -> i64 {
-        let out = self.ctl(&["get", "/", "-w", "json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("etcdctl json");
-        v["header"]["revision"].as_i64().expect("revision")
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.stop();
-    }
+fn store_revision(etcd: &Etcd) -> i64 {
+    let out = ctl(etcd, &["get", "/", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("etcdctl json");
+    v["header"]["revision"].as_i64().expect("revision")
 }
 
 /// One simulated host: its bpffs and state directory, its local config, and
@@ -270,14 +192,11 @@ fn eventually(lab: &Lab, from: &str, want: Reach, within: Duration, what: &str) 
 macro_rules! require_etcd {
     () => {
         require_root!();
-        if Command::new("etcd").arg("--version").output().is_err() {
+        if let Some(why) = etcd::unavailable() {
             if std::env::var_os("CI").is_some() {
-                panic!("the etcd tests must run under CI: etcd is missing (`cargo xtask setup`)");
+                panic!("the etcd tests must run under CI: {why}");
             }
-            eprintln!(
-                "skipping {}: etcd is missing (`cargo xtask setup`)",
-                module_path!()
-            );
+            eprintln!("skipping {}: {why}", module_path!());
             return;
         }
     };
@@ -287,7 +206,7 @@ macro_rules! require_etcd {
 fn two_hosts_share_membership_through_etcd_and_survive_it_going_away() {
     require_etcd!();
     let lab = Lab::new("etcd");
-    let mut etcd = Etcd::start(&lab.dir);
+    let mut etcd = Etcd::start(&lab.dir).expect("etcd");
     let store = etcd.url();
     let groups = lab.dir.join("groups.yaml");
     std::fs::write(&groups, GROUPS).unwrap();
@@ -300,13 +219,13 @@ fn two_hosts_share_membership_through_etcd_and_survive_it_going_away() {
         String::from_utf8_lossy(&out.stderr)
     );
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    let revision = etcd.revision();
+    let revision = store_revision(&etcd);
     assert!(
         said.contains(&format!("revision {revision}")),
         "push prints the store revision {revision}: {said}"
     );
     assert_eq!(
-        etcd.keys("/sg/v1/groups/"),
+        keys(&etcd, "/sg/v1/groups/"),
         ["/sg/v1/groups/sg-db", "/sg/v1/groups/sg-web"]
     );
     let bad = lab.dir.join("bad.yaml");
@@ -317,7 +236,11 @@ fn two_hosts_share_membership_through_etcd_and_survive_it_going_away() {
     .unwrap();
     let out = sgctl(&["push", "-c", bad.to_str().unwrap(), "--store", &store]);
     assert_eq!(out.status.code(), Some(2), "an invalid file is refused");
-    assert_eq!(etcd.revision(), revision, "an invalid push writes nothing");
+    assert_eq!(
+        store_revision(&etcd),
+        revision,
+        "an invalid push writes nothing"
+    );
 
     let _db = TcpServer::start(lab.ns("b"), "0.0.0.0:3306".parse().unwrap()).unwrap();
     let mut host_a = Agent::new(&lab.dir, "host-a", lab.ns("a").name(), "sg-web", TTL_A);
@@ -341,10 +264,10 @@ fn two_hosts_share_membership_through_etcd_and_survive_it_going_away() {
         "host A published web's address",
     );
     assert!(
-        etcd.keys("/sg/v1/members/sg-web/host-a/")
+        keys(&etcd, "/sg/v1/members/sg-web/host-a/")
             .contains(&"/sg/v1/members/sg-web/host-a/198.18.0.1".to_owned()),
         "A's member key: {:?}",
-        etcd.keys("/sg/v1/members/")
+        keys(&etcd, "/sg/v1/members/")
     );
     assert_eq!(
         lab.tcp("c", "b", false, 3306, T),
@@ -385,12 +308,12 @@ fn two_hosts_share_membership_through_etcd_and_survive_it_going_away() {
 
     // etcd back; a ghost member written and removed, the history compacted
     // before B can watch it: whatever B saw, nothing stale survives.
-    etcd.resume();
+    etcd.resume().expect("etcd again");
     let ghost = "/sg/v1/members/sg-web/ghost/198.19.0.3";
-    assert!(etcd.ctl(&["put", ghost, ""]).status.success());
-    assert!(etcd.ctl(&["del", ghost]).status.success());
-    let now = etcd.revision().to_string();
-    assert!(etcd.ctl(&["compact", &now]).status.success());
+    assert!(ctl(&etcd, &["put", ghost, ""]).status.success());
+    assert!(ctl(&etcd, &["del", ghost]).status.success());
+    let now = store_revision(&etcd).to_string();
+    assert!(ctl(&etcd, &["compact", &now]).status.success());
     host_b.wait_status(&["store: ", "connected since"]);
     // A group pushed while B follows: c admitted by CIDR.
     std::fs::write(

@@ -2,6 +2,7 @@
 //! the data plane under `BPF_PROG_TEST_RUN`. Not part of `sgctl`.
 
 pub mod configs;
+pub mod etcd;
 pub mod legacy;
 pub mod packet;
 pub mod podman;

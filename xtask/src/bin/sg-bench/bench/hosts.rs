@@ -7,14 +7,13 @@
 //! requests per second and watches, from etcd's own metrics.
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use sg_user::sys::netns::Netns;
+use sg_user::{harness::etcd::Etcd, sys::netns::Netns};
 
 use crate::bench::containers::percentile;
 
@@ -30,19 +29,7 @@ pub struct PropagationRow {
 }
 
 /// Why etcd cannot run here, if it cannot.
-pub fn etcd_unavailable() -> Option<String> {
-    match Command::new("etcd").arg("--version").output() {
-        Ok(o) if o.status.success() => None,
-        Ok(o) => Some(String::from_utf8_lossy(&o.stderr).trim().to_owned()),
-        Err(e) => Some(format!(
-            "etcd cannot be started ({e}); `cargo xtask setup` installs etcd-server"
-        )),
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+pub use sg_user::harness::etcd::unavailable as etcd_unavailable;
 
 fn unix_ns() -> i128 {
     SystemTime::now()
@@ -75,84 +62,20 @@ pub fn rfc3339_ns(t: &str) -> Option<i128> {
 struct Cluster {
     dir: PathBuf,
     url: String,
-    etcd: Option<Child>,
+    etcd: Etcd,
     agents: Vec<(Child, PathBuf, PathBuf)>,
     ns: Option<Netns>,
 }
 
-impl Cluster {
-    fn start_etcd(dir: &Path) -> Result<Cluster> {
-        let (client, peer) = (free_port()?, free_port()?);
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = std::fs::File::create(dir.join("etcd.log"))?;
-        let etcd = Command::new("etcd")
-            .args(["--name", "sgbench", "--data-dir"])
-            .arg(dir.join("etcd"))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args(["--initial-cluster", &format!("sgbench={peer_url}")])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting etcd")?;
-        let cluster = Cluster {
-            dir: dir.to_path_buf(),
-            url,
-            etcd: Some(etcd),
-            agents: Vec::new(),
-            ns: None,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while cluster.metrics().is_err() {
-            ensure!(
-                Instant::now() < deadline,
-                "etcd never answered on {}",
-                cluster.url
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(cluster)
-    }
-
-    /// etcd's Prometheus text.
-    fn metrics(&self) -> Result<String> {
-        use std::io::{Read as _, Write as _};
-        let addr = self.url.trim_start_matches("http://");
-        let mut s = std::net::TcpStream::connect(addr)?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        ensure!(
-            out.starts_with("HTTP/1.") && out.contains(" 200 "),
-            "etcd /metrics: {}",
-            out.lines().next().unwrap_or("")
-        );
-        Ok(out)
-    }
-
-    /// Sum of a metric's samples (all label sets).
-    fn metric_sum(text: &str, name: &str) -> f64 {
-        text.lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
+/// Sum of a Prometheus metric's samples (all label sets).
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 impl Drop for Cluster {
@@ -169,10 +92,7 @@ impl Drop for Cluster {
                 .output();
             let _ = Command::new("umount").arg("-l").arg(&bpffs).status();
         }
-        if let Some(mut e) = self.etcd.take() {
-            let _ = e.kill();
-            let _ = e.wait();
-        }
+        self.etcd.stop();
         self.ns.take();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -188,7 +108,14 @@ fn sgctl_in(sgctl: &Path, bpffs: &Path, state: &Path) -> Command {
 pub fn measure(sgctl: &Path, agents: usize, changes: usize) -> Result<PropagationRow> {
     let dir = std::env::temp_dir().join(format!("sg-bench-hosts-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let mut cluster = Cluster::start_etcd(&dir)?;
+    let etcd = Etcd::start(&dir)?;
+    let mut cluster = Cluster {
+        dir: dir.clone(),
+        url: etcd.url(),
+        etcd,
+        agents: Vec::new(),
+        ns: None,
+    };
     let groups = dir.join("groups.yaml");
     std::fs::write(
         &groups,
@@ -260,7 +187,7 @@ pub fn measure(sgctl: &Path, agents: usize, changes: usize) -> Result<Propagatio
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    let before = cluster.metrics()?;
+    let before = cluster.etcd.get("/metrics")?;
     let started = Instant::now();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -277,7 +204,7 @@ pub fn measure(sgctl: &Path, agents: usize, changes: usize) -> Result<Propagatio
         std::thread::sleep(Duration::from_millis(300));
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let after = cluster.metrics()?;
+    let after = cluster.etcd.get("/metrics")?;
     let mut delays = Vec::new();
     for i in 0..agents {
         let log = std::fs::read_to_string(dir.join(format!("host{i}/agent.log")))?;
@@ -297,9 +224,9 @@ pub fn measure(sgctl: &Path, agents: usize, changes: usize) -> Result<Propagatio
             delays.push((t - t0) as f64 / 1e6);
         }
     }
-    let requests = Cluster::metric_sum(&after, "grpc_server_handled_total")
-        - Cluster::metric_sum(&before, "grpc_server_handled_total");
-    let watches = Cluster::metric_sum(&after, "etcd_debugging_mvcc_watcher_total");
+    let requests = metric_sum(&after, "grpc_server_handled_total")
+        - metric_sum(&before, "grpc_server_handled_total");
+    let watches = metric_sum(&after, "etcd_debugging_mvcc_watcher_total");
     Ok(PropagationRow {
         agents,
         changes,
