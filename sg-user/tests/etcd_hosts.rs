@@ -361,3 +361,41 @@ fn two_hosts_share_membership_through_etcd_and_survive_it_going_away() {
         "{status}"
     );
 }
+
+/// `--bpffs DIR` mounts a bpffs at DIR when there is none. Commands started
+/// together (a test's `sgctl run` and its `sgctl status`, a daemon and a
+/// CNI call) must mount it once: a second bpffs stacked on the first hides
+/// the pins and outlives the unmount.
+#[test]
+fn commands_started_together_mount_one_bpffs() {
+    require_root!();
+    let dir = std::env::temp_dir().join(format!("sg-test-bpffs-race-{}", std::process::id()));
+    let bpffs = dir.join("bpffs");
+    let children: Vec<Child> = (0..8)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_sgctl"))
+                .arg("--bpffs")
+                .arg(&bpffs)
+                .arg("--state-dir")
+                .arg(dir.join("state"))
+                .arg("status")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start sgctl status")
+        })
+        .collect();
+    for mut c in children {
+        let _ = c.wait();
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(bpffs.to_str().unwrap()))
+        .count();
+    for _ in 0..mounts {
+        let _ = Command::new("umount").arg(&bpffs).status();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(mounts, 1, "one bpffs at {}", bpffs.display());
+}

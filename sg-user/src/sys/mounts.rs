@@ -73,9 +73,20 @@ pub fn private_view(bpffs: Option<&Path>, state_dir: Option<&Path>) -> io::Resul
     }
     if let Some(dir) = bpffs {
         std::fs::create_dir_all(dir)?;
+        // Two sgctl processes starting at once (`run` and `status`) must not
+        // both mount: a second bpffs stacked on the first would hide the
+        // pins and outlive an unmount. Check and mount under a lock on the
+        // directory; one opened after the mount is the bpffs root, whose
+        // holder sees it mounted.
+        let held = std::fs::File::open(dir)?;
+        // SAFETY: flock(2) on an fd we own; released when `held` closes.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
         if !is_bpffs(dir) {
             mount(Some(Path::new("bpf")), dir, Some("bpf"), 0)?;
         }
+        drop(held);
     }
     if let Some(dir) = state_dir {
         std::fs::create_dir_all(dir)?;
